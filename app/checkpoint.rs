@@ -1,0 +1,366 @@
+//! Self-describing safetensors checkpoints.
+//!
+//! A checkpoint stores every parameter of a module under its module path (`encoder.blocks.0...`)
+//! as f16 or f32, plus two metadata entries: `textok_studio_kind` (which model this is) and
+//! `config` (the model's config as JSON), so a file alone is enough to rebuild the model.
+//! Loading validates every tensor before any of it reaches the model, and every failure names
+//! the file and the tensor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::store::ModuleSnapshot;
+use burn::store::burn_pack::{Bytes, DType, Tensor as PackTensor};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Metadata key naming the model kind (see the `KIND_*` constants of each model).
+pub const KIND_KEY: &str = "textok_studio_kind";
+/// Metadata key holding the model config as JSON.
+pub const CONFIG_KEY: &str = "config";
+
+/// Precision of the stored parameters. Models always compute in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredPrecision {
+    F16,
+    F32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: cannot read checkpoint: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot write checkpoint: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file ({reason})")]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("{path}: no `{key}` metadata; this file was not written by TexTok Studio")]
+    MissingMetadata { path: PathBuf, key: &'static str },
+    #[error("{path}: holds a `{found}` model, but a `{expected}` model is needed here")]
+    WrongKind {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("{path}: its `config` metadata is not a valid {expected} config: {reason}")]
+    BadConfig {
+        path: PathBuf,
+        expected: String,
+        reason: String,
+    },
+    #[error("{path}: tensor `{tensor}` is missing")]
+    MissingTensor { path: PathBuf, tensor: String },
+    #[error("{path}: tensor `{tensor}` is not part of this model (config and weights disagree)")]
+    UnexpectedTensor { path: PathBuf, tensor: String },
+    #[error("{path}: tensor `{tensor}` has shape {found:?}, the config expects {expected:?}")]
+    WrongShape {
+        path: PathBuf,
+        tensor: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error("{path}: tensor `{tensor}` is stored as {found}; only F16 and F32 are supported")]
+    WrongDtype {
+        path: PathBuf,
+        tensor: String,
+        found: String,
+    },
+    #[error("{path}: tensor `{tensor}` contains NaN or infinite values")]
+    NonFinite { path: PathBuf, tensor: String },
+    #[error("{path}: tensor `{tensor}` could not be applied to the model: {reason}")]
+    Apply {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+}
+
+/// A checkpoint file read into memory and checked to be well-formed safetensors.
+pub struct CheckpointFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    metadata: HashMap<String, String>,
+}
+
+/// One stored tensor's description, for `info`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+impl CheckpointFile {
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let not_safetensors = |reason: String| CheckpointError::NotSafetensors {
+            path: path.to_owned(),
+            reason,
+        };
+        // `deserialize` checks the header, every offset and the total length, so a truncated
+        // or foreign file fails here instead of later inside a tensor.
+        SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
+        let (_, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        Ok(Self {
+            path: path.to_owned(),
+            bytes,
+            metadata,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
+    }
+
+    pub fn kind(&self) -> Result<&str, CheckpointError> {
+        self.metadata
+            .get(KIND_KEY)
+            .map(String::as_str)
+            .ok_or(CheckpointError::MissingMetadata {
+                path: self.path.clone(),
+                key: KIND_KEY,
+            })
+    }
+
+    /// Checks that this file holds a model of `expected` kind.
+    pub fn expect_kind(&self, expected: &str) -> Result<(), CheckpointError> {
+        let found = self.kind()?;
+        if found == expected {
+            Ok(())
+        } else {
+            Err(CheckpointError::WrongKind {
+                path: self.path.clone(),
+                found: found.to_owned(),
+                expected: expected.to_owned(),
+            })
+        }
+    }
+
+    /// The raw config JSON stored in the metadata.
+    pub fn config_json(&self) -> Result<&str, CheckpointError> {
+        self.metadata
+            .get(CONFIG_KEY)
+            .map(String::as_str)
+            .ok_or(CheckpointError::MissingMetadata {
+                path: self.path.clone(),
+                key: CONFIG_KEY,
+            })
+    }
+
+    /// The config stored in the metadata, parsed as `C`.
+    pub fn config<C: DeserializeOwned>(&self, expected: &str) -> Result<C, CheckpointError> {
+        serde_json::from_str(self.config_json()?).map_err(|e| CheckpointError::BadConfig {
+            path: self.path.clone(),
+            expected: expected.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn tensors(&self) -> SafeTensors<'_> {
+        // Cannot fail: `read` deserialized the same bytes successfully.
+        SafeTensors::deserialize(&self.bytes).expect("validated in CheckpointFile::read")
+    }
+
+    /// Name, dtype and shape of every stored tensor, sorted by name.
+    pub fn stored_tensors(&self) -> Vec<StoredTensor> {
+        let mut list: Vec<StoredTensor> = self
+            .tensors()
+            .iter()
+            .map(|(name, view)| StoredTensor {
+                name: name.to_owned(),
+                dtype: format!("{:?}", view.dtype()),
+                shape: view.shape().to_vec(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Total number of stored scalar parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.tensors()
+            .iter()
+            .map(|(_, v)| v.shape().iter().product::<usize>())
+            .sum()
+    }
+
+    /// Validates every stored tensor against `module`'s parameters (names, shapes, dtype,
+    /// finiteness) and only then loads them into it.
+    pub fn load_into<M: Module + ModuleSnapshot>(
+        &self,
+        mut module: M,
+    ) -> Result<M, CheckpointError> {
+        let path = || self.path.clone();
+        let expected: BTreeMap<String, Vec<usize>> = module
+            .collect(None, None, true)
+            .into_iter()
+            .map(|t| (t.name.clone(), t.shape.to_vec()))
+            .collect();
+        let stored = self.tensors();
+        let mut stored_names: Vec<String> = stored.names().into_iter().map(str::to_owned).collect();
+        stored_names.sort();
+        for name in &stored_names {
+            if !expected.contains_key(name) {
+                return Err(CheckpointError::UnexpectedTensor {
+                    path: path(),
+                    tensor: name.clone(),
+                });
+            }
+        }
+        let mut loaded = Vec::with_capacity(expected.len());
+        for (name, shape) in &expected {
+            let view = stored
+                .tensor(name)
+                .map_err(|_| CheckpointError::MissingTensor {
+                    path: path(),
+                    tensor: name.clone(),
+                })?;
+            if view.shape() != shape.as_slice() {
+                return Err(CheckpointError::WrongShape {
+                    path: path(),
+                    tensor: name.clone(),
+                    found: view.shape().to_vec(),
+                    expected: shape.clone(),
+                });
+            }
+            let values = decode_f32(&view).ok_or_else(|| CheckpointError::WrongDtype {
+                path: path(),
+                tensor: name.clone(),
+                found: format!("{:?}", view.dtype()),
+            })?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(CheckpointError::NonFinite {
+                    path: path(),
+                    tensor: name.clone(),
+                });
+            }
+            loaded.push(PackTensor::new(
+                name.clone(),
+                DType::F32,
+                shape.clone(),
+                None,
+                Bytes::from_elems(values),
+            ));
+        }
+        let result = module.apply(loaded, None, None, true);
+        if let Some(error) = result.errors.first() {
+            return Err(CheckpointError::Apply {
+                path: path(),
+                tensor: format!("{error:?}"),
+                reason: "burn refused the tensor".into(),
+            });
+        }
+        if let Some((tensor, _)) = result.missing.first() {
+            return Err(CheckpointError::MissingTensor {
+                path: path(),
+                tensor: tensor.clone(),
+            });
+        }
+        Ok(module)
+    }
+}
+
+/// Little-endian F16/BF16/F32 data as f32; `None` for any other dtype.
+fn decode_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    let data = view.data();
+    match view.dtype() {
+        Dtype::F32 => Some(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ),
+        Dtype::F16 => Some(
+            data.chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        Dtype::BF16 => Some(
+            data.chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Saves every parameter of `module` to `path` (atomically), with `kind` and `config` metadata.
+pub fn save_module<M: Module + ModuleSnapshot, C: Serialize>(
+    module: &M,
+    path: &Path,
+    kind: &str,
+    config: &C,
+    precision: StoredPrecision,
+) -> Result<(), CheckpointError> {
+    let write_error = |source| CheckpointError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let config_json = serde_json::to_string(config)
+        .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
+    let mut metadata = HashMap::new();
+    metadata.insert(KIND_KEY.to_owned(), kind.to_owned());
+    metadata.insert(CONFIG_KEY.to_owned(), config_json);
+    metadata.insert("format".to_owned(), "pt".to_owned());
+
+    let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for tensor in module.collect(None, None, true) {
+        let name = tensor.name.clone();
+        let shape = tensor.shape.to_vec();
+        let values: Vec<f32> = match tensor.dtype {
+            DType::F32 => {
+                let bytes = tensor
+                    .to_bytes()
+                    .map_err(|e| write_error(std::io::Error::other(format!("{name}: {e:?}"))))?;
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            }
+            other => {
+                return Err(write_error(std::io::Error::other(format!(
+                    "{name}: parameters of dtype {other:?} cannot be saved"
+                ))));
+            }
+        };
+        let bytes = match precision {
+            StoredPrecision::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            StoredPrecision::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
+        encoded.push((name, shape, bytes));
+    }
+    let dtype = match precision {
+        StoredPrecision::F16 => Dtype::F16,
+        StoredPrecision::F32 => Dtype::F32,
+    };
+    let views = encoded
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(dtype, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| write_error(std::io::Error::other(e.to_string())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
+    crate::files::write_atomic(path, &bytes).map_err(write_error)
+}

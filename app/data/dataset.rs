@@ -1,0 +1,404 @@
+//! Captioned image folders: the format users fine-tune on and the bundled corpus uses.
+//!
+//! A dataset is a folder where each image `NAME.ext` has its caption in `NAME.txt` next to it,
+//! or a folder with a `captions.jsonl` at its root (`{"file": "relative/path.png", "caption": "..."}`
+//! per line). Images are decoded, composited on white, centre-cropped and resized once, then kept
+//! as 8-bit RGB in memory and in an on-disk cache. The train/validation split is a hash of each
+//! image's relative path, so it never changes when files are added or removed elsewhere. Bad files
+//! are skipped and reported, never fatal.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+
+use image::{Rgb32FImage, RgbImage};
+use serde::Deserialize;
+
+use super::image as imageio;
+use crate::jobs::{CancelToken, Cancelled, Progress, ProgressSink};
+
+/// File extensions treated as images when scanning a folder.
+pub const IMAGE_EXTENSIONS: [&str; 12] = [
+    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ico", "pnm", "tga", "qoi",
+];
+
+/// Name of the JSON-lines caption index at a dataset's root.
+pub const CAPTIONS_JSONL: &str = "captions.jsonl";
+
+/// One image with its caption, before decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetEntry {
+    /// Path relative to the dataset root, with `/` separators (the split and cache key).
+    pub relative: String,
+    pub caption: String,
+}
+
+/// A file that could not be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedFile {
+    pub relative: String,
+    pub reason: String,
+}
+
+/// Which part of the split an image belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Split {
+    Train,
+    Validation,
+}
+
+/// Deterministic split: FNV-1a of the relative path; `validation_percent` of 100 buckets.
+pub fn split_of(relative: &str, validation_percent: u32) -> Split {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in relative.as_bytes() {
+        hash ^= *byte as u64;
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    if (hash % 100) < validation_percent as u64 {
+        Split::Validation
+    } else {
+        Split::Train
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("{path}: cannot read dataset folder: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no usable captioned images found ({skipped} files skipped)")]
+    Empty { path: PathBuf, skipped: usize },
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
+}
+
+#[derive(Deserialize)]
+struct JsonlRecord {
+    file: String,
+    caption: String,
+}
+
+/// Lists the captioned images of a dataset folder (no decoding). Entries are sorted by path.
+pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), DatasetError> {
+    let read_error = |source| DatasetError::Read {
+        path: root.to_owned(),
+        source,
+    };
+    let mut skipped = Vec::new();
+    let jsonl = root.join(CAPTIONS_JSONL);
+    let mut entries = Vec::new();
+    if jsonl.is_file() {
+        let file = std::fs::File::open(&jsonl).map_err(read_error)?;
+        let mut seen = std::collections::HashSet::new();
+        for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(read_error)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let where_ = format!("{CAPTIONS_JSONL}:{}", number + 1);
+            match serde_json::from_str::<JsonlRecord>(&line) {
+                Err(e) => skipped.push(SkippedFile {
+                    relative: where_,
+                    reason: format!("not a {{file, caption}} record: {e}"),
+                }),
+                Ok(record)
+                    if record.file.contains("..") || Path::new(&record.file).is_absolute() =>
+                {
+                    skipped.push(SkippedFile {
+                        relative: where_,
+                        reason: format!("`{}` points outside the dataset folder", record.file),
+                    })
+                }
+                Ok(record) if !root.join(&record.file).is_file() => skipped.push(SkippedFile {
+                    relative: record.file,
+                    reason: "listed in captions.jsonl but missing".into(),
+                }),
+                Ok(record) if !seen.insert(record.file.clone()) => skipped.push(SkippedFile {
+                    relative: record.file,
+                    reason: "listed twice in captions.jsonl".into(),
+                }),
+                Ok(record) => entries.push(DatasetEntry {
+                    relative: record.file.replace('\\', "/"),
+                    caption: record.caption.trim().to_owned(),
+                }),
+            }
+        }
+    } else {
+        let mut files = Vec::new();
+        walk(root, root, &mut files).map_err(read_error)?;
+        for relative in files {
+            let path = root.join(&relative);
+            let is_image = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
+            if !is_image {
+                continue;
+            }
+            match read_sidecar_caption(&path) {
+                Ok(Some(caption)) => entries.push(DatasetEntry { relative, caption }),
+                Ok(None) => skipped.push(SkippedFile {
+                    relative,
+                    reason: "no caption (.txt sidecar) next to it".into(),
+                }),
+                Err(reason) => skipped.push(SkippedFile { relative, reason }),
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok((entries, skipped))
+}
+
+/// The caption in `NAME.txt` next to `NAME.ext`, trimmed; `Ok(None)` when there is none.
+pub fn read_sidecar_caption(image: &Path) -> Result<Option<String>, String> {
+    let sidecar = image.with_extension("txt");
+    if !sidecar.is_file() {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&sidecar)
+        .and_then(|f| f.take(1 << 20).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read caption: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| "caption file is not UTF-8".to_owned())?;
+    Ok(Some(text.trim().to_owned()))
+}
+
+/// Relative paths of all files below `dir`, sorted, skipping hidden entries (our cache is hidden).
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    let mut children: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    children.sort_by_key(|e| e.file_name());
+    for child in children {
+        let name = child.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = child.path();
+        let kind = child.file_type()?;
+        if kind.is_dir() {
+            walk(root, &path, out)?;
+        } else if kind.is_file() {
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push(relative);
+        }
+    }
+    Ok(())
+}
+
+/// A decoded, preprocessed dataset at one resolution.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub size: u32,
+    pub items: Vec<DatasetItem>,
+    pub skipped: Vec<SkippedFile>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatasetItem {
+    pub relative: String,
+    pub caption: String,
+    pub split: Split,
+    pub pixels: RgbImage,
+}
+
+impl DatasetItem {
+    /// Pixels as floats in [0, 1].
+    pub fn image(&self) -> Rgb32FImage {
+        image::DynamicImage::ImageRgb8(self.pixels.clone()).to_rgb32f()
+    }
+}
+
+impl Dataset {
+    /// Scans, decodes and preprocesses every captioned image of `root` to `size` x `size`,
+    /// reusing `cache_file` (if given) for images already decoded at this size.
+    pub fn load(
+        root: &Path,
+        size: u32,
+        validation_percent: u32,
+        cache_file: Option<&Path>,
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> Result<Self, DatasetError> {
+        let (entries, mut skipped) = scan(root)?;
+        let mut cache = cache_file
+            .map(|p| PixelCache::read(p, size))
+            .unwrap_or_default();
+        let mut items = Vec::with_capacity(entries.len());
+        let total = entries.len();
+        let mut cache_dirty = false;
+        for (index, entry) in entries.into_iter().enumerate() {
+            if index % 64 == 0 {
+                cancel.check()?;
+                progress.report(Progress {
+                    done: index,
+                    total,
+                    message: format!("decoding {}", entry.relative),
+                });
+            }
+            let path = root.join(&entry.relative);
+            let stamp = file_stamp(&path);
+            let pixels = match cache.get(&entry.relative, stamp) {
+                Some(pixels) => pixels,
+                None => match imageio::load_for_model(&path, size) {
+                    Ok(image) => {
+                        let pixels = imageio::to_rgb8(&image);
+                        cache.insert(entry.relative.clone(), stamp, pixels.clone());
+                        cache_dirty = true;
+                        pixels
+                    }
+                    Err(error) => {
+                        skipped.push(SkippedFile {
+                            relative: entry.relative,
+                            reason: error.to_string(),
+                        });
+                        continue;
+                    }
+                },
+            };
+            items.push(DatasetItem {
+                split: split_of(&entry.relative, validation_percent),
+                relative: entry.relative,
+                caption: entry.caption,
+                pixels,
+            });
+        }
+        if let (Some(path), true) = (cache_file, cache_dirty)
+            && let Err(error) = cache.write(path, size) {
+                tracing::warn!(
+                    "could not write the decode cache {}: {error}",
+                    path.display()
+                );
+            }
+        progress.report(Progress {
+            done: total,
+            total,
+            message: "decoded".into(),
+        });
+        if items.is_empty() {
+            return Err(DatasetError::Empty {
+                path: root.to_owned(),
+                skipped: skipped.len(),
+            });
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            size,
+            items,
+            skipped,
+        })
+    }
+
+    pub fn split(&self, split: Split) -> Vec<&DatasetItem> {
+        self.items
+            .iter()
+            .filter(|item| item.split == split)
+            .collect()
+    }
+
+    /// Skipped files grouped by reason, for the report printed before training.
+    pub fn skip_report(&self) -> String {
+        if self.skipped.is_empty() {
+            return "no files skipped".into();
+        }
+        let mut report = format!("{} files skipped:\n", self.skipped.len());
+        for file in &self.skipped {
+            report.push_str(&format!("  {}: {}\n", file.relative, file.reason));
+        }
+        report
+    }
+}
+
+/// Size and modification time: a changed file is decoded again.
+fn file_stamp(path: &Path) -> (u64, u64) {
+    std::fs::metadata(path)
+        .map(|m| {
+            let modified = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            (m.len(), modified)
+        })
+        .unwrap_or((0, 0))
+}
+
+/// Decoded pixels keyed by relative path, stored as one binary file:
+/// magic, size, count, then per entry: path length, path, file length, mtime, RGB bytes.
+#[derive(Default)]
+struct PixelCache {
+    entries: BTreeMap<String, ((u64, u64), RgbImage)>,
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"TTSPXC01";
+
+impl PixelCache {
+    fn get(&self, relative: &str, stamp: (u64, u64)) -> Option<RgbImage> {
+        self.entries
+            .get(relative)
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn insert(&mut self, relative: String, stamp: (u64, u64), pixels: RgbImage) {
+        self.entries.insert(relative, (stamp, pixels));
+    }
+
+    /// Reads a cache; any damage or a different size gives an empty cache (it is only a cache).
+    fn read(path: &Path, size: u32) -> Self {
+        Self::try_read(path, size).unwrap_or_default()
+    }
+
+    fn try_read(path: &Path, size: u32) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        let mut at = 0usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let slice = bytes.get(at..at.checked_add(n)?)?;
+            at += n;
+            Some(slice)
+        };
+        if take(8)? != CACHE_MAGIC {
+            return None;
+        }
+        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        if u64_of(take(8)?) != size as u64 {
+            return None;
+        }
+        let count = u64_of(take(8)?) as usize;
+        let pixel_bytes = (size as usize) * (size as usize) * 3;
+        let mut cache = Self::default();
+        for _ in 0..count {
+            let name_len = u64_of(take(8)?) as usize;
+            let name = String::from_utf8(take(name_len)?.to_vec()).ok()?;
+            let len = u64_of(take(8)?);
+            let modified = u64_of(take(8)?);
+            let pixels = RgbImage::from_raw(size, size, take(pixel_bytes)?.to_vec())?;
+            cache.entries.insert(name, ((len, modified), pixels));
+        }
+        Some(cache)
+    }
+
+    fn write(&self, path: &Path, size: u32) -> std::io::Result<()> {
+        let mut out = Vec::new();
+        out.write_all(CACHE_MAGIC)?;
+        out.write_all(&(size as u64).to_le_bytes())?;
+        out.write_all(&(self.entries.len() as u64).to_le_bytes())?;
+        for (name, ((len, modified), pixels)) in &self.entries {
+            out.write_all(&(name.len() as u64).to_le_bytes())?;
+            out.write_all(name.as_bytes())?;
+            out.write_all(&len.to_le_bytes())?;
+            out.write_all(&modified.to_le_bytes())?;
+            out.write_all(pixels.as_raw())?;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::files::write_atomic(path, &out)
+    }
+}

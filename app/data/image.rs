@@ -1,0 +1,263 @@
+//! Image input and output.
+//!
+//! Input: any format the `image` crate decodes; alpha is composited on white; the largest centred
+//! square is cropped and resized (Lanczos3) to the model's resolution. Dimension and memory
+//! limits are checked against the header before any pixel is decoded, so a decompression bomb is
+//! refused with a message instead of exhausting memory.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::{
+    DynamicImage, ImageFormat, ImageReader, Limits, Rgb, Rgb32FImage, RgbImage,
+    imageops::FilterType,
+};
+
+/// Largest width or height accepted (pixels).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Most memory a single decode may allocate (bytes).
+pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// Smallest width or height accepted: below this there is nothing to tokenize.
+pub const MIN_IMAGE_SIDE: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageLoadError {
+    #[error("{path}: cannot open image: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: the file is empty")]
+    Empty { path: PathBuf },
+    #[error(
+        "{path}: not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WebP, ICO, PNM, TGA, QOI)"
+    )]
+    UnknownFormat { path: PathBuf },
+    #[error("{path}: image is {width}x{height} pixels; the limit is {max}x{max}")]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max: u32,
+    },
+    #[error("{path}: decoding this image would need more than {limit_mib} MiB of memory")]
+    TooMuchMemory { path: PathBuf, limit_mib: u64 },
+    #[error("{path}: image is {width}x{height} pixels; at least {min}x{min} are needed")]
+    TooSmall {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        min: u32,
+    },
+    #[error("{path}: cannot decode image: {reason}")]
+    Decode { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageSaveError {
+    #[error("{path}: cannot encode PNG: {reason}")]
+    Encode { path: PathBuf, reason: String },
+    #[error("{path}: cannot write image: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Decodes an image file, refusing empty, unknown, oversized and tiny images.
+pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageLoadError> {
+    let p = || path.to_owned();
+    let metadata =
+        std::fs::metadata(path).map_err(|source| ImageLoadError::Open { path: p(), source })?;
+    if metadata.len() == 0 {
+        return Err(ImageLoadError::Empty { path: p() });
+    }
+    let open = || -> Result<ImageReader<_>, ImageLoadError> {
+        let reader = ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|source| ImageLoadError::Open { path: p(), source })?;
+        match reader.format() {
+            None => Err(ImageLoadError::UnknownFormat { path: p() }),
+            // Every supported format but TGA starts with a signature; a file whose content
+            // matches none of them is not an image, whatever its extension says.
+            Some(format) if format != ImageFormat::Tga && !has_known_signature(path) => {
+                Err(ImageLoadError::UnknownFormat { path: p() })
+            }
+            Some(_) => Ok(reader),
+        }
+    };
+    // Header first: a 100000x100000 PNG is refused before a byte of it is decoded.
+    let (width, height) = open()?
+        .into_dimensions()
+        .map_err(|e| decode_error(path, e))?;
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        return Err(ImageLoadError::TooLarge {
+            path: p(),
+            width,
+            height,
+            max: MAX_IMAGE_SIDE,
+        });
+    }
+    if width < MIN_IMAGE_SIDE || height < MIN_IMAGE_SIDE {
+        return Err(ImageLoadError::TooSmall {
+            path: p(),
+            width,
+            height,
+            min: MIN_IMAGE_SIDE,
+        });
+    }
+    let mut reader = open()?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    reader.decode().map_err(|e| decode_error(path, e))
+}
+
+fn has_known_signature(path: &Path) -> bool {
+    let mut head = [0u8; 64];
+    let read = std::fs::File::open(path).and_then(|mut file| {
+        use std::io::Read;
+        file.read(&mut head)
+    });
+    matches!(read, Ok(n) if image::guess_format(&head[..n]).is_ok())
+}
+
+fn decode_error(path: &Path, error: image::ImageError) -> ImageLoadError {
+    match error {
+        image::ImageError::Limits(limit) => match limit.kind() {
+            image::error::LimitErrorKind::InsufficientMemory => ImageLoadError::TooMuchMemory {
+                path: path.to_owned(),
+                limit_mib: MAX_DECODE_BYTES >> 20,
+            },
+            _ => ImageLoadError::Decode {
+                path: path.to_owned(),
+                reason: limit.to_string(),
+            },
+        },
+        image::ImageError::Unsupported(e) => ImageLoadError::Decode {
+            path: path.to_owned(),
+            reason: format!("unsupported image: {e}"),
+        },
+        other => ImageLoadError::Decode {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Alpha composited on white, largest centred square, resized to `size`x`size`; values in [0, 1].
+pub fn preprocess(image: &DynamicImage, size: u32) -> Rgb32FImage {
+    let rgba = image.to_rgba32f();
+    let (width, height) = rgba.dimensions();
+    let side = width.min(height);
+    let (x0, y0) = ((width - side) / 2, (height - side) / 2);
+    let mut square = Rgb32FImage::new(side, side);
+    for (x, y, pixel) in square.enumerate_pixels_mut() {
+        let [r, g, b, a] = rgba.get_pixel(x0 + x, y0 + y).0;
+        let a = a.clamp(0.0, 1.0);
+        let over_white = |c: f32| c.clamp(0.0, 1.0) * a + (1.0 - a);
+        *pixel = Rgb([over_white(r), over_white(g), over_white(b)]);
+    }
+    if side == size {
+        return square;
+    }
+    let mut resized = image::imageops::resize(&square, size, size, FilterType::Lanczos3);
+    // Lanczos rings slightly outside [0, 1] at hard edges.
+    for value in resized.iter_mut() {
+        *value = value.clamp(0.0, 1.0);
+    }
+    resized
+}
+
+/// Decodes and preprocesses in one step.
+pub fn load_for_model(path: &Path, size: u32) -> Result<Rgb32FImage, ImageLoadError> {
+    Ok(preprocess(&decode_file(path)?, size))
+}
+
+/// `[0, 1]` RGB images of one size -> `[batch, 3, H, W]` in [-1, 1].
+pub fn to_tensor(images: &[&Rgb32FImage], device: &Device) -> Tensor<4> {
+    let (width, height) = images[0].dimensions();
+    let (w, h) = (width as usize, height as usize);
+    let mut data = vec![0.0f32; images.len() * 3 * h * w];
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(
+            image.dimensions(),
+            (width, height),
+            "batch images must share one size"
+        );
+        for (x, y, pixel) in image.enumerate_pixels() {
+            for c in 0..3 {
+                data[((i * 3 + c) * h + y as usize) * w + x as usize] = pixel.0[c] * 2.0 - 1.0;
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device)
+}
+
+/// `[batch, 3, H, W]` in ~[-1, 1] -> RGB images in [0, 1] (clamped).
+pub fn from_tensor(tensor: Tensor<4>) -> Vec<Rgb32FImage> {
+    let [batch, _, h, w] = tensor.dims();
+    let values: Vec<f32> = tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("a float tensor converts to f32");
+    (0..batch)
+        .map(|i| {
+            Rgb32FImage::from_fn(w as u32, h as u32, |x, y| {
+                let at = |c: usize| values[((i * 3 + c) * h + y as usize) * w + x as usize];
+                Rgb([0, 1, 2].map(|c| ((at(c) + 1.0) * 0.5).clamp(0.0, 1.0)))
+            })
+        })
+        .collect()
+}
+
+/// 8-bit RGB copy, rounding.
+pub fn to_rgb8(image: &Rgb32FImage) -> RgbImage {
+    RgbImage::from_fn(image.width(), image.height(), |x, y| {
+        Rgb(image
+            .get_pixel(x, y)
+            .0
+            .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8))
+    })
+}
+
+/// Writes an 8-bit PNG atomically, with optional `tEXt` chunks (key, value).
+pub fn save_png(
+    image: &Rgb32FImage,
+    path: &Path,
+    text: &[(&str, &str)],
+) -> Result<(), ImageSaveError> {
+    let rgb = to_rgb8(image);
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(Cursor::new(&mut bytes), rgb.width(), rgb.height());
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        for (key, value) in text {
+            encoder
+                .add_text_chunk((*key).to_owned(), (*value).to_owned())
+                .map_err(|e| ImageSaveError::Encode {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut writer = encoder.write_header().map_err(|e| ImageSaveError::Encode {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        writer
+            .write_image_data(rgb.as_raw())
+            .map_err(|e| ImageSaveError::Encode {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+    }
+    crate::files::write_atomic(path, &bytes).map_err(|source| ImageSaveError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}

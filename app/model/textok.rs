@@ -1,0 +1,342 @@
+//! TexTok (arXiv 2412.05796): a ViT tokenizer/detokenizer conditioned in-context on caption
+//! embeddings, and the identical "Baseline" with no text tokens.
+//!
+//! Tokenizer E: ViT over `[patch embeddings P | learnable latent tokens L | projected text T]`;
+//! the N latent outputs are projected to continuous tokens Z (`[N, d]`, d = 8).
+//! Detokenizer D: ViT over `[learnable patch queries P' | linear(Z[..k]) | projected text T]`;
+//! the patch outputs are projected to pixels.
+//!
+//! Any budget from one checkpoint: the detokenizer reads only the first k of the N tokens, and
+//! training samples k per step (nested tail drop), so one model serves the whole 32-256 slider.
+
+use std::path::Path;
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::{Device, Distribution, Tensor};
+
+use super::layers::{MASKED_KEY_BIAS, VitBlock, VitBlockConfig};
+use super::text_encoder::TextEmbeddings;
+use crate::checkpoint::{CheckpointError, CheckpointFile, StoredPrecision, save_module};
+
+/// Checkpoint kind of TexTok and Baseline tokenizers (the config says which).
+pub const KIND_TEXTOK: &str = "textok-tokenizer";
+
+/// Smallest token budget the app offers (the paper's smallest).
+pub const MIN_BUDGET: usize = 32;
+
+#[derive(Config, Debug, PartialEq)]
+pub struct TexTokConfig {
+    /// Square input/output resolution in pixels.
+    pub image_size: usize,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Transformer width D.
+    pub width: usize,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub heads: usize,
+    pub mlp_hidden: usize,
+    /// true: TexTok (caption tokens in both halves); false: the Baseline without text.
+    pub text_conditioning: bool,
+    /// N_max: latent tokens produced by the tokenizer; budgets are prefixes of them.
+    #[config(default = 256)]
+    pub max_tokens: usize,
+    /// d: channels of each continuous token.
+    #[config(default = 8)]
+    pub token_dim: usize,
+    /// Width of the text encoder's embeddings (384 for all-MiniLM-L6-v2).
+    #[config(default = 384)]
+    pub text_dim: usize,
+    /// Caption tokens the text encoder keeps for this model.
+    #[config(default = 32)]
+    pub max_text_tokens: usize,
+}
+
+impl TexTokConfig {
+    /// For tests: 32 px, patch 8, width 32, 1+1 layers.
+    pub fn tiny(text_conditioning: bool) -> Self {
+        Self::new(32, 8, 32, 1, 1, 2, 64, text_conditioning)
+    }
+
+    /// CPU-trainable: 128 px, patch 8, width 192, 4+4 layers.
+    pub fn small(text_conditioning: bool) -> Self {
+        Self::new(128, 8, 192, 4, 4, 3, 768, text_conditioning)
+    }
+
+    /// The paper's TexTok-B: 256 px, patch 8, width 768, 12+12 layers, 12 heads, MLP 3072
+    /// (captions: the paper uses 128 T5 tokens; we keep our text encoder's default).
+    pub fn base(text_conditioning: bool) -> Self {
+        Self::new(256, 8, 768, 12, 12, 12, 3072, text_conditioning)
+    }
+
+    /// A preset by name: `tiny`, `small` or `base`.
+    pub fn preset(name: &str, text_conditioning: bool) -> Option<Self> {
+        match name {
+            "tiny" => Some(Self::tiny(text_conditioning)),
+            "small" => Some(Self::small(text_conditioning)),
+            "base" => Some(Self::base(text_conditioning)),
+            _ => None,
+        }
+    }
+
+    pub const PRESETS: [&'static str; 3] = ["tiny", "small", "base"];
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Checks the config describes a buildable model of sane size (checkpoint metadata is
+    /// untrusted input: a bad config must be an error, not a panic or a huge allocation).
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 9] = [
+            (
+                self.patch_size > 0 && self.image_size.is_multiple_of(self.patch_size),
+                "image_size must be a multiple of patch_size",
+            ),
+            (
+                (8..=1024).contains(&self.image_size),
+                "image_size must be 8..=1024",
+            ),
+            ((1..=8192).contains(&self.width), "width must be 1..=8192"),
+            (
+                self.heads > 0 && self.width.is_multiple_of(self.heads),
+                "width must be a multiple of heads",
+            ),
+            (
+                (1..=32768).contains(&self.mlp_hidden),
+                "mlp_hidden must be 1..=32768",
+            ),
+            (
+                self.encoder_layers <= 64 && self.decoder_layers <= 64,
+                "at most 64 layers per half",
+            ),
+            (
+                (MIN_BUDGET..=4096).contains(&self.max_tokens),
+                "max_tokens must be 32..=4096",
+            ),
+            (
+                (1..=256).contains(&self.token_dim) && (1..=8192).contains(&self.text_dim),
+                "token_dim/text_dim out of range",
+            ),
+            (
+                (2..=512).contains(&self.max_text_tokens),
+                "max_text_tokens must be 2..=512",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err((*message).to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    /// Builds a randomly initialised model. Call [`Self::validate`] first on untrusted configs.
+    pub fn init(&self, device: &Device) -> TexTok {
+        let d = self.width;
+        let pixels = self.patch_size * self.patch_size * 3;
+        let init_param = |shape: [usize; 3]| {
+            Param::from_tensor(Tensor::random(
+                shape,
+                Distribution::Normal(0.0, 0.02),
+                device,
+            ))
+        };
+        let blocks = |n: usize| {
+            (0..n)
+                .map(|_| VitBlockConfig::new(d, self.heads, self.mlp_hidden).init(device))
+                .collect::<Vec<_>>()
+        };
+        let text_proj = || {
+            self.text_conditioning
+                .then(|| LinearConfig::new(self.text_dim, d).init(device))
+        };
+        let norm = || LayerNormConfig::new(d).with_epsilon(1e-6).init(device);
+        TexTok {
+            patch_embed: LinearConfig::new(pixels, d).init(device),
+            encoder_patch_pos: init_param([1, self.num_patches(), d]),
+            latent_tokens: init_param([1, self.max_tokens, d]),
+            encoder_text_proj: text_proj(),
+            encoder_blocks: blocks(self.encoder_layers),
+            encoder_norm: norm(),
+            to_tokens: LinearConfig::new(d, self.token_dim).init(device),
+            from_tokens: LinearConfig::new(self.token_dim, d).init(device),
+            decoder_token_pos: init_param([1, self.max_tokens, d]),
+            decoder_patch_queries: init_param([1, self.num_patches(), d]),
+            decoder_text_proj: text_proj(),
+            decoder_blocks: blocks(self.decoder_layers),
+            decoder_norm: norm(),
+            to_pixels: LinearConfig::new(d, pixels).init(device),
+            patch_size: self.patch_size,
+            grid: self.grid(),
+            max_tokens: self.max_tokens,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct TexTok {
+    // Tokenizer E.
+    pub patch_embed: Linear,
+    pub encoder_patch_pos: Param<Tensor<3>>,
+    pub latent_tokens: Param<Tensor<3>>,
+    pub encoder_text_proj: Option<Linear>,
+    pub encoder_blocks: Vec<VitBlock>,
+    pub encoder_norm: LayerNorm,
+    pub to_tokens: Linear,
+    // Detokenizer D.
+    pub from_tokens: Linear,
+    pub decoder_token_pos: Param<Tensor<3>>,
+    pub decoder_patch_queries: Param<Tensor<3>>,
+    pub decoder_text_proj: Option<Linear>,
+    pub decoder_blocks: Vec<VitBlock>,
+    pub decoder_norm: LayerNorm,
+    pub to_pixels: Linear,
+    pub patch_size: usize,
+    pub grid: usize,
+    pub max_tokens: usize,
+}
+
+impl TexTok {
+    pub fn is_text_conditioned(&self) -> bool {
+        self.encoder_text_proj.is_some()
+    }
+
+    /// Tokenizer E.
+    /// - `image`: `[batch, 3, H, W]`, values in [-1, 1], H = W = image_size
+    /// - `text`: the caption embeddings (ignored by the Baseline; TexTok without text runs
+    ///   with no text tokens)
+    /// - returns the continuous tokens `[batch, max_tokens, token_dim]`
+    pub fn encode(&self, image: Tensor<4>, text: Option<&TextEmbeddings>) -> Tensor<3> {
+        let [batch, _, _, _] = image.dims();
+        let patches = self.patch_embed.forward(self.patchify(image)) + self.encoder_patch_pos.val();
+        let latents = self.latent_tokens.val().repeat_dim(0, batch);
+        let prefix = [patches, latents];
+        let x = self.run_blocks(&self.encoder_blocks, &self.encoder_text_proj, prefix, text);
+        let num_patches = self.grid * self.grid;
+        let latents = self
+            .encoder_norm
+            .forward(x)
+            .narrow(1, num_patches, self.max_tokens);
+        self.to_tokens.forward(latents)
+    }
+
+    /// Detokenizer D.
+    /// - `tokens`: `[batch, k, token_dim]`, the first k tokens (1 <= k <= max_tokens)
+    /// - `text`: the same caption embeddings given to [`Self::encode`]
+    /// - returns the image `[batch, 3, H, W]` (not clamped; ~[-1, 1])
+    pub fn decode(&self, tokens: Tensor<3>, text: Option<&TextEmbeddings>) -> Tensor<4> {
+        let [batch, k, _] = tokens.dims();
+        assert!(
+            k >= 1 && k <= self.max_tokens,
+            "token budget {k} outside 1..={}",
+            self.max_tokens
+        );
+        let tokens =
+            self.from_tokens.forward(tokens) + self.decoder_token_pos.val().narrow(1, 0, k);
+        let queries = self.decoder_patch_queries.val().repeat_dim(0, batch);
+        let x = self.run_blocks(
+            &self.decoder_blocks,
+            &self.decoder_text_proj,
+            [queries, tokens],
+            text,
+        );
+        let num_patches = self.grid * self.grid;
+        let patches = self.decoder_norm.forward(x).narrow(1, 0, num_patches);
+        self.unpatchify(self.to_pixels.forward(patches))
+    }
+
+    /// Encode, keep the first `budget` tokens, decode: `[batch, 3, H, W]` -> `[batch, 3, H, W]`.
+    pub fn reconstruct(
+        &self,
+        image: Tensor<4>,
+        text: Option<&TextEmbeddings>,
+        budget: usize,
+    ) -> Tensor<4> {
+        let tokens = self.encode(image, text);
+        self.decode(tokens.narrow(1, 0, budget), text)
+    }
+
+    /// Concatenates `prefix` with the projected caption (if this model uses text), runs the
+    /// blocks with padding masked out, and returns the full sequence `[batch, seq, width]`.
+    fn run_blocks(
+        &self,
+        blocks: &[VitBlock],
+        text_proj: &Option<Linear>,
+        prefix: [Tensor<3>; 2],
+        text: Option<&TextEmbeddings>,
+    ) -> Tensor<3> {
+        let [batch, prefix_a, _] = prefix[0].dims();
+        let prefix_b = prefix[1].dims()[1];
+        let (mut x, key_bias) = match (text_proj, text) {
+            (Some(proj), Some(text)) => {
+                let text_tokens = proj.forward(text.hidden.clone());
+                let device = text_tokens.device();
+                let visible = Tensor::<2>::zeros([batch, prefix_a + prefix_b], &device);
+                let padding = (text.mask.clone().neg() + 1.0).mul_scalar(MASKED_KEY_BIAS);
+                let [p0, p1] = prefix;
+                (
+                    Tensor::cat(vec![p0, p1, text_tokens], 1),
+                    Some(Tensor::cat(vec![visible, padding], 1)),
+                )
+            }
+            _ => (Tensor::cat(prefix.to_vec(), 1), None),
+        };
+        for block in blocks {
+            x = block.forward(x, key_bias.clone());
+        }
+        x
+    }
+
+    /// `[batch, 3, H, W]` -> `[batch, patches, patch*patch*3]` (row-major patches, pixel-major
+    /// inside a patch, channels last).
+    fn patchify(&self, image: Tensor<4>) -> Tensor<3> {
+        let [batch, channels, _, _] = image.dims();
+        let (g, s) = (self.grid, self.patch_size);
+        image
+            .reshape([batch, channels, g, s, g, s])
+            .permute([0, 2, 4, 3, 5, 1])
+            .reshape([batch, g * g, s * s * channels])
+    }
+
+    /// Inverse of [`Self::patchify`].
+    fn unpatchify(&self, patches: Tensor<3>) -> Tensor<4> {
+        let [batch, _, _] = patches.dims();
+        let (g, s) = (self.grid, self.patch_size);
+        patches
+            .reshape([batch, g, g, s, s, 3])
+            .permute([0, 5, 1, 3, 2, 4])
+            .reshape([batch, 3, g * s, g * s])
+    }
+
+    /// Loads a TexTok or Baseline checkpoint, validating config and every tensor.
+    pub fn load(path: &Path, device: &Device) -> Result<(TexTok, TexTokConfig), CheckpointError> {
+        let checkpoint = CheckpointFile::read(path)?;
+        checkpoint.expect_kind(KIND_TEXTOK)?;
+        let config: TexTokConfig = checkpoint.config("TexTok")?;
+        config
+            .validate()
+            .map_err(|reason| CheckpointError::BadConfig {
+                path: path.to_owned(),
+                expected: "TexTok".into(),
+                reason,
+            })?;
+        let model = checkpoint.load_into(config.init(device))?;
+        Ok((model, config))
+    }
+
+    /// Saves this model with `config` as a self-describing checkpoint (atomically).
+    pub fn save(
+        &self,
+        config: &TexTokConfig,
+        path: &Path,
+        precision: StoredPrecision,
+    ) -> Result<(), CheckpointError> {
+        save_module(self, path, KIND_TEXTOK, config, precision)
+    }
+}

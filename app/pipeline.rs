@@ -1,0 +1,302 @@
+//! The operations the app offers, shared by the CLI and the GUI: load models, reconstruct.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use burn::tensor::Device;
+use image::Rgb32FImage;
+
+use crate::data::image as imageio;
+use crate::device::SelectedDevice;
+use crate::jobs::{CancelToken, Progress, ProgressSink};
+use crate::metrics;
+use crate::model::text_encoder::{MiniLmTextEncoder, TextEncoder};
+use crate::model::textok::{MIN_BUDGET, TexTok, TexTokConfig};
+
+/// The paper's budgets, the default for `reconstruct`.
+pub const DEFAULT_BUDGETS: [usize; 4] = [32, 64, 128, 256];
+
+/// Seed for the stand-in randomly initialised models, so their output is reproducible.
+const RANDOM_INIT_SEED: u64 = 20241207;
+
+/// Where a tokenizer's weights came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    File(PathBuf),
+    /// No checkpoint exists yet: a randomly initialised preset stands in (its output is noise).
+    RandomInit {
+        preset: String,
+        missing: PathBuf,
+    },
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::File(path) => write!(f, "{}", path.display()),
+            ModelSource::RandomInit { preset, missing } => write!(
+                f,
+                "RANDOMLY INITIALISED `{preset}` preset ({} not found; train one with the training pipeline)",
+                missing.display()
+            ),
+        }
+    }
+}
+
+/// A TexTok or Baseline tokenizer ready to run.
+#[derive(Debug)]
+pub struct LoadedTokenizer {
+    pub model: TexTok,
+    pub config: TexTokConfig,
+    pub source: ModelSource,
+}
+
+impl LoadedTokenizer {
+    /// Loads `explicit` if given (it must exist); otherwise `default` if it exists; otherwise a
+    /// randomly initialised `small` preset, flagged as such in `source`.
+    pub fn load_or_stand_in(
+        explicit: Option<&Path>,
+        default: &Path,
+        text_conditioning: bool,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let path = match explicit {
+            Some(path) => path,
+            None if default.exists() => default,
+            None => {
+                device.seed(RANDOM_INIT_SEED);
+                let config = TexTokConfig::small(text_conditioning);
+                return Ok(Self {
+                    model: config.init(device),
+                    config,
+                    source: ModelSource::RandomInit {
+                        preset: "small".into(),
+                        missing: default.to_owned(),
+                    },
+                });
+            }
+        };
+        let (model, config) = TexTok::load(path, device)?;
+        if config.text_conditioning != text_conditioning {
+            let (is, wanted) = if config.text_conditioning {
+                ("TexTok", "Baseline")
+            } else {
+                ("Baseline", "TexTok")
+            };
+            bail!(
+                "{}: is a {is} model, but a {wanted} model was expected here",
+                path.display()
+            );
+        }
+        Ok(Self {
+            model,
+            config,
+            source: ModelSource::File(path.to_owned()),
+        })
+    }
+}
+
+/// Everything `reconstruct` needs, loaded once.
+pub struct ReconstructEngine {
+    pub device: SelectedDevice,
+    pub text_encoder: MiniLmTextEncoder,
+    pub textok: LoadedTokenizer,
+    pub baseline: Option<LoadedTokenizer>,
+}
+
+/// What to load for a [`ReconstructEngine`].
+#[derive(Debug, Clone, Default)]
+pub struct EngineSpec {
+    pub text_encoder_dir: PathBuf,
+    pub textok: Option<PathBuf>,
+    pub default_textok: PathBuf,
+    pub baseline: Option<PathBuf>,
+    pub default_baseline: PathBuf,
+    /// Load the Baseline (from `baseline` or, if missing, `default_baseline`).
+    pub with_baseline: bool,
+}
+
+impl EngineSpec {
+    /// The shipped models.
+    pub fn shipped() -> Self {
+        Self {
+            text_encoder_dir: crate::paths::text_encoder_dir(),
+            textok: None,
+            default_textok: crate::paths::default_textok_checkpoint(),
+            baseline: None,
+            default_baseline: crate::paths::default_baseline_checkpoint(),
+            with_baseline: true,
+        }
+    }
+}
+
+impl ReconstructEngine {
+    pub fn load(spec: &EngineSpec, device: SelectedDevice) -> anyhow::Result<Self> {
+        let textok = LoadedTokenizer::load_or_stand_in(
+            spec.textok.as_deref(),
+            &spec.default_textok,
+            true,
+            &device.device,
+        )?;
+        let baseline = if spec.with_baseline || spec.baseline.is_some() {
+            Some(LoadedTokenizer::load_or_stand_in(
+                spec.baseline.as_deref(),
+                &spec.default_baseline,
+                false,
+                &device.device,
+            )?)
+        } else {
+            None
+        };
+        if let Some(baseline) = &baseline {
+            ensure!(
+                baseline.config.image_size == textok.config.image_size,
+                "TexTok works at {} px but the Baseline at {} px; compare models of one resolution",
+                textok.config.image_size,
+                baseline.config.image_size
+            );
+        }
+        let text_encoder = MiniLmTextEncoder::load(
+            &spec.text_encoder_dir,
+            textok.config.max_text_tokens,
+            &device.device,
+        )
+        .with_context(|| {
+            format!(
+                "loading the text encoder from {}",
+                spec.text_encoder_dir.display()
+            )
+        })?;
+        ensure!(
+            text_encoder.width() == textok.config.text_dim,
+            "the TexTok model expects {}-wide text embeddings but {} gives {}",
+            textok.config.text_dim,
+            text_encoder.name(),
+            text_encoder.width()
+        );
+        Ok(Self {
+            device,
+            text_encoder,
+            textok,
+            baseline,
+        })
+    }
+
+    /// Model resolution in pixels.
+    pub fn image_size(&self) -> u32 {
+        self.textok.config.image_size as u32
+    }
+}
+
+/// Which tokenizer produced a reconstruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tokenizer {
+    TexTok,
+    Baseline,
+}
+
+impl Tokenizer {
+    pub fn label(self) -> &'static str {
+        match self {
+            Tokenizer::TexTok => "TexTok",
+            Tokenizer::Baseline => "Baseline",
+        }
+    }
+
+    pub fn file_stem(self) -> &'static str {
+        match self {
+            Tokenizer::TexTok => "textok",
+            Tokenizer::Baseline => "baseline",
+        }
+    }
+}
+
+/// One reconstruction with its scores against the original.
+#[derive(Debug, Clone)]
+pub struct Reconstruction {
+    pub tokenizer: Tokenizer,
+    pub budget: usize,
+    pub image: Rgb32FImage,
+    pub psnr: f64,
+    pub ssim: f64,
+}
+
+/// Checks every budget is one the models can decode.
+pub fn validate_budgets(budgets: &[usize], max_tokens: usize) -> anyhow::Result<()> {
+    ensure!(!budgets.is_empty(), "no token budgets given");
+    for &budget in budgets {
+        ensure!(
+            (MIN_BUDGET..=max_tokens).contains(&budget),
+            "token budget {budget} is outside {MIN_BUDGET}..={max_tokens}"
+        );
+    }
+    Ok(())
+}
+
+/// Reconstructs `original` (already preprocessed to the model's size) at every budget with
+/// TexTok and, if loaded, the Baseline. Each model encodes once; each budget decodes a prefix.
+pub fn reconstruct(
+    engine: &ReconstructEngine,
+    original: &Rgb32FImage,
+    caption: &str,
+    budgets: &[usize],
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> anyhow::Result<Vec<Reconstruction>> {
+    let size = engine.image_size();
+    ensure!(
+        original.dimensions() == (size, size),
+        "the image must be preprocessed to {size}x{size}, got {}x{}",
+        original.width(),
+        original.height()
+    );
+    let mut max_tokens = engine.textok.config.max_tokens;
+    if let Some(baseline) = &engine.baseline {
+        max_tokens = max_tokens.min(baseline.config.max_tokens);
+    }
+    validate_budgets(budgets, max_tokens)?;
+
+    let device = &engine.device.device;
+    let models: Vec<(Tokenizer, &LoadedTokenizer)> =
+        std::iter::once((Tokenizer::TexTok, &engine.textok))
+            .chain(engine.baseline.iter().map(|b| (Tokenizer::Baseline, b)))
+            .collect();
+    let total = 1 + models.len() * (1 + budgets.len());
+    let mut done = 0;
+    let mut step = |message: String| {
+        done += 1;
+        progress.report(Progress {
+            done,
+            total,
+            message,
+        });
+    };
+
+    cancel.check()?;
+    let text = engine.text_encoder.encode(&[caption])?;
+    step("encoded the caption".into());
+    let input = imageio::to_tensor(&[original], device);
+    let mut results = Vec::new();
+    for (which, loaded) in models {
+        cancel.check()?;
+        let text = loaded.model.is_text_conditioned().then_some(&text);
+        let tokens = loaded.model.encode(input.clone(), text);
+        step(format!("{} tokenized the image", which.label()));
+        for &budget in budgets {
+            cancel.check()?;
+            let decoded = loaded
+                .model
+                .decode(tokens.clone().narrow(1, 0, budget), text);
+            let image = imageio::from_tensor(decoded).remove(0);
+            results.push(Reconstruction {
+                tokenizer: which,
+                budget,
+                psnr: metrics::psnr(original, &image),
+                ssim: metrics::ssim(original, &image),
+                image,
+            });
+            step(format!("{} decoded {budget} tokens", which.label()));
+        }
+    }
+    Ok(results)
+}

@@ -1,0 +1,298 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::store::ModuleSnapshot;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use textok_studio::checkpoint::{CheckpointError, StoredPrecision};
+use textok_studio::model::textok::TexTok;
+
+use crate::common::*;
+
+struct Stored {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+fn read_all(path: &Path) -> (Vec<Stored>, HashMap<String, String>) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let stored = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| Stored {
+            name,
+            dtype: view.dtype(),
+            shape: view.shape().to_vec(),
+            data: view.data().to_vec(),
+        })
+        .collect();
+    (stored, metadata)
+}
+
+fn write_all(path: &Path, stored: &[Stored], metadata: HashMap<String, String>) {
+    let views: Vec<(String, TensorView)> = stored
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                TensorView::new(s.dtype, s.shape.clone(), &s.data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, Some(metadata)).unwrap()).unwrap();
+}
+
+/// Saves a tiny TexTok (f32), lets `edit` damage the file, and returns the load error.
+fn load_error_after(
+    edit: impl FnOnce(&mut Vec<Stored>, &mut HashMap<String, String>),
+) -> (CheckpointError, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let (model, config) = tiny(true, 11);
+    model.save(&config, &path, StoredPrecision::F32).unwrap();
+    let (mut stored, mut metadata) = read_all(&path);
+    edit(&mut stored, &mut metadata);
+    write_all(&path, &stored, metadata);
+    let err = TexTok::load(&path, &cpu()).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("model.safetensors"),
+        "error names the file: {message}"
+    );
+    (err, message)
+}
+
+#[test]
+fn f32_round_trip_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.safetensors");
+    let (model, config) = tiny(true, 12);
+    model.save(&config, &path, StoredPrecision::F32).unwrap();
+    let (loaded, loaded_config) = TexTok::load(&path, &cpu()).unwrap();
+    assert_eq!(loaded_config, config);
+    let before = model.collect(None, None, true);
+    let after = loaded.collect(None, None, true);
+    assert_eq!(before.len(), after.len());
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(
+            a.to_bytes().unwrap().to_vec(),
+            b.to_bytes().unwrap().to_vec(),
+            "{}",
+            a.name
+        );
+    }
+    let images = random_images(1, 13);
+    let text = embed(&["a boat"]);
+    let diff = max_abs_diff(
+        model.reconstruct(images.clone(), Some(&text), 40),
+        loaded.reconstruct(images, Some(&text), 40),
+    );
+    assert_eq!(diff, 0.0);
+}
+
+#[test]
+fn f16_round_trip_keeps_f16_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny16.safetensors");
+    let (model, config) = tiny(false, 14);
+    model.save(&config, &path, StoredPrecision::F16).unwrap();
+    let (stored, _) = read_all(&path);
+    assert!(stored.iter().all(|s| s.dtype == Dtype::F16));
+    let (loaded, _) = TexTok::load(&path, &cpu()).unwrap();
+    for (a, b) in model
+        .collect(None, None, true)
+        .iter()
+        .zip(&loaded.collect(None, None, true))
+    {
+        let to_f32 = |bytes: &[u8]| {
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect::<Vec<_>>()
+        };
+        let original = to_f32(&a.to_bytes().unwrap());
+        let reloaded = to_f32(&b.to_bytes().unwrap());
+        for (x, y) in original.iter().zip(&reloaded) {
+            assert_eq!(half::f16::from_f32(*x).to_f32(), *y, "{}", a.name);
+        }
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (err, message) =
+        load_error_after(|stored, _| stored.retain(|s| s.name != "to_tokens.weight"));
+    assert!(
+        matches!(err, CheckpointError::MissingTensor { .. }),
+        "{message}"
+    );
+    assert!(message.contains("to_tokens.weight"), "{message}");
+}
+
+#[test]
+fn extra_tensor_is_named() {
+    let (err, message) = load_error_after(|stored, _| {
+        stored.push(Stored {
+            name: "surprise.weight".into(),
+            dtype: Dtype::F32,
+            shape: vec![2],
+            data: vec![0; 8],
+        })
+    });
+    assert!(
+        matches!(err, CheckpointError::UnexpectedTensor { .. }),
+        "{message}"
+    );
+    assert!(message.contains("surprise.weight"), "{message}");
+}
+
+#[test]
+fn misshapen_tensor_is_named() {
+    let (err, message) = load_error_after(|stored, _| {
+        let t = stored
+            .iter_mut()
+            .find(|s| s.name == "patch_embed.bias")
+            .unwrap();
+        t.shape = vec![t.shape[0] / 2, 2];
+    });
+    assert!(
+        matches!(err, CheckpointError::WrongShape { .. }),
+        "{message}"
+    );
+    assert!(message.contains("patch_embed.bias"), "{message}");
+}
+
+#[test]
+fn wrong_dtype_is_named() {
+    let (err, message) = load_error_after(|stored, _| {
+        let t = stored
+            .iter_mut()
+            .find(|s| s.name == "encoder_norm.gamma")
+            .unwrap();
+        t.dtype = Dtype::I32;
+    });
+    assert!(
+        matches!(err, CheckpointError::WrongDtype { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("encoder_norm.gamma") && message.contains("I32"),
+        "{message}"
+    );
+}
+
+#[test]
+fn non_finite_values_are_refused() {
+    let (err, message) = load_error_after(|stored, _| {
+        let t = stored
+            .iter_mut()
+            .find(|s| s.name == "to_pixels.bias")
+            .unwrap();
+        t.data[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    assert!(
+        matches!(err, CheckpointError::NonFinite { .. }),
+        "{message}"
+    );
+}
+
+#[test]
+fn config_that_disagrees_with_the_weights_is_refused() {
+    let (err, message) = load_error_after(|_, metadata| {
+        let mut config: serde_json::Value = serde_json::from_str(&metadata["config"]).unwrap();
+        config["width"] = 64.into();
+        config["mlp_hidden"] = 128.into();
+        metadata.insert("config".into(), config.to_string());
+    });
+    assert!(
+        matches!(err, CheckpointError::WrongShape { .. }),
+        "{message}"
+    );
+}
+
+#[test]
+fn invalid_config_is_an_error_not_a_panic() {
+    let (err, message) = load_error_after(|_, metadata| {
+        let mut config: serde_json::Value = serde_json::from_str(&metadata["config"]).unwrap();
+        config["patch_size"] = 0.into();
+        metadata.insert("config".into(), config.to_string());
+    });
+    assert!(
+        matches!(err, CheckpointError::BadConfig { .. }),
+        "{message}"
+    );
+    let (err, _) = load_error_after(|_, metadata| {
+        metadata.insert("config".into(), "{not json".into());
+    });
+    assert!(matches!(err, CheckpointError::BadConfig { .. }));
+}
+
+#[test]
+fn missing_metadata_and_wrong_kind_are_refused() {
+    let (err, message) = load_error_after(|_, metadata| {
+        metadata.remove("textok_studio_kind");
+    });
+    assert!(
+        matches!(err, CheckpointError::MissingMetadata { .. }),
+        "{message}"
+    );
+    let err =
+        TexTok::load(&repo_path("models/text-encoder/model.safetensors"), &cpu()).unwrap_err();
+    assert!(matches!(err, CheckpointError::WrongKind { .. }), "{err}");
+}
+
+#[test]
+fn truncated_and_foreign_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let (model, config) = tiny(true, 15);
+    model.save(&config, &path, StoredPrecision::F16).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [bytes.len() - 1, bytes.len() / 2, 20, 7, 0] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let err = TexTok::load(&path, &cpu()).unwrap_err();
+        assert!(
+            matches!(err, CheckpointError::NotSafetensors { .. }),
+            "cut at {cut}: {err}"
+        );
+        assert!(err.to_string().contains("model.safetensors"));
+    }
+    std::fs::write(&path, b"this is a text file, not a checkpoint\n".repeat(10)).unwrap();
+    assert!(matches!(
+        TexTok::load(&path, &cpu()),
+        Err(CheckpointError::NotSafetensors { .. })
+    ));
+    let missing = dir.path().join("nope.safetensors");
+    let err = TexTok::load(&missing, &cpu()).unwrap_err();
+    assert!(
+        matches!(err, CheckpointError::Read { .. }) && err.to_string().contains("nope.safetensors")
+    );
+}
+
+#[test]
+fn saving_is_atomic_and_leaves_no_temp_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.safetensors");
+    let (model, config) = tiny(true, 16);
+    model.save(&config, &path, StoredPrecision::F16).unwrap();
+    model.save(&config, &path, StoredPrecision::F16).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("a.safetensors")]);
+    // Saving into a folder that does not exist fails cleanly and names the path.
+    let err = model
+        .save(
+            &config,
+            &dir.path().join("no/such/dir/x.safetensors"),
+            StoredPrecision::F16,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("x.safetensors"), "{err}");
+}

@@ -1,0 +1,253 @@
+//! The real binary, end to end.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use textok_studio::checkpoint::StoredPrecision;
+
+use crate::common::*;
+
+fn studio(args: &[&str], models_dir: Option<&Path>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_textok-studio"));
+    command.args(args);
+    if let Some(dir) = models_dir {
+        command.env("TEXTOK_MODELS_DIR", dir);
+    }
+    command.output().expect("binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A user error: non-zero exit and exactly one line on stderr.
+fn assert_one_line_error(output: &Output, needle: &str) {
+    assert!(!output.status.success(), "should fail: {}", stdout(output));
+    let err = stderr(output);
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(err.contains(needle), "expected {needle:?} in {err}");
+}
+
+fn save_tiny_pair(dir: &Path) -> (String, String) {
+    let textok = dir.join("tiny-textok.safetensors");
+    let baseline = dir.join("tiny-baseline.safetensors");
+    let (model, config) = tiny(true, 31);
+    model.save(&config, &textok, StoredPrecision::F16).unwrap();
+    let (model, config) = tiny(false, 32);
+    model
+        .save(&config, &baseline, StoredPrecision::F16)
+        .unwrap();
+    (
+        textok.to_string_lossy().into_owned(),
+        baseline.to_string_lossy().into_owned(),
+    )
+}
+
+#[test]
+fn reconstruct_writes_images_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, baseline) = save_tiny_pair(dir.path());
+    let out = dir.path().join("out");
+    let image = repo_path("assets/samples/apple.png");
+    let caption_file = repo_path("assets/samples/apple.txt");
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            image.to_str().unwrap(),
+            "--caption-file",
+            caption_file.to_str().unwrap(),
+            "--tokens",
+            "32,256",
+            "--model",
+            &textok,
+            "--baseline",
+            &baseline,
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("device: CPU"), "{text}");
+    for name in [
+        "original.png",
+        "textok-32.png",
+        "textok-256.png",
+        "baseline-32.png",
+        "baseline-256.png",
+    ] {
+        let path = out.join(name);
+        let image = image::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((image.width(), image.height()), (32, 32), "{name}");
+    }
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("TexTok ") || l.starts_with("Baseline "))
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for row in rows {
+        let psnr: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(psnr.is_finite() && psnr > 0.0, "{row}");
+    }
+}
+
+#[test]
+fn missing_shipped_tokenizers_are_replaced_by_labelled_random_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    // Only the text encoder is present.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(
+        repo_path("models/text-encoder"),
+        models.join("text-encoder"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            repo_path("assets/samples/penguin.png").to_str().unwrap(),
+            "--caption",
+            "a penguin",
+            "--tokens",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Some(&models),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert_eq!(text.matches("RANDOMLY INITIALISED").count(), 2, "{text}");
+    assert!(
+        image::open(out.join("textok-32.png")).unwrap().width() == 128,
+        "small preset: 128 px"
+    );
+}
+
+#[test]
+fn user_errors_exit_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _) = save_tiny_pair(dir.path());
+    let out = dir.path().join("out");
+    let out = out.to_str().unwrap();
+    let apple = repo_path("assets/samples/apple.png");
+    let apple = apple.to_str().unwrap();
+
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            "/no/such.png",
+            "--caption",
+            "x",
+            "--out",
+            out,
+        ],
+        None,
+    );
+    assert_one_line_error(&output, "/no/such.png");
+
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            apple,
+            "--caption",
+            "x",
+            "--tokens",
+            "300",
+            "--out",
+            out,
+        ],
+        None,
+    );
+    assert_one_line_error(&output, "300");
+
+    let broken = dir.path().join("broken.safetensors");
+    std::fs::write(&broken, b"garbage").unwrap();
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            apple,
+            "--caption",
+            "x",
+            "--model",
+            broken.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ],
+        None,
+    );
+    assert_one_line_error(&output, "broken.safetensors");
+
+    // A Baseline checkpoint where TexTok is expected.
+    let (_, baseline) = save_tiny_pair(dir.path());
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            apple,
+            "--caption",
+            "x",
+            "--model",
+            &baseline,
+            "--no-baseline",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ],
+        None,
+    );
+    assert_one_line_error(&output, "Baseline");
+
+    let output = studio(&["info", "/no/such.safetensors"], None);
+    assert_one_line_error(&output, "such.safetensors");
+
+    let output = studio(&["reconstruct", "--image", apple, "--out", out], None);
+    assert!(!output.status.success(), "a caption is required");
+    let _ = textok;
+}
+
+#[test]
+fn info_describes_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _) = save_tiny_pair(dir.path());
+    let output = studio(&["info", &textok], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("kind:       textok-tokenizer"), "{text}");
+    assert!(text.contains("F16"), "{text}");
+    assert!(text.contains("\"text_conditioning\": true"), "{text}");
+    let params: usize = text
+        .lines()
+        .find(|l| l.starts_with("parameters:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (model, _) = tiny(true, 31);
+    assert_eq!(params, burn::module::Module::num_params(&model));
+}

@@ -1,0 +1,172 @@
+use std::path::Path;
+
+use image::{ImageBuffer, Rgb, Rgba, RgbaImage};
+use textok_studio::data::image::{self as imageio, ImageLoadError, MAX_IMAGE_SIDE};
+
+use crate::common::*;
+
+fn write_png_rgba(path: &Path, image: &RgbaImage) {
+    image.save(path).unwrap();
+}
+
+#[test]
+fn empty_not_image_and_truncated_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(
+        imageio::decode_file(&empty),
+        Err(ImageLoadError::Empty { .. })
+    ));
+
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, b"hello, I am plain text pretending to be a picture").unwrap();
+    let err = imageio::decode_file(&text).unwrap_err();
+    assert!(matches!(err, ImageLoadError::UnknownFormat { .. }), "{err}");
+    assert!(err.to_string().contains("notes.png"));
+
+    let good = dir.path().join("good.png");
+    write_png_rgba(
+        &good,
+        &RgbaImage::from_fn(64, 64, |x, y| Rgba([(x * 4) as u8, (y * 4) as u8, 9, 255])),
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.png");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = imageio::decode_file(&truncated).unwrap_err();
+    assert!(matches!(err, ImageLoadError::Decode { .. }), "{err}");
+
+    let missing = dir.path().join("missing.png");
+    assert!(matches!(
+        imageio::decode_file(&missing),
+        Err(ImageLoadError::Open { .. })
+    ));
+}
+
+#[test]
+fn tiny_images_are_refused_with_their_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = dir.path().join("one.png");
+    write_png_rgba(&one, &RgbaImage::from_pixel(1, 1, Rgba([1, 2, 3, 255])));
+    let err = imageio::decode_file(&one).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageLoadError::TooSmall {
+                width: 1,
+                height: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("1x1"));
+}
+
+#[test]
+fn huge_header_is_refused_before_decoding() {
+    // A valid PNG signature and IHDR claiming 100000 x 100000 pixels, and no pixel data.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.png");
+    {
+        let file = std::fs::File::create(&path).unwrap();
+        let mut encoder = png::Encoder::new(file, 100_000, 100_000);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().unwrap();
+        // A few bytes of zlib data: what a real decompression bomb looks like on disk.
+        writer
+            .write_chunk(
+                png::chunk::IDAT,
+                &[0x78, 0x9c, 0x63, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01],
+            )
+            .unwrap();
+        drop(writer);
+    }
+    let err = imageio::decode_file(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageLoadError::TooLarge {
+                width: 100_000,
+                height: 100_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&MAX_IMAGE_SIDE.to_string()));
+}
+
+#[test]
+fn sixteen_bit_images_are_read_at_full_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep.png");
+    let image: ImageBuffer<Rgb<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(40, 40, |x, _| Rgb([(x as u16) * 1600, 30000, 65535]));
+    image.save(&path).unwrap();
+    let loaded = imageio::load_for_model(&path, 40).unwrap();
+    let pixel = loaded.get_pixel(10, 5).0;
+    assert!((pixel[0] - 16000.0 / 65535.0).abs() < 1e-4, "{pixel:?}");
+    assert!((pixel[1] - 30000.0 / 65535.0).abs() < 1e-4);
+    assert!((pixel[2] - 1.0).abs() < 1e-6);
+}
+
+#[test]
+fn cmyk_jpeg_decodes_to_the_right_colour() {
+    // Made by Pillow: a solid CMYK (0, 255, 255, 0) = pure red JPEG.
+    let loaded = imageio::load_for_model(&repo_path("tests/fixtures/cmyk.jpg"), 16).unwrap();
+    let [r, g, b] = loaded.get_pixel(8, 8).0;
+    assert!(
+        r > 0.8 && g < 0.2 && b < 0.2,
+        "expected red, got {:?}",
+        (r, g, b)
+    );
+}
+
+#[test]
+fn alpha_is_composited_on_white_and_the_centre_is_cropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alpha.png");
+    // 96 x 32: left third transparent, middle third opaque black, right third half-transparent black.
+    let image = RgbaImage::from_fn(96, 32, |x, _| match x / 32 {
+        0 => Rgba([0, 0, 0, 0]),
+        1 => Rgba([0, 0, 0, 255]),
+        _ => Rgba([0, 0, 0, 128]),
+    });
+    write_png_rgba(&path, &image);
+    // Centre square = the opaque black middle third.
+    let centre = imageio::load_for_model(&path, 32).unwrap();
+    assert!(centre.pixels().all(|p| p.0 == [0.0, 0.0, 0.0]));
+    let full = imageio::preprocess(&imageio::decode_file(&path).unwrap(), 32);
+    assert_eq!(full.dimensions(), (32, 32));
+    let transparent =
+        image::DynamicImage::ImageRgba8(RgbaImage::from_pixel(20, 20, Rgba([0, 0, 0, 0])));
+    assert!(
+        imageio::preprocess(&transparent, 10)
+            .pixels()
+            .all(|p| p.0.iter().all(|v| (v - 1.0).abs() < 1e-5))
+    );
+    let half = image::DynamicImage::ImageRgba8(RgbaImage::from_pixel(20, 20, Rgba([0, 0, 0, 128])));
+    let value = imageio::preprocess(&half, 20).get_pixel(3, 3).0[0];
+    assert!((value - (1.0 - 128.0 / 255.0)).abs() < 1e-5, "{value}");
+}
+
+#[test]
+fn tensor_conversion_round_trips_and_pngs_are_written() {
+    let image =
+        image::Rgb32FImage::from_fn(32, 32, |x, y| Rgb([x as f32 / 31.0, y as f32 / 31.0, 0.5]));
+    let tensor = imageio::to_tensor(&[&image], &cpu());
+    assert_eq!(tensor.dims(), [1, 3, 32, 32]);
+    let back = imageio::from_tensor(tensor).remove(0);
+    for (a, b) in image.as_raw().iter().zip(back.as_raw()) {
+        assert!((a - b).abs() < 1e-6);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.png");
+    imageio::save_png(&back, &path, &[("caption", "a gradient")]).unwrap();
+    let reread = imageio::load_for_model(&path, 32).unwrap();
+    for (a, b) in image.as_raw().iter().zip(reread.as_raw()) {
+        assert!((a - b).abs() <= 0.5 / 255.0 + 1e-6);
+    }
+}

@@ -1,0 +1,44 @@
+use image::{Rgb, Rgb32FImage};
+use textok_studio::metrics::{format_psnr, psnr, ssim};
+
+fn pattern(seed: u32) -> Rgb32FImage {
+    Rgb32FImage::from_fn(48, 40, |x, y| {
+        let v = ((x * 7 + y * 13 + seed * 31) % 97) as f32 / 96.0;
+        Rgb([v, 1.0 - v, (v * 3.0) % 1.0])
+    })
+}
+
+#[test]
+fn identical_images_have_infinite_psnr_and_unit_ssim() {
+    let a = pattern(1);
+    assert!(psnr(&a, &a).is_infinite());
+    assert_eq!(format_psnr(psnr(&a, &a)), "inf");
+    assert!((ssim(&a, &a) - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn psnr_matches_a_hand_computed_value() {
+    // Every value off by 0.1: MSE = 0.01, PSNR = 10 log10(1 / 0.01) = 20 dB.
+    let a = Rgb32FImage::from_pixel(16, 16, Rgb([0.5, 0.5, 0.5]));
+    let b = Rgb32FImage::from_pixel(16, 16, Rgb([0.6, 0.4, 0.6]));
+    assert!((psnr(&a, &b) - 20.0).abs() < 1e-4);
+}
+
+#[test]
+fn ssim_drops_with_distortion_and_is_symmetric() {
+    let a = pattern(1);
+    let mut noisy = a.clone();
+    for (i, v) in noisy.iter_mut().enumerate() {
+        *v = (*v + if i % 2 == 0 { 0.2 } else { -0.2 }).clamp(0.0, 1.0);
+    }
+    let s = ssim(&a, &noisy);
+    assert!(s < 0.9 && s > -1.0, "{s}");
+    assert!((s - ssim(&noisy, &a)).abs() < 1e-12);
+    // Constant images that differ only in brightness: the luminance term alone, computable by hand.
+    let c1 = 0.01f64.powi(2);
+    let (m1, m2) = (0.25f64, 0.75f64);
+    let flat_a = Rgb32FImage::from_pixel(16, 16, Rgb([0.25; 3]));
+    let flat_b = Rgb32FImage::from_pixel(16, 16, Rgb([0.75; 3]));
+    let expected = (2.0 * m1 * m2 + c1) / (m1 * m1 + m2 * m2 + c1);
+    assert!((ssim(&flat_a, &flat_b) - expected).abs() < 1e-4);
+}

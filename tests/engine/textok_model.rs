@@ -1,0 +1,128 @@
+use burn::tensor::{Distribution, Tensor};
+use textok_studio::model::textok::TexTokConfig;
+
+use crate::common::*;
+
+#[test]
+fn shapes_at_every_budget() {
+    let (model, config) = tiny(true, 1);
+    let images = random_images(2, 2);
+    let text = embed(&["a red square", "a blue circle on a white background"]);
+    let tokens = model.encode(images.clone(), Some(&text));
+    assert_eq!(tokens.dims(), [2, config.max_tokens, config.token_dim]);
+    for budget in [32, 64, 100, 128, 256] {
+        let out = model.decode(tokens.clone().narrow(1, 0, budget), Some(&text));
+        assert_eq!(out.dims(), [2, 3, 32, 32], "budget {budget}");
+    }
+    assert_eq!(
+        model.reconstruct(images, Some(&text), 64).dims(),
+        [2, 3, 32, 32]
+    );
+}
+
+#[test]
+fn presets_have_the_documented_shapes() {
+    let small = TexTokConfig::small(true);
+    assert_eq!(
+        (
+            small.image_size,
+            small.patch_size,
+            small.max_tokens,
+            small.token_dim
+        ),
+        (128, 8, 256, 8)
+    );
+    let base = TexTokConfig::base(false);
+    assert_eq!(
+        (
+            base.image_size,
+            base.width,
+            base.encoder_layers,
+            base.heads,
+            base.mlp_hidden
+        ),
+        (256, 768, 12, 12, 3072)
+    );
+    assert!(!base.text_conditioning);
+    for name in TexTokConfig::PRESETS {
+        TexTokConfig::preset(name, true)
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+    assert!(TexTokConfig::preset("huge", true).is_none());
+}
+
+#[test]
+fn tokens_after_the_budget_cannot_influence_the_output() {
+    let (model, config) = tiny(true, 3);
+    let text = embed(&["a small house"]);
+    let tokens = model.encode(random_images(1, 4), Some(&text));
+    let budget = 48;
+    let device = cpu();
+    device.seed(5);
+    let noise = Tensor::<3>::random(
+        [1, config.max_tokens - budget, config.token_dim],
+        Distribution::Normal(0.0, 10.0),
+        &device,
+    );
+    let changed_tail = Tensor::cat(vec![tokens.clone().narrow(1, 0, budget), noise], 1);
+    assert!(
+        max_abs_diff(changed_tail.clone(), tokens.clone()) > 1.0,
+        "the tail really changed"
+    );
+    // The detokenizer is handed the first `budget` tokens of each sequence: equal outputs.
+    let out = model.decode(tokens.clone().narrow(1, 0, budget), Some(&text));
+    let out_changed = model.decode(changed_tail.narrow(1, 0, budget), Some(&text));
+    assert_eq!(max_abs_diff(out.clone(), out_changed), 0.0);
+    // ...while a token inside the prefix does change the output, so the check above can fail.
+    let bumped = tokens.clone().narrow(1, 0, budget).slice_assign(
+        [0..1, budget - 1..budget, 0..config.token_dim],
+        Tensor::ones([1, 1, config.token_dim], &device).mul_scalar(5.0),
+    );
+    let out_bumped = model.decode(bumped, Some(&text));
+    assert!(max_abs_diff(out, out_bumped) > 1e-4);
+}
+
+#[test]
+fn baseline_ignores_the_caption_and_textok_does_not() {
+    let images = random_images(1, 6);
+    let a = embed(&["a cat sleeping on a sofa"]);
+    let b = embed(&["a rocket launching into a dark starry sky above the sea"]);
+
+    let (baseline, _) = tiny(false, 7);
+    assert!(!baseline.is_text_conditioned());
+    let base_a = baseline.reconstruct(images.clone(), Some(&a), 64);
+    let base_b = baseline.reconstruct(images.clone(), Some(&b), 64);
+    assert_eq!(max_abs_diff(base_a, base_b), 0.0);
+
+    let (textok, _) = tiny(true, 7);
+    assert!(textok.is_text_conditioned());
+    let tok_a = textok.reconstruct(images.clone(), Some(&a), 64);
+    let tok_b = textok.reconstruct(images, Some(&b), 64);
+    assert!(
+        max_abs_diff(tok_a, tok_b) > 1e-5,
+        "TexTok's output must depend on the caption"
+    );
+}
+
+#[test]
+fn caption_padding_does_not_change_the_result() {
+    // Batched with a longer caption, the short caption is padded; the mask must hide the padding.
+    let (model, _) = tiny(true, 8);
+    let images = random_images(1, 9);
+    let alone = embed(&["a tree"]);
+    let padded = embed(&[
+        "a tree",
+        "a tall green tree standing alone in a wide field of golden wheat",
+    ]);
+    assert!(padded.hidden.dims()[1] > alone.hidden.dims()[1]);
+    let first = textok_studio::model::text_encoder::TextEmbeddings {
+        hidden: padded.hidden.narrow(0, 0, 1),
+        mask: padded.mask.narrow(0, 0, 1),
+        lengths: vec![padded.lengths[0]],
+    };
+    let out_alone = model.reconstruct(images.clone(), Some(&alone), 32);
+    let out_padded = model.reconstruct(images, Some(&first), 32);
+    assert!(max_abs_diff(out_alone, out_padded) < 1e-4);
+}
