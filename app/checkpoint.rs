@@ -203,78 +203,107 @@ impl CheckpointFile {
 
     /// Validates every stored tensor against `module`'s parameters (names, shapes, dtype,
     /// finiteness) and only then loads them into it.
-    pub fn load_into<M: Module + ModuleSnapshot>(
+    pub fn load_into<M: Module + ModuleSnapshot>(&self, module: M) -> Result<M, CheckpointError> {
+        let expected = expected_parameters(&module);
+        let tensors = self.validated_tensors(&expected, "", &[])?;
+        host_to_module(module, tensors).map_err(|reason| CheckpointError::Apply {
+            path: self.path.clone(),
+            tensor: "(see reason)".into(),
+            reason,
+        })
+    }
+
+    /// The stored tensors named `prefix` + each expected name, checked against the expected
+    /// shapes, decoded to f32 and checked finite. Stored names under `prefix` that are not
+    /// expected are errors; names in `ignore` are skipped. Parameter ids are restored from the
+    /// `param_ids` metadata when present (training state), so optimizer state stays attached.
+    pub fn validated_tensors(
         &self,
-        mut module: M,
-    ) -> Result<M, CheckpointError> {
+        expected: &BTreeMap<String, Vec<usize>>,
+        prefix: &str,
+        ignore: &[&str],
+    ) -> Result<Vec<HostTensor>, CheckpointError> {
         let path = || self.path.clone();
-        let expected: BTreeMap<String, Vec<usize>> = module
-            .collect(None, None, true)
-            .into_iter()
-            .map(|t| (t.name.clone(), t.shape.to_vec()))
-            .collect();
         let stored = self.tensors();
-        let mut stored_names: Vec<String> = stored.names().into_iter().map(str::to_owned).collect();
+        let mut stored_names: Vec<&str> = stored.names();
         stored_names.sort();
-        for name in &stored_names {
-            if !expected.contains_key(name) {
+        for name in stored_names {
+            if ignore.contains(&name) {
+                continue;
+            }
+            let unexpected = match name.strip_prefix(prefix) {
+                Some(rest) => !expected.contains_key(rest),
+                None => prefix.is_empty(),
+            };
+            if unexpected {
                 return Err(CheckpointError::UnexpectedTensor {
                     path: path(),
-                    tensor: name.clone(),
+                    tensor: name.to_owned(),
                 });
             }
         }
+        let param_ids: HashMap<String, u64> = self
+            .metadata
+            .get(PARAM_IDS_KEY)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
         let mut loaded = Vec::with_capacity(expected.len());
-        for (name, shape) in &expected {
+        for (name, shape) in expected {
+            let full = format!("{prefix}{name}");
             let view = stored
-                .tensor(name)
+                .tensor(&full)
                 .map_err(|_| CheckpointError::MissingTensor {
                     path: path(),
-                    tensor: name.clone(),
+                    tensor: full.clone(),
                 })?;
             if view.shape() != shape.as_slice() {
                 return Err(CheckpointError::WrongShape {
                     path: path(),
-                    tensor: name.clone(),
+                    tensor: full,
                     found: view.shape().to_vec(),
                     expected: shape.clone(),
                 });
             }
             let values = decode_f32(&view).ok_or_else(|| CheckpointError::WrongDtype {
                 path: path(),
-                tensor: name.clone(),
+                tensor: full.clone(),
                 found: format!("{:?}", view.dtype()),
             })?;
             if values.iter().any(|v| !v.is_finite()) {
                 return Err(CheckpointError::NonFinite {
                     path: path(),
-                    tensor: name.clone(),
+                    tensor: full,
                 });
             }
-            loaded.push(PackTensor::new(
-                name.clone(),
-                DType::F32,
-                shape.clone(),
-                None,
-                Bytes::from_elems(values),
-            ));
-        }
-        let result = module.apply(loaded, None, None, true);
-        if let Some(error) = result.errors.first() {
-            return Err(CheckpointError::Apply {
-                path: path(),
-                tensor: format!("{error:?}"),
-                reason: "burn refused the tensor".into(),
+            let param_id = param_ids.get(&full).copied();
+            loaded.push(HostTensor {
+                name: name.clone(),
+                shape: shape.clone(),
+                param_id,
+                values,
             });
         }
-        if let Some((tensor, _)) = result.missing.first() {
-            return Err(CheckpointError::MissingTensor {
-                path: path(),
-                tensor: tensor.clone(),
-            });
-        }
-        Ok(module)
+        Ok(loaded)
     }
+
+    /// Raw bytes of a stored U8 tensor (used for optimizer state blobs).
+    pub fn blob(&self, name: &str) -> Option<Vec<u8>> {
+        let tensors = self.tensors();
+        let view = tensors.tensor(name).ok()?;
+        (view.dtype() == Dtype::U8).then(|| view.data().to_vec())
+    }
+}
+
+/// Metadata key mapping stored tensor names to burn parameter ids (training state only).
+pub const PARAM_IDS_KEY: &str = "param_ids";
+
+/// Parameter names and shapes of a module.
+pub fn expected_parameters<M: Module + ModuleSnapshot>(module: &M) -> BTreeMap<String, Vec<usize>> {
+    module
+        .collect(None, None, true)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.shape.to_vec()))
+        .collect()
 }
 
 /// Little-endian F16/BF16/F32 data as f32; `None` for any other dtype.
@@ -300,6 +329,72 @@ fn decode_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
     }
 }
 
+/// A parameter copied to host memory as f32, with its module path and burn parameter id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub param_id: Option<u64>,
+    pub values: Vec<f32>,
+}
+
+/// Copies every parameter of `module` to host memory (in module order).
+pub fn module_to_host<M: Module + ModuleSnapshot>(module: &M) -> Result<Vec<HostTensor>, String> {
+    module
+        .collect(None, None, true)
+        .into_iter()
+        .map(|tensor| {
+            if tensor.dtype != DType::F32 {
+                return Err(format!(
+                    "{}: parameters of dtype {:?} are not supported",
+                    tensor.name, tensor.dtype
+                ));
+            }
+            let bytes = tensor
+                .to_bytes()
+                .map_err(|e| format!("{}: {e:?}", tensor.name))?;
+            let values = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok(HostTensor {
+                name: tensor.name.clone(),
+                shape: tensor.shape.to_vec(),
+                param_id: tensor.param_id,
+                values,
+            })
+        })
+        .collect()
+}
+
+/// Loads host tensors into `module` by name (restoring parameter ids when present). The caller
+/// has validated names and shapes; any tensor burn refuses is reported by name.
+pub fn host_to_module<M: Module + ModuleSnapshot>(
+    mut module: M,
+    tensors: Vec<HostTensor>,
+) -> Result<M, String> {
+    let packed = tensors
+        .into_iter()
+        .map(|t| {
+            PackTensor::new(
+                t.name,
+                DType::F32,
+                t.shape,
+                t.param_id,
+                Bytes::from_elems(t.values),
+            )
+        })
+        .collect();
+    let result = module.apply(packed, None, None, true);
+    if let Some(error) = result.errors.first() {
+        return Err(format!("{error:?}"));
+    }
+    if let Some((tensor, _)) = result.missing.first() {
+        return Err(format!("tensor `{tensor}` is missing"));
+    }
+    Ok(module)
+}
+
 /// Saves every parameter of `module` to `path` (atomically), with `kind` and `config` metadata.
 pub fn save_module<M: Module + ModuleSnapshot, C: Serialize>(
     module: &M,
@@ -308,59 +403,81 @@ pub fn save_module<M: Module + ModuleSnapshot, C: Serialize>(
     config: &C,
     precision: StoredPrecision,
 ) -> Result<(), CheckpointError> {
-    let write_error = |source| CheckpointError::Write {
+    let tensors = module_to_host(module).map_err(|e| CheckpointError::Write {
+        path: path.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    save_host_tensors(&tensors, path, kind, config, precision, HashMap::new())
+}
+
+/// Writes host tensors as a self-describing checkpoint (atomically). `extra` metadata is added
+/// to the kind and config entries.
+pub fn save_host_tensors<C: Serialize>(
+    tensors: &[HostTensor],
+    path: &Path,
+    kind: &str,
+    config: &C,
+    precision: StoredPrecision,
+    extra: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let bytes =
+        serialize_host_tensors(tensors, kind, config, precision, extra, &[]).map_err(|e| {
+            CheckpointError::Write {
+                path: path.to_owned(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+    crate::files::write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
         path: path.to_owned(),
         source,
-    };
-    let config_json = serde_json::to_string(config)
-        .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
-    let mut metadata = HashMap::new();
-    metadata.insert(KIND_KEY.to_owned(), kind.to_owned());
-    metadata.insert(CONFIG_KEY.to_owned(), config_json);
-    metadata.insert("format".to_owned(), "pt".to_owned());
+    })
+}
 
-    let mut encoded: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for tensor in module.collect(None, None, true) {
-        let name = tensor.name.clone();
-        let shape = tensor.shape.to_vec();
-        let values: Vec<f32> = match tensor.dtype {
-            DType::F32 => {
-                let bytes = tensor
-                    .to_bytes()
-                    .map_err(|e| write_error(std::io::Error::other(format!("{name}: {e:?}"))))?;
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect()
-            }
-            other => {
-                return Err(write_error(std::io::Error::other(format!(
-                    "{name}: parameters of dtype {other:?} cannot be saved"
-                ))));
-            }
-        };
-        let bytes = match precision {
-            StoredPrecision::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            StoredPrecision::F16 => values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-        };
-        encoded.push((name, shape, bytes));
-    }
+/// Serializes host tensors (plus raw byte blobs stored as U8 tensors) to safetensors bytes.
+pub fn serialize_host_tensors<C: Serialize>(
+    tensors: &[HostTensor],
+    kind: &str,
+    config: &C,
+    precision: StoredPrecision,
+    extra: HashMap<String, String>,
+    blobs: &[(&str, &[u8])],
+) -> Result<Vec<u8>, String> {
+    let mut metadata = extra;
+    metadata.insert(KIND_KEY.to_owned(), kind.to_owned());
+    metadata.insert(
+        CONFIG_KEY.to_owned(),
+        serde_json::to_string(config).map_err(|e| e.to_string())?,
+    );
+    let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|t| {
+            let bytes = match precision {
+                StoredPrecision::F32 => t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                StoredPrecision::F16 => t
+                    .values
+                    .iter()
+                    .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            };
+            (t.name.clone(), t.shape.clone(), bytes)
+        })
+        .collect();
     let dtype = match precision {
         StoredPrecision::F16 => Dtype::F16,
         StoredPrecision::F32 => Dtype::F32,
     };
-    let views = encoded
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(dtype, shape.clone(), bytes)
-                .map(|view| (name.clone(), view))
-                .map_err(|e| write_error(std::io::Error::other(e.to_string())))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| write_error(std::io::Error::other(e.to_string())))?;
-    crate::files::write_atomic(path, &bytes).map_err(write_error)
+    let mut views = Vec::with_capacity(encoded.len() + blobs.len());
+    for (name, shape, bytes) in &encoded {
+        views.push((
+            name.clone(),
+            TensorView::new(dtype, shape.clone(), bytes).map_err(|e| e.to_string())?,
+        ));
+    }
+    for (name, bytes) in blobs {
+        views.push((
+            (*name).to_owned(),
+            TensorView::new(Dtype::U8, vec![bytes.len()], bytes).map_err(|e| e.to_string())?,
+        ));
+    }
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }

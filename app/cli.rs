@@ -36,6 +36,98 @@ pub enum Command {
     },
     /// List the GPU adapters wgpu can see and what `--device auto` would pick.
     Devices,
+    /// Train models.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Table 1 for a dataset: PSNR, SSIM and FD-EffNet of TexTok and the Baseline per budget.
+    Eval(EvalArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitChoice {
+    Validation,
+    Train,
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Dataset folder (same format as for training).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// TexTok checkpoint [default: the shipped model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Baseline checkpoint [default: the shipped model].
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_BUDGETS)]
+    pub tokens: Vec<usize>,
+    /// Which part of the deterministic split to evaluate.
+    #[arg(long, value_enum, default_value_t = SplitChoice::Validation)]
+    pub split: SplitChoice,
+    /// Percentage of the dataset in the validation split (as used for training).
+    #[arg(long, default_value_t = 5)]
+    pub validation_percent: u32,
+    /// Evaluate at most this many images (the first ones by path).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Also write the records as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrainCommand {
+    /// Train a TexTok tokenizer (or, with --no-text, the Baseline) on a captioned image folder.
+    Tokenizer(TrainTokenizerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainTokenizerArgs {
+    /// Dataset folder: images with NAME.txt captions, or a captions.jsonl at its root.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model size: tiny, small or base.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    /// Train the Baseline: the same model without caption tokens.
+    #[arg(long)]
+    pub no_text: bool,
+    #[arg(long)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Peak learning rate (after warm-up).
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    /// Warm-up steps [default: 5% of --steps, at most 1000].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Validate the EMA weights every this many steps.
+    #[arg(long, default_value_t = 500)]
+    pub eval_every: usize,
+    /// Validation images used for each evaluation.
+    #[arg(long, default_value_t = 64)]
+    pub eval_images: usize,
+    /// Weight of the perceptual (EfficientNet-Lite0) loss; 0 switches it off.
+    #[arg(long, default_value_t = 0.1)]
+    pub perceptual_weight: f64,
+    /// Save the full training state at least this often.
+    #[arg(long, default_value_t = 5.0)]
+    pub checkpoint_minutes: f64,
+    /// Run folder (config, log, state, EMA weights).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out where it stopped.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -71,6 +163,13 @@ pub struct ReconstructArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: first statement of the program, before any thread exists. burn puts some
+        // internal state (restored optimizer moments) on its default device; that must be the
+        // CPU backend, not a GPU runtime initialised behind the user's back (see
+        // .cargo/config.toml).
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
     init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -88,6 +187,8 @@ pub fn main() -> ExitCode {
         Some(Command::Reconstruct(args)) => run_reconstruct(args),
         Some(Command::Info { path }) => run_info(&path),
         Some(Command::Devices) => run_devices(),
+        Some(Command::Train(TrainCommand::Tokenizer(args))) => run_train_tokenizer(args),
+        Some(Command::Eval(args)) => run_eval(args),
         None => Err(anyhow::anyhow!(
             "the desktop app is not part of this build yet; run `textok-studio --help` for the commands"
         )),
@@ -233,5 +334,184 @@ fn run_devices() -> anyhow::Result<()> {
         "--device auto picks: {}",
         device::select(DeviceChoice::Auto)?.description
     );
+    Ok(())
+}
+
+/// Prints a progress line at most every few seconds, and every evaluation.
+struct ConsoleObserver {
+    last_print: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl crate::train::tokenizer::TrainObserver for ConsoleObserver {
+    fn on_step(&self, report: &crate::train::tokenizer::StepReport) {
+        let mut last = self.last_print.lock().unwrap_or_else(|e| e.into_inner());
+        let due =
+            last.is_none_or(|t| t.elapsed().as_secs_f64() >= 5.0) || report.step == report.total;
+        if !due {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let rate = report
+            .images_per_second
+            .map(|r| format!("{r:.1} img/s"))
+            .unwrap_or_else(|| "-- img/s".into());
+        let eta = report
+            .eta_seconds
+            .map(|s| crate::train::format_duration(std::time::Duration::from_secs_f64(s)))
+            .unwrap_or_else(|| "--".into());
+        eprintln!(
+            "step {}/{} ({:.1}%)  loss {:.5}  k={}  lr {:.2e}  {rate}  ETA {eta}",
+            report.step,
+            report.total,
+            100.0 * report.step as f64 / report.total as f64,
+            report.loss,
+            report.budget,
+            report.lr
+        );
+    }
+
+    fn on_eval(&self, report: &crate::train::tokenizer::EvalReport) {
+        let per_budget: Vec<String> = report
+            .psnr
+            .iter()
+            .map(|(k, p)| format!("{k}: {p:.2}"))
+            .collect();
+        eprintln!(
+            "eval at step {} on {} images: PSNR dB {}  (mean {:.2})",
+            report.step,
+            report.images,
+            per_budget.join(", "),
+            report.mean_psnr
+        );
+    }
+
+    fn on_message(&self, message: &str) {
+        eprintln!("{message}");
+    }
+}
+
+fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
+    use crate::train::tokenizer::{TokenizerTrainConfig, train_tokenizer};
+    let mut config = TokenizerTrainConfig::new(
+        args.data.clone(),
+        &args.preset,
+        !args.no_text,
+        args.steps,
+        args.batch,
+    );
+    config.learning_rate = args.lr;
+    if let Some(warmup) = args.warmup {
+        config.warmup_steps = warmup;
+    }
+    config.seed = args.seed;
+    config.eval_every = args.eval_every;
+    config.eval_images = args.eval_images;
+    config.checkpoint_minutes = args.checkpoint_minutes;
+    config.perceptual_weight = args.perceptual_weight;
+    let selected = device::select(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let cancel = CancelToken::new();
+    let on_interrupt = cancel.clone();
+    // First Ctrl-C: finish the step, save, exit. A second one: exit at once.
+    let _ = ctrlc::set_handler(move || {
+        if on_interrupt.is_cancelled() {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving the training state (Ctrl-C again to quit without saving)");
+        on_interrupt.cancel();
+    });
+    let observer = ConsoleObserver {
+        last_print: std::sync::Mutex::new(None),
+    };
+    let outcome = train_tokenizer(
+        &args.out,
+        &config,
+        args.resume,
+        &selected.device,
+        &crate::train::tokenizer::TrainingModels::shipped(),
+        &observer,
+        &cancel,
+    )?;
+    if outcome.finished {
+        println!(
+            "finished {} steps; EMA weights: {}",
+            outcome.step,
+            args.out.join("ema.safetensors").display()
+        );
+    } else {
+        println!("stopped at step {}; continue with --resume", outcome.step);
+    }
+    Ok(())
+}
+
+fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
+    use crate::data::dataset::{Dataset, Split};
+    use crate::metrics::evaluation::{EvalSetup, NamedModel, evaluate_models, format_table};
+    pipeline::validate_budgets(&args.tokens, 256)?;
+    let selected = device::select(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let mut spec = EngineSpec::shipped();
+    spec.textok = args.model.clone();
+    spec.baseline = args.baseline.clone();
+    let engine = ReconstructEngine::load(&spec, selected)?;
+    eprintln!("TexTok:   {}", engine.textok.source);
+    if let Some(baseline) = &engine.baseline {
+        eprintln!("Baseline: {}", baseline.source);
+    }
+    let effnet = crate::model::effnet::EfficientNet::load(
+        &crate::paths::effnet_checkpoint(),
+        &engine.device.device,
+    )?;
+    let dataset = Dataset::load(
+        &args.data,
+        engine.image_size(),
+        args.validation_percent,
+        None,
+        &NoProgress,
+        &CancelToken::new(),
+    )?;
+    let mut items: Vec<_> = match args.split {
+        SplitChoice::Validation => dataset.split(Split::Validation),
+        SplitChoice::Train => dataset.split(Split::Train),
+        SplitChoice::All => dataset.items.iter().collect(),
+    };
+    if let Some(limit) = args.limit {
+        items.truncate(limit);
+    }
+    eprintln!(
+        "{} images; {}",
+        items.len(),
+        dataset.skip_report().lines().next().unwrap_or("")
+    );
+    let mut models = vec![NamedModel {
+        name: "textok",
+        model: &engine.textok.model,
+    }];
+    if let Some(baseline) = &engine.baseline {
+        models.push(NamedModel {
+            name: "baseline",
+            model: &baseline.model,
+        });
+    }
+    let progress =
+        |p: crate::jobs::Progress| eprint!("\r{}/{} {}          ", p.done, p.total, p.message);
+    let records = evaluate_models(
+        &models,
+        &items,
+        &args.tokens,
+        &EvalSetup {
+            text_encoder: &engine.text_encoder,
+            effnet: &effnet,
+            device: &engine.device.device,
+        },
+        &progress,
+        &CancelToken::new(),
+    )?;
+    eprintln!();
+    print!("{}", format_table(&records));
+    if let Some(path) = &args.json {
+        crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
     Ok(())
 }

@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod model;
 pub mod paths;
 pub mod pipeline;
+pub mod train;

@@ -34,3 +34,10 @@ pub fn default_textok_checkpoint() -> PathBuf {
 pub fn default_baseline_checkpoint() -> PathBuf {
     models_dir().join("baseline-small.safetensors")
 }
+
+/// The converted EfficientNet-Lite0 weights (perceptual loss, FD-EffNet).
+pub fn effnet_checkpoint() -> PathBuf {
+    models_dir()
+        .join("efficientnet-lite0")
+        .join("model.safetensors")
+}

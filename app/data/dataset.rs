@@ -269,12 +269,13 @@ impl Dataset {
             });
         }
         if let (Some(path), true) = (cache_file, cache_dirty)
-            && let Err(error) = cache.write(path, size) {
-                tracing::warn!(
-                    "could not write the decode cache {}: {error}",
-                    path.display()
-                );
-            }
+            && let Err(error) = cache.write(path, size)
+        {
+            tracing::warn!(
+                "could not write the decode cache {}: {error}",
+                path.display()
+            );
+        }
         progress.report(Progress {
             done: total,
             total,

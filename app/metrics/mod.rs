@@ -1,5 +1,8 @@
 //! Reconstruction quality metrics on RGB images in [0, 1].
 
+pub mod evaluation;
+pub mod fd;
+
 use image::Rgb32FImage;
 
 /// Peak signal-to-noise ratio in dB over all channels (peak = 1). Identical images give

@@ -251,3 +251,66 @@ fn info_describes_a_checkpoint() {
     let (model, _) = tiny(true, 31);
     assert_eq!(params, burn::module::Module::num_params(&model));
 }
+
+#[test]
+fn eval_prints_the_table_and_writes_json_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, baseline) = save_tiny_pair(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["apple", "penguin", "lizard"] {
+        std::fs::copy(
+            repo_path(&format!("assets/samples/{name}.png")),
+            data.join(format!("{name}.png")),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo_path(&format!("assets/samples/{name}.txt")),
+            data.join(format!("{name}.txt")),
+        )
+        .unwrap();
+    }
+    let json = dir.path().join("table.json");
+    let output = studio(
+        &[
+            "eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            &textok,
+            "--baseline",
+            &baseline,
+            "--tokens",
+            "32,128",
+            "--split",
+            "all",
+            "--device",
+            "cpu",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("FD-EffNet") && text.contains("TexTok vs Baseline"),
+        "{text}"
+    );
+    let records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        assert_eq!(record["images"], 3);
+        assert!(["textok", "baseline"].contains(&record["model"].as_str().unwrap()));
+        assert!([32, 128].contains(&record["tokens"].as_u64().unwrap()));
+        for key in ["psnr", "ssim", "fd_effnet"] {
+            let value = record[key].as_f64().unwrap();
+            assert!(value.is_finite(), "{key} = {value}");
+        }
+        assert!(
+            record["fd_effnet"].as_f64().unwrap() > 0.0,
+            "random models do not reproduce the images: {record}"
+        );
+    }
+}

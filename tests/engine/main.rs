@@ -3,8 +3,11 @@
 mod checkpoints;
 mod cli;
 mod common;
+mod dataset;
+mod effnet;
 mod images;
 mod metrics;
 mod text_encoder;
 mod textok_model;
+mod training;
 mod wgpu_parity;

@@ -1,0 +1,189 @@
+//! The paper's Table 1 for our data: PSNR, SSIM and FD-EffNet of TexTok and the Baseline at each
+//! token budget, on a dataset split.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::dataset::DatasetItem;
+use crate::data::image as imageio;
+use crate::jobs::{CancelToken, Progress, ProgressSink};
+use crate::model::effnet::EfficientNet;
+use crate::model::text_encoder::TextEncoder;
+use crate::model::textok::TexTok;
+
+/// One row of the table; also the `--json` record format.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalRecord {
+    /// "textok" or "baseline".
+    pub model: String,
+    pub tokens: usize,
+    pub psnr: f64,
+    pub ssim: f64,
+    pub fd_effnet: f64,
+    pub images: usize,
+}
+
+/// A model to evaluate under a name ("textok" / "baseline").
+pub struct NamedModel<'a> {
+    pub name: &'a str,
+    pub model: &'a TexTok,
+}
+
+/// The frozen networks and the device an evaluation uses.
+pub struct EvalSetup<'a> {
+    pub text_encoder: &'a dyn TextEncoder,
+    pub effnet: &'a EfficientNet,
+    pub device: &'a burn::tensor::Device,
+}
+
+/// Reconstructs every item at every budget with every model and scores it.
+pub fn evaluate_models(
+    models: &[NamedModel<'_>],
+    items: &[&DatasetItem],
+    budgets: &[usize],
+    setup: &EvalSetup<'_>,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> anyhow::Result<Vec<EvalRecord>> {
+    let EvalSetup {
+        text_encoder,
+        effnet,
+        device,
+    } = *setup;
+    const BATCH: usize = 16;
+    anyhow::ensure!(
+        items.len() >= 2,
+        "FD-EffNet needs at least 2 images, got {}",
+        items.len()
+    );
+    let total = items.len().div_ceil(BATCH) * (1 + models.len());
+    let mut done = 0;
+    let mut step = |message: &str| {
+        done += 1;
+        progress.report(Progress {
+            done,
+            total,
+            message: message.to_owned(),
+        });
+    };
+    let originals: Vec<_> = items.iter().map(|item| item.image()).collect();
+    let mut original_features = Vec::with_capacity(items.len());
+    for chunk in originals.chunks(BATCH) {
+        cancel.check()?;
+        let refs: Vec<_> = chunk.iter().collect();
+        original_features.extend(features_of(effnet, imageio::to_tensor(&refs, device))?);
+        step("features of the originals");
+    }
+    let mut records = Vec::new();
+    for named in models {
+        // Per budget: sums of PSNR/SSIM and the reconstructions' features.
+        let mut psnr = vec![0.0; budgets.len()];
+        let mut ssim = vec![0.0; budgets.len()];
+        let mut features: Vec<Vec<Vec<f32>>> = vec![Vec::new(); budgets.len()];
+        for (chunk_index, chunk) in originals.chunks(BATCH).enumerate() {
+            cancel.check()?;
+            let chunk_items = &items[chunk_index * BATCH..chunk_index * BATCH + chunk.len()];
+            let refs: Vec<_> = chunk.iter().collect();
+            let input = imageio::to_tensor(&refs, device);
+            let captions: Vec<&str> = chunk_items
+                .iter()
+                .map(|item| item.caption.as_str())
+                .collect();
+            let text = if named.model.is_text_conditioned() {
+                Some(text_encoder.encode(&captions)?)
+            } else {
+                None
+            };
+            let tokens = named.model.encode(input, text.as_ref());
+            for (b, &budget) in budgets.iter().enumerate() {
+                let decoded = named
+                    .model
+                    .decode(tokens.clone().narrow(1, 0, budget), text.as_ref());
+                let images = imageio::from_tensor(decoded.clone());
+                for (original, reconstruction) in chunk.iter().zip(&images) {
+                    // Identical images have infinite PSNR; cap so one perfect image cannot
+                    // dominate the mean.
+                    psnr[b] += crate::metrics::psnr(original, reconstruction).min(100.0);
+                    ssim[b] += crate::metrics::ssim(original, reconstruction);
+                }
+                features[b].extend(features_of(effnet, decoded.clamp(-1.0, 1.0))?);
+            }
+            step(&format!("{} reconstructions", named.name));
+        }
+        let n = items.len() as f64;
+        for (b, &budget) in budgets.iter().enumerate() {
+            records.push(EvalRecord {
+                model: named.name.to_owned(),
+                tokens: budget,
+                psnr: psnr[b] / n,
+                ssim: ssim[b] / n,
+                fd_effnet: crate::metrics::fd::frechet_distance(&original_features, &features[b]),
+                images: items.len(),
+            });
+        }
+    }
+    Ok(records)
+}
+
+fn features_of(
+    effnet: &EfficientNet,
+    images: burn::tensor::Tensor<4>,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let pooled = effnet.pooled(images);
+    let [batch, dim] = pooled.dims();
+    let values = pooled
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok((0..batch)
+        .map(|i| values[i * dim..(i + 1) * dim].to_vec())
+        .collect())
+}
+
+/// The table as text: rows budget x model, then TexTok's relative improvement per budget.
+pub fn format_table(records: &[EvalRecord]) -> String {
+    let mut out = format!(
+        "{:<9} {:>6} {:>9} {:>7} {:>10}\n",
+        "model", "tokens", "PSNR dB", "SSIM", "FD-EffNet"
+    );
+    let mut budgets: Vec<usize> = records.iter().map(|r| r.tokens).collect();
+    budgets.sort_unstable();
+    budgets.dedup();
+    for &budget in &budgets {
+        for record in records.iter().filter(|r| r.tokens == budget) {
+            let label = if record.model == "textok" {
+                "TexTok"
+            } else if record.model == "baseline" {
+                "Baseline"
+            } else {
+                &record.model
+            };
+            out.push_str(&format!(
+                "{:<9} {:>6} {:>9.2} {:>7.4} {:>10.2}\n",
+                label, record.tokens, record.psnr, record.ssim, record.fd_effnet
+            ));
+        }
+    }
+    let find = |model: &str, budget: usize| {
+        records
+            .iter()
+            .find(|r| r.model == model && r.tokens == budget)
+    };
+    let mut improvements = String::new();
+    for &budget in &budgets {
+        if let (Some(t), Some(b)) = (find("textok", budget), find("baseline", budget)) {
+            improvements.push_str(&format!(
+                "{:>6} tokens: PSNR {:+.2} dB, SSIM {:+.4}, FD-EffNet {:+.1}%\n",
+                budget,
+                t.psnr - b.psnr,
+                t.ssim - b.ssim,
+                100.0 * (t.fd_effnet - b.fd_effnet) / b.fd_effnet.max(1e-12)
+            ));
+        }
+    }
+    if !improvements.is_empty() {
+        out.push_str("TexTok vs Baseline:\n");
+        out.push_str(&improvements);
+    }
+    out
+}

@@ -1,0 +1,111 @@
+//! Training: the tokenizer trainer (TexTok and Baseline) and the pieces every trainer shares
+//! (learning-rate schedule, deterministic RNG, progress with ETA, JSONL logs).
+
+pub mod tokenizer;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Linear warm-up to `peak`, then cosine decay to `peak * min_ratio` at `total` steps.
+pub fn learning_rate(step: usize, total: usize, warmup: usize, peak: f64, min_ratio: f64) -> f64 {
+    if warmup > 0 && step < warmup {
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let progress = ((step.saturating_sub(warmup)) as f64 / span).min(1.0);
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    peak * (min_ratio + (1.0 - min_ratio) * cosine)
+}
+
+/// SplitMix64: tiny, fast and fully determined by one `u64`, so a resumed run draws the very
+/// same batches and budgets as an uninterrupted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitMix64 {
+    pub state: u64,
+}
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn range(&mut self, low: usize, high: usize) -> usize {
+        low + (self.next_u64() % (high - low + 1) as u64) as usize
+    }
+}
+
+/// Throughput and time-left estimate over a sliding window of recent steps.
+pub struct Eta {
+    started: Instant,
+    window: std::collections::VecDeque<(Instant, usize)>,
+}
+
+impl Default for Eta {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Eta {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            window: Default::default(),
+        }
+    }
+
+    pub fn record(&mut self, step: usize) {
+        self.window.push_back((Instant::now(), step));
+        while self.window.len() > 50 {
+            self.window.pop_front();
+        }
+    }
+
+    /// Steps per second over the window.
+    pub fn rate(&self) -> Option<f64> {
+        let (first, last) = (self.window.front()?, self.window.back()?);
+        let seconds = last.0.duration_since(first.0).as_secs_f64();
+        (last.1 > first.1 && seconds > 0.0).then(|| (last.1 - first.1) as f64 / seconds)
+    }
+
+    pub fn remaining(&self, step: usize, total: usize) -> Option<Duration> {
+        self.rate()
+            .map(|rate| Duration::from_secs_f64(total.saturating_sub(step) as f64 / rate))
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// "1h02m", "4m05s", "12s".
+pub fn format_duration(duration: Duration) -> String {
+    let s = duration.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Appends one JSON object as a line to `path` (the run's log).
+pub fn append_jsonl(path: &Path, record: &serde_json::Value) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{record}")?;
+    file.flush()
+}

@@ -1,0 +1,748 @@
+//! Training a TexTok or Baseline tokenizer on a captioned image folder.
+//!
+//! Loss: `l2_weight * MSE(reconstruction, image) + perceptual_weight * D_effnet(reconstruction,
+//! image)` (the paper's 1.0 / 0.1; D_effnet is an LPIPS-style distance on frozen
+//! EfficientNet-Lite0 features) at one random budget k per step (nested tail drop, so one
+//! checkpoint serves every budget). The adversarial loss is not implemented yet. AdamW with linear warm-up and cosine decay,
+//! per-tensor gradient-norm clipping, EMA weights kept on the host. A run folder holds
+//! `config.json`, `log.jsonl`, `state.safetensors` (model, EMA, optimizer, RNG: everything a
+//! bit-for-bit resume needs, written atomically), `ema.safetensors` (latest EMA weights) and
+//! `best-ema.safetensors` (EMA weights with the best validation PSNR).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use burn::module::Module;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Bytes, Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::{Eta, SplitMix64, append_jsonl, learning_rate};
+use crate::checkpoint::{
+    CheckpointFile, HostTensor, PARAM_IDS_KEY, StoredPrecision, expected_parameters,
+    host_to_module, module_to_host, save_host_tensors, serialize_host_tensors,
+};
+use crate::data::dataset::{Dataset, DatasetItem, Split};
+use crate::jobs::{CancelToken, NoProgress};
+use crate::metrics;
+use crate::model::effnet::EfficientNet;
+use crate::model::text_encoder::{MiniLmTextEncoder, TextEmbeddings, TextEncoder};
+use crate::model::textok::{KIND_TEXTOK, MIN_BUDGET, TexTok, TexTokConfig};
+
+/// Checkpoint kind of a tokenizer training state.
+pub const KIND_TRAIN_STATE: &str = "textok-train-state";
+/// Budgets at which validation PSNR is measured.
+pub const EVAL_BUDGETS: [usize; 4] = [32, 64, 128, 256];
+
+/// Everything that defines a run. Stored as `config.json` in the run folder; a resumed run must
+/// use the same settings (only `steps` may grow).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenizerTrainConfig {
+    pub data: PathBuf,
+    pub preset: String,
+    pub text_conditioning: bool,
+    pub steps: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    /// Per-tensor gradient L2-norm limit (burn's clipping is per parameter tensor).
+    pub grad_clip_norm: f64,
+    pub ema_decay: f64,
+    pub l2_weight: f64,
+    /// Weight of the EfficientNet-Lite0 perceptual loss (0 switches it off).
+    pub perceptual_weight: f64,
+    pub min_budget: usize,
+    pub max_budget: usize,
+    pub validation_percent: u32,
+    pub seed: u64,
+    pub checkpoint_minutes: f64,
+    pub eval_every: usize,
+    pub eval_images: usize,
+    pub max_text_tokens: usize,
+}
+
+impl TokenizerTrainConfig {
+    pub fn new(
+        data: PathBuf,
+        preset: &str,
+        text_conditioning: bool,
+        steps: usize,
+        batch: usize,
+    ) -> Self {
+        Self {
+            data,
+            preset: preset.to_owned(),
+            text_conditioning,
+            steps,
+            batch,
+            learning_rate: 3e-4,
+            warmup_steps: (steps / 20).clamp(1, 1000),
+            min_lr_ratio: 0.1,
+            weight_decay: 1e-4,
+            grad_clip_norm: 1.0,
+            ema_decay: 0.999,
+            l2_weight: 1.0,
+            perceptual_weight: 0.1,
+            min_budget: MIN_BUDGET,
+            max_budget: 256,
+            validation_percent: 5,
+            seed: 0,
+            checkpoint_minutes: 5.0,
+            eval_every: 500,
+            eval_images: 64,
+            max_text_tokens: 32,
+        }
+    }
+
+    /// The model config this run trains.
+    pub fn model_config(&self) -> anyhow::Result<TexTokConfig> {
+        let mut config =
+            TexTokConfig::preset(&self.preset, self.text_conditioning).with_context(|| {
+                format!(
+                    "unknown preset `{}`; choose one of {:?}",
+                    self.preset,
+                    TexTokConfig::PRESETS
+                )
+            })?;
+        config.max_text_tokens = self.max_text_tokens;
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.steps > 0 && self.batch > 0,
+            "steps and batch must be positive"
+        );
+        ensure!(
+            MIN_BUDGET <= self.min_budget
+                && self.min_budget <= self.max_budget
+                && self.max_budget <= 256,
+            "budgets must satisfy 32 <= min <= max <= 256"
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.ema_decay),
+            "ema_decay must be in [0, 1)"
+        );
+        ensure!(
+            self.validation_percent < 100,
+            "validation_percent must be below 100"
+        );
+        Ok(())
+    }
+}
+
+/// One optimisation step, as reported to the observer.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: usize,
+    pub total: usize,
+    pub loss: f64,
+    pub budget: usize,
+    pub lr: f64,
+    pub images_per_second: Option<f64>,
+    pub eta_seconds: Option<f64>,
+}
+
+/// Validation of the EMA weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalReport {
+    pub step: usize,
+    pub images: usize,
+    /// Mean PSNR (dB) per budget, in `EVAL_BUDGETS` order.
+    pub psnr: Vec<(usize, f64)>,
+    pub mean_psnr: f64,
+}
+
+/// Receives training events (CLI progress line, GUI loss plot).
+pub trait TrainObserver: Send + Sync {
+    fn on_step(&self, _report: &StepReport) {}
+    fn on_eval(&self, _report: &EvalReport) {}
+    fn on_message(&self, _message: &str) {}
+}
+
+pub struct SilentObserver;
+impl TrainObserver for SilentObserver {}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    pub step: usize,
+    pub finished: bool,
+    pub last_eval: Option<EvalReport>,
+}
+
+/// The frozen networks training needs.
+#[derive(Debug, Clone)]
+pub struct TrainingModels {
+    pub text_encoder_dir: PathBuf,
+    pub effnet: PathBuf,
+}
+
+impl TrainingModels {
+    pub fn shipped() -> Self {
+        Self {
+            text_encoder_dir: crate::paths::text_encoder_dir(),
+            effnet: crate::paths::effnet_checkpoint(),
+        }
+    }
+}
+
+/// Files of a run folder.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.safetensors")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.jsonl")
+    }
+    pub fn ema(&self) -> PathBuf {
+        self.dir.join("ema.safetensors")
+    }
+    pub fn best_ema(&self) -> PathBuf {
+        self.dir.join("best-ema.safetensors")
+    }
+}
+
+/// Mutable training state saved in `state.safetensors`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub step: usize,
+    pub rng: SplitMix64,
+    pub best_psnr: f64,
+    pub elapsed_seconds: f64,
+}
+
+/// The optimizer a run uses (AdamW with per-tensor gradient clipping).
+pub fn new_optimizer(config: &TokenizerTrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(
+            config.grad_clip_norm as f32,
+        )))
+        .init()
+}
+
+/// The shared decode cache for a dataset folder at one size.
+fn cache_file(data: &Path, size: u32) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let canonical = data.canonicalize().ok()?;
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in canonical.to_string_lossy().as_bytes() {
+        hash = (hash ^ *byte as u64).wrapping_mul(0x100000001b3);
+    }
+    Some(
+        base.join("textok-studio")
+            .join("decoded")
+            .join(format!("{hash:016x}-{size}.bin")),
+    )
+}
+
+/// Trains (or resumes) a tokenizer in `run_dir`. Returns when `config.steps` are done or `cancel`
+/// is set; either way the state is saved first.
+pub fn train_tokenizer(
+    run_dir: &Path,
+    requested: &TokenizerTrainConfig,
+    resume: bool,
+    device: &Device,
+    models: &TrainingModels,
+    observer: &dyn TrainObserver,
+    cancel: &CancelToken,
+) -> anyhow::Result<TrainOutcome> {
+    let text_encoder_dir = models.text_encoder_dir.as_path();
+    let paths = RunPaths {
+        dir: run_dir.to_owned(),
+    };
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+    let config = if resume {
+        ensure!(
+            paths.state().exists(),
+            "{}: nothing to resume (no state.safetensors)",
+            run_dir.display()
+        );
+        let stored: TokenizerTrainConfig = serde_json::from_slice(
+            &std::fs::read(paths.config())
+                .with_context(|| format!("{}: cannot read", paths.config().display()))?,
+        )
+        .with_context(|| format!("{}: not a training config", paths.config().display()))?;
+        let mut same = requested.clone();
+        same.steps = stored.steps;
+        if same != stored {
+            bail!(
+                "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
+                run_dir.display()
+            );
+        }
+        TokenizerTrainConfig {
+            steps: requested.steps.max(stored.steps),
+            ..stored
+        }
+    } else {
+        ensure!(
+            !paths.state().exists(),
+            "{}: already holds a run; pass --resume to continue it or choose another folder",
+            run_dir.display()
+        );
+        requested.clone()
+    };
+    config.check()?;
+    let model_config = config.model_config()?;
+    crate::files::write_atomic(
+        &paths.config(),
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )
+    .with_context(|| format!("{}: cannot write", paths.config().display()))?;
+
+    // Data.
+    let size = model_config.image_size as u32;
+    observer.on_message(&format!("loading {} at {size} px", config.data.display()));
+    let dataset = Dataset::load(
+        &config.data,
+        size,
+        config.validation_percent,
+        cache_file(&config.data, size).as_deref(),
+        &NoProgress,
+        cancel,
+    )?;
+    let train: Vec<&DatasetItem> = dataset.split(Split::Train);
+    let validation: Vec<&DatasetItem> = dataset
+        .split(Split::Validation)
+        .into_iter()
+        .take(config.eval_images)
+        .collect();
+    ensure!(
+        !train.is_empty(),
+        "{}: no training images after the split",
+        config.data.display()
+    );
+    observer.on_message(&format!(
+        "{} training and {} validation images; {}",
+        train.len(),
+        dataset.split(Split::Validation).len(),
+        dataset.skip_report().trim_end()
+    ));
+
+    // Caption embeddings never change (the encoder is frozen): compute them once.
+    let plain = device.clone();
+    let captions = if config.text_conditioning {
+        let encoder = MiniLmTextEncoder::load(text_encoder_dir, config.max_text_tokens, &plain)?;
+        ensure!(
+            encoder.width() == model_config.text_dim,
+            "text encoder width does not match the model"
+        );
+        observer.on_message("encoding captions");
+        let all: Vec<&DatasetItem> = train.iter().chain(validation.iter()).copied().collect();
+        Some(CaptionStore::build(&encoder, &all, cancel)?)
+    } else {
+        None
+    };
+
+    // Model, optimizer, EMA, progress: fresh or restored.
+    let autodiff = plain.clone().autodiff();
+    let perceptual = if config.perceptual_weight > 0.0 {
+        Some(EfficientNet::load(&models.effnet, &autodiff)?.no_grad())
+    } else {
+        None
+    };
+    autodiff.seed(config.seed);
+    let mut model = model_config.init(&autodiff);
+    let mut optimizer = new_optimizer(&config);
+    let mut ema = module_to_host(&model).map_err(anyhow::Error::msg)?;
+    let mut progress = Progress {
+        step: 0,
+        rng: SplitMix64::new(config.seed ^ 0x5EED),
+        best_psnr: f64::NEG_INFINITY,
+        elapsed_seconds: 0.0,
+    };
+    if resume {
+        let restored = load_state(&paths.state(), &model, optimizer)?;
+        model = restored.0;
+        optimizer = restored.1;
+        ema = restored.2;
+        progress = restored.3;
+        observer.on_message(&format!("resumed at step {}", progress.step));
+    }
+
+    let started = Instant::now();
+    let elapsed_before = progress.elapsed_seconds;
+    let mut eta = Eta::new();
+    let mut last_save = Instant::now();
+    let mut last_eval = None;
+    let save = |model: &TexTok,
+                optimizer: &ModuleOptimizer,
+                ema: &[HostTensor],
+                progress: &Progress|
+     -> anyhow::Result<()> {
+        save_state(
+            &paths.state(),
+            &model_config,
+            &config,
+            model,
+            optimizer,
+            ema,
+            progress,
+        )?;
+        save_host_tensors(
+            ema,
+            &paths.ema(),
+            KIND_TEXTOK,
+            &model_config,
+            StoredPrecision::F32,
+            HashMap::new(),
+        )?;
+        Ok(())
+    };
+
+    while progress.step < config.steps {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let step = progress.step;
+        let budget = progress.rng.range(config.min_budget, config.max_budget);
+        let batch: Vec<&DatasetItem> = (0..config.batch)
+            .map(|_| train[progress.rng.range(0, train.len() - 1)])
+            .collect();
+        let images = pixels_to_tensor(&batch, &autodiff);
+        let text = captions
+            .as_ref()
+            .map(|store| store.batch(&batch, &autodiff));
+
+        let reconstruction = model.reconstruct(images.clone(), text.as_ref(), budget);
+        let mut loss = (reconstruction.clone() - images.clone())
+            .powi_scalar(2)
+            .mean()
+            .mul_scalar(config.l2_weight);
+        if let Some(net) = &perceptual {
+            loss = loss
+                + net
+                    .perceptual_distance(reconstruction, images.detach())
+                    .mul_scalar(config.perceptual_weight);
+        }
+        let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
+        ensure!(
+            loss_value.is_finite(),
+            "the loss became {loss_value} at step {step}; lower the learning rate"
+        );
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = learning_rate(
+            step,
+            config.steps,
+            config.warmup_steps,
+            config.learning_rate,
+            config.min_lr_ratio,
+        );
+        model = optimizer.step(lr, model, grads);
+        update_ema(&mut ema, &model, config.ema_decay)?;
+        progress.step += 1;
+        progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
+
+        eta.record(progress.step);
+        let report = StepReport {
+            step: progress.step,
+            total: config.steps,
+            loss: loss_value,
+            budget,
+            lr,
+            images_per_second: eta.rate().map(|r| r * config.batch as f64),
+            eta_seconds: eta
+                .remaining(progress.step, config.steps)
+                .map(|d| d.as_secs_f64()),
+        };
+        observer.on_step(&report);
+        if progress.step.is_multiple_of(10) || progress.step == 1 {
+            append_jsonl(
+                &paths.log(),
+                &serde_json::json!({"event": "step", "step": report.step, "loss": report.loss,
+                "budget": budget, "lr": lr, "images_per_second": report.images_per_second, "elapsed_s": progress.elapsed_seconds}),
+            )?;
+        }
+
+        let eval_due =
+            progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == config.steps;
+        if eval_due && !validation.is_empty() {
+            let ema_model = host_to_module(model_config.init(&plain), ema.clone())
+                .map_err(anyhow::Error::msg)?;
+            let report = evaluate(
+                &ema_model,
+                &validation,
+                captions.as_ref(),
+                progress.step,
+                &plain,
+            );
+            append_jsonl(
+                &paths.log(),
+                &serde_json::json!({"event": "eval", "step": report.step, "psnr": report.psnr,
+                "mean_psnr": report.mean_psnr, "images": report.images}),
+            )?;
+            observer.on_eval(&report);
+            if report.mean_psnr > progress.best_psnr {
+                progress.best_psnr = report.mean_psnr;
+                save_host_tensors(
+                    &ema,
+                    &paths.best_ema(),
+                    KIND_TEXTOK,
+                    &model_config,
+                    StoredPrecision::F32,
+                    HashMap::new(),
+                )?;
+            }
+            last_eval = Some(report);
+        }
+        if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
+            save(&model, &optimizer, &ema, &progress)?;
+            last_save = Instant::now();
+        }
+    }
+    save(&model, &optimizer, &ema, &progress)?;
+    let finished = progress.step >= config.steps;
+    observer.on_message(&format!(
+        "saved step {} to {}",
+        progress.step,
+        run_dir.display()
+    ));
+    Ok(TrainOutcome {
+        step: progress.step,
+        finished,
+        last_eval,
+    })
+}
+
+/// `ema = decay * ema + (1 - decay) * params`, on the host.
+fn update_ema(ema: &mut [HostTensor], model: &TexTok, decay: f64) -> anyhow::Result<()> {
+    let params = module_to_host(model).map_err(anyhow::Error::msg)?;
+    let (d, one_minus) = (decay as f32, (1.0 - decay) as f32);
+    for (average, current) in ema.iter_mut().zip(params) {
+        debug_assert_eq!(average.name, current.name);
+        for (a, c) in average.values.iter_mut().zip(current.values) {
+            *a = d * *a + one_minus * c;
+        }
+    }
+    Ok(())
+}
+
+/// 8-bit RGB items -> `[batch, 3, H, W]` in [-1, 1].
+fn pixels_to_tensor(items: &[&DatasetItem], device: &Device) -> Tensor<4> {
+    let (w, h) = items[0].pixels.dimensions();
+    let (w, h) = (w as usize, h as usize);
+    let mut data = vec![0.0f32; items.len() * 3 * h * w];
+    for (i, item) in items.iter().enumerate() {
+        for (x, y, pixel) in item.pixels.enumerate_pixels() {
+            for c in 0..3 {
+                data[((i * 3 + c) * h + y as usize) * w + x as usize] =
+                    pixel.0[c] as f32 / 127.5 - 1.0;
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [items.len(), 3, h, w]), device)
+}
+
+/// Caption embeddings of every item, computed once, keyed by relative path.
+pub struct CaptionStore {
+    width: usize,
+    /// relative path -> (tokens, token-major values)
+    embeddings: HashMap<String, (usize, Vec<f32>)>,
+}
+
+impl CaptionStore {
+    pub fn build(
+        encoder: &dyn TextEncoder,
+        items: &[&DatasetItem],
+        cancel: &CancelToken,
+    ) -> anyhow::Result<Self> {
+        let width = encoder.width();
+        let mut embeddings = HashMap::new();
+        for chunk in items.chunks(64) {
+            cancel.check()?;
+            let captions: Vec<&str> = chunk.iter().map(|item| item.caption.as_str()).collect();
+            let out = encoder.encode(&captions)?;
+            let [_, tokens, _] = out.hidden.dims();
+            let values: Vec<f32> = out
+                .hidden
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (i, item) in chunk.iter().enumerate() {
+                let n = out.lengths[i];
+                let start = i * tokens * width;
+                embeddings.insert(
+                    item.relative.clone(),
+                    (n, values[start..start + n * width].to_vec()),
+                );
+            }
+        }
+        Ok(Self { width, embeddings })
+    }
+
+    /// The batch's embeddings, padded to its longest caption.
+    pub fn batch(&self, items: &[&DatasetItem], device: &Device) -> TextEmbeddings {
+        let rows: Vec<&(usize, Vec<f32>)> = items
+            .iter()
+            .map(|item| &self.embeddings[&item.relative])
+            .collect();
+        let tokens = rows.iter().map(|(n, _)| *n).max().unwrap_or(1).max(1);
+        let mut hidden = vec![0.0f32; items.len() * tokens * self.width];
+        let mut mask = vec![0.0f32; items.len() * tokens];
+        for (i, (n, values)) in rows.iter().enumerate() {
+            hidden[i * tokens * self.width..][..n * self.width].copy_from_slice(values);
+            mask[i * tokens..][..*n].fill(1.0);
+        }
+        TextEmbeddings {
+            hidden: Tensor::from_data(
+                TensorData::new(hidden, [items.len(), tokens, self.width]),
+                device,
+            ),
+            mask: Tensor::from_data(TensorData::new(mask, [items.len(), tokens]), device),
+            lengths: rows.iter().map(|(n, _)| *n).collect(),
+        }
+    }
+}
+
+/// Mean PSNR of `model` over `items` at each of [`EVAL_BUDGETS`].
+pub fn evaluate(
+    model: &TexTok,
+    items: &[&DatasetItem],
+    captions: Option<&CaptionStore>,
+    step: usize,
+    device: &Device,
+) -> EvalReport {
+    let mut sums = vec![0.0f64; EVAL_BUDGETS.len()];
+    for chunk in items.chunks(16) {
+        let images = pixels_to_tensor(chunk, device);
+        let text = captions.map(|store| store.batch(chunk, device));
+        let tokens = model.encode(images, text.as_ref());
+        let originals: Vec<_> = chunk.iter().map(|item| item.image()).collect();
+        for (b, &budget) in EVAL_BUDGETS.iter().enumerate() {
+            let decoded = model.decode(tokens.clone().narrow(1, 0, budget), text.as_ref());
+            for (original, reconstruction) in originals
+                .iter()
+                .zip(crate::data::image::from_tensor(decoded))
+            {
+                sums[b] += metrics::psnr(original, &reconstruction).min(100.0);
+            }
+        }
+    }
+    let n = items.len().max(1) as f64;
+    let psnr: Vec<(usize, f64)> = EVAL_BUDGETS
+        .iter()
+        .zip(&sums)
+        .map(|(k, s)| (*k, s / n))
+        .collect();
+    let mean_psnr = psnr.iter().map(|(_, p)| p).sum::<f64>() / psnr.len() as f64;
+    EvalReport {
+        step,
+        images: items.len(),
+        psnr,
+        mean_psnr,
+    }
+}
+
+/// Writes the full training state atomically.
+pub fn save_state(
+    path: &Path,
+    model_config: &TexTokConfig,
+    config: &TokenizerTrainConfig,
+    model: &TexTok,
+    optimizer: &ModuleOptimizer,
+    ema: &[HostTensor],
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let mut tensors = module_to_host(model).map_err(anyhow::Error::msg)?;
+    let mut param_ids = BTreeMap::new();
+    for tensor in &mut tensors {
+        tensor.name = format!("model.{}", tensor.name);
+        if let Some(id) = tensor.param_id {
+            param_ids.insert(tensor.name.clone(), id);
+        }
+    }
+    tensors.extend(ema.iter().map(|t| HostTensor {
+        name: format!("ema.{}", t.name),
+        param_id: None,
+        ..t.clone()
+    }));
+    let optimizer_bytes = optimizer
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("saving optimizer state: {e:?}"))?;
+    let mut metadata = HashMap::new();
+    metadata.insert(PARAM_IDS_KEY.to_owned(), serde_json::to_string(&param_ids)?);
+    metadata.insert("train_config".to_owned(), serde_json::to_string(config)?);
+    metadata.insert("step".to_owned(), progress.step.to_string());
+    metadata.insert("rng".to_owned(), progress.rng.state.to_string());
+    metadata.insert("best_psnr".to_owned(), progress.best_psnr.to_string());
+    metadata.insert(
+        "elapsed_seconds".to_owned(),
+        progress.elapsed_seconds.to_string(),
+    );
+    let bytes = serialize_host_tensors(
+        &tensors,
+        KIND_TRAIN_STATE,
+        model_config,
+        StoredPrecision::F32,
+        metadata,
+        &[("optimizer", &optimizer_bytes)],
+    )
+    .map_err(anyhow::Error::msg)?;
+    crate::files::write_atomic(path, &bytes)
+        .with_context(|| format!("{}: cannot write training state", path.display()))
+}
+
+/// Reads a training state written by [`save_state`] into `model`'s structure.
+pub fn load_state(
+    path: &Path,
+    model: &TexTok,
+    optimizer: ModuleOptimizer,
+) -> anyhow::Result<(TexTok, ModuleOptimizer, Vec<HostTensor>, Progress)> {
+    let file = CheckpointFile::read(path)?;
+    file.expect_kind(KIND_TRAIN_STATE)?;
+    let expected = expected_parameters(model);
+    let model_tensors = file.validated_tensors(&expected, "model.", &[])?;
+    let ema_tensors = file.validated_tensors(&expected, "ema.", &[])?;
+    let model = host_to_module(model.clone(), model_tensors).map_err(anyhow::Error::msg)?;
+    let blob = file
+        .blob("optimizer")
+        .with_context(|| format!("{}: no optimizer state", path.display()))?;
+    let optimizer = optimizer
+        .from_bytes(Bytes::from_bytes_vec(blob))
+        .map_err(|e| anyhow::anyhow!("{}: bad optimizer state: {e:?}", path.display()))?;
+    let number = |key: &str| -> anyhow::Result<&str> {
+        file.metadata()
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("{}: no `{key}` in the state", path.display()))
+    };
+    let progress = Progress {
+        step: number("step")?.parse()?,
+        rng: SplitMix64::new(number("rng")?.parse()?),
+        best_psnr: number("best_psnr")?.parse()?,
+        elapsed_seconds: number("elapsed_seconds")?.parse()?,
+    };
+    // Keep the EMA in module order, like `module_to_host` produces it.
+    let order: Vec<String> = module_to_host(&model)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let mut by_name: HashMap<String, HostTensor> = ema_tensors
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let ema = order
+        .iter()
+        .map(|name| by_name.remove(name).expect("validated above"))
+        .collect();
+    Ok((model, optimizer, ema, progress))
+}

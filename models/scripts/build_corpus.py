@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Build TexTok Studio's bundled training corpus from Debian packages.
+
+    pip install fonttools            # reads the emoji font's CBDT bitmaps and GSUB ligatures
+    python3 models/scripts/build_corpus.py OUT_DIR [--cache DIR]
+
+Fetches (apt-get download + dpkg -x, nothing is installed):
+  fonts-noto-color-emoji  Noto Color Emoji bitmaps (OFL-1.1)
+  unicode-data            emoji-test.txt: names, groups, subgroups (Unicode licence)
+  unicode-cldr-core       CLDR English emoji keywords (Unicode licence)
+  tuxpaint-stamps-default Tux Paint stamps with one-sentence captions (GPL-2)
+  openclipart-png/-svg    Open Clip Art Library, titles and descriptions (public domain)
+
+Writes OUT_DIR/{emoji,tuxpaint,openclipart}/... images, OUT_DIR/captions.jsonl (the dataset
+format the app reads) and OUT_DIR/corpus-report.json (counts and caption examples).
+The output is deterministic for the same package versions.
+"""
+import argparse
+import glob
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+PACKAGES = ["fonts-noto-color-emoji", "unicode-data", "unicode-cldr-core",
+            "tuxpaint-stamps-default", "openclipart-png", "openclipart-svg"]
+
+
+def fetch(cache):
+    """apt-get download + dpkg -x each package into cache/<name>/ (skips ones already there)."""
+    os.makedirs(cache, exist_ok=True)
+    roots = {}
+    for name in PACKAGES:
+        root = os.path.join(cache, name)
+        if not os.path.isdir(root):
+            debs = glob.glob(os.path.join(cache, f"{name}_*.deb"))
+            if not debs:
+                subprocess.run(["apt-get", "download", name], cwd=cache, check=True)
+                debs = glob.glob(os.path.join(cache, f"{name}_*.deb"))
+            subprocess.run(["dpkg", "-x", debs[0], root], check=True)
+        roots[name] = root
+    return roots
+
+
+def clean(text):
+    return re.sub(r"\s+", " ", html.unescape(text or "")).strip()
+
+
+# ---------------------------------------------------------------- emoji
+def emoji_test(path):
+    """sequence (hex without FE0F) -> (name, group, subgroup) for fully-qualified emoji."""
+    out, group, subgroup = {}, "", ""
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif line.strip() and not line.startswith("#"):
+            codes, rest = line.split(";", 1)
+            status, comment = rest.split("#", 1)
+            if status.strip() not in ("fully-qualified", "component"):
+                continue
+            name = comment.strip().split(" ", 2)[2]  # "😀 E1.0 grinning face"
+            key = tuple(c for c in codes.split() if c != "FE0F")
+            out.setdefault(key, (name, group, subgroup))
+    return out
+
+
+def cldr_keywords(path):
+    """emoji string (without FE0F) -> list of keywords."""
+    out = {}
+    for node in ET.parse(path).getroot().iter("annotation"):
+        if node.get("type") == "tts":
+            continue
+        key = node.get("cp").replace("\ufe0f", "")
+        out[key] = [k.strip() for k in (node.text or "").split("|") if k.strip()]
+    return out
+
+
+def glyph_sequences(font):
+    """glyph name -> tuple of codepoints (hex), from cmap and GSUB ligatures."""
+    cmap = font.getBestCmap()
+    seq = {glyph: (f"{cp:04X}",) for cp, glyph in cmap.items()}
+    changed = True
+    ligatures = []
+    for lookup in font["GSUB"].table.LookupList.Lookup:
+        for sub in lookup.SubTable:
+            if lookup.LookupType == 7:
+                sub = sub.ExtSubTable
+            if getattr(sub, "LookupType", lookup.LookupType) == 4:
+                for first, ligs in sub.ligatures.items():
+                    for lig in ligs:
+                        ligatures.append(([first] + list(lig.Component), lig.LigGlyph))
+    while changed:  # ligatures of ligatures resolve in a few passes
+        changed = False
+        for components, glyph in ligatures:
+            if glyph not in seq and all(c in seq for c in components):
+                seq[glyph] = tuple(cp for c in components for cp in seq[c] if cp != "FE0F")
+                changed = True
+    return seq
+
+
+def build_emoji(roots, out_dir, records):
+    from fontTools.ttLib import TTFont
+    font_path = glob.glob(os.path.join(roots["fonts-noto-color-emoji"], "usr/share/fonts/**/NotoColorEmoji.ttf"), recursive=True)[0]
+    names = emoji_test(os.path.join(roots["unicode-data"], "usr/share/unicode/emoji/emoji-test.txt"))
+    cldr = os.path.join(roots["unicode-cldr-core"], "usr/share/unicode/cldr/common")
+    keywords = cldr_keywords(os.path.join(cldr, "annotations/en.xml"))
+    # Skin-tone, gender and other derived sequences have their keywords here.
+    for key, words in cldr_keywords(os.path.join(cldr, "annotationsDerived/en.xml")).items():
+        keywords.setdefault(key, words)
+    font = TTFont(font_path)
+    sequences = glyph_sequences(font)
+    by_multiset, ambiguous = {}, set()
+    for key in names:
+        sorted_key = tuple(sorted(key))
+        if sorted_key in by_multiset:
+            ambiguous.add(sorted_key)
+        by_multiset[sorted_key] = key
+    for sorted_key in ambiguous:
+        del by_multiset[sorted_key]
+    os.makedirs(os.path.join(out_dir, "emoji"), exist_ok=True)
+    stats = {"bitmaps": 0, "named": 0}
+    for glyph, bitmap in sorted(font["CBDT"].strikeData[0].items()):
+        stats["bitmaps"] += 1
+        key = tuple(c for c in sequences.get(glyph, ()) if c != "FE0F")
+        if key not in names:
+            # Some of the font's ligatures are built in stages whose component order differs
+            # from the emoji sequence; match those by their set of codepoints when unambiguous.
+            key = by_multiset.get(tuple(sorted(key)))
+            if key is None:
+                continue
+        name, group, subgroup = names[key]
+        if group == "Component":
+            continue
+        text = "".join(chr(int(c, 16)) for c in key)
+        words = [k for k in keywords.get(text, []) if k.lower() != name.lower()][:5]
+        caption = f"{name}, an emoji ({group.lower()}, {subgroup.replace('-', ' ')})"
+        if words:
+            caption += "; " + ", ".join(words)
+        file = "emoji/" + "-".join(key).lower() + ".png"
+        with open(os.path.join(out_dir, file), "wb") as f:
+            f.write(bitmap.imageData)
+        records.append({"file": file, "caption": caption, "source": "fonts-noto-color-emoji"})
+        stats["named"] += 1
+    return stats
+
+
+# ---------------------------------------------------------------- tux paint
+def build_tuxpaint(roots, out_dir, records):
+    base = os.path.join(roots["tuxpaint-stamps-default"], "usr/share/tuxpaint/stamps")
+    stats = {"png_with_caption": 0, "svg_skipped": 0, "no_caption": 0}
+    for path in sorted(glob.glob(os.path.join(base, "**/*"), recursive=True)):
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".svg":
+            stats["svg_skipped"] += 1
+            continue
+        if ext != ".png":
+            continue
+        sidecar = os.path.splitext(path)[0] + ".txt"
+        if not os.path.isfile(sidecar):
+            stats["no_caption"] += 1
+            continue
+        first = open(sidecar, encoding="utf-8", errors="replace").readline()
+        caption = clean(first)
+        if not caption or "=" in caption.split(" ")[0]:
+            stats["no_caption"] += 1
+            continue
+        rel = os.path.relpath(path, base)
+        file = "tuxpaint/" + rel.replace(os.sep, "/")
+        os.makedirs(os.path.dirname(os.path.join(out_dir, file)), exist_ok=True)
+        shutil.copyfile(path, os.path.join(out_dir, file))
+        records.append({"file": file, "caption": caption, "source": "tuxpaint-stamps-default"})
+        stats["png_with_caption"] += 1
+    return stats
+
+
+# ---------------------------------------------------------------- openclipart
+JUNK_TITLE = re.compile(r"^(untitled|unnamed|new document|drawing|image|clipart|clip art|test|[\w-]*\d{2,}[\w-]*|.{0,2})$", re.I)
+DC = "{http://purl.org/dc/elements/1.1/}"
+
+
+def svg_metadata(path):
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError:
+        return "", ""
+    title = desc = ""
+    for node in root.iter():
+        if node.tag == DC + "title" and not title:
+            title = clean("".join(node.itertext()))
+        elif node.tag == DC + "description" and not desc:
+            desc = clean("".join(node.itertext()))
+    return title, desc
+
+
+def build_openclipart(roots, out_dir, records):
+    png_base = os.path.join(roots["openclipart-png"], "usr/share/openclipart/png")
+    svg_base = os.path.join(roots["openclipart-svg"], "usr/share/openclipart/svg")
+    stats = {"png": 0, "no_svg": 0, "junk_title": 0, "duplicate": 0, "kept": 0}
+    seen = set()
+    for path in sorted(glob.glob(os.path.join(png_base, "**/*.png"), recursive=True)):
+        stats["png"] += 1
+        rel = os.path.relpath(path, png_base)
+        # The same drawing is filed under several categories; keep its first copy.
+        if os.path.basename(rel) in seen:
+            stats["duplicate"] += 1
+            continue
+        seen.add(os.path.basename(rel))
+        svg = os.path.join(svg_base, os.path.splitext(rel)[0] + ".svg")
+        if not os.path.isfile(svg):
+            stats["no_svg"] += 1
+            continue
+        title, desc = svg_metadata(svg)
+        if not title or JUNK_TITLE.match(title) or title.startswith("Part of the Flat Icon Collection"):
+            stats["junk_title"] += 1
+            continue
+        caption = title
+        if desc and desc.lower() != title.lower() and not desc.startswith("Part of the Flat Icon Collection"):
+            caption += ". " + desc
+        # The category folders (e.g. "animals/birds") add the words most titles leave out.
+        category = os.path.dirname(rel).replace(os.sep, ", ").replace("_", " ")
+        caption = caption[:250] + (f" (clip art: {category})" if category else " (clip art)")
+        file = "openclipart/" + rel.replace(os.sep, "/")
+        os.makedirs(os.path.dirname(os.path.join(out_dir, file)), exist_ok=True)
+        shutil.copyfile(path, os.path.join(out_dir, file))
+        records.append({"file": file, "caption": caption, "source": "openclipart"})
+        stats["kept"] += 1
+    return stats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out")
+    parser.add_argument("--cache", default=os.path.expanduser("~/.cache/textok-studio/debs"))
+    args = parser.parse_args()
+    try:
+        import fontTools  # noqa: F401
+    except ImportError:
+        sys.exit("fontTools is needed to read the emoji font: pip install fonttools")
+    roots = fetch(args.cache)
+    os.makedirs(args.out, exist_ok=True)
+    records = []
+    report = {
+        "emoji": build_emoji(roots, args.out, records),
+        "tuxpaint": build_tuxpaint(roots, args.out, records),
+        "openclipart": build_openclipart(roots, args.out, records),
+    }
+    with open(os.path.join(args.out, "captions.jsonl"), "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps({"file": record["file"], "caption": record["caption"]}, ensure_ascii=False) + "\n")
+    by_source = {}
+    for record in records:
+        by_source.setdefault(record["source"], []).append(record)
+    report["images"] = {source: len(items) for source, items in by_source.items()}
+    report["total"] = len(records)
+    report["examples"] = {source: [r["caption"] for r in items[:: max(1, len(items) // 5)][:5]] for source, items in by_source.items()}
+    with open(os.path.join(args.out, "corpus-report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, ensure_ascii=False)
+    print(json.dumps({k: report[k] for k in ("images", "total")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

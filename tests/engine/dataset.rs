@@ -1,0 +1,143 @@
+use std::path::Path;
+
+use image::{Rgba, RgbaImage};
+use textok_studio::data::dataset::{Dataset, DatasetError, Split, scan, split_of};
+use textok_studio::jobs::{CancelToken, NoProgress};
+
+fn picture(path: &Path, seed: u8) {
+    RgbaImage::from_fn(40, 30, |x, y| Rgba([x as u8 * 6, y as u8 * 8, seed, 255]))
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn sidecar_folder_loads_and_skips_bad_files_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    picture(&root.join("a.png"), 1);
+    std::fs::write(root.join("a.txt"), "  a gradient square \n").unwrap();
+    picture(&root.join("sub/b.png"), 2);
+    std::fs::write(root.join("sub/b.txt"), "another gradient").unwrap();
+    picture(&root.join("no-caption.png"), 3);
+    std::fs::write(root.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(root.join("broken.txt"), "a broken file").unwrap();
+    picture(&root.join("latin1.png"), 4);
+    std::fs::write(root.join("latin1.txt"), [0x63, 0x61, 0x66, 0xE9]).unwrap();
+    std::fs::write(root.join("notes.md"), "not an image, ignored").unwrap();
+
+    let (entries, skipped) = scan(root).unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.relative.as_str())
+            .collect::<Vec<_>>(),
+        ["a.png", "broken.png", "sub/b.png"]
+    );
+    assert_eq!(entries[0].caption, "a gradient square");
+    let reasons: Vec<(&str, &str)> = skipped
+        .iter()
+        .map(|s| (s.relative.as_str(), s.reason.as_str()))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|(f, r)| *f == "no-caption.png" && r.contains("no caption")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(f, r)| *f == "latin1.png" && r.contains("UTF-8")),
+        "{reasons:?}"
+    );
+
+    let dataset = Dataset::load(root, 16, 50, None, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(
+        dataset.items.len(),
+        2,
+        "the broken image is skipped, not fatal"
+    );
+    assert!(
+        dataset.skipped.iter().any(|s| s.relative == "broken.png"),
+        "{:?}",
+        dataset.skipped
+    );
+    assert_eq!(dataset.skipped.len(), 3);
+    assert!(dataset.skip_report().contains("broken.png"));
+    for item in &dataset.items {
+        assert_eq!(item.pixels.dimensions(), (16, 16));
+        assert_eq!(item.split, split_of(&item.relative, 50));
+    }
+}
+
+#[test]
+fn captions_jsonl_is_read_and_its_bad_lines_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    picture(&root.join("one.png"), 1);
+    picture(&root.join("two.png"), 2);
+    let lines = [
+        r#"{"file": "one.png", "caption": "the first picture"}"#,
+        r#"{"file": "two.png", "caption": "the second picture"}"#,
+        r#"{"file": "two.png", "caption": "listed again"}"#,
+        r#"{"file": "missing.png", "caption": "gone"}"#,
+        r#"{"file": "../escape.png", "caption": "outside"}"#,
+        r#"this is not json"#,
+        "",
+    ];
+    std::fs::write(root.join("captions.jsonl"), lines.join("\n")).unwrap();
+    let (entries, skipped) = scan(root).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1].caption, "the second picture");
+    assert_eq!(skipped.len(), 4, "{skipped:?}");
+    let dataset = Dataset::load(root, 16, 5, None, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(dataset.items.len(), 2);
+}
+
+#[test]
+fn an_all_bad_folder_is_an_error_and_the_split_is_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.png"), b"nope").unwrap();
+    std::fs::write(dir.path().join("x.txt"), b"caption").unwrap();
+    let err = Dataset::load(dir.path(), 16, 5, None, &NoProgress, &CancelToken::new()).unwrap_err();
+    assert!(
+        matches!(err, DatasetError::Empty { skipped: 1, .. }),
+        "{err}"
+    );
+    // The split depends only on the path, and roughly honours the percentage.
+    let validation = (0..2000)
+        .filter(|i| split_of(&format!("img/{i}.png"), 10) == Split::Validation)
+        .count();
+    assert!((150..250).contains(&validation), "{validation}");
+    assert_eq!(
+        split_of("emoji/1f600.png", 10),
+        split_of("emoji/1f600.png", 10)
+    );
+}
+
+#[test]
+fn decoded_pixels_are_cached_and_stale_entries_redecoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    picture(&root.join("a.png"), 10);
+    std::fs::write(root.join("a.txt"), "a").unwrap();
+    let cache = dir.path().join("cache/pixels.bin");
+    let first =
+        Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+    assert!(cache.exists());
+    let second =
+        Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(first.items[0].pixels, second.items[0].pixels);
+    // Replace the image: its size changes, so the cached pixels must not be reused.
+    RgbaImage::from_pixel(50, 50, Rgba([255, 0, 0, 255]))
+        .save(root.join("a.png"))
+        .unwrap();
+    let third =
+        Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(third.items[0].pixels.get_pixel(8, 8).0, [255, 0, 0]);
+    // A damaged cache is ignored, not fatal.
+    std::fs::write(&cache, b"garbage").unwrap();
+    Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+}
