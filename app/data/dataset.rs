@@ -103,14 +103,10 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
                     relative: where_,
                     reason: format!("not a {{file, caption}} record: {e}"),
                 }),
-                Ok(record)
-                    if record.file.contains("..") || Path::new(&record.file).is_absolute() =>
-                {
-                    skipped.push(SkippedFile {
-                        relative: where_,
-                        reason: format!("`{}` points outside the dataset folder", record.file),
-                    })
-                }
+                Ok(record) if escapes_root(&record.file) => skipped.push(SkippedFile {
+                    relative: where_,
+                    reason: format!("`{}` points outside the dataset folder", record.file),
+                }),
                 Ok(record) if !root.join(&record.file).is_file() => skipped.push(SkippedFile {
                     relative: record.file,
                     reason: "listed in captions.jsonl but missing".into(),
@@ -149,6 +145,15 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
     }
     entries.sort_by(|a, b| a.relative.cmp(&b.relative));
     Ok((entries, skipped))
+}
+
+/// True for absolute paths and paths with a `..` component (not for names like `a..png`).
+fn escapes_root(relative: &str) -> bool {
+    let path = Path::new(relative);
+    path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
 }
 
 /// The caption in `NAME.txt` next to `NAME.ext`, trimmed; `Ok(None)` when there is none.

@@ -77,7 +77,9 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     let root = dir.path();
     picture(&root.join("one.png"), 1);
     picture(&root.join("two.png"), 2);
+    picture(&root.join("dots..png"), 3);
     let lines = [
+        r#"{"file": "dots..png", "caption": "two dots in the name are not a parent folder"}"#,
         r#"{"file": "one.png", "caption": "the first picture"}"#,
         r#"{"file": "two.png", "caption": "the second picture"}"#,
         r#"{"file": "two.png", "caption": "listed again"}"#,
@@ -88,11 +90,11 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     ];
     std::fs::write(root.join("captions.jsonl"), lines.join("\n")).unwrap();
     let (entries, skipped) = scan(root).unwrap();
-    assert_eq!(entries.len(), 2);
-    assert_eq!(entries[1].caption, "the second picture");
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[2].caption, "the second picture");
     assert_eq!(skipped.len(), 4, "{skipped:?}");
     let dataset = Dataset::load(root, 16, 5, None, &NoProgress, &CancelToken::new()).unwrap();
-    assert_eq!(dataset.items.len(), 2);
+    assert_eq!(dataset.items.len(), 3);
 }
 
 #[test]
