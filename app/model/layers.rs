@@ -136,3 +136,60 @@ impl VitBlock {
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }
+
+/// Multi-head cross-attention: queries from `x`, keys and values from a context (the caption).
+#[derive(Module, Debug)]
+pub struct CrossAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub heads: usize,
+}
+
+impl CrossAttention {
+    /// `width`: query/output width; `context_width`: width of the context tokens.
+    pub fn new(width: usize, context_width: usize, heads: usize, device: &Device) -> Self {
+        assert_eq!(width % heads, 0, "attention width must divide into heads");
+        Self {
+            query: LinearConfig::new(width, width).init(device),
+            key: LinearConfig::new(context_width, width).init(device),
+            value: LinearConfig::new(context_width, width).init(device),
+            output: LinearConfig::new(width, width).init(device),
+            heads,
+        }
+    }
+
+    /// - `x`: `[batch, seq, width]`; `context`: `[batch, ctx, context_width]`
+    /// - `context_bias`: `[batch, ctx]` (0 = attend, [`MASKED_KEY_BIAS`] = padding)
+    /// - returns `[batch, seq, width]`
+    pub fn forward(&self, x: Tensor<3>, context: Tensor<3>, context_bias: Tensor<2>) -> Tensor<3> {
+        let [batch, seq, width] = x.dims();
+        let [_, ctx, _] = context.dims();
+        let head_dim = width / self.heads;
+        let q = self
+            .query
+            .forward(x)
+            .reshape([batch, seq, self.heads, head_dim])
+            .swap_dims(1, 2);
+        let k = self
+            .key
+            .forward(context.clone())
+            .reshape([batch, ctx, self.heads, head_dim])
+            .swap_dims(1, 2);
+        let v = self
+            .value
+            .forward(context)
+            .reshape([batch, ctx, self.heads, head_dim])
+            .swap_dims(1, 2);
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(1.0 / (head_dim as f64).sqrt())
+            + context_bias.reshape([batch, 1, 1, ctx]);
+        let context = softmax(scores, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, width]);
+        self.output.forward(context)
+    }
+}

@@ -4,6 +4,7 @@ mod checkpoints;
 mod cli;
 mod common;
 mod dataset;
+mod diffusion;
 mod effnet;
 mod images;
 mod metrics;

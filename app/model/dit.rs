@@ -1,0 +1,301 @@
+//! DiT-T2I over TexTok tokens (paper §4.1, App. C): a diffusion transformer with patch size 1
+//! over the `k x 8` token sequence, learned positions for up to 256 tokens, adaLN-Zero timestep
+//! conditioning, and per block: self-attention, cross-attention to the caption's text-encoder
+//! embeddings, MLP. A final adaLN + linear maps back to the 8 token channels (v-prediction).
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+use super::diffusion::{Schedule, ddim_step, seeded_noise};
+use super::layers::{CrossAttention, MASKED_KEY_BIAS, Mlp, SelfAttention, SelfAttentionConfig};
+use super::text_encoder::TextEmbeddings;
+use crate::jobs::{CancelToken, Cancelled, Progress, ProgressSink};
+
+/// Checkpoint kind of a DiT.
+pub const KIND_DIT: &str = "textok-dit";
+
+#[derive(Config, Debug, PartialEq)]
+pub struct DitConfig {
+    pub width: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp_hidden: usize,
+    /// Channels per token (TexTok's d).
+    #[config(default = 8)]
+    pub token_dim: usize,
+    /// Longest token sequence (learned positions).
+    #[config(default = 256)]
+    pub max_tokens: usize,
+    /// Width of the caption embeddings.
+    #[config(default = 384)]
+    pub text_dim: usize,
+    /// Width of the sinusoidal timestep features.
+    #[config(default = 256)]
+    pub time_features: usize,
+    /// Per-channel mean of the training latents (the sampler undoes the normalisation).
+    #[config(default = "vec![0.0; 8]")]
+    pub latent_mean: Vec<f32>,
+    /// Per-channel standard deviation of the training latents.
+    #[config(default = "vec![1.0; 8]")]
+    pub latent_std: Vec<f32>,
+}
+
+impl DitConfig {
+    /// For tests.
+    pub fn tiny() -> Self {
+        Self::new(32, 2, 2, 64)
+    }
+    /// CPU-trainable.
+    pub fn small() -> Self {
+        Self::new(256, 8, 4, 1024)
+    }
+    /// The paper's DiT-L shape.
+    pub fn dit_l() -> Self {
+        Self::new(1024, 24, 16, 4096)
+    }
+    /// The paper's DiT-XL shape.
+    pub fn dit_xl() -> Self {
+        Self::new(1152, 28, 16, 4608)
+    }
+
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "tiny" => Some(Self::tiny()),
+            "small" => Some(Self::small()),
+            "dit-l" => Some(Self::dit_l()),
+            "dit-xl" => Some(Self::dit_xl()),
+            _ => None,
+        }
+    }
+
+    pub fn init(&self, device: &Device) -> Dit {
+        let w = self.width;
+        let zero = |i: usize, o: usize| {
+            LinearConfig::new(i, o)
+                .with_initializer(Initializer::Zeros)
+                .init(device)
+        };
+        let norm = |affine: bool| {
+            let config = LayerNormConfig::new(w).with_epsilon(1e-6);
+            if affine {
+                config.init(device)
+            } else {
+                config.with_bias(false).init(device)
+            }
+        };
+        Dit {
+            input: LinearConfig::new(self.token_dim, w).init(device),
+            positions: Param::from_tensor(Tensor::random(
+                [1, self.max_tokens, w],
+                Distribution::Normal(0.0, 0.02),
+                device,
+            )),
+            time_in: LinearConfig::new(self.time_features, w).init(device),
+            time_out: LinearConfig::new(w, w).init(device),
+            blocks: (0..self.depth)
+                .map(|_| DitBlock {
+                    norm1: norm(false),
+                    attention: SelfAttentionConfig::new(w, self.heads).init(device),
+                    norm_cross: norm(true),
+                    cross_attention: CrossAttention::new(w, self.text_dim, self.heads, device),
+                    norm2: norm(false),
+                    mlp: Mlp::new(w, self.mlp_hidden, device),
+                    modulation: zero(w, 6 * w),
+                })
+                .collect(),
+            final_norm: norm(false),
+            final_modulation: zero(w, 2 * w),
+            output: zero(w, self.token_dim),
+            time_features: self.time_features,
+        }
+    }
+}
+
+/// One DiT block with adaLN-Zero modulation (shift, scale, gate for attention and MLP).
+#[derive(Module, Debug)]
+pub struct DitBlock {
+    pub norm1: LayerNorm,
+    pub attention: SelfAttention,
+    pub norm_cross: LayerNorm,
+    pub cross_attention: CrossAttention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+    /// Zero-initialised: every block starts as the identity.
+    pub modulation: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct Dit {
+    pub input: Linear,
+    pub positions: Param<Tensor<3>>,
+    pub time_in: Linear,
+    pub time_out: Linear,
+    pub blocks: Vec<DitBlock>,
+    pub final_norm: LayerNorm,
+    pub final_modulation: Linear,
+    pub output: Linear,
+    pub time_features: usize,
+}
+
+/// `x * (1 + scale) + shift` with `[batch, width]` modulations broadcast over the sequence.
+fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
+    x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
+}
+
+/// Sinusoidal features of (fractional) timesteps: `[batch]` -> `[batch, dim]` (cos | sin).
+pub fn timestep_features(timesteps: &[f32], dim: usize, device: &Device) -> Tensor<2> {
+    let half = dim / 2;
+    let mut data = vec![0.0f32; timesteps.len() * dim];
+    for (row, &t) in timesteps.iter().enumerate() {
+        for i in 0..half {
+            let frequency = (-(10_000f64.ln()) * i as f64 / half as f64).exp();
+            let angle = t as f64 * frequency;
+            data[row * dim + i] = angle.cos() as f32;
+            data[row * dim + half + i] = angle.sin() as f32;
+        }
+    }
+    Tensor::from_data(TensorData::new(data, [timesteps.len(), dim]), device)
+}
+
+impl Dit {
+    /// - `x`: noisy tokens `[batch, k, token_dim]` (normalised), k <= max_tokens
+    /// - `timesteps`: one per batch row (0..1000)
+    /// - `text`: caption embeddings (batch rows match `x`)
+    /// - returns the v prediction `[batch, k, token_dim]`
+    pub fn forward(&self, x: Tensor<3>, timesteps: &[f32], text: &TextEmbeddings) -> Tensor<3> {
+        let [_, k, _] = x.dims();
+        let device = x.device();
+        let mut h = self.input.forward(x) + self.positions.val().narrow(1, 0, k);
+        let time = self
+            .time_out
+            .forward(silu(self.time_in.forward(timestep_features(
+                timesteps,
+                self.time_features,
+                &device,
+            ))));
+        let condition = silu(time);
+        let text_bias = (text.mask.clone().neg() + 1.0).mul_scalar(MASKED_KEY_BIAS);
+        for block in &self.blocks {
+            let m = block.modulation.forward(condition.clone()).chunk(6, 1);
+            let attended = block.attention.forward(
+                modulate(block.norm1.forward(h.clone()), m[0].clone(), m[1].clone()),
+                None,
+            );
+            h = h + attended * m[2].clone().unsqueeze_dim::<3>(1);
+            h = h.clone()
+                + block.cross_attention.forward(
+                    block.norm_cross.forward(h),
+                    text.hidden.clone(),
+                    text_bias.clone(),
+                );
+            let mlp = block.mlp.forward(modulate(
+                block.norm2.forward(h.clone()),
+                m[3].clone(),
+                m[4].clone(),
+            ));
+            h = h + mlp * m[5].clone().unsqueeze_dim::<3>(1);
+        }
+        let f = self.final_modulation.forward(condition).chunk(2, 1);
+        self.output.forward(modulate(
+            self.final_norm.forward(h),
+            f[0].clone(),
+            f[1].clone(),
+        ))
+    }
+}
+
+/// What to sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleSettings {
+    /// Token budget k.
+    pub tokens: usize,
+    /// DDIM steps.
+    pub steps: usize,
+    /// Classifier-free guidance scale (1 = no guidance).
+    pub cfg: f32,
+    /// Image i of a batch uses seed `seed + i`, so each image can be regenerated alone.
+    pub seed: u64,
+    pub count: usize,
+}
+
+/// Classifier-free guidance: `uncond + scale * (cond - uncond)`; exactly `cond` at scale 1 or
+/// without an unconditional prediction.
+pub fn guide(cond: Tensor<3>, uncond: Option<Tensor<3>>, scale: f32) -> Tensor<3> {
+    match uncond {
+        Some(uncond) if scale != 1.0 => uncond.clone() + (cond - uncond).mul_scalar(scale),
+        _ => cond,
+    }
+}
+
+/// Repeats a one-caption embedding `count` times along the batch.
+fn repeat_text(text: &TextEmbeddings, count: usize) -> TextEmbeddings {
+    TextEmbeddings {
+        hidden: text.hidden.clone().repeat_dim(0, count),
+        mask: text.mask.clone().repeat_dim(0, count),
+        lengths: vec![text.lengths[0]; count],
+    }
+}
+
+/// A DiT with its config (latent statistics) and noise schedule: what sampling needs.
+pub struct Sampler<'a> {
+    pub dit: &'a Dit,
+    pub config: &'a DitConfig,
+    pub schedule: &'a Schedule,
+}
+
+/// DDIM sampling with classifier-free guidance. `text` and `null_text` hold one caption each
+/// (the null text is the empty caption's embedding). Returns denormalised tokens
+/// `[count, tokens, token_dim]`, ready for the TexTok detokenizer.
+pub fn sample(
+    sampler: &Sampler<'_>,
+    text: &TextEmbeddings,
+    null_text: &TextEmbeddings,
+    settings: &SampleSettings,
+    device: &Device,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<Tensor<3>, Cancelled> {
+    let Sampler {
+        dit,
+        config,
+        schedule,
+    } = *sampler;
+    let (count, k, d) = (settings.count, settings.tokens, config.token_dim);
+    let mut noise = Vec::with_capacity(count * k * d);
+    for i in 0..count {
+        noise.extend(seeded_noise(settings.seed.wrapping_add(i as u64), k * d));
+    }
+    let mut x = Tensor::<3>::from_data(TensorData::new(noise, [count, k, d]), device);
+    let cond = repeat_text(text, count);
+    let uncond = repeat_text(null_text, count);
+    let timesteps = schedule.ddim_timesteps(settings.steps);
+    for (i, &t) in timesteps.iter().enumerate() {
+        cancel.check()?;
+        let alpha_bar = schedule.alpha_bars[t];
+        let alpha_bar_prev = timesteps
+            .get(i + 1)
+            .map_or(1.0, |&p| schedule.alpha_bars[p]);
+        let ts = vec![t as f32; count];
+        let v_cond = dit.forward(x.clone(), &ts, &cond);
+        // At scale 1 the unconditional pass cannot change the result: skip it.
+        let v_uncond = (settings.cfg != 1.0).then(|| dit.forward(x.clone(), &ts, &uncond));
+        let v = guide(v_cond, v_uncond, settings.cfg);
+        // DDIM is linear in (x_t, v): x_prev = a x_t + b v.
+        let a = ddim_step(1.0, 0.0, alpha_bar, alpha_bar_prev);
+        let b = ddim_step(0.0, 1.0, alpha_bar, alpha_bar_prev);
+        x = x.mul_scalar(a) + v.mul_scalar(b);
+        progress.report(Progress {
+            done: i + 1,
+            total: timesteps.len(),
+            message: format!("step {}/{}", i + 1, timesteps.len()),
+        });
+    }
+    let mean = Tensor::<1>::from_data(TensorData::new(config.latent_mean.clone(), [d]), device)
+        .reshape([1, 1, d]);
+    let std = Tensor::<1>::from_data(TensorData::new(config.latent_std.clone(), [d]), device)
+        .reshape([1, 1, d]);
+    Ok(x * std + mean)
+}

@@ -1,0 +1,173 @@
+use burn::tensor::{Distribution, Tensor};
+use textok_studio::jobs::{CancelToken, NoProgress};
+use textok_studio::model::diffusion::{
+    Schedule, ddim_step, noisy, seeded_noise, split_v, v_target,
+};
+use textok_studio::model::dit::{DitConfig, SampleSettings, Sampler, guide, sample};
+
+use crate::common::*;
+
+#[test]
+fn schedule_is_the_papers_linear_one() {
+    let schedule = Schedule::default();
+    assert_eq!(schedule.len(), 1000);
+    assert!((schedule.betas[0] - 1e-4).abs() < 1e-15 && (schedule.betas[999] - 0.02).abs() < 1e-15);
+    assert!((schedule.alpha_bars[0] - (1.0 - 1e-4)).abs() < 1e-15);
+    assert!(schedule.alpha_bars.windows(2).all(|w| w[1] < w[0]));
+    assert!(
+        schedule.alpha_bars[999] < 1e-4,
+        "almost pure noise at the end"
+    );
+    let ts = schedule.ddim_timesteps(50);
+    assert_eq!(ts.len(), 50);
+    assert_eq!((ts[0], ts[49]), (980, 0));
+    assert!(ts.windows(2).all(|w| w[1] < w[0]));
+    assert_eq!(
+        schedule.ddim_timesteps(1000),
+        (0..1000).rev().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn v_prediction_algebra_round_trips() {
+    for &(x0, eps, a) in &[
+        (0.7, -1.3, 0.9),
+        (-2.0, 0.5, 0.1),
+        (0.0, 1.0, 0.5),
+        (1.5, 1.5, 0.999),
+    ] {
+        let x_t = noisy(x0, eps, a);
+        let v = v_target(x0, eps, a);
+        let (x0_back, eps_back) = split_v(x_t, v, a);
+        assert!((x0_back - x0).abs() < 1e-12 && (eps_back - eps).abs() < 1e-12);
+        // |v|^2 + |x_t|^2 = |x0|^2 + |eps|^2 (a rotation).
+        assert!((v * v + x_t * x_t - (x0 * x0 + eps * eps)).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn ddim_step_matches_a_hand_computed_case() {
+    // alpha_bar = 0.64 (sqrt 0.8, sqrt(1-a) 0.6), prev = 0.36 (0.6, 0.8); x_t = 1, v = 0.5.
+    // x0 = 0.8*1 - 0.6*0.5 = 0.5; eps = 0.6*1 + 0.8*0.5 = 1.0; x_prev = 0.6*0.5 + 0.8*1.0 = 1.1.
+    assert!((ddim_step(1.0, 0.5, 0.64, 0.36) - 1.1).abs() < 1e-12);
+    // The last step (prev = 1) returns the predicted x0.
+    assert!((ddim_step(1.0, 0.5, 0.64, 1.0) - 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn guidance_at_scale_one_is_the_conditional_prediction() {
+    let device = cpu();
+    device.seed(3);
+    let cond = Tensor::<3>::random([2, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+    let uncond = Tensor::<3>::random([2, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+    assert_eq!(
+        max_abs_diff(guide(cond.clone(), Some(uncond.clone()), 1.0), cond.clone()),
+        0.0
+    );
+    assert_eq!(
+        max_abs_diff(
+            guide(cond.clone(), Some(uncond.clone()), 0.0),
+            uncond.clone()
+        ),
+        0.0
+    );
+    let expected = cond.clone().mul_scalar(3.0) - uncond.clone().mul_scalar(2.0);
+    assert!(max_abs_diff(guide(cond, Some(uncond), 3.0), expected) < 1e-5);
+}
+
+#[test]
+fn dit_starts_as_zero_and_has_the_right_shapes_at_every_budget() {
+    let device = cpu();
+    device.seed(5);
+    let config = DitConfig::tiny();
+    let dit = config.init(&device);
+    let text = embed(&["a red apple", "a penguin on ice"]);
+    for k in [32, 64, 128, 256] {
+        let x = Tensor::<3>::random([2, k, 8], Distribution::Normal(0.0, 1.0), &device);
+        let v = dit.forward(x, &[10.0, 900.0], &text);
+        assert_eq!(v.dims(), [2, k, 8]);
+        // adaLN-Zero: zero-initialised modulation and output layer.
+        assert_eq!(v.abs().max().into_scalar::<f32>(), 0.0);
+    }
+}
+
+#[test]
+fn sampling_is_deterministic_under_a_seed() {
+    let device = cpu();
+    device.seed(6);
+    let config = DitConfig::tiny();
+    let mut dit = config.init(&device);
+    // Give the output layer weights so the sample depends on the network, not only the noise.
+    dit.output.weight = burn::module::Param::from_tensor(Tensor::random(
+        [32, 8],
+        Distribution::Normal(0.0, 0.5),
+        &device,
+    ));
+    let text = embed(&["a blue bird"]);
+    let null = embed(&[""]);
+    let schedule = Schedule::default();
+    let settings = SampleSettings {
+        tokens: 32,
+        steps: 5,
+        cfg: 3.0,
+        seed: 42,
+        count: 2,
+    };
+    let sampler = Sampler {
+        dit: &dit,
+        config: &config,
+        schedule: &schedule,
+    };
+    let run = |s: &SampleSettings| {
+        sample(
+            &sampler,
+            &text,
+            &null,
+            s,
+            &device,
+            &NoProgress,
+            &CancelToken::new(),
+        )
+        .unwrap()
+    };
+    let a = run(&settings);
+    assert_eq!(a.dims(), [2, 32, 8]);
+    assert_eq!(
+        max_abs_diff(a.clone(), run(&settings)),
+        0.0,
+        "same seed, same tokens"
+    );
+    let other = run(&SampleSettings {
+        seed: 43,
+        ..settings.clone()
+    });
+    assert!(max_abs_diff(a.clone(), other) > 1e-3);
+    // Image i of a batch is image 0 of a batch seeded with seed + i.
+    let second = run(&SampleSettings {
+        seed: 43,
+        count: 1,
+        ..settings.clone()
+    });
+    assert!(max_abs_diff(a.narrow(0, 1, 1), second) < 1e-5);
+    let cancelled = CancelToken::new();
+    cancelled.cancel();
+    assert!(
+        sample(
+            &sampler,
+            &text,
+            &null,
+            &settings,
+            &device,
+            &NoProgress,
+            &cancelled
+        )
+        .is_err()
+    );
+    let noise = seeded_noise(7, 10_000);
+    let mean = noise.iter().sum::<f32>() / 10_000.0;
+    let var = noise.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 10_000.0;
+    assert!(
+        mean.abs() < 0.05 && (var - 1.0).abs() < 0.05,
+        "standard normal: {mean} {var}"
+    );
+}
