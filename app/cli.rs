@@ -41,6 +41,39 @@ pub enum Command {
     Train(TrainCommand),
     /// Table 1 for a dataset: PSNR, SSIM and FD-EffNet of TexTok and the Baseline per budget.
     Eval(EvalArgs),
+    /// Generate images from a caption: DiT over TexTok tokens, then the TexTok detokenizer.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub caption: String,
+    /// Token budget k (32..=256).
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    /// DDIM steps (the paper uses 250).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long, default_value_t = 3.0)]
+    pub cfg: f32,
+    /// Seed of the first image; image i uses seed + i [default: random].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    pub count: usize,
+    /// TexTok checkpoint [default: the shipped model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// DiT checkpoint [default: the shipped model].
+    #[arg(long)]
+    pub dit: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -189,6 +222,7 @@ pub fn main() -> ExitCode {
         Some(Command::Devices) => run_devices(),
         Some(Command::Train(TrainCommand::Tokenizer(args))) => run_train_tokenizer(args),
         Some(Command::Eval(args)) => run_eval(args),
+        Some(Command::Generate(args)) => run_generate(args),
         None => Err(anyhow::anyhow!(
             "the desktop app is not part of this build yet; run `textok-studio --help` for the commands"
         )),
@@ -512,6 +546,86 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use crate::model::dit::SampleSettings;
+    use crate::pipeline::{GenerateEngine, GenerateSpec, model_identity, validate_sample_settings};
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+    let settings = SampleSettings {
+        tokens: args.tokens,
+        steps: args.steps,
+        cfg: args.cfg,
+        seed,
+        count: args.count,
+    };
+    validate_sample_settings(&settings, 256)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
+    let selected = device::select(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let mut spec = GenerateSpec::shipped();
+    spec.textok = args.model.clone();
+    spec.dit = args.dit.clone();
+    let engine = GenerateEngine::load(&spec, selected)?;
+    eprintln!("TexTok: {}", engine.textok.source);
+    eprintln!("DiT:    {}", engine.dit_source);
+    let started = std::time::Instant::now();
+    let progress = |p: crate::jobs::Progress| {
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = elapsed / p.done.max(1) as f64 * (p.total - p.done) as f64;
+        eprint!(
+            "\rsampling {} {}/{}  ETA {}   ",
+            "#".repeat(20 * p.done / p.total.max(1))
+                + &".".repeat(20 - 20 * p.done / p.total.max(1)),
+            p.done,
+            p.total,
+            crate::train::format_duration(std::time::Duration::from_secs_f64(eta))
+        );
+    };
+    let images = crate::pipeline::generate(
+        &engine,
+        &args.caption,
+        &settings,
+        &progress,
+        &CancelToken::new(),
+    )?;
+    eprintln!();
+    let (textok_id, dit_id) = (
+        model_identity(&engine.textok.source),
+        model_identity(&engine.dit_source),
+    );
+    for generated in &images {
+        let s = &generated.settings;
+        let path = args.out.join(format!("gen-{}-k{}.png", s.seed, s.tokens));
+        let values = [
+            s.seed.to_string(),
+            s.steps.to_string(),
+            s.cfg.to_string(),
+            s.tokens.to_string(),
+        ];
+        let text = [
+            ("caption", generated.caption.as_str()),
+            ("seed", values[0].as_str()),
+            ("steps", values[1].as_str()),
+            ("cfg", values[2].as_str()),
+            ("tokens", values[3].as_str()),
+            ("textok-sha256", textok_id.as_str()),
+            ("dit-sha256", dit_id.as_str()),
+            (
+                "software",
+                concat!("textok-studio ", env!("CARGO_PKG_VERSION")),
+            ),
+        ];
+        imageio::save_png(&generated.image, &path, &text)?;
+        println!("{}", path.display());
     }
     Ok(())
 }

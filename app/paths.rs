@@ -41,3 +41,8 @@ pub fn effnet_checkpoint() -> PathBuf {
         .join("efficientnet-lite0")
         .join("model.safetensors")
 }
+
+/// The shipped text-to-image DiT over the shipped TexTok's tokens.
+pub fn default_dit_checkpoint() -> PathBuf {
+    models_dir().join("dit-small.safetensors")
+}

@@ -1,4 +1,5 @@
-//! The operations the app offers, shared by the CLI and the GUI: load models, reconstruct.
+//! The operations the app offers, shared by the CLI and the GUI: load models, reconstruct,
+//! generate.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,9 @@ use crate::data::image as imageio;
 use crate::device::SelectedDevice;
 use crate::jobs::{CancelToken, Progress, ProgressSink};
 use crate::metrics;
-use crate::model::text_encoder::{MiniLmTextEncoder, TextEncoder};
+use crate::model::diffusion::Schedule;
+use crate::model::dit::{Dit, DitConfig, SampleSettings, Sampler, sample};
+use crate::model::text_encoder::{MiniLmTextEncoder, TextEmbeddings, TextEncoder};
 use crate::model::textok::{MIN_BUDGET, TexTok, TexTokConfig};
 
 /// The paper's budgets, the default for `reconstruct`.
@@ -299,4 +302,192 @@ pub fn reconstruct(
         }
     }
     Ok(results)
+}
+
+/// Everything `generate` needs, loaded once.
+pub struct GenerateEngine {
+    pub device: SelectedDevice,
+    pub text_encoder: MiniLmTextEncoder,
+    pub textok: LoadedTokenizer,
+    pub dit: Dit,
+    pub dit_config: DitConfig,
+    pub dit_source: ModelSource,
+    pub schedule: Schedule,
+}
+
+/// What to load for a [`GenerateEngine`].
+#[derive(Debug, Clone)]
+pub struct GenerateSpec {
+    pub text_encoder_dir: PathBuf,
+    pub textok: Option<PathBuf>,
+    pub default_textok: PathBuf,
+    pub dit: Option<PathBuf>,
+    pub default_dit: PathBuf,
+}
+
+impl GenerateSpec {
+    pub fn shipped() -> Self {
+        Self {
+            text_encoder_dir: crate::paths::text_encoder_dir(),
+            textok: None,
+            default_textok: crate::paths::default_textok_checkpoint(),
+            dit: None,
+            default_dit: crate::paths::default_dit_checkpoint(),
+        }
+    }
+}
+
+impl GenerateEngine {
+    pub fn load(spec: &GenerateSpec, device: SelectedDevice) -> anyhow::Result<Self> {
+        let textok = LoadedTokenizer::load_or_stand_in(
+            spec.textok.as_deref(),
+            &spec.default_textok,
+            true,
+            &device.device,
+        )?;
+        let (dit, dit_config, dit_source) = match spec.dit.as_deref() {
+            Some(path) => {
+                let (dit, config) = Dit::load(path, &device.device)?;
+                (dit, config, ModelSource::File(path.to_owned()))
+            }
+            None if spec.default_dit.exists() => {
+                let (dit, config) = Dit::load(&spec.default_dit, &device.device)?;
+                (dit, config, ModelSource::File(spec.default_dit.clone()))
+            }
+            None => {
+                device.device.seed(RANDOM_INIT_SEED);
+                let config = DitConfig::small();
+                let source = ModelSource::RandomInit {
+                    preset: "small".into(),
+                    missing: spec.default_dit.clone(),
+                };
+                (config.init(&device.device), config, source)
+            }
+        };
+        ensure!(
+            dit_config.token_dim == textok.config.token_dim,
+            "the DiT makes {}-channel tokens but the TexTok model reads {}-channel tokens",
+            dit_config.token_dim,
+            textok.config.token_dim
+        );
+        let text_encoder = MiniLmTextEncoder::load(
+            &spec.text_encoder_dir,
+            textok.config.max_text_tokens,
+            &device.device,
+        )
+        .with_context(|| {
+            format!(
+                "loading the text encoder from {}",
+                spec.text_encoder_dir.display()
+            )
+        })?;
+        ensure!(
+            text_encoder.width() == dit_config.text_dim
+                && text_encoder.width() == textok.config.text_dim,
+            "the DiT and TexTok models must both read {}-wide caption embeddings",
+            text_encoder.width()
+        );
+        Ok(Self {
+            device,
+            text_encoder,
+            textok,
+            dit,
+            dit_config,
+            dit_source,
+            schedule: Schedule::default(),
+        })
+    }
+
+    /// Largest token budget both models support.
+    pub fn max_tokens(&self) -> usize {
+        self.dit_config
+            .max_tokens
+            .min(self.textok.config.max_tokens)
+    }
+}
+
+/// One generated image and the settings that regenerate it alone (`count` 1, its own seed).
+#[derive(Debug, Clone)]
+pub struct GeneratedImage {
+    pub image: Rgb32FImage,
+    pub caption: String,
+    pub settings: SampleSettings,
+}
+
+/// Checks generation settings before any work starts.
+pub fn validate_sample_settings(
+    settings: &SampleSettings,
+    max_tokens: usize,
+) -> anyhow::Result<()> {
+    validate_budgets(&[settings.tokens], max_tokens)?;
+    ensure!(
+        (1..=1000).contains(&settings.steps),
+        "steps must be 1..=1000, got {}",
+        settings.steps
+    );
+    ensure!(
+        (1..=64).contains(&settings.count),
+        "count must be 1..=64, got {}",
+        settings.count
+    );
+    ensure!(
+        settings.cfg.is_finite() && (0.0..=50.0).contains(&settings.cfg),
+        "cfg must be between 0 and 50, got {}",
+        settings.cfg
+    );
+    Ok(())
+}
+
+/// caption -> text encoder -> DiT samples k tokens -> TexTok detokenizer with the same caption.
+pub fn generate(
+    engine: &GenerateEngine,
+    caption: &str,
+    settings: &SampleSettings,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> anyhow::Result<Vec<GeneratedImage>> {
+    validate_sample_settings(settings, engine.max_tokens())?;
+    let device = &engine.device.device;
+    let text = engine.text_encoder.encode(&[caption])?;
+    let null_text = engine.text_encoder.encode(&[""])?;
+    let sampler = Sampler {
+        dit: &engine.dit,
+        config: &engine.dit_config,
+        schedule: &engine.schedule,
+    };
+    let tokens = sample(
+        &sampler, &text, &null_text, settings, device, progress, cancel,
+    )?;
+    cancel.check()?;
+    let repeated = TextEmbeddings {
+        hidden: text.hidden.clone().repeat_dim(0, settings.count),
+        mask: text.mask.clone().repeat_dim(0, settings.count),
+        lengths: vec![text.lengths[0]; settings.count],
+    };
+    let decoded = engine.textok.model.decode(tokens, Some(&repeated));
+    Ok(imageio::from_tensor(decoded)
+        .into_iter()
+        .enumerate()
+        .map(|(i, image)| GeneratedImage {
+            image,
+            caption: caption.to_owned(),
+            settings: SampleSettings {
+                seed: settings.seed.wrapping_add(i as u64),
+                count: 1,
+                ..settings.clone()
+            },
+        })
+        .collect())
+}
+
+/// A model's identity for image metadata: the file's SHA-256, or which stand-in it was.
+pub fn model_identity(source: &ModelSource) -> String {
+    match source {
+        ModelSource::File(path) => {
+            crate::files::sha256_file(path).unwrap_or_else(|e| format!("unreadable: {e}"))
+        }
+        ModelSource::RandomInit { preset, .. } => {
+            format!("random-init:{preset}:{RANDOM_INIT_SEED}")
+        }
+    }
 }

@@ -12,6 +12,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use super::diffusion::{Schedule, ddim_step, seeded_noise};
 use super::layers::{CrossAttention, MASKED_KEY_BIAS, Mlp, SelfAttention, SelfAttentionConfig};
 use super::text_encoder::TextEmbeddings;
+use crate::checkpoint::{CheckpointError, CheckpointFile, StoredPrecision, save_module};
 use crate::jobs::{CancelToken, Cancelled, Progress, ProgressSink};
 
 /// Checkpoint kind of a DiT.
@@ -68,6 +69,42 @@ impl DitConfig {
             "dit-l" => Some(Self::dit_l()),
             "dit-xl" => Some(Self::dit_xl()),
             _ => None,
+        }
+    }
+
+    /// Checks a config read from an (untrusted) checkpoint describes a sane model.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 6] = [
+            ((1..=8192).contains(&self.width), "width must be 1..=8192"),
+            (
+                self.heads > 0 && self.width.is_multiple_of(self.heads),
+                "width must be a multiple of heads",
+            ),
+            (
+                self.depth <= 64 && (1..=65536).contains(&self.mlp_hidden),
+                "at most 64 blocks; mlp_hidden 1..=65536",
+            ),
+            (
+                (1..=256).contains(&self.token_dim) && (1..=4096).contains(&self.max_tokens),
+                "token_dim/max_tokens out of range",
+            ),
+            (
+                self.time_features >= 2
+                    && self.time_features.is_multiple_of(2)
+                    && (1..=8192).contains(&self.text_dim),
+                "time_features must be even; text_dim 1..=8192",
+            ),
+            (
+                self.latent_mean.len() == self.token_dim
+                    && self.latent_std.len() == self.token_dim
+                    && self.latent_std.iter().all(|s| s.is_finite() && *s > 0.0)
+                    && self.latent_mean.iter().all(|m| m.is_finite()),
+                "latent statistics must have token_dim finite entries (std > 0)",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err((*message).to_owned()),
+            None => Ok(()),
         }
     }
 
@@ -138,6 +175,37 @@ pub struct Dit {
     pub final_modulation: Linear,
     pub output: Linear,
     pub time_features: usize,
+}
+
+impl Dit {
+    /// Loads a DiT checkpoint, validating its config and every tensor.
+    pub fn load(
+        path: &std::path::Path,
+        device: &Device,
+    ) -> Result<(Dit, DitConfig), CheckpointError> {
+        let file = CheckpointFile::read(path)?;
+        file.expect_kind(KIND_DIT)?;
+        let config: DitConfig = file.config("DiT")?;
+        config
+            .validate()
+            .map_err(|reason| CheckpointError::BadConfig {
+                path: path.to_owned(),
+                expected: "DiT".into(),
+                reason,
+            })?;
+        let dit = file.load_into(config.init(device))?;
+        Ok((dit, config))
+    }
+
+    /// Saves this DiT with `config` (atomically).
+    pub fn save(
+        &self,
+        config: &DitConfig,
+        path: &std::path::Path,
+        precision: StoredPrecision,
+    ) -> Result<(), CheckpointError> {
+        save_module(self, path, KIND_DIT, config, precision)
+    }
 }
 
 /// `x * (1 + scale) + shift` with `[batch, width]` modulations broadcast over the sequence.
