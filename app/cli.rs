@@ -43,6 +43,22 @@ pub enum Command {
     Eval(EvalArgs),
     /// Generate images from a caption: DiT over TexTok tokens, then the TexTok detokenizer.
     Generate(GenerateArgs),
+    /// Seconds per image for reconstruction and generation at each budget on a device.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_BUDGETS)]
+    pub tokens: Vec<usize>,
+    /// DDIM steps per generated image.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Timed repetitions per measurement (after one untimed warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -223,6 +239,7 @@ pub fn main() -> ExitCode {
         Some(Command::Train(TrainCommand::Tokenizer(args))) => run_train_tokenizer(args),
         Some(Command::Eval(args)) => run_eval(args),
         Some(Command::Generate(args)) => run_generate(args),
+        Some(Command::Bench(args)) => run_bench(args),
         None => Err(anyhow::anyhow!(
             "the desktop app is not part of this build yet; run `textok-studio --help` for the commands"
         )),
@@ -626,6 +643,88 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         ];
         imageio::save_png(&generated.image, &path, &text)?;
         println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// Median seconds of `repeats` runs of `work`, after one warm-up run (shader compilation, caches).
+fn median_seconds(
+    repeats: usize,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    work()?;
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
+        let started = std::time::Instant::now();
+        work()?;
+        times.push(started.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    use crate::model::dit::SampleSettings;
+    use crate::pipeline::{GenerateEngine, GenerateSpec};
+    pipeline::validate_budgets(&args.tokens, 256)?;
+    let selected = device::select(args.device)?;
+    println!("device: {}", selected.description);
+    let mut spec = EngineSpec::shipped();
+    spec.with_baseline = false;
+    let engine = ReconstructEngine::load(&spec, selected.clone())?;
+    let generator = GenerateEngine::load(&GenerateSpec::shipped(), selected)?;
+    println!(
+        "TexTok: {}\nDiT:    {}",
+        engine.textok.source, generator.dit_source
+    );
+    let image = imageio::load_for_model(
+        &crate::paths::models_dir().join("../assets/samples/apple.png"),
+        engine.image_size(),
+    )
+    .or_else(|_| -> anyhow::Result<_> {
+        Ok(image::Rgb32FImage::from_pixel(
+            engine.image_size(),
+            engine.image_size(),
+            image::Rgb([0.5; 3]),
+        ))
+    })?;
+    let caption = "a shiny red apple with a bite taken out of it";
+    println!(
+        "{:>6} {:>16} {:>22}",
+        "tokens",
+        "reconstruct s/img",
+        format!("generate s/img ({} steps)", args.steps)
+    );
+    for &budget in &args.tokens {
+        let reconstruct = median_seconds(args.repeats, || {
+            pipeline::reconstruct(
+                &engine,
+                &image,
+                caption,
+                &[budget],
+                &NoProgress,
+                &CancelToken::new(),
+            )
+            .map(|_| ())
+        })?;
+        let settings = SampleSettings {
+            tokens: budget,
+            steps: args.steps,
+            cfg: 3.0,
+            seed: 0,
+            count: 1,
+        };
+        let generate = median_seconds(args.repeats, || {
+            pipeline::generate(
+                &generator,
+                caption,
+                &settings,
+                &NoProgress,
+                &CancelToken::new(),
+            )
+            .map(|_| ())
+        })?;
+        println!("{budget:>6} {reconstruct:>16.3} {generate:>22.3}");
     }
     Ok(())
 }
