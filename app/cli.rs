@@ -132,6 +132,38 @@ pub struct EvalArgs {
 pub enum TrainCommand {
     /// Train a TexTok tokenizer (or, with --no-text, the Baseline) on a captioned image folder.
     Tokenizer(TrainTokenizerArgs),
+    /// Train the text-to-image DiT on a TexTok tokenizer's latents.
+    Dit(TrainDitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainDitArgs {
+    /// Dataset folder: images with NAME.txt captions, or a captions.jsonl at its root.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// TexTok checkpoint whose tokens to generate [default: the shipped model].
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// DiT size: tiny, small, dit-l or dit-xl.
+    #[arg(long, default_value = "small")]
+    pub preset: String,
+    #[arg(long)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 5.0)]
+    pub checkpoint_minutes: f64,
+    /// Run folder (config, log, latent cache, state, EMA weights).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +269,7 @@ pub fn main() -> ExitCode {
         Some(Command::Info { path }) => run_info(&path),
         Some(Command::Devices) => run_devices(),
         Some(Command::Train(TrainCommand::Tokenizer(args))) => run_train_tokenizer(args),
+        Some(Command::Train(TrainCommand::Dit(args))) => run_train_dit(args),
         Some(Command::Eval(args)) => run_eval(args),
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Bench(args)) => run_bench(args),
@@ -461,16 +494,7 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.perceptual_weight = args.perceptual_weight;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
-    let cancel = CancelToken::new();
-    let on_interrupt = cancel.clone();
-    // First Ctrl-C: finish the step, save, exit. A second one: exit at once.
-    let _ = ctrlc::set_handler(move || {
-        if on_interrupt.is_cancelled() {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: saving the training state (Ctrl-C again to quit without saving)");
-        on_interrupt.cancel();
-    });
+    let cancel = cancel_on_ctrl_c();
     let observer = ConsoleObserver {
         last_print: std::sync::Mutex::new(None),
     };
@@ -725,6 +749,63 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             .map(|_| ())
         })?;
         println!("{budget:>6} {reconstruct:>16.3} {generate:>22.3}");
+    }
+    Ok(())
+}
+
+/// First Ctrl-C: finish the step, save, exit. A second one: exit at once.
+fn cancel_on_ctrl_c() -> CancelToken {
+    let cancel = CancelToken::new();
+    let on_interrupt = cancel.clone();
+    let _ = ctrlc::set_handler(move || {
+        if on_interrupt.is_cancelled() {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving the training state (Ctrl-C again to quit without saving)");
+        on_interrupt.cancel();
+    });
+    cancel
+}
+
+fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
+    use crate::train::dit::{DitTrainConfig, train_dit};
+    let tokenizer = args
+        .tokenizer
+        .clone()
+        .unwrap_or_else(crate::paths::default_textok_checkpoint);
+    let mut config = DitTrainConfig::new(
+        args.data.clone(),
+        tokenizer,
+        &args.preset,
+        args.steps,
+        args.batch,
+    );
+    config.learning_rate = args.lr;
+    config.seed = args.seed;
+    config.checkpoint_minutes = args.checkpoint_minutes;
+    let selected = device::select(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let cancel = cancel_on_ctrl_c();
+    let observer = ConsoleObserver {
+        last_print: std::sync::Mutex::new(None),
+    };
+    let outcome = train_dit(
+        &args.out,
+        &config,
+        args.resume,
+        &selected.device,
+        &crate::paths::text_encoder_dir(),
+        &observer,
+        &cancel,
+    )?;
+    if outcome.finished {
+        println!(
+            "finished {} steps; EMA weights: {}",
+            outcome.step,
+            args.out.join("ema.safetensors").display()
+        );
+    } else {
+        println!("stopped at step {}; continue with --resume", outcome.step);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Training: the tokenizer trainer (TexTok and Baseline) and the pieces every trainer shares
 //! (learning-rate schedule, deterministic RNG, progress with ETA, JSONL logs).
 
+pub mod dit;
 pub mod tokenizer;
 
 use std::io::Write;

@@ -17,6 +17,7 @@ use anyhow::{Context, bail, ensure};
 use burn::module::Module;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::store::ModuleSnapshot;
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -226,16 +227,19 @@ pub struct Progress {
 
 /// The optimizer a run uses (AdamW with per-tensor gradient clipping).
 pub fn new_optimizer(config: &TokenizerTrainConfig) -> ModuleOptimizer {
+    new_optimizer_with(config.weight_decay, config.grad_clip_norm)
+}
+
+/// AdamW with the given weight decay and per-tensor gradient-norm clipping.
+pub fn new_optimizer_with(weight_decay: f64, grad_clip_norm: f64) -> ModuleOptimizer {
     AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(
-            config.grad_clip_norm as f32,
-        )))
+        .with_weight_decay(weight_decay as f32)
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(grad_clip_norm as f32)))
         .init()
 }
 
 /// The shared decode cache for a dataset folder at one size.
-fn cache_file(data: &Path, size: u32) -> Option<PathBuf> {
+pub fn cache_file(data: &Path, size: u32) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
@@ -522,7 +526,11 @@ pub fn train_tokenizer(
 }
 
 /// `ema = decay * ema + (1 - decay) * params`, on the host.
-fn update_ema(ema: &mut [HostTensor], model: &TexTok, decay: f64) -> anyhow::Result<()> {
+pub fn update_ema<M: Module + ModuleSnapshot>(
+    ema: &mut [HostTensor],
+    model: &M,
+    decay: f64,
+) -> anyhow::Result<()> {
     let params = module_to_host(model).map_err(anyhow::Error::msg)?;
     let (d, one_minus) = (decay as f32, (1.0 - decay) as f32);
     for (average, current) in ema.iter_mut().zip(params) {
@@ -535,7 +543,7 @@ fn update_ema(ema: &mut [HostTensor], model: &TexTok, decay: f64) -> anyhow::Res
 }
 
 /// 8-bit RGB items -> `[batch, 3, H, W]` in [-1, 1].
-fn pixels_to_tensor(items: &[&DatasetItem], device: &Device) -> Tensor<4> {
+pub fn pixels_to_tensor(items: &[&DatasetItem], device: &Device) -> Tensor<4> {
     let (w, h) = items[0].pixels.dimensions();
     let (w, h) = (w as usize, h as usize);
     let mut data = vec![0.0f32; items.len() * 3 * h * w];
@@ -652,11 +660,11 @@ pub fn evaluate(
 }
 
 /// Writes the full training state atomically.
-pub fn save_state(
+pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
     path: &Path,
-    model_config: &TexTokConfig,
-    config: &TokenizerTrainConfig,
-    model: &TexTok,
+    model_config: &C,
+    config: &T,
+    model: &M,
     optimizer: &ModuleOptimizer,
     ema: &[HostTensor],
     progress: &Progress,
@@ -701,11 +709,11 @@ pub fn save_state(
 }
 
 /// Reads a training state written by [`save_state`] into `model`'s structure.
-pub fn load_state(
+pub fn load_state<M: Module + ModuleSnapshot>(
     path: &Path,
-    model: &TexTok,
+    model: &M,
     optimizer: ModuleOptimizer,
-) -> anyhow::Result<(TexTok, ModuleOptimizer, Vec<HostTensor>, Progress)> {
+) -> anyhow::Result<(M, ModuleOptimizer, Vec<HostTensor>, Progress)> {
     let file = CheckpointFile::read(path)?;
     file.expect_kind(KIND_TRAIN_STATE)?;
     let expected = expected_parameters(model);

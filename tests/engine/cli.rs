@@ -409,13 +409,40 @@ fn bench_reports_seconds_per_image_for_each_budget() {
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
     #[cfg(unix)]
-    std::os::unix::fs::symlink(repo_path("models/text-encoder"), models.join("text-encoder")).unwrap();
-    let output = studio(&["bench", "--tokens", "32,64", "--steps", "2", "--repeats", "1", "--device", "cpu"], Some(&models));
+    std::os::unix::fs::symlink(
+        repo_path("models/text-encoder"),
+        models.join("text-encoder"),
+    )
+    .unwrap();
+    let output = studio(
+        &[
+            "bench",
+            "--tokens",
+            "32,64",
+            "--steps",
+            "2",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        Some(&models),
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     for budget in ["32", "64"] {
-        let row = text.lines().find(|l| l.split_whitespace().next() == Some(budget)).unwrap_or_else(|| panic!("{text}"));
-        let seconds: Vec<f64> = row.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
-        assert!(seconds.len() == 2 && seconds.iter().all(|s| *s > 0.0), "{row}");
+        let row = text
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(budget))
+            .unwrap_or_else(|| panic!("{text}"));
+        let seconds: Vec<f64> = row
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(
+            seconds.len() == 2 && seconds.iter().all(|s| *s > 0.0),
+            "{row}"
+        );
     }
 }

@@ -341,3 +341,72 @@ fn schedule_and_rng_behave() {
         (0..1000).map(|_| b.range(32, 256)).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
+    use textok_studio::model::dit::Dit;
+    use textok_studio::train::dit::{DitTrainConfig, train_dit};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let tokenizer = dir.path().join("tokenizer.safetensors");
+    let (model, config) = tiny(true, 9);
+    model
+        .save(
+            &config,
+            &tokenizer,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+    let mut run_config = DitTrainConfig::new(data.clone(), tokenizer.clone(), "tiny", 120, 8);
+    run_config.learning_rate = 2e-3;
+    run_config.warmup_steps = 5;
+    run_config.validation_percent = 0;
+    let run = dir.path().join("dit-run");
+    let losses = Losses::default();
+    let encoder = repo_path("models/text-encoder");
+    let outcome = train_dit(
+        &run,
+        &run_config,
+        false,
+        &cpu(),
+        &encoder,
+        &losses,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert!(outcome.finished);
+    let losses = losses.0.into_inner().unwrap();
+    let first: f64 = losses[..20].iter().sum::<f64>() / 20.0;
+    let last: f64 = losses[100..].iter().sum::<f64>() / 20.0;
+    assert!(
+        first > 0.5,
+        "zero-initialised output predicts v = 0: loss ~ E[v^2] = 1, got {first}"
+    );
+    assert!(
+        last < 0.8 * first,
+        "v-prediction loss went from {first} to {last}"
+    );
+    assert!(run.join("latents.bin").exists(), "latents are cached");
+    let (_, dit_config) = Dit::load(&run.join("ema.safetensors"), &cpu()).unwrap();
+    assert!(
+        dit_config.latent_std.iter().all(|s| *s > 0.0)
+            && dit_config.latent_mean.iter().any(|m| *m != 0.0)
+    );
+    // Resuming with more steps continues from the saved state (the latent cache is reused).
+    let longer = DitTrainConfig {
+        steps: 125,
+        ..run_config.clone()
+    };
+    let outcome = train_dit(
+        &run,
+        &longer,
+        true,
+        &cpu(),
+        &encoder,
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(outcome.step, 125);
+}

@@ -1,0 +1,505 @@
+//! Training the text-to-image DiT on a tokenizer's latents.
+//!
+//! The tokenizer encodes every training image once; the latents are cached in the run folder
+//! (keyed by the tokenizer file's SHA-256) and normalised with per-channel statistics that are
+//! stored in the DiT's config. Each step draws one budget k (nested prefixes, so one DiT serves
+//! every budget), a timestep per image, and drops 10% of captions to the null (empty) caption for
+//! classifier-free guidance; the loss is the MSE to the v-prediction target. Progress, JSONL log,
+//! AdamW with warm-up + cosine, EMA and the atomic, resumable state work as for the tokenizer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail, ensure};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::tokenizer::{
+    CaptionStore, Progress, StepReport, TrainObserver, TrainOutcome, cache_file, load_state,
+    new_optimizer_with, pixels_to_tensor, save_state, update_ema,
+};
+use super::{Eta, SplitMix64, append_jsonl, learning_rate};
+use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
+use crate::data::dataset::{Dataset, DatasetItem, Split};
+use crate::jobs::{CancelToken, NoProgress};
+use crate::model::diffusion::{Schedule, coefficients, seeded_noise};
+use crate::model::dit::{DitConfig, KIND_DIT};
+use crate::model::text_encoder::{MiniLmTextEncoder, TextEmbeddings, TextEncoder};
+use crate::model::textok::{MIN_BUDGET, TexTok};
+
+/// Everything that defines a DiT run (`config.json` in the run folder).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DitTrainConfig {
+    pub data: PathBuf,
+    /// The TexTok checkpoint whose tokens the DiT learns to generate.
+    pub tokenizer: PathBuf,
+    pub preset: String,
+    pub steps: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub min_lr_ratio: f64,
+    pub weight_decay: f64,
+    pub grad_clip_norm: f64,
+    pub ema_decay: f64,
+    /// Fraction of captions replaced by the null caption (classifier-free guidance).
+    pub caption_dropout: f64,
+    pub min_budget: usize,
+    pub max_budget: usize,
+    pub validation_percent: u32,
+    pub seed: u64,
+    pub checkpoint_minutes: f64,
+}
+
+impl DitTrainConfig {
+    pub fn new(
+        data: PathBuf,
+        tokenizer: PathBuf,
+        preset: &str,
+        steps: usize,
+        batch: usize,
+    ) -> Self {
+        Self {
+            data,
+            tokenizer,
+            preset: preset.to_owned(),
+            steps,
+            batch,
+            learning_rate: 3e-4,
+            warmup_steps: (steps / 20).clamp(1, 1000),
+            min_lr_ratio: 0.1,
+            weight_decay: 1e-4,
+            grad_clip_norm: 1.0,
+            ema_decay: 0.999,
+            caption_dropout: 0.1,
+            min_budget: MIN_BUDGET,
+            max_budget: 256,
+            validation_percent: 5,
+            seed: 0,
+            checkpoint_minutes: 5.0,
+        }
+    }
+}
+
+/// Latents of every training image, `[max_tokens x token_dim]` each, row-major.
+struct LatentCache {
+    tokens: usize,
+    dim: usize,
+    by_path: HashMap<String, Vec<f32>>,
+}
+
+impl LatentCache {
+    fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join("latents.bin")
+    }
+
+    /// Reads the cache if it was made by the same tokenizer (same file hash) for these images.
+    fn read(path: &Path, tokenizer_hash: &str, items: &[&DatasetItem]) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        let header_len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+        let header: serde_json::Value =
+            serde_json::from_slice(bytes.get(8..8 + header_len)?).ok()?;
+        if header["tokenizer_sha256"] != tokenizer_hash {
+            return None;
+        }
+        let (tokens, dim) = (
+            header["tokens"].as_u64()? as usize,
+            header["dim"].as_u64()? as usize,
+        );
+        let paths: Vec<String> = serde_json::from_value(header["paths"].clone()).ok()?;
+        let mut at = 8 + header_len;
+        let mut by_path = HashMap::new();
+        for path in paths {
+            let values = bytes
+                .get(at..at + tokens * dim * 4)?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            at += tokens * dim * 4;
+            by_path.insert(path, values);
+        }
+        items
+            .iter()
+            .all(|item| by_path.contains_key(&item.relative))
+            .then_some(Self {
+                tokens,
+                dim,
+                by_path,
+            })
+    }
+
+    fn write(&self, path: &Path, tokenizer_hash: &str) -> std::io::Result<()> {
+        let mut paths: Vec<&String> = self.by_path.keys().collect();
+        paths.sort();
+        let header = serde_json::json!({"tokenizer_sha256": tokenizer_hash, "tokens": self.tokens, "dim": self.dim, "paths": paths});
+        let header = serde_json::to_vec(&header)?;
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend(header);
+        for path in paths {
+            out.extend(self.by_path[path].iter().flat_map(|v| v.to_le_bytes()));
+        }
+        crate::files::write_atomic(path, &out)
+    }
+
+    /// Encodes `items` with the tokenizer, 16 images at a time.
+    fn encode(
+        tokenizer: &TexTok,
+        items: &[&DatasetItem],
+        captions: &CaptionStore,
+        device: &Device,
+        cancel: &CancelToken,
+    ) -> anyhow::Result<Self> {
+        let mut by_path = HashMap::new();
+        let (mut tokens, mut dim) = (0, 0);
+        for chunk in items.chunks(16) {
+            cancel.check()?;
+            let images = pixels_to_tensor(chunk, device);
+            let text = tokenizer
+                .is_text_conditioned()
+                .then(|| captions.batch(chunk, device));
+            let latents = tokenizer.encode(images, text.as_ref());
+            [_, tokens, dim] = latents.dims();
+            let values = latents
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (i, item) in chunk.iter().enumerate() {
+                by_path.insert(
+                    item.relative.clone(),
+                    values[i * tokens * dim..(i + 1) * tokens * dim].to_vec(),
+                );
+            }
+        }
+        Ok(Self {
+            tokens,
+            dim,
+            by_path,
+        })
+    }
+
+    /// Per-channel mean and standard deviation over all images and positions.
+    fn statistics(&self) -> (Vec<f32>, Vec<f32>) {
+        let mut sum = vec![0.0f64; self.dim];
+        let mut squares = vec![0.0f64; self.dim];
+        let mut count = 0usize;
+        for values in self.by_path.values() {
+            for row in values.chunks_exact(self.dim) {
+                for (c, v) in row.iter().enumerate() {
+                    sum[c] += *v as f64;
+                    squares[c] += (*v as f64).powi(2);
+                }
+                count += 1;
+            }
+        }
+        let n = count.max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+        let std = squares
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| ((q / n - m * m).max(1e-12)).sqrt().max(1e-6) as f32)
+            .collect();
+        (mean.into_iter().map(|m| m as f32).collect(), std)
+    }
+}
+
+/// Trains (or resumes) a DiT in `run_dir` on `config.tokenizer`'s latents.
+pub fn train_dit(
+    run_dir: &Path,
+    requested: &DitTrainConfig,
+    resume: bool,
+    device: &Device,
+    text_encoder_dir: &Path,
+    observer: &dyn TrainObserver,
+    cancel: &CancelToken,
+) -> anyhow::Result<TrainOutcome> {
+    let state_path = run_dir.join("state.safetensors");
+    let config_path = run_dir.join("config.json");
+    let log_path = run_dir.join("log.jsonl");
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+    let config = if resume {
+        ensure!(
+            state_path.exists(),
+            "{}: nothing to resume (no state.safetensors)",
+            run_dir.display()
+        );
+        let stored: DitTrainConfig = serde_json::from_slice(&std::fs::read(&config_path)?)
+            .with_context(|| format!("{}: not a DiT training config", config_path.display()))?;
+        if (DitTrainConfig {
+            steps: stored.steps,
+            ..requested.clone()
+        }) != stored
+        {
+            bail!(
+                "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
+                run_dir.display()
+            );
+        }
+        DitTrainConfig {
+            steps: requested.steps.max(stored.steps),
+            ..stored
+        }
+    } else {
+        ensure!(
+            !state_path.exists(),
+            "{}: already holds a run; pass --resume to continue it or choose another folder",
+            run_dir.display()
+        );
+        requested.clone()
+    };
+    ensure!(
+        config.steps > 0 && config.batch > 0,
+        "steps and batch must be positive"
+    );
+    ensure!(
+        (0.0..1.0).contains(&config.caption_dropout),
+        "caption dropout must be in [0, 1)"
+    );
+    crate::files::write_atomic(
+        &config_path,
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )?;
+
+    let (tokenizer, tokenizer_config) = TexTok::load(&config.tokenizer, device)?;
+    ensure!(
+        MIN_BUDGET <= config.min_budget
+            && config.min_budget <= config.max_budget
+            && config.max_budget <= tokenizer_config.max_tokens,
+        "budgets must satisfy 32 <= min <= max <= {}",
+        tokenizer_config.max_tokens
+    );
+    let tokenizer_hash = crate::files::sha256_file(&config.tokenizer)?;
+    let size = tokenizer_config.image_size as u32;
+    let dataset = Dataset::load(
+        &config.data,
+        size,
+        config.validation_percent,
+        cache_file(&config.data, size).as_deref(),
+        &NoProgress,
+        cancel,
+    )?;
+    let train: Vec<&DatasetItem> = dataset.split(Split::Train);
+    ensure!(
+        !train.is_empty(),
+        "{}: no training images after the split",
+        config.data.display()
+    );
+    observer.on_message(&format!(
+        "{} training images; {}",
+        train.len(),
+        dataset.skip_report().lines().next().unwrap_or("")
+    ));
+
+    let encoder =
+        MiniLmTextEncoder::load(text_encoder_dir, tokenizer_config.max_text_tokens, device)?;
+    let mut model_config = DitConfig::preset(&config.preset)
+        .with_context(|| format!("unknown DiT preset `{}`", config.preset))?;
+    model_config.token_dim = tokenizer_config.token_dim;
+    model_config.max_tokens = tokenizer_config.max_tokens;
+    model_config.text_dim = encoder.width();
+    observer.on_message("encoding captions");
+    let captions = CaptionStore::build(&encoder, &train, cancel)?;
+    let null_caption = encoder.encode(&[""])?;
+
+    let latents = match LatentCache::read(&LatentCache::path(run_dir), &tokenizer_hash, &train) {
+        Some(cache) => cache,
+        None => {
+            observer.on_message("encoding the latents once");
+            let cache = LatentCache::encode(&tokenizer, &train, &captions, device, cancel)?;
+            cache.write(&LatentCache::path(run_dir), &tokenizer_hash)?;
+            cache
+        }
+    };
+    let (mean, std) = latents.statistics();
+    model_config.latent_mean = mean.clone();
+    model_config.latent_std = std.clone();
+    model_config.validate().map_err(anyhow::Error::msg)?;
+
+    let autodiff = device.clone().autodiff();
+    autodiff.seed(config.seed);
+    let mut model = model_config.init(&autodiff);
+    let mut optimizer = new_optimizer_with(config.weight_decay, config.grad_clip_norm);
+    let mut ema = module_to_host(&model).map_err(anyhow::Error::msg)?;
+    let mut progress = Progress {
+        step: 0,
+        rng: SplitMix64::new(config.seed ^ 0xD17),
+        best_psnr: f64::NEG_INFINITY,
+        elapsed_seconds: 0.0,
+    };
+    if resume {
+        (model, optimizer, ema, progress) = load_state(&state_path, &model, optimizer)?;
+        observer.on_message(&format!("resumed at step {}", progress.step));
+    }
+    let schedule = Schedule::default();
+    let ema_path = run_dir.join("ema.safetensors");
+    let save = |model: &_, optimizer: &_, ema: &[_], progress: &Progress| -> anyhow::Result<()> {
+        save_state(
+            &state_path,
+            &model_config,
+            &config,
+            model,
+            optimizer,
+            ema,
+            progress,
+        )?;
+        save_host_tensors(
+            ema,
+            &ema_path,
+            KIND_DIT,
+            &model_config,
+            StoredPrecision::F32,
+            HashMap::new(),
+        )?;
+        Ok(())
+    };
+    let started = Instant::now();
+    let elapsed_before = progress.elapsed_seconds;
+    let mut eta = Eta::new();
+    let mut last_save = Instant::now();
+    let d = latents.dim;
+    while progress.step < config.steps {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let rng = &mut progress.rng;
+        let k = rng.range(config.min_budget, config.max_budget);
+        let batch: Vec<&DatasetItem> = (0..config.batch)
+            .map(|_| train[rng.range(0, train.len() - 1)])
+            .collect();
+        let timesteps: Vec<usize> = (0..config.batch)
+            .map(|_| rng.range(0, schedule.len() - 1))
+            .collect();
+        let dropped: Vec<bool> = (0..config.batch)
+            .map(|_| (rng.next_u64() as f64 / u64::MAX as f64) < config.caption_dropout)
+            .collect();
+        let noise = seeded_noise(rng.next_u64(), config.batch * k * d);
+
+        // Normalised clean latents x0, noisy x_t and the v target, built on the host.
+        let mut x_t = Vec::with_capacity(config.batch * k * d);
+        let mut target = Vec::with_capacity(config.batch * k * d);
+        for (b, item) in batch.iter().enumerate() {
+            let (s, n) = coefficients(schedule.alpha_bars[timesteps[b]]);
+            let (s, n) = (s as f32, n as f32);
+            let values = &latents.by_path[&item.relative];
+            for i in 0..k * d {
+                let x0 = (values[i] - mean[i % d]) / std[i % d];
+                let eps = noise[b * k * d + i];
+                x_t.push(s * x0 + n * eps);
+                target.push(s * eps - n * x0);
+            }
+        }
+        let x_t = Tensor::<3>::from_data(TensorData::new(x_t, [config.batch, k, d]), &autodiff);
+        let target =
+            Tensor::<3>::from_data(TensorData::new(target, [config.batch, k, d]), &autodiff);
+        let text = caption_batch(&captions, &null_caption, &batch, &dropped, &autodiff);
+        let t: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
+        let loss = (model.forward(x_t, &t, &text) - target)
+            .powi_scalar(2)
+            .mean();
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        ensure!(
+            loss_value.is_finite(),
+            "the loss became {loss_value} at step {}; lower the learning rate",
+            progress.step
+        );
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let lr = learning_rate(
+            progress.step,
+            config.steps,
+            config.warmup_steps,
+            config.learning_rate,
+            config.min_lr_ratio,
+        );
+        model = optimizer.step(lr, model, grads);
+        update_ema(&mut ema, &model, config.ema_decay)?;
+        progress.step += 1;
+        progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
+        eta.record(progress.step);
+        let report = StepReport {
+            step: progress.step,
+            total: config.steps,
+            loss: loss_value,
+            budget: k,
+            lr,
+            images_per_second: eta.rate().map(|r| r * config.batch as f64),
+            eta_seconds: eta
+                .remaining(progress.step, config.steps)
+                .map(|d| d.as_secs_f64()),
+        };
+        observer.on_step(&report);
+        if progress.step.is_multiple_of(10) || progress.step == 1 {
+            append_jsonl(
+                &log_path,
+                &serde_json::json!({"event": "step", "step": report.step, "loss": loss_value, "budget": k,
+                "lr": lr, "images_per_second": report.images_per_second, "elapsed_s": progress.elapsed_seconds}),
+            )?;
+        }
+        if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
+            save(&model, &optimizer, &ema, &progress)?;
+            last_save = Instant::now();
+        }
+    }
+    save(&model, &optimizer, &ema, &progress)?;
+    observer.on_message(&format!(
+        "saved step {} to {}",
+        progress.step,
+        run_dir.display()
+    ));
+    Ok(TrainOutcome {
+        step: progress.step,
+        finished: progress.step >= config.steps,
+        last_eval: None,
+    })
+}
+
+/// The batch's caption embeddings, with dropped captions replaced by the null caption.
+fn caption_batch(
+    captions: &CaptionStore,
+    null_caption: &TextEmbeddings,
+    batch: &[&DatasetItem],
+    dropped: &[bool],
+    device: &Device,
+) -> TextEmbeddings {
+    let text = captions.batch(batch, device);
+    if !dropped.iter().any(|d| *d) {
+        return text;
+    }
+    let [b, tokens, width] = text.hidden.dims();
+    let null_tokens = null_caption.lengths[0];
+    let null_hidden: Vec<f32> = null_caption
+        .hidden
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let mut hidden: Vec<f32> = text
+        .hidden
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let mut mask: Vec<f32> = text
+        .mask
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let mut lengths = text.lengths;
+    for (row, _) in dropped.iter().enumerate().filter(|(_, d)| **d) {
+        let n = null_tokens.min(tokens);
+        hidden[row * tokens * width..(row + 1) * tokens * width].fill(0.0);
+        hidden[row * tokens * width..][..n * width].copy_from_slice(&null_hidden[..n * width]);
+        mask[row * tokens..(row + 1) * tokens].fill(0.0);
+        mask[row * tokens..][..n].fill(1.0);
+        lengths[row] = n;
+    }
+    TextEmbeddings {
+        hidden: Tensor::from_data(TensorData::new(hidden, [b, tokens, width]), device),
+        mask: Tensor::from_data(TensorData::new(mask, [b, tokens]), device),
+        lengths,
+    }
+}
