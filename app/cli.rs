@@ -124,6 +124,12 @@ pub struct EvalArgs {
     /// Also write the records as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write a contact sheet PNG (rows: images; columns: original, TexTok and Baseline at
+    /// each budget) of the first --sheet-rows images.
+    #[arg(long)]
+    pub sheet: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    pub sheet_rows: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
@@ -587,6 +593,35 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    if let Some(path) = &args.sheet {
+        let mut rows = Vec::new();
+        for item in items.iter().take(args.sheet_rows) {
+            let original = item.image();
+            let results = pipeline::reconstruct(
+                &engine,
+                &original,
+                &item.caption,
+                &args.tokens,
+                &NoProgress,
+                &CancelToken::new(),
+            )?;
+            rows.push(
+                std::iter::once(original)
+                    .chain(results.into_iter().map(|r| r.image))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let sheet = crate::metrics::evaluation::contact_sheet(&rows, engine.image_size());
+        imageio::save_png(
+            &sheet,
+            path,
+            &[(
+                "columns",
+                "original | TexTok per budget | Baseline per budget",
+            )],
+        )?;
+        eprintln!("contact sheet: {}", path.display());
     }
     Ok(())
 }

@@ -187,3 +187,28 @@ pub fn format_table(records: &[EvalRecord]) -> String {
     }
     out
 }
+
+/// A contact sheet: one row per image, columns original | TexTok at each budget | Baseline at
+/// each budget, each cell `size` pixels, 4-pixel white gutters.
+pub fn contact_sheet(rows: &[Vec<image::Rgb32FImage>], size: u32) -> image::Rgb32FImage {
+    let gutter = 4;
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0) as u32;
+    let width = columns * (size + gutter) + gutter;
+    let height = rows.len() as u32 * (size + gutter) + gutter;
+    let mut sheet = image::Rgb32FImage::from_pixel(width, height, image::Rgb([1.0; 3]));
+    for (r, row) in rows.iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            let resized = if cell.dimensions() == (size, size) {
+                cell.clone()
+            } else {
+                image::imageops::resize(cell, size, size, image::imageops::FilterType::Triangle)
+            };
+            let (x0, y0) = (
+                gutter + c as u32 * (size + gutter),
+                gutter + r as u32 * (size + gutter),
+            );
+            image::imageops::replace(&mut sheet, &resized, x0 as i64, y0 as i64);
+        }
+    }
+    sheet
+}

@@ -271,6 +271,7 @@ fn eval_prints_the_table_and_writes_json_records() {
         .unwrap();
     }
     let json = dir.path().join("table.json");
+    let sheet = dir.path().join("sheet.png");
     let output = studio(
         &[
             "eval",
@@ -288,6 +289,10 @@ fn eval_prints_the_table_and_writes_json_records() {
             "cpu",
             "--json",
             json.to_str().unwrap(),
+            "--sheet",
+            sheet.to_str().unwrap(),
+            "--sheet-rows",
+            "2",
         ],
         None,
     );
@@ -313,6 +318,9 @@ fn eval_prints_the_table_and_writes_json_records() {
             "random models do not reproduce the images: {record}"
         );
     }
+    // 2 rows x (original + 2 budgets x 2 models) cells of 32 px with 4 px gutters.
+    let sheet = image::open(&sheet).unwrap();
+    assert_eq!((sheet.width(), sheet.height()), (5 * 36 + 4, 2 * 36 + 4));
 }
 
 fn png_text(path: &Path) -> std::collections::HashMap<String, String> {
