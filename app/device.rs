@@ -138,3 +138,31 @@ fn gpu_device(adapter: &AdapterSummary) -> SelectedDevice {
         description,
     }
 }
+
+/// Seeds the device's random generator and holds a process-wide lock until the returned guard
+/// is dropped: burn's generator is shared by every user of a device, so without the lock a job
+/// on another thread (a second training run, the GUI's background work, a parallel test) could
+/// draw numbers between the seeding and the caller's draws, and "seeded" initialisations would
+/// differ run to run. Every seeded draw in this crate goes through here.
+pub fn seeded(device: &Device, seed: u64) -> std::sync::MutexGuard<'static, ()> {
+    let guard = random_lock();
+    device.seed(seed);
+    guard
+}
+
+static RANDOM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The lock every draw from burn's shared generator takes (see [`seeded`]); model
+/// initialisations that are overwritten right away (checkpoint loading) take it too, so they
+/// cannot shift another thread's seeded sequence.
+pub fn random_lock() -> std::sync::MutexGuard<'static, ()> {
+    RANDOM
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `work` right after seeding, under the lock of [`seeded`].
+pub fn with_seed<T>(device: &Device, seed: u64, work: impl FnOnce() -> T) -> T {
+    let _guard = seeded(device, seed);
+    work()
+}

@@ -67,10 +67,11 @@ impl LoadedTokenizer {
             Some(path) => path,
             None if default.exists() => default,
             None => {
-                device.seed(RANDOM_INIT_SEED);
                 let config = TexTokConfig::small(text_conditioning);
                 return Ok(Self {
-                    model: config.init(device),
+                    model: crate::device::with_seed(device, RANDOM_INIT_SEED, || {
+                        config.init(device)
+                    }),
                     config,
                     source: ModelSource::RandomInit {
                         preset: "small".into(),
@@ -355,13 +356,15 @@ impl GenerateEngine {
                 (dit, config, ModelSource::File(spec.default_dit.clone()))
             }
             None => {
-                device.device.seed(RANDOM_INIT_SEED);
                 let config = DitConfig::small();
                 let source = ModelSource::RandomInit {
                     preset: "small".into(),
                     missing: spec.default_dit.clone(),
                 };
-                (config.init(&device.device), config, source)
+                let dit = crate::device::with_seed(&device.device, RANDOM_INIT_SEED, || {
+                    config.init(&device.device)
+                });
+                (dit, config, source)
             }
         };
         ensure!(

@@ -193,7 +193,11 @@ impl Dit {
                 expected: "DiT".into(),
                 reason,
             })?;
-        let dit = file.load_into(config.init(device))?;
+        let fresh = {
+            let _lock = crate::device::random_lock();
+            config.init(device)
+        };
+        let dit = file.load_into(fresh)?;
         Ok((dit, config))
     }
 

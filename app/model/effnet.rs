@@ -145,7 +145,11 @@ impl EfficientNet {
                 reason: "only the Lite0 block layout is supported".into(),
             });
         }
-        file.load_into(config.init(device))
+        let fresh = {
+            let _lock = crate::device::random_lock();
+            config.init(device)
+        };
+        file.load_into(fresh)
     }
 
     /// - `images`: `[batch, 3, H, W]` in [-1, 1] (the tokenizers' range)

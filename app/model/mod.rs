@@ -2,6 +2,7 @@
 //! without text), built from the shared transformer layers.
 
 pub mod diffusion;
+pub mod discriminator;
 pub mod dit;
 pub mod effnet;
 pub mod layers;

@@ -326,7 +326,11 @@ impl TexTok {
                 expected: "TexTok".into(),
                 reason,
             })?;
-        let model = checkpoint.load_into(config.init(device))?;
+        let fresh = {
+            let _lock = crate::device::random_lock();
+            config.init(device)
+        };
+        let model = checkpoint.load_into(fresh)?;
         Ok((model, config))
     }
 

@@ -17,8 +17,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{
-    CaptionStore, Progress, StepReport, TrainObserver, TrainOutcome, cache_file, load_state,
-    new_optimizer_with, pixels_to_tensor, save_state, update_ema,
+    CaptionStore, Progress, StateExtras, StepReport, TrainObserver, TrainOutcome, TrainingState,
+    cache_file, load_state, new_optimizer_with, pixels_to_tensor, save_state, update_ema,
 };
 use super::{Eta, SplitMix64, append_jsonl, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
@@ -319,8 +319,8 @@ pub fn train_dit(
     model_config.validate().map_err(anyhow::Error::msg)?;
 
     let autodiff = device.clone().autodiff();
-    autodiff.seed(config.seed);
-    let mut model = model_config.init(&autodiff);
+    let mut model =
+        crate::device::with_seed(&autodiff, config.seed, || model_config.init(&autodiff));
     let mut optimizer = new_optimizer_with(config.weight_decay, config.grad_clip_norm);
     let mut ema = module_to_host(&model).map_err(anyhow::Error::msg)?;
     let mut progress = Progress {
@@ -340,10 +340,13 @@ pub fn train_dit(
             &state_path,
             &model_config,
             &config,
-            model,
-            optimizer,
-            ema,
-            progress,
+            TrainingState {
+                model,
+                optimizer,
+                ema,
+                progress,
+            },
+            &StateExtras::default(),
         )?;
         save_host_tensors(
             ema,

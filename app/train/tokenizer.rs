@@ -3,7 +3,11 @@
 //! Loss: `l2_weight * MSE(reconstruction, image) + perceptual_weight * D_effnet(reconstruction,
 //! image)` (the paper's 1.0 / 0.1; D_effnet is an LPIPS-style distance on frozen
 //! EfficientNet-Lite0 features) at one random budget k per step (nested tail drop, so one
-//! checkpoint serves every budget). The adversarial loss is not implemented yet. AdamW with linear warm-up and cosine decay,
+//! checkpoint serves every budget), plus, from `discriminator_start` on, `adversarial_weight *`
+//! the non-saturating GAN loss against a PatchGAN discriminator trained with an R1 penalty on
+//! real images and LeCAM regularisation. burn has no double backward, so R1 (`|grad_x D(x)|^2`)
+//! is estimated by a finite difference along a random direction u ~ N(0, I):
+//! `E_u[((D(x + h u) - D(x)) / h)^2] = |grad_x D(x)|^2 + O(h)`. AdamW with linear warm-up and cosine decay,
 //! per-tensor gradient-norm clipping, EMA weights kept on the host. A run folder holds
 //! `config.json`, `log.jsonl`, `state.safetensors` (model, EMA, optimizer, RNG: everything a
 //! bit-for-bit resume needs, written atomically), `ema.safetensors` (latest EMA weights) and
@@ -18,6 +22,7 @@ use burn::module::Module;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleSnapshot;
+use burn::tensor::activation::softplus;
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +34,7 @@ use crate::checkpoint::{
 use crate::data::dataset::{Dataset, DatasetItem, Split};
 use crate::jobs::{CancelToken, NoProgress};
 use crate::metrics;
+use crate::model::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::model::effnet::EfficientNet;
 use crate::model::text_encoder::{MiniLmTextEncoder, TextEmbeddings, TextEncoder};
 use crate::model::textok::{KIND_TEXTOK, MIN_BUDGET, TexTok, TexTokConfig};
@@ -65,6 +71,28 @@ pub struct TokenizerTrainConfig {
     pub eval_every: usize,
     pub eval_images: usize,
     pub max_text_tokens: usize,
+    /// Weight of the non-saturating adversarial loss (the paper: 0.1; 0 = off, our CPU default).
+    #[serde(default)]
+    pub adversarial_weight: f64,
+    /// Step at which the discriminator and the adversarial loss start.
+    #[serde(default = "default_discriminator_start")]
+    pub discriminator_start: usize,
+    /// R1 gradient penalty weight on real images.
+    #[serde(default = "default_r1_weight")]
+    pub r1_weight: f64,
+    /// LeCAM regularisation weight.
+    #[serde(default = "default_lecam_weight")]
+    pub lecam_weight: f64,
+}
+
+fn default_discriminator_start() -> usize {
+    2000
+}
+fn default_r1_weight() -> f64 {
+    10.0
+}
+fn default_lecam_weight() -> f64 {
+    1e-4
 }
 
 impl TokenizerTrainConfig {
@@ -97,6 +125,10 @@ impl TokenizerTrainConfig {
             eval_every: 500,
             eval_images: 64,
             max_text_tokens: 32,
+            adversarial_weight: 0.0,
+            discriminator_start: default_discriminator_start(),
+            r1_weight: default_r1_weight(),
+            lecam_weight: default_lecam_weight(),
         }
     }
 
@@ -362,9 +394,17 @@ pub fn train_tokenizer(
     } else {
         None
     };
-    autodiff.seed(config.seed);
-    let mut model = model_config.init(&autodiff);
+    let mut model =
+        crate::device::with_seed(&autodiff, config.seed, || model_config.init(&autodiff));
     let mut optimizer = new_optimizer(&config);
+    let mut gan = (config.adversarial_weight > 0.0).then(|| Adversary {
+        discriminator: crate::device::with_seed(&autodiff, config.seed ^ 0xD15C, || {
+            DiscriminatorConfig::new().init(&autodiff)
+        }),
+        optimizer: new_optimizer(&config),
+        lecam_real: 0.0,
+        lecam_fake: 0.0,
+    });
     let mut ema = module_to_host(&model).map_err(anyhow::Error::msg)?;
     let mut progress = Progress {
         step: 0,
@@ -378,6 +418,9 @@ pub fn train_tokenizer(
         optimizer = restored.1;
         ema = restored.2;
         progress = restored.3;
+        if let Some(adversary) = gan.take() {
+            gan = Some(adversary.restore(&paths.state())?);
+        }
         observer.on_message(&format!("resumed at step {}", progress.step));
     }
 
@@ -389,16 +432,24 @@ pub fn train_tokenizer(
     let save = |model: &TexTok,
                 optimizer: &ModuleOptimizer,
                 ema: &[HostTensor],
-                progress: &Progress|
+                progress: &Progress,
+                gan: &Option<Adversary>|
      -> anyhow::Result<()> {
+        let extras = match gan {
+            Some(adversary) => adversary.extras()?,
+            None => StateExtras::default(),
+        };
         save_state(
             &paths.state(),
             &model_config,
             &config,
-            model,
-            optimizer,
-            ema,
-            progress,
+            TrainingState {
+                model,
+                optimizer,
+                ema,
+                progress,
+            },
+            &extras,
         )?;
         save_host_tensors(
             ema,
@@ -433,8 +484,17 @@ pub fn train_tokenizer(
         if let Some(net) = &perceptual {
             loss = loss
                 + net
-                    .perceptual_distance(reconstruction, images.detach())
+                    .perceptual_distance(reconstruction.clone(), images.clone().detach())
                     .mul_scalar(config.perceptual_weight);
+        }
+        let adversarial = gan.as_ref().filter(|_| step >= config.discriminator_start);
+        if let Some(adversary) = adversarial {
+            // Non-saturating generator loss; only the tokenizer's gradients are applied below.
+            let fake_logits = adversary.discriminator.forward(reconstruction.clone());
+            loss = loss
+                + softplus(fake_logits.neg(), 1.0)
+                    .mean()
+                    .mul_scalar(config.adversarial_weight);
         }
         let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
         ensure!(
@@ -450,6 +510,15 @@ pub fn train_tokenizer(
             config.min_lr_ratio,
         );
         model = optimizer.step(lr, model, grads);
+        if let Some(adversary) = gan.as_mut().filter(|_| step >= config.discriminator_start) {
+            adversary.step(
+                images.detach(),
+                reconstruction.detach(),
+                &config,
+                lr,
+                progress.rng.next_u64(),
+            )?;
+        }
         update_ema(&mut ema, &model, config.ema_decay)?;
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
@@ -478,8 +547,11 @@ pub fn train_tokenizer(
         let eval_due =
             progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == config.steps;
         if eval_due && !validation.is_empty() {
-            let ema_model = host_to_module(model_config.init(&plain), ema.clone())
-                .map_err(anyhow::Error::msg)?;
+            let fresh = {
+                let _lock = crate::device::random_lock();
+                model_config.init(&plain)
+            };
+            let ema_model = host_to_module(fresh, ema.clone()).map_err(anyhow::Error::msg)?;
             let report = evaluate(
                 &ema_model,
                 &validation,
@@ -507,11 +579,11 @@ pub fn train_tokenizer(
             last_eval = Some(report);
         }
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
-            save(&model, &optimizer, &ema, &progress)?;
+            save(&model, &optimizer, &ema, &progress, &gan)?;
             last_save = Instant::now();
         }
     }
-    save(&model, &optimizer, &ema, &progress)?;
+    save(&model, &optimizer, &ema, &progress, &gan)?;
     let finished = progress.step >= config.steps;
     observer.on_message(&format!(
         "saved step {} to {}",
@@ -664,15 +736,22 @@ pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
     path: &Path,
     model_config: &C,
     config: &T,
-    model: &M,
-    optimizer: &ModuleOptimizer,
-    ema: &[HostTensor],
-    progress: &Progress,
+    state: TrainingState<'_, M>,
+    extras: &StateExtras,
 ) -> anyhow::Result<()> {
+    let TrainingState {
+        model,
+        optimizer,
+        ema,
+        progress,
+    } = state;
     let mut tensors = module_to_host(model).map_err(anyhow::Error::msg)?;
-    let mut param_ids = BTreeMap::new();
     for tensor in &mut tensors {
         tensor.name = format!("model.{}", tensor.name);
+    }
+    tensors.extend(extras.tensors.iter().cloned());
+    let mut param_ids = BTreeMap::new();
+    for tensor in &tensors {
         if let Some(id) = tensor.param_id {
             param_ids.insert(tensor.name.clone(), id);
         }
@@ -685,7 +764,7 @@ pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
     let optimizer_bytes = optimizer
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("saving optimizer state: {e:?}"))?;
-    let mut metadata = HashMap::new();
+    let mut metadata = extras.metadata.clone();
     metadata.insert(PARAM_IDS_KEY.to_owned(), serde_json::to_string(&param_ids)?);
     metadata.insert("train_config".to_owned(), serde_json::to_string(config)?);
     metadata.insert("step".to_owned(), progress.step.to_string());
@@ -701,7 +780,14 @@ pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
         model_config,
         StoredPrecision::F32,
         metadata,
-        &[("optimizer", &optimizer_bytes)],
+        &std::iter::once(("optimizer", optimizer_bytes.as_ref()))
+            .chain(
+                extras
+                    .blobs
+                    .iter()
+                    .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
+            )
+            .collect::<Vec<_>>(),
     )
     .map_err(anyhow::Error::msg)?;
     crate::files::write_atomic(path, &bytes)
@@ -753,4 +839,129 @@ pub fn load_state<M: Module + ModuleSnapshot>(
         .map(|name| by_name.remove(name).expect("validated above"))
         .collect();
     Ok((model, optimizer, ema, progress))
+}
+
+/// What a training state holds besides the configs: the model being trained, its optimizer, the
+/// EMA weights and the step/RNG bookkeeping.
+#[derive(Clone, Copy)]
+pub struct TrainingState<'a, M> {
+    pub model: &'a M,
+    pub optimizer: &'a ModuleOptimizer,
+    pub ema: &'a [HostTensor],
+    pub progress: &'a Progress,
+}
+
+/// Extra modules, blobs and metadata stored in a training state (the GAN's discriminator).
+#[derive(Debug, Default, Clone)]
+pub struct StateExtras {
+    /// Tensors with their full stored names (e.g. `disc.layers.0.weight`) and parameter ids.
+    pub tensors: Vec<HostTensor>,
+    pub blobs: Vec<(String, Vec<u8>)>,
+    pub metadata: HashMap<String, String>,
+}
+
+/// The discriminator side of the adversarial loss.
+pub struct Adversary {
+    pub discriminator: Discriminator,
+    pub optimizer: ModuleOptimizer,
+    /// LeCAM's running means of the discriminator's outputs on real and fake images.
+    pub lecam_real: f64,
+    pub lecam_fake: f64,
+}
+
+impl Adversary {
+    /// One discriminator step: non-saturating loss, R1 (finite-difference estimate) on reals,
+    /// LeCAM towards the running means of the other side.
+    fn step(
+        &mut self,
+        real: Tensor<4>,
+        fake: Tensor<4>,
+        config: &TokenizerTrainConfig,
+        lr: f64,
+        seed: u64,
+    ) -> anyhow::Result<()> {
+        const H: f64 = 1e-2;
+        let d = &self.discriminator;
+        let real_logits = d.forward(real.clone());
+        let fake_logits = d.forward(fake);
+        let (real_mean, fake_mean) = (real_logits.clone().mean(), fake_logits.clone().mean());
+        let mut loss = softplus(real_logits.neg(), 1.0).mean() + softplus(fake_logits, 1.0).mean();
+        let lecam = (real_mean.clone().sub_scalar(self.lecam_fake)).powi_scalar(2)
+            + (fake_mean.clone().sub_scalar(self.lecam_real)).powi_scalar(2);
+        loss = loss + lecam.mul_scalar(config.lecam_weight);
+        if config.r1_weight > 0.0 {
+            let [b, c, h, w] = real.dims();
+            let direction = crate::model::diffusion::seeded_noise(seed, b * c * h * w);
+            let direction =
+                Tensor::<4>::from_data(TensorData::new(direction, [b, c, h, w]), &real.device());
+            let slope =
+                (d.score(real.clone() + direction.mul_scalar(H)) - d.score(real)).div_scalar(H);
+            loss = loss
+                + slope
+                    .powi_scalar(2)
+                    .mean()
+                    .mul_scalar(config.r1_weight / 2.0);
+        }
+        let value = loss.clone().into_scalar::<f32>();
+        ensure!(value.is_finite(), "the discriminator loss became {value}");
+        let grads = GradientsParams::from_grads(loss.backward(), &self.discriminator);
+        self.discriminator = self.optimizer.step(lr, self.discriminator.clone(), grads);
+        // LeCAM's running means (decay 0.99).
+        self.lecam_real = 0.99 * self.lecam_real + 0.01 * real_mean.into_scalar::<f32>() as f64;
+        self.lecam_fake = 0.99 * self.lecam_fake + 0.01 * fake_mean.into_scalar::<f32>() as f64;
+        Ok(())
+    }
+
+    fn extras(&self) -> anyhow::Result<StateExtras> {
+        let mut tensors = module_to_host(&self.discriminator).map_err(anyhow::Error::msg)?;
+        for tensor in &mut tensors {
+            tensor.name = format!("disc.{}", tensor.name);
+        }
+        let optimizer = self
+            .optimizer
+            .into_bytes()
+            .map_err(|e| anyhow::anyhow!("saving discriminator optimizer: {e:?}"))?;
+        let mut metadata = HashMap::new();
+        metadata.insert("lecam_real".to_owned(), self.lecam_real.to_string());
+        metadata.insert("lecam_fake".to_owned(), self.lecam_fake.to_string());
+        Ok(StateExtras {
+            tensors,
+            blobs: vec![("disc_optimizer".to_owned(), optimizer.to_vec())],
+            metadata,
+        })
+    }
+
+    /// Restores the discriminator saved with the training state (a state saved before the
+    /// discriminator existed leaves it fresh).
+    fn restore(self, path: &Path) -> anyhow::Result<Self> {
+        let file = CheckpointFile::read(path)?;
+        let Some(blob) = file.blob("disc_optimizer") else {
+            return Ok(self);
+        };
+        let expected = expected_parameters(&self.discriminator);
+        let tensors = file.validated_tensors(&expected, "disc.", &[])?;
+        let discriminator =
+            host_to_module(self.discriminator, tensors).map_err(anyhow::Error::msg)?;
+        let optimizer = self
+            .optimizer
+            .from_bytes(Bytes::from_bytes_vec(blob))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: bad discriminator optimizer state: {e:?}",
+                    path.display()
+                )
+            })?;
+        let number = |key: &str| {
+            file.metadata()
+                .get(key)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok(Self {
+            discriminator,
+            optimizer,
+            lecam_real: number("lecam_real"),
+            lecam_fake: number("lecam_fake"),
+        })
+    }
 }

@@ -340,7 +340,7 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     let (textok, _) = save_tiny_pair(dir.path());
     let dit_path = dir.path().join("tiny-dit.safetensors");
     let device = cpu();
-    device.seed(77);
+    let seeded = textok_studio::device::seeded(&device, 77);
     let config = textok_studio::model::dit::DitConfig::tiny();
     let mut dit = config.init(&device);
     // A non-zero output layer, so the images depend on the network and the caption.
@@ -349,6 +349,7 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
         burn::tensor::Distribution::Normal(0.0, 0.5),
         &device,
     ));
+    drop(seeded);
     dit.save(&config, &dit_path, StoredPrecision::F16).unwrap();
     let dit_arg = dit_path.to_str().unwrap();
     let run = |out: &Path, seed: &str, count: &str| {

@@ -35,20 +35,23 @@ pub fn embed(captions: &[&str]) -> TextEmbeddings {
 /// A seeded tiny model: `text` = TexTok, else Baseline.
 pub fn tiny(text: bool, seed: u64) -> (TexTok, TexTokConfig) {
     let device = cpu();
-    device.seed(seed);
     let config = TexTokConfig::tiny(text);
-    (config.init(&device), config)
+    (
+        textok_studio::device::with_seed(&device, seed, || config.init(&device)),
+        config,
+    )
 }
 
 /// A seeded random image batch in [-1, 1]: `[batch, 3, 32, 32]`.
 pub fn random_images(batch: usize, seed: u64) -> Tensor<4> {
     let device = cpu();
-    device.seed(seed);
-    Tensor::random(
-        [batch, 3, 32, 32],
-        Distribution::Uniform(-1.0, 1.0),
-        &device,
-    )
+    textok_studio::device::with_seed(&device, seed, || {
+        Tensor::random(
+            [batch, 3, 32, 32],
+            Distribution::Uniform(-1.0, 1.0),
+            &device,
+        )
+    })
 }
 
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {

@@ -60,12 +60,13 @@ fn tokens_after_the_budget_cannot_influence_the_output() {
     let tokens = model.encode(random_images(1, 4), Some(&text));
     let budget = 48;
     let device = cpu();
-    device.seed(5);
+    let seeded = textok_studio::device::seeded(&device, 5);
     let noise = Tensor::<3>::random(
         [1, config.max_tokens - budget, config.token_dim],
         Distribution::Normal(0.0, 10.0),
         &device,
     );
+    drop(seeded);
     let changed_tail = Tensor::cat(vec![tokens.clone().narrow(1, 0, budget), noise], 1);
     assert!(
         max_abs_diff(changed_tail.clone(), tokens.clone()) > 1.0,

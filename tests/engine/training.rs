@@ -6,8 +6,8 @@ use textok_studio::checkpoint::{CheckpointFile, module_to_host};
 use textok_studio::jobs::CancelToken;
 use textok_studio::model::textok::TexTok;
 use textok_studio::train::tokenizer::{
-    StepReport, TokenizerTrainConfig, TrainObserver, TrainingModels, load_state, new_optimizer,
-    save_state, train_tokenizer,
+    StateExtras, StepReport, TokenizerTrainConfig, TrainObserver, TrainingModels, TrainingState,
+    load_state, new_optimizer, save_state, train_tokenizer,
 };
 use textok_studio::train::{SplitMix64, learning_rate};
 
@@ -236,14 +236,18 @@ fn cancelled_training_saves_and_resumes_to_the_same_weights() {
     .unwrap();
     let copy = dir.path().join("copy");
     std::fs::create_dir_all(&copy).unwrap();
+    let state = TrainingState {
+        model: &restored.0,
+        optimizer: &restored.1,
+        ema: &restored.2,
+        progress: &restored.3,
+    };
     save_state(
         &copy.join("state.safetensors"),
         &model_config,
         &config,
-        &restored.0,
-        &restored.1,
-        &restored.2,
-        &restored.3,
+        state,
+        &StateExtras::default(),
     )
     .unwrap();
     let after = snapshot(&copy);
@@ -409,4 +413,62 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
     )
     .unwrap();
     assert_eq!(outcome.step, 125);
+}
+
+#[test]
+fn adversarial_training_runs_and_resumes_with_its_discriminator() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 3);
+    let mut config = tiny_config(&data, 6, true);
+    config.adversarial_weight = 0.1;
+    config.discriminator_start = 2;
+    let run = dir.path().join("gan");
+    let cancel = CancelToken::new();
+    struct StopAt(usize, CancelToken);
+    impl TrainObserver for StopAt {
+        fn on_step(&self, report: &StepReport) {
+            if report.step == self.0 {
+                self.1.cancel();
+            }
+        }
+    }
+    let outcome = train_tokenizer(
+        &run,
+        &config,
+        false,
+        &cpu(),
+        &models(),
+        &StopAt(4, cancel.clone()),
+        &cancel,
+    )
+    .unwrap();
+    assert_eq!(outcome.step, 4);
+    let state = CheckpointFile::read(&run.join("state.safetensors")).unwrap();
+    assert!(
+        state.blob("disc_optimizer").is_some(),
+        "the discriminator is part of the state"
+    );
+    assert!(
+        state
+            .stored_tensors()
+            .iter()
+            .any(|t| t.name.starts_with("disc."))
+    );
+    let lecam: f64 = state.metadata()["lecam_real"].parse().unwrap();
+    assert!(
+        lecam != 0.0 && lecam.is_finite(),
+        "LeCAM running mean moved: {lecam}"
+    );
+    let outcome = train_tokenizer(
+        &run,
+        &config,
+        true,
+        &cpu(),
+        &models(),
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!((outcome.step, outcome.finished), (6, true));
 }
