@@ -204,6 +204,13 @@ pub struct TrainTokenizerArgs {
     /// Weight of the perceptual (EfficientNet-Lite0) loss; 0 switches it off.
     #[arg(long, default_value_t = 0.1)]
     pub perceptual_weight: f64,
+    /// Weight of the adversarial loss (the paper: 0.1). Off by default: on a CPU every step
+    /// would also train the discriminator.
+    #[arg(long, default_value_t = 0.0)]
+    pub adversarial_weight: f64,
+    /// Step at which the discriminator starts.
+    #[arg(long, default_value_t = 2000)]
+    pub discriminator_start: usize,
     /// Save the full training state at least this often.
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_minutes: f64,
@@ -498,6 +505,8 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.eval_images = args.eval_images;
     config.checkpoint_minutes = args.checkpoint_minutes;
     config.perceptual_weight = args.perceptual_weight;
+    config.adversarial_weight = args.adversarial_weight;
+    config.discriminator_start = args.discriminator_start;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
     let cancel = cancel_on_ctrl_c();
