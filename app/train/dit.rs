@@ -11,19 +11,19 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{
     CaptionStore, Progress, StateExtras, StepReport, TrainObserver, TrainOutcome, TrainingState,
-    cache_file, load_state, new_optimizer_with, pixels_to_tensor, save_state, update_ema,
+    load_state, new_optimizer_with, pixels_to_tensor, save_state, update_ema,
 };
 use super::{Eta, SplitMix64, append_jsonl, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
-use crate::data::dataset::{Dataset, DatasetItem, Split};
-use crate::jobs::{CancelToken, NoProgress};
+use crate::data::dataset::{DatasetItem, Split};
+use crate::jobs::CancelToken;
 use crate::model::diffusion::{Schedule, coefficients, seeded_noise};
 use crate::model::dit::{DitConfig, KIND_DIT};
 use crate::model::text_encoder::{MiniLmTextEncoder, TextEmbeddings, TextEncoder};
@@ -51,6 +51,18 @@ pub struct DitTrainConfig {
     pub validation_percent: u32,
     pub seed: u64,
     pub checkpoint_minutes: f64,
+}
+
+impl super::RunConfig for DitTrainConfig {
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn with_steps(&self, steps: usize) -> Self {
+        Self {
+            steps,
+            ..self.clone()
+        }
+    }
 }
 
 impl DitTrainConfig {
@@ -216,40 +228,8 @@ pub fn train_dit(
     cancel: &CancelToken,
 ) -> anyhow::Result<TrainOutcome> {
     let state_path = run_dir.join("state.safetensors");
-    let config_path = run_dir.join("config.json");
     let log_path = run_dir.join("log.jsonl");
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
-    let config = if resume {
-        ensure!(
-            state_path.exists(),
-            "{}: nothing to resume (no state.safetensors)",
-            run_dir.display()
-        );
-        let stored: DitTrainConfig = serde_json::from_slice(&std::fs::read(&config_path)?)
-            .with_context(|| format!("{}: not a DiT training config", config_path.display()))?;
-        if (DitTrainConfig {
-            steps: stored.steps,
-            ..requested.clone()
-        }) != stored
-        {
-            bail!(
-                "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
-                run_dir.display()
-            );
-        }
-        DitTrainConfig {
-            steps: requested.steps.max(stored.steps),
-            ..stored
-        }
-    } else {
-        ensure!(
-            !state_path.exists(),
-            "{}: already holds a run; pass --resume to continue it or choose another folder",
-            run_dir.display()
-        );
-        requested.clone()
-    };
+    let config = super::resolve_run_config(run_dir, requested, resume)?;
     ensure!(
         config.steps > 0 && config.batch > 0,
         "steps and batch must be positive"
@@ -258,10 +238,6 @@ pub fn train_dit(
         (0.0..1.0).contains(&config.caption_dropout),
         "caption dropout must be in [0, 1)"
     );
-    crate::files::write_atomic(
-        &config_path,
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )?;
 
     let (tokenizer, tokenizer_config) = TexTok::load(&config.tokenizer, device)?;
     ensure!(
@@ -273,20 +249,8 @@ pub fn train_dit(
     );
     let tokenizer_hash = crate::files::sha256_file(&config.tokenizer)?;
     let size = tokenizer_config.image_size as u32;
-    let dataset = Dataset::load(
-        &config.data,
-        size,
-        config.validation_percent,
-        cache_file(&config.data, size).as_deref(),
-        &NoProgress,
-        cancel,
-    )?;
+    let dataset = super::load_training_data(&config.data, size, config.validation_percent, cancel)?;
     let train: Vec<&DatasetItem> = dataset.split(Split::Train);
-    ensure!(
-        !train.is_empty(),
-        "{}: no training images after the split",
-        config.data.display()
-    );
     observer.on_message(&format!(
         "{} training images; {}",
         train.len(),

@@ -110,3 +110,84 @@ pub fn append_jsonl(path: &Path, record: &serde_json::Value) -> std::io::Result<
     writeln!(file, "{record}")?;
     file.flush()
 }
+
+/// A run's settings that resuming must keep (all but the step count, which may grow).
+pub trait RunConfig: Clone + PartialEq + serde::Serialize + serde::de::DeserializeOwned {
+    fn steps(&self) -> usize;
+    fn with_steps(&self, steps: usize) -> Self;
+}
+
+/// The settings a run in `run_dir` continues with: `requested` for a new run (refusing a folder
+/// that already holds one), or the stored ones when resuming (refusing changed settings; the
+/// step count may only grow). Writes them to `config.json`.
+pub fn resolve_run_config<C: RunConfig>(
+    run_dir: &Path,
+    requested: &C,
+    resume: bool,
+) -> anyhow::Result<C> {
+    use anyhow::Context;
+    let (state, config_path) = (
+        run_dir.join("state.safetensors"),
+        run_dir.join("config.json"),
+    );
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+    let config = if resume {
+        anyhow::ensure!(
+            state.exists(),
+            "{}: nothing to resume (no state.safetensors)",
+            run_dir.display()
+        );
+        let bytes = std::fs::read(&config_path)
+            .with_context(|| format!("{}: cannot read", config_path.display()))?;
+        let stored: C = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{}: not a training config of this kind",
+                config_path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            requested.with_steps(stored.steps()) == stored,
+            "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
+            run_dir.display()
+        );
+        stored.with_steps(requested.steps().max(stored.steps()))
+    } else {
+        anyhow::ensure!(
+            !state.exists(),
+            "{}: already holds a run; pass --resume to continue it or choose another folder",
+            run_dir.display()
+        );
+        requested.clone()
+    };
+    crate::files::write_atomic(
+        &config_path,
+        serde_json::to_string_pretty(&config)?.as_bytes(),
+    )
+    .with_context(|| format!("{}: cannot write", config_path.display()))?;
+    Ok(config)
+}
+
+/// Loads a training dataset through the shared decode cache and checks the training split.
+pub fn load_training_data(
+    data: &Path,
+    size: u32,
+    validation_percent: u32,
+    cancel: &crate::jobs::CancelToken,
+) -> anyhow::Result<crate::data::dataset::Dataset> {
+    let cache = tokenizer::cache_file(data, size);
+    let dataset = crate::data::dataset::Dataset::load(
+        data,
+        size,
+        validation_percent,
+        cache.as_deref(),
+        &crate::jobs::NoProgress,
+        cancel,
+    )?;
+    anyhow::ensure!(
+        !dataset.split(crate::data::dataset::Split::Train).is_empty(),
+        "{}: no training images after the split",
+        data.display()
+    );
+    Ok(dataset)
+}

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use burn::module::Module;
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
@@ -31,8 +31,8 @@ use crate::checkpoint::{
     CheckpointFile, HostTensor, PARAM_IDS_KEY, StoredPrecision, expected_parameters,
     host_to_module, module_to_host, save_host_tensors, serialize_host_tensors,
 };
-use crate::data::dataset::{Dataset, DatasetItem, Split};
-use crate::jobs::{CancelToken, NoProgress};
+use crate::data::dataset::{DatasetItem, Split};
+use crate::jobs::CancelToken;
 use crate::metrics;
 use crate::model::discriminator::{Discriminator, DiscriminatorConfig};
 use crate::model::effnet::EfficientNet;
@@ -93,6 +93,18 @@ fn default_r1_weight() -> f64 {
 }
 fn default_lecam_weight() -> f64 {
     1e-4
+}
+
+impl super::RunConfig for TokenizerTrainConfig {
+    fn steps(&self) -> usize {
+        self.steps
+    }
+    fn with_steps(&self, steps: usize) -> Self {
+        Self {
+            steps,
+            ..self.clone()
+        }
+    }
 }
 
 impl TokenizerTrainConfig {
@@ -304,56 +316,14 @@ pub fn train_tokenizer(
     };
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
-    let config = if resume {
-        ensure!(
-            paths.state().exists(),
-            "{}: nothing to resume (no state.safetensors)",
-            run_dir.display()
-        );
-        let stored: TokenizerTrainConfig = serde_json::from_slice(
-            &std::fs::read(paths.config())
-                .with_context(|| format!("{}: cannot read", paths.config().display()))?,
-        )
-        .with_context(|| format!("{}: not a training config", paths.config().display()))?;
-        let mut same = requested.clone();
-        same.steps = stored.steps;
-        if same != stored {
-            bail!(
-                "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
-                run_dir.display()
-            );
-        }
-        TokenizerTrainConfig {
-            steps: requested.steps.max(stored.steps),
-            ..stored
-        }
-    } else {
-        ensure!(
-            !paths.state().exists(),
-            "{}: already holds a run; pass --resume to continue it or choose another folder",
-            run_dir.display()
-        );
-        requested.clone()
-    };
+    let config = super::resolve_run_config(run_dir, requested, resume)?;
     config.check()?;
     let model_config = config.model_config()?;
-    crate::files::write_atomic(
-        &paths.config(),
-        serde_json::to_string_pretty(&config)?.as_bytes(),
-    )
-    .with_context(|| format!("{}: cannot write", paths.config().display()))?;
 
     // Data.
     let size = model_config.image_size as u32;
     observer.on_message(&format!("loading {} at {size} px", config.data.display()));
-    let dataset = Dataset::load(
-        &config.data,
-        size,
-        config.validation_percent,
-        cache_file(&config.data, size).as_deref(),
-        &NoProgress,
-        cancel,
-    )?;
+    let dataset = super::load_training_data(&config.data, size, config.validation_percent, cancel)?;
     let train: Vec<&DatasetItem> = dataset.split(Split::Train);
     let validation: Vec<&DatasetItem> = dataset
         .split(Split::Validation)
