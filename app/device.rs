@@ -161,8 +161,23 @@ pub fn random_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs `work` right after seeding, under the lock of [`seeded`].
-pub fn with_seed<T>(device: &Device, seed: u64, work: impl FnOnce() -> T) -> T {
-    let _guard = seeded(device, seed);
-    work()
+/// Builds a module under the lock of [`seeded`] (seeding first when `seed` is given) and
+/// materialises every parameter before releasing it. burn initialises parameters lazily, on
+/// first use: without materialising here the random draws would happen later, outside the lock,
+/// wherever the parameter is first read.
+pub fn init_module<M: burn::module::Module + burn::store::ModuleSnapshot>(
+    device: &Device,
+    seed: Option<u64>,
+    init: impl FnOnce() -> M,
+) -> M {
+    let _guard = random_lock();
+    if let Some(seed) = seed {
+        device.seed(seed);
+    }
+    let module = init();
+    for tensor in module.collect(None, None, true) {
+        // Reading the values runs the lazy initialiser; the copy itself is not needed.
+        let _ = tensor.to_bytes();
+    }
+    module
 }

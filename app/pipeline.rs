@@ -69,7 +69,7 @@ impl LoadedTokenizer {
             None => {
                 let config = TexTokConfig::small(text_conditioning);
                 return Ok(Self {
-                    model: crate::device::with_seed(device, RANDOM_INIT_SEED, || {
+                    model: crate::device::init_module(device, Some(RANDOM_INIT_SEED), || {
                         config.init(device)
                     }),
                     config,
@@ -361,9 +361,10 @@ impl GenerateEngine {
                     preset: "small".into(),
                     missing: spec.default_dit.clone(),
                 };
-                let dit = crate::device::with_seed(&device.device, RANDOM_INIT_SEED, || {
-                    config.init(&device.device)
-                });
+                let dit =
+                    crate::device::init_module(&device.device, Some(RANDOM_INIT_SEED), || {
+                        config.init(&device.device)
+                    });
                 (dit, config, source)
             }
         };

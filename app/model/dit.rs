@@ -193,10 +193,7 @@ impl Dit {
                 expected: "DiT".into(),
                 reason,
             })?;
-        let fresh = {
-            let _lock = crate::device::random_lock();
-            config.init(device)
-        };
+        let fresh = crate::device::init_module(device, None, || config.init(device));
         let dit = file.load_into(fresh)?;
         Ok((dit, config))
     }

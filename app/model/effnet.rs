@@ -145,10 +145,7 @@ impl EfficientNet {
                 reason: "only the Lite0 block layout is supported".into(),
             });
         }
-        let fresh = {
-            let _lock = crate::device::random_lock();
-            config.init(device)
-        };
+        let fresh = crate::device::init_module(device, None, || config.init(device));
         file.load_into(fresh)
     }
 

@@ -224,10 +224,7 @@ impl MiniLmTextEncoder {
                 max: config.max_position_embeddings,
             });
         }
-        let fresh = {
-            let _lock = crate::device::random_lock();
-            config.init(device)
-        };
+        let fresh = crate::device::init_module(device, None, || config.init(device));
         let model = checkpoint.load_into(fresh)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = load_tokenizer(&tokenizer_path, max_tokens)?;

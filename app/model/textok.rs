@@ -326,10 +326,7 @@ impl TexTok {
                 expected: "TexTok".into(),
                 reason,
             })?;
-        let fresh = {
-            let _lock = crate::device::random_lock();
-            config.init(device)
-        };
+        let fresh = crate::device::init_module(device, None, || config.init(device));
         let model = checkpoint.load_into(fresh)?;
         Ok((model, config))
     }

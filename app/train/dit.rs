@@ -283,8 +283,9 @@ pub fn train_dit(
     model_config.validate().map_err(anyhow::Error::msg)?;
 
     let autodiff = device.clone().autodiff();
-    let mut model =
-        crate::device::with_seed(&autodiff, config.seed, || model_config.init(&autodiff));
+    let mut model = crate::device::init_module(&autodiff, Some(config.seed), || {
+        model_config.init(&autodiff)
+    });
     let mut optimizer = new_optimizer_with(config.weight_decay, config.grad_clip_norm);
     let mut ema = module_to_host(&model).map_err(anyhow::Error::msg)?;
     let mut progress = Progress {

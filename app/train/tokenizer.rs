@@ -364,11 +364,12 @@ pub fn train_tokenizer(
     } else {
         None
     };
-    let mut model =
-        crate::device::with_seed(&autodiff, config.seed, || model_config.init(&autodiff));
+    let mut model = crate::device::init_module(&autodiff, Some(config.seed), || {
+        model_config.init(&autodiff)
+    });
     let mut optimizer = new_optimizer(&config);
     let mut gan = (config.adversarial_weight > 0.0).then(|| Adversary {
-        discriminator: crate::device::with_seed(&autodiff, config.seed ^ 0xD15C, || {
+        discriminator: crate::device::init_module(&autodiff, Some(config.seed ^ 0xD15C), || {
             DiscriminatorConfig::new().init(&autodiff)
         }),
         optimizer: new_optimizer(&config),
@@ -517,10 +518,7 @@ pub fn train_tokenizer(
         let eval_due =
             progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == config.steps;
         if eval_due && !validation.is_empty() {
-            let fresh = {
-                let _lock = crate::device::random_lock();
-                model_config.init(&plain)
-            };
+            let fresh = crate::device::init_module(&plain, None, || model_config.init(&plain));
             let ema_model = host_to_module(fresh, ema.clone()).map_err(anyhow::Error::msg)?;
             let report = evaluate(
                 &ema_model,

@@ -340,9 +340,9 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     let (textok, _) = save_tiny_pair(dir.path());
     let dit_path = dir.path().join("tiny-dit.safetensors");
     let device = cpu();
-    let seeded = textok_studio::device::seeded(&device, 77);
     let config = textok_studio::model::dit::DitConfig::tiny();
-    let mut dit = config.init(&device);
+    let mut dit = textok_studio::device::init_module(&device, Some(77), || config.init(&device));
+    let seeded = textok_studio::device::seeded(&device, 77);
     // A non-zero output layer, so the images depend on the network and the caption.
     dit.output.weight = burn::module::Param::from_tensor(burn::tensor::Tensor::random(
         [32, 8],

@@ -37,7 +37,7 @@ pub fn tiny(text: bool, seed: u64) -> (TexTok, TexTokConfig) {
     let device = cpu();
     let config = TexTokConfig::tiny(text);
     (
-        textok_studio::device::with_seed(&device, seed, || config.init(&device)),
+        textok_studio::device::init_module(&device, Some(seed), || config.init(&device)),
         config,
     )
 }
@@ -45,13 +45,12 @@ pub fn tiny(text: bool, seed: u64) -> (TexTok, TexTokConfig) {
 /// A seeded random image batch in [-1, 1]: `[batch, 3, 32, 32]`.
 pub fn random_images(batch: usize, seed: u64) -> Tensor<4> {
     let device = cpu();
-    textok_studio::device::with_seed(&device, seed, || {
-        Tensor::random(
-            [batch, 3, 32, 32],
-            Distribution::Uniform(-1.0, 1.0),
-            &device,
-        )
-    })
+    let _seeded = textok_studio::device::seeded(&device, seed);
+    Tensor::random(
+        [batch, 3, 32, 32],
+        Distribution::Uniform(-1.0, 1.0),
+        &device,
+    )
 }
 
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
