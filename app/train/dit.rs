@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{
     CaptionStore, Progress, StateExtras, StepReport, TrainObserver, TrainOutcome, TrainingState,
-    load_state, new_optimizer_with, pixels_to_tensor, save_state, update_ema,
+    ema_decay_at, load_state, new_optimizer_with, pixels_to_tensor, save_state, update_ema,
 };
 use super::{Eta, SplitMix64, append_jsonl, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
@@ -382,7 +382,11 @@ pub fn train_dit(
             config.min_lr_ratio,
         );
         model = optimizer.step(lr, model, grads);
-        update_ema(&mut ema, &model, config.ema_decay)?;
+        update_ema(
+            &mut ema,
+            &model,
+            ema_decay_at(config.ema_decay, progress.step),
+        )?;
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
         eta.record(progress.step);

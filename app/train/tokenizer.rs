@@ -490,7 +490,7 @@ pub fn train_tokenizer(
                 progress.rng.next_u64(),
             )?;
         }
-        update_ema(&mut ema, &model, config.ema_decay)?;
+        update_ema(&mut ema, &model, ema_decay_at(config.ema_decay, step))?;
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
 
@@ -563,6 +563,12 @@ pub fn train_tokenizer(
         finished,
         last_eval,
     })
+}
+
+/// The EMA decay at `step`: `min(decay, (1 + step) / (10 + step))`, so early in a run the
+/// average follows the weights instead of staying near the random initialisation.
+pub fn ema_decay_at(decay: f64, step: usize) -> f64 {
+    decay.min((1 + step) as f64 / (10 + step) as f64)
 }
 
 /// `ema = decay * ema + (1 - decay) * params`, on the host.

@@ -333,6 +333,13 @@ fn schedule_and_rng_behave() {
     assert!((learning_rate(9, 100, 10, 1.0, 0.1) - 1.0).abs() < 1e-12);
     assert!((learning_rate(10, 100, 10, 1.0, 0.1) - 1.0).abs() < 1e-12);
     assert!((learning_rate(100, 100, 10, 1.0, 0.1) - 0.1).abs() < 1e-12);
+    use textok_studio::train::tokenizer::ema_decay_at;
+    assert!(
+        (ema_decay_at(0.999, 0) - 0.1).abs() < 1e-12,
+        "the first EMA update mostly copies the weights"
+    );
+    assert!((ema_decay_at(0.999, 90) - 0.91).abs() < 1e-12);
+    assert_eq!(ema_decay_at(0.999, 1_000_000), 0.999);
     let mid = learning_rate(55, 100, 10, 1.0, 0.1);
     assert!((mid - 0.55).abs() < 1e-9, "{mid}");
     let mut a = SplitMix64::new(3);
