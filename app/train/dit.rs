@@ -20,7 +20,7 @@ use super::tokenizer::{
     CaptionStore, Progress, StateExtras, StepReport, TrainObserver, TrainOutcome, TrainingState,
     ema_decay_at, load_state, new_optimizer_with, pixels_to_tensor, save_state, update_ema,
 };
-use super::{Eta, SplitMix64, append_jsonl, learning_rate};
+use super::{Eta, SplitMix64, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
 use crate::data::dataset::{DatasetItem, Split};
 use crate::jobs::CancelToken;
@@ -389,26 +389,23 @@ pub fn train_dit(
         )?;
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-        eta.record(progress.step);
-        let report = StepReport {
+        let numbers = StepReport {
             step: progress.step,
             total: config.steps,
             loss: loss_value,
             budget: k,
             lr,
-            images_per_second: eta.rate().map(|r| r * config.batch as f64),
-            eta_seconds: eta
-                .remaining(progress.step, config.steps)
-                .map(|d| d.as_secs_f64()),
+            images_per_second: None,
+            eta_seconds: None,
         };
-        observer.on_step(&report);
-        if progress.step.is_multiple_of(10) || progress.step == 1 {
-            append_jsonl(
-                &log_path,
-                &serde_json::json!({"event": "step", "step": report.step, "loss": loss_value, "budget": k,
-                "lr": lr, "images_per_second": report.images_per_second, "elapsed_s": progress.elapsed_seconds}),
-            )?;
-        }
+        super::report_step(
+            &mut eta,
+            numbers,
+            config.batch,
+            progress.elapsed_seconds,
+            observer,
+            &log_path,
+        )?;
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
             save(&model, &optimizer, &ema, &progress)?;
             last_save = Instant::now();

@@ -191,3 +191,31 @@ pub fn load_training_data(
     );
     Ok(dataset)
 }
+
+/// Reports a finished step to the observer and (every 10 steps and the first) to the JSONL log.
+pub fn report_step(
+    eta: &mut Eta,
+    numbers: tokenizer::StepReport,
+    batch: usize,
+    elapsed_seconds: f64,
+    observer: &dyn tokenizer::TrainObserver,
+    log: &Path,
+) -> std::io::Result<()> {
+    eta.record(numbers.step);
+    let report = tokenizer::StepReport {
+        images_per_second: eta.rate().map(|r| r * batch as f64),
+        eta_seconds: eta
+            .remaining(numbers.step, numbers.total)
+            .map(|d| d.as_secs_f64()),
+        ..numbers
+    };
+    observer.on_step(&report);
+    if report.step.is_multiple_of(10) || report.step == 1 {
+        append_jsonl(
+            log,
+            &serde_json::json!({"event": "step", "step": report.step, "loss": report.loss, "budget": report.budget,
+                "lr": report.lr, "images_per_second": report.images_per_second, "elapsed_s": elapsed_seconds}),
+        )?;
+    }
+    Ok(())
+}

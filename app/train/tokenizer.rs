@@ -494,26 +494,23 @@ pub fn train_tokenizer(
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
 
-        eta.record(progress.step);
-        let report = StepReport {
+        let numbers = StepReport {
             step: progress.step,
             total: config.steps,
             loss: loss_value,
-            budget,
+            budget: budget,
             lr,
-            images_per_second: eta.rate().map(|r| r * config.batch as f64),
-            eta_seconds: eta
-                .remaining(progress.step, config.steps)
-                .map(|d| d.as_secs_f64()),
+            images_per_second: None,
+            eta_seconds: None,
         };
-        observer.on_step(&report);
-        if progress.step.is_multiple_of(10) || progress.step == 1 {
-            append_jsonl(
-                &paths.log(),
-                &serde_json::json!({"event": "step", "step": report.step, "loss": report.loss,
-                "budget": budget, "lr": lr, "images_per_second": report.images_per_second, "elapsed_s": progress.elapsed_seconds}),
-            )?;
-        }
+        super::report_step(
+            &mut eta,
+            numbers,
+            config.batch,
+            progress.elapsed_seconds,
+            observer,
+            &paths.log(),
+        )?;
 
         let eval_due =
             progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == config.steps;

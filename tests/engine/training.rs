@@ -29,6 +29,23 @@ fn models() -> TrainingModels {
     }
 }
 
+/// Trains (or resumes) quietly with the shipped frozen networks.
+fn train(
+    run: &Path,
+    config: &TokenizerTrainConfig,
+    resume: bool,
+) -> anyhow::Result<textok_studio::train::tokenizer::TrainOutcome> {
+    train_tokenizer(
+        run,
+        config,
+        resume,
+        &cpu(),
+        &models(),
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+}
+
 fn tiny_dataset(root: &Path, count: usize) {
     std::fs::create_dir_all(root).unwrap();
     for i in 0..count {
@@ -126,16 +143,7 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     assert!(err.to_string().contains("--resume"), "{err}");
     let mut changed = tiny_config(&data, 2, true);
     changed.learning_rate = 1.0;
-    let err = train_tokenizer(
-        &run,
-        &changed,
-        true,
-        &cpu(),
-        &encoder,
-        &Losses::default(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let err = train(&run, &changed, true).unwrap_err();
     assert!(err.to_string().contains("other settings"), "{err}");
     // Only --steps may grow: this continues the same run to step 4.
     let outcome = train_tokenizer(
@@ -172,16 +180,7 @@ fn cancelled_training_saves_and_resumes_to_the_same_weights() {
     let config = tiny_config(&data, 6, false);
 
     let straight = dir.path().join("straight");
-    train_tokenizer(
-        &straight,
-        &config,
-        false,
-        &cpu(),
-        &encoder,
-        &Losses::default(),
-        &CancelToken::new(),
-    )
-    .unwrap();
+    train(&straight, &config, false).unwrap();
 
     // Cancel after 3 steps (the observer pulls the plug), then resume.
     struct StopAt(usize, CancelToken);
@@ -264,16 +263,7 @@ fn cancelled_training_saves_and_resumes_to_the_same_weights() {
     // content is checked below instead: without the restored Adam moments the resumed run would
     // drift ~1e-3 from the straight one.
     assert!(after.1 > 0 && before.1 > 0, "optimizer state saved");
-    let outcome = train_tokenizer(
-        &interrupted,
-        &config,
-        true,
-        &cpu(),
-        &encoder,
-        &Losses::default(),
-        &CancelToken::new(),
-    )
-    .unwrap();
+    let outcome = train(&interrupted, &config, true).unwrap();
     assert_eq!((outcome.step, outcome.finished), (6, true));
 
     let weights = |dir: &Path, file: &str| {
@@ -467,15 +457,6 @@ fn adversarial_training_runs_and_resumes_with_its_discriminator() {
         lecam != 0.0 && lecam.is_finite(),
         "LeCAM running mean moved: {lecam}"
     );
-    let outcome = train_tokenizer(
-        &run,
-        &config,
-        true,
-        &cpu(),
-        &models(),
-        &Losses::default(),
-        &CancelToken::new(),
-    )
-    .unwrap();
+    let outcome = train(&run, &config, true).unwrap();
     assert_eq!((outcome.step, outcome.finished), (6, true));
 }
