@@ -498,7 +498,7 @@ pub fn train_tokenizer(
             step: progress.step,
             total: config.steps,
             loss: loss_value,
-            budget: budget,
+            budget,
             lr,
             images_per_second: None,
             eta_seconds: None,
