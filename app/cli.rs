@@ -314,11 +314,23 @@ fn read_caption(args: &ReconstructArgs) -> anyhow::Result<String> {
     match (&args.caption, &args.caption_file) {
         (Some(caption), _) => Ok(caption.clone()),
         (None, Some(path)) => {
-            let bytes = std::fs::read(path)
+            // Only the first MAX_CAPTION_CHARS characters are ever used: never read a huge file
+            // whole (4 bytes per character at most in UTF-8).
+            use std::io::Read;
+            let limit = (crate::model::text_encoder::MAX_CAPTION_CHARS * 4) as u64;
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|file| file.take(limit).read_to_end(&mut bytes))
                 .with_context(|| format!("{}: cannot read caption file", path.display()))?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                anyhow::anyhow!("{}: caption file is not UTF-8 text", path.display())
-            })?;
+            let text = match String::from_utf8(bytes) {
+                Ok(text) => text,
+                // A cut in the middle of a character at the limit is not an encoding error.
+                Err(e) if e.utf8_error().error_len().is_none() => {
+                    let valid = e.utf8_error().valid_up_to();
+                    String::from_utf8_lossy(&e.into_bytes()[..valid]).into_owned()
+                }
+                Err(_) => anyhow::bail!("{}: caption file is not UTF-8 text", path.display()),
+            };
             Ok(text.trim_end_matches(['\n', '\r']).to_owned())
         }
         (None, None) => bail!("give --caption or --caption-file"),

@@ -221,6 +221,50 @@ fn user_errors_exit_non_zero_with_one_line() {
     );
     assert_one_line_error(&output, "Baseline");
 
+    // A caption file far larger than any caption: read only as far as it can matter.
+    let huge = dir.path().join("huge.txt");
+    std::fs::write(&huge, "a very long caption ".repeat(500_000)).unwrap();
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            apple,
+            "--caption-file",
+            huge.to_str().unwrap(),
+            "--model",
+            &textok,
+            "--no-baseline",
+            "--tokens",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("truncated to the first 32"),
+        "{}",
+        stdout(&output)
+    );
+    let latin1 = dir.path().join("latin1.txt");
+    std::fs::write(&latin1, [0x63, 0x61, 0x66, 0xE9, 0x20, 0x61]).unwrap();
+    let output = studio(
+        &[
+            "reconstruct",
+            "--image",
+            apple,
+            "--caption-file",
+            latin1.to_str().unwrap(),
+            "--out",
+            out,
+        ],
+        None,
+    );
+    assert_one_line_error(&output, "not UTF-8");
+
     let output = studio(&["info", "/no/such.safetensors"], None);
     assert_one_line_error(&output, "such.safetensors");
 
