@@ -257,6 +257,21 @@ pub struct ReconstructArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // Without one, graphics drivers print "error: XDG_RUNTIME_DIR is invalid" while wgpu lists
+        // adapters, which reads like our own one-line errors. A private folder silences them.
+        let user = std::env::var("USER").unwrap_or_default();
+        let dir = std::env::temp_dir().join(format!("textok-studio-runtime-{user}"));
+        if std::fs::create_dir_all(&dir).is_ok() {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            }
+            // SAFETY: start of the program, before any thread exists.
+            unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+        }
+    }
     if std::env::var_os("BURN_DEVICE").is_none() {
         // SAFETY: first statement of the program, before any thread exists. burn puts some
         // internal state (restored optimizer moments) on its default device; that must be the

@@ -499,3 +499,23 @@ fn bench_reports_seconds_per_image_for_each_budget() {
         );
     }
 }
+
+#[test]
+fn listing_devices_prints_no_driver_noise_without_a_runtime_dir() {
+    let output = Command::new(env!("CARGO_BIN_EXE_textok-studio"))
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("binary runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("--device auto picks:"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        !stderr(&output).contains("XDG_RUNTIME_DIR"),
+        "{}",
+        stderr(&output)
+    );
+}
