@@ -519,3 +519,83 @@ fn listing_devices_prints_no_driver_noise_without_a_runtime_dir() {
         stderr(&output)
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_training_saves_the_state_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["apple", "penguin", "lizard", "ambulance"] {
+        std::fs::copy(
+            repo_path(&format!("assets/samples/{name}.png")),
+            data.join(format!("{name}.png")),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo_path(&format!("assets/samples/{name}.txt")),
+            data.join(format!("{name}.txt")),
+        )
+        .unwrap();
+    }
+    let run = dir.path().join("run");
+    let args = |steps: &str, resume: bool| {
+        let mut args = vec![
+            "train",
+            "tokenizer",
+            "--data",
+            data.to_str().unwrap(),
+            "--preset",
+            "tiny",
+            "--steps",
+            steps,
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            run.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if resume {
+            args.push("--resume".into());
+        }
+        args
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_textok-studio"))
+        .args(args("100000", false))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log gets its first line after step 1.
+    let started = std::time::Instant::now();
+    while !run.join("log.jsonl").exists() {
+        assert!(started.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("continue with --resume"),
+        "{}",
+        stdout(&output)
+    );
+    let state =
+        textok_studio::checkpoint::CheckpointFile::read(&run.join("state.safetensors")).unwrap();
+    let stopped_at: usize = state.metadata()["step"].parse().unwrap();
+    assert!(stopped_at >= 1 && stopped_at < 100_000);
+    // The saved EMA weights are a usable checkpoint.
+    let output = studio(
+        &["info", run.join("ema.safetensors").to_str().unwrap()],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}
