@@ -564,7 +564,7 @@ fn ctrl_c_during_training_saves_the_state_and_exits_cleanly() {
         }
         args
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_textok-studio"))
+    let child = Command::new(env!("CARGO_BIN_EXE_textok-studio"))
         .args(args("100000", false))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -591,7 +591,7 @@ fn ctrl_c_during_training_saves_the_state_and_exits_cleanly() {
     let state =
         textok_studio::checkpoint::CheckpointFile::read(&run.join("state.safetensors")).unwrap();
     let stopped_at: usize = state.metadata()["step"].parse().unwrap();
-    assert!(stopped_at >= 1 && stopped_at < 100_000);
+    assert!((1..100_000).contains(&stopped_at));
     // The saved EMA weights are a usable checkpoint.
     let output = studio(
         &["info", run.join("ema.safetensors").to_str().unwrap()],
