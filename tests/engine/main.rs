@@ -7,6 +7,7 @@ mod dataset;
 mod diffusion;
 mod effnet;
 mod images;
+mod jobs;
 mod metrics;
 mod text_encoder;
 mod textok_model;
