@@ -534,31 +534,18 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.perceptual_weight = args.perceptual_weight;
     config.adversarial_weight = args.adversarial_weight;
     config.discriminator_start = args.discriminator_start;
-    let selected = device::select(args.device)?;
-    eprintln!("device: {}", selected.description);
-    let cancel = cancel_on_ctrl_c();
-    let observer = ConsoleObserver {
-        last_print: std::sync::Mutex::new(None),
-    };
-    let outcome = train_tokenizer(
-        &args.out,
-        &config,
-        args.resume,
-        &selected.device,
-        &crate::train::tokenizer::TrainingModels::shipped(),
-        &observer,
-        &cancel,
-    )?;
-    if outcome.finished {
-        println!(
-            "finished {} steps; EMA weights: {}",
-            outcome.step,
-            args.out.join("ema.safetensors").display()
-        );
-    } else {
-        println!("stopped at step {}; continue with --resume", outcome.step);
-    }
-    Ok(())
+    run_training(&args.out, args.device, |device, observer, cancel| {
+        let models = crate::train::tokenizer::TrainingModels::shipped();
+        train_tokenizer(
+            &args.out,
+            &config,
+            args.resume,
+            device,
+            &models,
+            observer,
+            cancel,
+        )
+    })
 }
 
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
@@ -854,26 +841,43 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.learning_rate = args.lr;
     config.seed = args.seed;
     config.checkpoint_minutes = args.checkpoint_minutes;
-    let selected = device::select(args.device)?;
+    run_training(&args.out, args.device, |device, observer, cancel| {
+        let text_encoder = crate::paths::text_encoder_dir();
+        train_dit(
+            &args.out,
+            &config,
+            args.resume,
+            device,
+            &text_encoder,
+            observer,
+            cancel,
+        )
+    })
+}
+
+/// Runs a trainer on the chosen device with console progress and Ctrl-C handling, then says
+/// where the weights are or how to continue.
+fn run_training(
+    out: &Path,
+    choice: DeviceChoice,
+    train: impl FnOnce(
+        &burn::tensor::Device,
+        &dyn crate::train::tokenizer::TrainObserver,
+        &CancelToken,
+    ) -> anyhow::Result<crate::train::tokenizer::TrainOutcome>,
+) -> anyhow::Result<()> {
+    let selected = device::select(choice)?;
     eprintln!("device: {}", selected.description);
     let cancel = cancel_on_ctrl_c();
     let observer = ConsoleObserver {
         last_print: std::sync::Mutex::new(None),
     };
-    let outcome = train_dit(
-        &args.out,
-        &config,
-        args.resume,
-        &selected.device,
-        &crate::paths::text_encoder_dir(),
-        &observer,
-        &cancel,
-    )?;
+    let outcome = train(&selected.device, &observer, &cancel)?;
     if outcome.finished {
         println!(
             "finished {} steps; EMA weights: {}",
             outcome.step,
-            args.out.join("ema.safetensors").display()
+            out.join("ema.safetensors").display()
         );
     } else {
         println!("stopped at step {}; continue with --resume", outcome.step);

@@ -100,6 +100,25 @@ impl LoadedTokenizer {
     }
 }
 
+/// The text encoder a TexTok model was trained with: its caption length, checked to give the
+/// embedding width the model reads.
+fn load_text_encoder(
+    dir: &Path,
+    textok: &TexTokConfig,
+    device: &Device,
+) -> anyhow::Result<MiniLmTextEncoder> {
+    let encoder = MiniLmTextEncoder::load(dir, textok.max_text_tokens, device)
+        .with_context(|| format!("loading the text encoder from {}", dir.display()))?;
+    ensure!(
+        encoder.width() == textok.text_dim,
+        "the TexTok model expects {}-wide text embeddings but {} gives {}",
+        textok.text_dim,
+        encoder.name(),
+        encoder.width()
+    );
+    Ok(encoder)
+}
+
 /// Everything `reconstruct` needs, loaded once.
 pub struct ReconstructEngine {
     pub device: SelectedDevice,
@@ -160,24 +179,8 @@ impl ReconstructEngine {
                 baseline.config.image_size
             );
         }
-        let text_encoder = MiniLmTextEncoder::load(
-            &spec.text_encoder_dir,
-            textok.config.max_text_tokens,
-            &device.device,
-        )
-        .with_context(|| {
-            format!(
-                "loading the text encoder from {}",
-                spec.text_encoder_dir.display()
-            )
-        })?;
-        ensure!(
-            text_encoder.width() == textok.config.text_dim,
-            "the TexTok model expects {}-wide text embeddings but {} gives {}",
-            textok.config.text_dim,
-            text_encoder.name(),
-            text_encoder.width()
-        );
+        let text_encoder =
+            load_text_encoder(&spec.text_encoder_dir, &textok.config, &device.device)?;
         Ok(Self {
             device,
             text_encoder,
@@ -374,21 +377,13 @@ impl GenerateEngine {
             dit_config.token_dim,
             textok.config.token_dim
         );
-        let text_encoder = MiniLmTextEncoder::load(
-            &spec.text_encoder_dir,
-            textok.config.max_text_tokens,
-            &device.device,
-        )
-        .with_context(|| {
-            format!(
-                "loading the text encoder from {}",
-                spec.text_encoder_dir.display()
-            )
-        })?;
+        let text_encoder =
+            load_text_encoder(&spec.text_encoder_dir, &textok.config, &device.device)?;
         ensure!(
-            text_encoder.width() == dit_config.text_dim
-                && text_encoder.width() == textok.config.text_dim,
-            "the DiT and TexTok models must both read {}-wide caption embeddings",
+            text_encoder.width() == dit_config.text_dim,
+            "the DiT reads {}-wide caption embeddings but {} gives {}",
+            dit_config.text_dim,
+            text_encoder.name(),
             text_encoder.width()
         );
         Ok(Self {

@@ -17,8 +17,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{
-    CaptionStore, Progress, StateExtras, StepReport, TrainObserver, TrainOutcome, TrainingState,
-    ema_decay_at, load_state, new_optimizer_with, pixels_to_tensor, save_state, update_ema,
+    CaptionRow, CaptionStore, Progress, StateExtras, StepReport, TrainObserver, TrainOutcome,
+    TrainingState, ema_decay_at, load_state, new_optimizer_with, pixels_to_tensor, save_state,
+    update_ema,
 };
 use super::{Eta, SplitMix64, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
@@ -26,7 +27,7 @@ use crate::data::dataset::{DatasetItem, Split};
 use crate::jobs::CancelToken;
 use crate::model::diffusion::{Schedule, coefficients, seeded_noise};
 use crate::model::dit::{DitConfig, KIND_DIT};
-use crate::model::text_encoder::{MiniLmTextEncoder, TextEmbeddings, TextEncoder};
+use crate::model::text_encoder::{MiniLmTextEncoder, TextEncoder};
 use crate::model::textok::{MIN_BUDGET, TexTok};
 
 /// Everything that defines a DiT run (`config.json` in the run folder).
@@ -266,7 +267,7 @@ pub fn train_dit(
     model_config.text_dim = encoder.width();
     observer.on_message("encoding captions");
     let captions = CaptionStore::build(&encoder, &train, cancel)?;
-    let null_caption = encoder.encode(&[""])?;
+    let null_caption = CaptionStore::encode_one(&encoder, "")?;
 
     let latents = match LatentCache::read(&LatentCache::path(run_dir), &tokenizer_hash, &train) {
         Some(cache) => cache,
@@ -362,7 +363,19 @@ pub fn train_dit(
         let x_t = Tensor::<3>::from_data(TensorData::new(x_t, [config.batch, k, d]), &autodiff);
         let target =
             Tensor::<3>::from_data(TensorData::new(target, [config.batch, k, d]), &autodiff);
-        let text = caption_batch(&captions, &null_caption, &batch, &dropped, &autodiff);
+        // Dropped captions become the null (empty) caption: classifier-free guidance.
+        let rows: Vec<&CaptionRow> = batch
+            .iter()
+            .zip(&dropped)
+            .map(|(item, &drop)| {
+                if drop {
+                    &null_caption
+                } else {
+                    captions.row(item)
+                }
+            })
+            .collect();
+        let text = captions.embeddings_of(&rows, &autodiff);
         let t: Vec<f32> = timesteps.iter().map(|&t| t as f32).collect();
         let loss = (model.forward(x_t, &t, &text) - target)
             .powi_scalar(2)
@@ -389,15 +402,7 @@ pub fn train_dit(
         )?;
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-        let numbers = StepReport {
-            step: progress.step,
-            total: config.steps,
-            loss: loss_value,
-            budget: k,
-            lr,
-            images_per_second: None,
-            eta_seconds: None,
-        };
+        let numbers = StepReport::new(progress.step, config.steps, loss_value, k, lr);
         super::report_step(
             &mut eta,
             numbers,
@@ -422,53 +427,4 @@ pub fn train_dit(
         finished: progress.step >= config.steps,
         last_eval: None,
     })
-}
-
-/// The batch's caption embeddings, with dropped captions replaced by the null caption.
-fn caption_batch(
-    captions: &CaptionStore,
-    null_caption: &TextEmbeddings,
-    batch: &[&DatasetItem],
-    dropped: &[bool],
-    device: &Device,
-) -> TextEmbeddings {
-    let text = captions.batch(batch, device);
-    if !dropped.iter().any(|d| *d) {
-        return text;
-    }
-    let [b, tokens, width] = text.hidden.dims();
-    let null_tokens = null_caption.lengths[0];
-    let null_hidden: Vec<f32> = null_caption
-        .hidden
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
-    let mut hidden: Vec<f32> = text
-        .hidden
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
-    let mut mask: Vec<f32> = text
-        .mask
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap_or_default();
-    let mut lengths = text.lengths;
-    for (row, _) in dropped.iter().enumerate().filter(|(_, d)| **d) {
-        let n = null_tokens.min(tokens);
-        hidden[row * tokens * width..(row + 1) * tokens * width].fill(0.0);
-        hidden[row * tokens * width..][..n * width].copy_from_slice(&null_hidden[..n * width]);
-        mask[row * tokens..(row + 1) * tokens].fill(0.0);
-        mask[row * tokens..][..n].fill(1.0);
-        lengths[row] = n;
-    }
-    TextEmbeddings {
-        hidden: Tensor::from_data(TensorData::new(hidden, [b, tokens, width]), device),
-        mask: Tensor::from_data(TensorData::new(mask, [b, tokens]), device),
-        lengths,
-    }
 }

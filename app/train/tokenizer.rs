@@ -194,6 +194,21 @@ pub struct StepReport {
     pub eta_seconds: Option<f64>,
 }
 
+impl StepReport {
+    /// The step's own numbers; rate and ETA are filled in by [`super::report_step`].
+    pub fn new(step: usize, total: usize, loss: f64, budget: usize, lr: f64) -> Self {
+        Self {
+            step,
+            total,
+            loss,
+            budget,
+            lr,
+            images_per_second: None,
+            eta_seconds: None,
+        }
+    }
+}
+
 /// Validation of the EMA weights.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EvalReport {
@@ -494,15 +509,7 @@ pub fn train_tokenizer(
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
 
-        let numbers = StepReport {
-            step: progress.step,
-            total: config.steps,
-            loss: loss_value,
-            budget,
-            lr,
-            images_per_second: None,
-            eta_seconds: None,
-        };
+        let numbers = StepReport::new(progress.step, config.steps, loss_value, budget, lr);
         super::report_step(
             &mut eta,
             numbers,
@@ -605,7 +612,7 @@ pub fn pixels_to_tensor(items: &[&DatasetItem], device: &Device) -> Tensor<4> {
 pub struct CaptionStore {
     width: usize,
     /// relative path -> (tokens, token-major values)
-    embeddings: HashMap<String, (usize, Vec<f32>)>,
+    embeddings: HashMap<String, CaptionRow>,
 }
 
 impl CaptionStore {
@@ -641,27 +648,52 @@ impl CaptionStore {
 
     /// The batch's embeddings, padded to its longest caption.
     pub fn batch(&self, items: &[&DatasetItem], device: &Device) -> TextEmbeddings {
-        let rows: Vec<&(usize, Vec<f32>)> = items
-            .iter()
-            .map(|item| &self.embeddings[&item.relative])
-            .collect();
+        let rows: Vec<&CaptionRow> = items.iter().map(|item| self.row(item)).collect();
+        self.embeddings_of(&rows, device)
+    }
+
+    /// One item's caption embedding: (tokens, token-major values).
+    pub fn row(&self, item: &DatasetItem) -> &CaptionRow {
+        &self.embeddings[&item.relative]
+    }
+
+    /// Embeds one caption that is not part of the dataset (e.g. the empty caption).
+    pub fn encode_one(encoder: &dyn TextEncoder, caption: &str) -> anyhow::Result<CaptionRow> {
+        let out = encoder.encode(&[caption])?;
+        let values = out
+            .hidden
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok((
+            out.lengths[0],
+            values[..out.lengths[0] * encoder.width()].to_vec(),
+        ))
+    }
+
+    /// Rows padded to the longest into one batch of embeddings.
+    pub fn embeddings_of(&self, rows: &[&CaptionRow], device: &Device) -> TextEmbeddings {
         let tokens = rows.iter().map(|(n, _)| *n).max().unwrap_or(1).max(1);
-        let mut hidden = vec![0.0f32; items.len() * tokens * self.width];
-        let mut mask = vec![0.0f32; items.len() * tokens];
+        let mut hidden = vec![0.0f32; rows.len() * tokens * self.width];
+        let mut mask = vec![0.0f32; rows.len() * tokens];
         for (i, (n, values)) in rows.iter().enumerate() {
             hidden[i * tokens * self.width..][..n * self.width].copy_from_slice(values);
             mask[i * tokens..][..*n].fill(1.0);
         }
         TextEmbeddings {
             hidden: Tensor::from_data(
-                TensorData::new(hidden, [items.len(), tokens, self.width]),
+                TensorData::new(hidden, [rows.len(), tokens, self.width]),
                 device,
             ),
-            mask: Tensor::from_data(TensorData::new(mask, [items.len(), tokens]), device),
+            mask: Tensor::from_data(TensorData::new(mask, [rows.len(), tokens]), device),
             lengths: rows.iter().map(|(n, _)| *n).collect(),
         }
     }
 }
+
+/// One caption's embedding on the host: (real tokens, token-major values).
+pub type CaptionRow = (usize, Vec<f32>);
 
 /// Mean PSNR of `model` over `items` at each of [`EVAL_BUDGETS`].
 pub fn evaluate(
