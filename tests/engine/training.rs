@@ -29,6 +29,17 @@ fn models() -> TrainingModels {
     }
 }
 
+/// Pulls the plug (cancels) when the given step is reported.
+struct StopAt(usize, CancelToken);
+
+impl TrainObserver for StopAt {
+    fn on_step(&self, report: &StepReport) {
+        if report.step == self.0 {
+            self.1.cancel();
+        }
+    }
+}
+
 /// Trains (or resumes) quietly with the shipped frozen networks.
 fn train(
     run: &Path,
@@ -183,14 +194,6 @@ fn cancelled_training_saves_and_resumes_to_the_same_weights() {
     train(&straight, &config, false).unwrap();
 
     // Cancel after 3 steps (the observer pulls the plug), then resume.
-    struct StopAt(usize, CancelToken);
-    impl TrainObserver for StopAt {
-        fn on_step(&self, report: &StepReport) {
-            if report.step == self.0 {
-                self.1.cancel();
-            }
-        }
-    }
     let cancel = CancelToken::new();
     let interrupted = dir.path().join("interrupted");
     let outcome = train_tokenizer(
@@ -422,14 +425,6 @@ fn adversarial_training_runs_and_resumes_with_its_discriminator() {
     config.discriminator_start = 2;
     let run = dir.path().join("gan");
     let cancel = CancelToken::new();
-    struct StopAt(usize, CancelToken);
-    impl TrainObserver for StopAt {
-        fn on_step(&self, report: &StepReport) {
-            if report.step == self.0 {
-                self.1.cancel();
-            }
-        }
-    }
     let outcome = train_tokenizer(
         &run,
         &config,
