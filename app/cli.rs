@@ -23,6 +23,31 @@ use crate::pipeline::{self, DEFAULT_BUDGETS, EngineSpec, ReconstructEngine};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+/// Options of the desktop app (no subcommand).
+#[derive(Args, Debug, Default)]
+pub struct AppArgs {
+    /// Pane to open.
+    #[arg(long, value_enum)]
+    pub pane: Option<crate::gui::Pane>,
+    /// Add this image to the Library and select it.
+    #[arg(long)]
+    pub open: Option<PathBuf>,
+    /// Caption for --open (default: its NAME.txt sidecar).
+    #[arg(long, requires = "open")]
+    pub caption: Option<String>,
+    /// Folder for the library, gallery and fine-tuning runs [default: the user's data folder].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Save a PNG screenshot once the pane has finished its work, then quit.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
+    /// Quit after this many seconds at the latest (after the screenshot, if one is asked for).
+    #[arg(long)]
+    pub quit_after: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -163,6 +188,10 @@ pub struct TrainDitArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_minutes: f64,
+    /// Fine-tune: start from this checkpoint instead of random weights (its architecture
+    /// replaces --preset).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -214,6 +243,10 @@ pub struct TrainTokenizerArgs {
     /// Save the full training state at least this often.
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_minutes: f64,
+    /// Fine-tune: start from this checkpoint instead of random weights (its architecture
+    /// replaces --preset).
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// Run folder (config, log, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -301,9 +334,7 @@ pub fn main() -> ExitCode {
         Some(Command::Eval(args)) => run_eval(args),
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Bench(args)) => run_bench(args),
-        None => Err(anyhow::anyhow!(
-            "the desktop app is not part of this build yet; run `textok-studio --help` for the commands"
-        )),
+        None => run_app(cli.app),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -313,6 +344,17 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_app(args: AppArgs) -> anyhow::Result<()> {
+    let mut options =
+        crate::gui::StartOptions::new(args.data_dir.unwrap_or_else(crate::gui::default_data_dir));
+    options.pane = args.pane;
+    options.open = args.open.into_iter().collect();
+    options.caption = args.caption;
+    options.screenshot = args.screenshot;
+    options.quit_after = args.quit_after;
+    crate::gui::run(options)
 }
 
 fn init_logging() {
@@ -534,6 +576,7 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.perceptual_weight = args.perceptual_weight;
     config.adversarial_weight = args.adversarial_weight;
     config.discriminator_start = args.discriminator_start;
+    config.init_from = args.init_from;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let models = crate::train::tokenizer::TrainingModels::shipped();
         train_tokenizer(
@@ -704,26 +747,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     for generated in &images {
         let s = &generated.settings;
         let path = args.out.join(format!("gen-{}-k{}.png", s.seed, s.tokens));
-        let values = [
-            s.seed.to_string(),
-            s.steps.to_string(),
-            s.cfg.to_string(),
-            s.tokens.to_string(),
-        ];
-        let text = [
-            ("caption", generated.caption.as_str()),
-            ("seed", values[0].as_str()),
-            ("steps", values[1].as_str()),
-            ("cfg", values[2].as_str()),
-            ("tokens", values[3].as_str()),
-            ("textok-sha256", textok_id.as_str()),
-            ("dit-sha256", dit_id.as_str()),
-            (
-                "software",
-                concat!("textok-studio ", env!("CARGO_PKG_VERSION")),
-            ),
-        ];
-        imageio::save_png(&generated.image, &path, &text)?;
+        crate::pipeline::save_generated(generated, &path, &textok_id, &dit_id)?;
         println!("{}", path.display());
     }
     Ok(())
@@ -841,6 +865,7 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.learning_rate = args.lr;
     config.seed = args.seed;
     config.checkpoint_minutes = args.checkpoint_minutes;
+    config.init_from = args.init_from;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(

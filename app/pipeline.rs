@@ -479,6 +479,38 @@ pub fn generate(
         .collect())
 }
 
+/// Saves a generated image as PNG (atomically) with everything that regenerates it in `tEXt`
+/// chunks: caption, seed, steps, cfg, tokens and both models' identities.
+pub fn save_generated(
+    generated: &GeneratedImage,
+    path: &Path,
+    textok_identity: &str,
+    dit_identity: &str,
+) -> anyhow::Result<()> {
+    let s = &generated.settings;
+    let values = [
+        s.seed.to_string(),
+        s.steps.to_string(),
+        s.cfg.to_string(),
+        s.tokens.to_string(),
+    ];
+    let text = [
+        ("caption", generated.caption.as_str()),
+        ("seed", values[0].as_str()),
+        ("steps", values[1].as_str()),
+        ("cfg", values[2].as_str()),
+        ("tokens", values[3].as_str()),
+        ("textok-sha256", textok_identity),
+        ("dit-sha256", dit_identity),
+        (
+            "software",
+            concat!("textok-studio ", env!("CARGO_PKG_VERSION")),
+        ),
+    ];
+    imageio::save_png(&generated.image, path, &text)?;
+    Ok(())
+}
+
 /// A model's identity for image metadata: the file's SHA-256, or which stand-in it was.
 pub fn model_identity(source: &ModelSource) -> String {
     match source {

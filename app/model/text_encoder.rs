@@ -242,6 +242,48 @@ impl MiniLmTextEncoder {
     }
 }
 
+/// Counts a caption's tokens without loading the encoder network: the caption editor shows the
+/// count on every keystroke, so it keeps one untruncated tokenizer instead of cloning one per call.
+#[derive(Clone)]
+pub struct CaptionTokenCounter {
+    tokenizer: Tokenizer,
+    max_tokens: usize,
+}
+
+impl CaptionTokenCounter {
+    /// `dir` holds the text encoder's `tokenizer.json`.
+    pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, TextEncoderError> {
+        let path = dir.join("tokenizer.json");
+        let mut tokenizer = load_tokenizer(&path, max_tokens)?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| TextEncoderError::Tokenizer {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            tokenizer,
+            max_tokens,
+        })
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    pub fn count(&self, caption: &str) -> Result<TokenCount, TextEncoderError> {
+        let encoding = self
+            .tokenizer
+            .encode(clip_caption(caption), true)
+            .map_err(|e| TextEncoderError::Tokenize(e.to_string()))?;
+        let needed = encoding.get_ids().len();
+        Ok(TokenCount {
+            needed,
+            kept: needed.min(self.max_tokens),
+        })
+    }
+}
+
 /// Loads a HF `tokenizer.json`, replacing its own padding (fixed 128) and truncation with ours:
 /// pad to the longest caption of a batch, truncate to `max_tokens` (special tokens included).
 pub fn load_tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer, TextEncoderError> {

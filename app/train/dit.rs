@@ -26,7 +26,7 @@ use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
 use crate::data::dataset::{DatasetItem, Split};
 use crate::jobs::CancelToken;
 use crate::model::diffusion::{Schedule, coefficients, seeded_noise};
-use crate::model::dit::{DitConfig, KIND_DIT};
+use crate::model::dit::{Dit, DitConfig, KIND_DIT};
 use crate::model::text_encoder::{MiniLmTextEncoder, TextEncoder};
 use crate::model::textok::{MIN_BUDGET, TexTok};
 
@@ -52,6 +52,10 @@ pub struct DitTrainConfig {
     pub validation_percent: u32,
     pub seed: u64,
     pub checkpoint_minutes: f64,
+    /// Fine-tuning: start from this DiT checkpoint (its architecture and latent statistics
+    /// replace `preset` and the measured ones, so the weights see inputs scaled as before).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl super::RunConfig for DitTrainConfig {
@@ -92,6 +96,7 @@ impl DitTrainConfig {
             validation_percent: 5,
             seed: 0,
             checkpoint_minutes: 5.0,
+            init_from: None,
         }
     }
 }
@@ -260,8 +265,28 @@ pub fn train_dit(
 
     let encoder =
         MiniLmTextEncoder::load(text_encoder_dir, tokenizer_config.max_text_tokens, device)?;
-    let mut model_config = DitConfig::preset(&config.preset)
-        .with_context(|| format!("unknown DiT preset `{}`", config.preset))?;
+    let initial = match &config.init_from {
+        Some(path) => {
+            observer.on_message(&format!("fine-tuning {}", path.display()));
+            Some(Dit::load(path, &device.clone().autodiff())?)
+        }
+        None => None,
+    };
+    let mut model_config = match &initial {
+        Some((_, config)) => config.clone(),
+        None => DitConfig::preset(&config.preset)
+            .with_context(|| format!("unknown DiT preset `{}`", config.preset))?,
+    };
+    if let Some(path) = &config.init_from {
+        ensure!(
+            model_config.token_dim == tokenizer_config.token_dim
+                && model_config.max_tokens == tokenizer_config.max_tokens
+                && model_config.text_dim == encoder.width(),
+            "{}: this DiT does not fit the tokenizer {} (token width, budget or text width differ)",
+            path.display(),
+            config.tokenizer.display()
+        );
+    }
     model_config.token_dim = tokenizer_config.token_dim;
     model_config.max_tokens = tokenizer_config.max_tokens;
     model_config.text_dim = encoder.width();
@@ -278,15 +303,24 @@ pub fn train_dit(
             cache
         }
     };
-    let (mean, std) = latents.statistics();
-    model_config.latent_mean = mean.clone();
-    model_config.latent_std = std.clone();
+    if initial.is_none() {
+        let (mean, std) = latents.statistics();
+        model_config.latent_mean = mean;
+        model_config.latent_std = std;
+    }
     model_config.validate().map_err(anyhow::Error::msg)?;
+    let (mean, std) = (
+        model_config.latent_mean.clone(),
+        model_config.latent_std.clone(),
+    );
 
     let autodiff = device.clone().autodiff();
-    let mut model = crate::device::init_module(&autodiff, Some(config.seed), || {
-        model_config.init(&autodiff)
-    });
+    let mut model = match initial {
+        Some((model, _)) => model,
+        None => crate::device::init_module(&autodiff, Some(config.seed), || {
+            model_config.init(&autodiff)
+        }),
+    };
     let mut optimizer = new_optimizer_with(config.weight_decay, config.grad_clip_norm);
     let mut ema = module_to_host(&model).map_err(anyhow::Error::msg)?;
     let mut progress = Progress {

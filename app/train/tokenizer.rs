@@ -24,6 +24,7 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleSnapshot;
 use burn::tensor::activation::softplus;
 use burn::tensor::{Bytes, Device, Tensor, TensorData};
+use image::Rgb32FImage;
 use serde::{Deserialize, Serialize};
 
 use super::{Eta, SplitMix64, append_jsonl, learning_rate};
@@ -43,6 +44,8 @@ use crate::model::textok::{KIND_TEXTOK, MIN_BUDGET, TexTok, TexTokConfig};
 pub const KIND_TRAIN_STATE: &str = "textok-train-state";
 /// Budgets at which validation PSNR is measured.
 pub const EVAL_BUDGETS: [usize; 4] = [32, 64, 128, 256];
+/// Validation images kept with their reconstructions in each [`EvalReport`].
+pub const EVAL_SAMPLES: usize = 4;
 
 /// Everything that defines a run. Stored as `config.json` in the run folder; a resumed run must
 /// use the same settings (only `steps` may grow).
@@ -83,6 +86,10 @@ pub struct TokenizerTrainConfig {
     /// LeCAM regularisation weight.
     #[serde(default = "default_lecam_weight")]
     pub lecam_weight: f64,
+    /// Fine-tuning: start from this TexTok checkpoint (its architecture replaces `preset`)
+    /// instead of a random initialisation.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 fn default_discriminator_start() -> usize {
@@ -141,11 +148,32 @@ impl TokenizerTrainConfig {
             discriminator_start: default_discriminator_start(),
             r1_weight: default_r1_weight(),
             lecam_weight: default_lecam_weight(),
+            init_from: None,
         }
     }
 
-    /// The model config this run trains.
+    /// The model config this run trains: the preset's, or the `init_from` checkpoint's.
     pub fn model_config(&self) -> anyhow::Result<TexTokConfig> {
+        if let Some(path) = &self.init_from {
+            let config: TexTokConfig = CheckpointFile::read(path)?.config("TexTok")?;
+            ensure!(
+                config.text_conditioning == self.text_conditioning,
+                "{}: is a {} model, but this run trains a {} model",
+                path.display(),
+                if config.text_conditioning {
+                    "TexTok"
+                } else {
+                    "Baseline"
+                },
+                if self.text_conditioning {
+                    "TexTok"
+                } else {
+                    "Baseline"
+                }
+            );
+            config.validate().map_err(anyhow::Error::msg)?;
+            return Ok(config);
+        }
         let mut config =
             TexTokConfig::preset(&self.preset, self.text_conditioning).with_context(|| {
                 format!(
@@ -217,6 +245,10 @@ pub struct EvalReport {
     /// Mean PSNR (dB) per budget, in `EVAL_BUDGETS` order.
     pub psnr: Vec<(usize, f64)>,
     pub mean_psnr: f64,
+    /// The first few validation images with their reconstructions at the largest budget, for
+    /// the GUI's "validation reconstructions" (not logged).
+    #[serde(skip)]
+    pub samples: Vec<(Rgb32FImage, Rgb32FImage)>,
 }
 
 /// Receives training events (CLI progress line, GUI loss plot).
@@ -340,11 +372,17 @@ pub fn train_tokenizer(
     observer.on_message(&format!("loading {} at {size} px", config.data.display()));
     let dataset = super::load_training_data(&config.data, size, config.validation_percent, cancel)?;
     let train: Vec<&DatasetItem> = dataset.split(Split::Train);
-    let validation: Vec<&DatasetItem> = dataset
+    let mut validation: Vec<&DatasetItem> = dataset
         .split(Split::Validation)
         .into_iter()
         .take(config.eval_images)
         .collect();
+    if validation.is_empty() {
+        // A handful of the user's own pictures can hash entirely into the training split; the
+        // progress reconstructions then show training images rather than nothing.
+        observer.on_message("no validation images in the split; evaluating on training images");
+        validation = train.iter().copied().take(config.eval_images).collect();
+    }
     ensure!(
         !train.is_empty(),
         "{}: no training images after the split",
@@ -379,9 +417,15 @@ pub fn train_tokenizer(
     } else {
         None
     };
-    let mut model = crate::device::init_module(&autodiff, Some(config.seed), || {
-        model_config.init(&autodiff)
-    });
+    let mut model = match &config.init_from {
+        Some(path) => {
+            observer.on_message(&format!("fine-tuning {}", path.display()));
+            TexTok::load(path, &autodiff)?.0
+        }
+        None => crate::device::init_module(&autodiff, Some(config.seed), || {
+            model_config.init(&autodiff)
+        }),
+    };
     let mut optimizer = new_optimizer(&config);
     let mut gan = (config.adversarial_weight > 0.0).then(|| Adversary {
         discriminator: crate::device::init_module(&autodiff, Some(config.seed ^ 0xD15C), || {
@@ -704,6 +748,7 @@ pub fn evaluate(
     device: &Device,
 ) -> EvalReport {
     let mut sums = vec![0.0f64; EVAL_BUDGETS.len()];
+    let mut samples = Vec::new();
     for chunk in items.chunks(16) {
         let images = pixels_to_tensor(chunk, device);
         let text = captions.map(|store| store.batch(chunk, device));
@@ -716,6 +761,9 @@ pub fn evaluate(
                 .zip(crate::data::image::from_tensor(decoded))
             {
                 sums[b] += metrics::psnr(original, &reconstruction).min(100.0);
+                if b + 1 == EVAL_BUDGETS.len() && samples.len() < EVAL_SAMPLES {
+                    samples.push((original.clone(), reconstruction));
+                }
             }
         }
     }
@@ -731,6 +779,7 @@ pub fn evaluate(
         images: items.len(),
         psnr,
         mean_psnr,
+        samples,
     }
 }
 

@@ -10,17 +10,17 @@
 set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}
-steps=${3:-4000}
+steps=${3:-8000}
 bin=${TEXTOK_STUDIO:-target/release/textok-studio}
 common=(--data "$corpus" --preset small --steps "$steps" --batch 8 --lr 4e-4 --warmup 200
-        --eval-every 250 --eval-images 64 --checkpoint-minutes 10 --seed 0 --device cpu)
+        --eval-every 500 --eval-images 64 --checkpoint-minutes 10 --seed 0 --device cpu)
 mkdir -p "$runs"
 pids=()
 for model in textok baseline; do
   flags=()
   [ "$model" = baseline ] && flags+=(--no-text)
   [ -f "$runs/$model/state.safetensors" ] && flags+=(--resume)
-  RAYON_NUM_THREADS=1 nice -n 10 "$bin" train tokenizer "${common[@]}" "${flags[@]}" --out "$runs/$model" \
+  RAYON_NUM_THREADS=1 nice -n 19 "$bin" train tokenizer "${common[@]}" "${flags[@]}" --out "$runs/$model" \
     >>"$runs/$model.log" 2>&1 &
   pids+=($!)
 done

@@ -1,0 +1,650 @@
+//! Compare pane: the paper's Figure 1 for the user's own image. Original | TexTok | Baseline at the
+//! budget on the slider, a grid of every budget, a wipe view and a difference heat map.
+//! Reconstructions run in the background and are cached per (image, caption, budget, model);
+//! editing the caption recomputes them.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use eframe::egui_wgpu;
+use image::Rgb32FImage;
+
+use super::AppContext;
+use super::engines::EngineStatus;
+use super::images::{ViewTransform, handle_view_input, image_cell};
+use super::wipe::{SharedImage, WipeCallback, WipeMode, WipeParams, compose_cpu};
+use crate::jobs::{Job, JobState, Progress};
+use crate::metrics::format_psnr;
+use crate::pipeline::{DEFAULT_BUDGETS, Reconstruction, Tokenizer};
+
+/// Wait this long after the last caption keystroke before recomputing.
+const CAPTION_DEBOUNCE: Duration = Duration::from_millis(350);
+/// Cached reconstructions kept before the cache is cleared.
+const MAX_CACHED: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareMode {
+    Single,
+    Grid,
+    Wipe,
+    Difference,
+}
+
+impl CompareMode {
+    const ALL: [CompareMode; 4] = [Self::Single, Self::Grid, Self::Wipe, Self::Difference];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Single => "Side by side",
+            Self::Grid => "All budgets",
+            Self::Wipe => "Wipe",
+            Self::Difference => "Difference",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ImageKey {
+    path: PathBuf,
+    generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReconKey {
+    image: ImageKey,
+    caption: String,
+    tokenizer: Tokenizer,
+    budget: usize,
+}
+
+struct Cached {
+    texture: egui::TextureHandle,
+    shared: SharedImage,
+    psnr: f64,
+    ssim: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Request {
+    image: ImageKey,
+    caption: String,
+    budgets: Vec<usize>,
+}
+
+struct Output {
+    original: Option<Rgb32FImage>,
+    reconstructions: Vec<Reconstruction>,
+}
+
+pub struct ComparePane {
+    pub mode: CompareMode,
+    view: ViewTransform,
+    divider: f32,
+    gain: f32,
+    originals: HashMap<ImageKey, Cached>,
+    cache: HashMap<ReconKey, Cached>,
+    job: Option<(Request, Job<Output>, Instant)>,
+    failed: Option<(Request, String)>,
+    caption_edited_at: Option<Instant>,
+    next_id: u64,
+    /// CPU-composed views (used without wgpu), a few at most.
+    cpu_views: Vec<((u64, u64, WipeParams), egui::TextureHandle)>,
+}
+
+impl Default for ComparePane {
+    fn default() -> Self {
+        Self {
+            mode: CompareMode::Single,
+            view: ViewTransform::default(),
+            divider: 0.5,
+            gain: 4.0,
+            originals: HashMap::new(),
+            cache: HashMap::new(),
+            job: None,
+            failed: None,
+            caption_edited_at: None,
+            next_id: 1,
+            cpu_views: Vec::new(),
+        }
+    }
+}
+
+impl ComparePane {
+    /// Called when the selected caption changed anywhere (Library editor included).
+    pub fn caption_edited(&mut self) {
+        self.caption_edited_at = Some(Instant::now());
+    }
+
+    /// True when nothing is computing and the current view's reconstructions are all shown.
+    pub fn settled(&self, app: &AppContext) -> bool {
+        let Some(request) = self.wanted(app) else {
+            return false;
+        };
+        self.job.is_none() && self.missing(&request).is_empty()
+    }
+
+    /// Reconstructions in the cache (each model at each budget counts once).
+    pub fn cached_count(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// True while a reconstruction job runs.
+    pub fn busy(&self) -> bool {
+        self.job.is_some()
+    }
+
+    fn budget(app: &AppContext) -> usize {
+        app.state
+            .compare_budget
+            .unwrap_or(app.state.settings.default_budget)
+            .clamp(32, 256)
+    }
+
+    fn wanted(&self, app: &AppContext) -> Option<Request> {
+        let item = app.state.selected_item()?;
+        let budgets = match self.mode {
+            CompareMode::Grid => DEFAULT_BUDGETS.to_vec(),
+            _ => vec![Self::budget(app)],
+        };
+        Some(Request {
+            image: ImageKey {
+                path: item.path.clone(),
+                generation: app.engines.generation(),
+            },
+            caption: item.caption.clone(),
+            budgets,
+        })
+    }
+
+    fn missing(&self, request: &Request) -> Vec<usize> {
+        let original_missing = !self.originals.contains_key(&request.image);
+        request
+            .budgets
+            .iter()
+            .copied()
+            .filter(|&budget| {
+                original_missing
+                    || [Tokenizer::TexTok, Tokenizer::Baseline]
+                        .iter()
+                        .any(|&tokenizer| {
+                            !self.cache.contains_key(&ReconKey {
+                                image: request.image.clone(),
+                                caption: request.caption.clone(),
+                                tokenizer,
+                                budget,
+                            })
+                        })
+            })
+            .collect()
+    }
+
+    fn shared(&mut self, image: Rgb32FImage) -> SharedImage {
+        self.next_id += 1;
+        SharedImage {
+            id: self.next_id,
+            image: Arc::new(image),
+        }
+    }
+
+    fn store(&mut self, ctx: &egui::Context, request: &Request, output: Output) {
+        if self.cache.len() > MAX_CACHED {
+            self.cache.clear();
+        }
+        if let Some(original) = output.original {
+            let texture = super::images::texture(ctx, "compare original", &original);
+            let shared = self.shared(original);
+            self.originals.insert(
+                request.image.clone(),
+                Cached {
+                    texture,
+                    shared,
+                    psnr: f64::INFINITY,
+                    ssim: 1.0,
+                },
+            );
+        }
+        for reconstruction in output.reconstructions {
+            let texture =
+                super::images::texture(ctx, "compare reconstruction", &reconstruction.image);
+            let shared = self.shared(reconstruction.image);
+            self.cache.insert(
+                ReconKey {
+                    image: request.image.clone(),
+                    caption: request.caption.clone(),
+                    tokenizer: reconstruction.tokenizer,
+                    budget: reconstruction.budget,
+                },
+                Cached {
+                    texture,
+                    shared,
+                    psnr: reconstruction.psnr,
+                    ssim: reconstruction.ssim,
+                },
+            );
+        }
+    }
+
+    /// Polls the running job and starts the next one; returns the running job's progress.
+    fn drive(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
+        let wanted = self.wanted(app);
+        let mut progress = None;
+        if let Some((request, job, _)) = &mut self.job {
+            let stale = wanted
+                .as_ref()
+                .is_none_or(|w| w.image != request.image || w.caption != request.caption);
+            if stale {
+                job.cancel();
+            }
+            match job.poll() {
+                JobState::Running(p) => progress = Some(p),
+                JobState::Finished(Ok(output)) => {
+                    let request = request.clone();
+                    self.job = None;
+                    self.store(ctx, &request, output);
+                }
+                JobState::Finished(Err(error)) => {
+                    let request = request.clone();
+                    self.job = None;
+                    let message = format!("{error:#}");
+                    app.notices
+                        .error(format!("Reconstruction failed: {message}"));
+                    self.failed = Some((request, message));
+                }
+                JobState::Cancelled | JobState::Collected => self.job = None,
+            }
+        }
+        if self.job.is_some() {
+            return Some(progress.flatten());
+        }
+        let wanted = wanted?;
+        if let Some(edited) = self.caption_edited_at {
+            let since = edited.elapsed();
+            if since < CAPTION_DEBOUNCE {
+                ctx.request_repaint_after(CAPTION_DEBOUNCE - since);
+                return None;
+            }
+            self.caption_edited_at = None;
+        }
+        let missing = self.missing(&wanted);
+        if missing.is_empty() || self.failed.as_ref().is_some_and(|(r, _)| r == &wanted) {
+            return None;
+        }
+        let EngineStatus::Ready(engine) = app.engines.reconstruct() else {
+            return None;
+        };
+        let need_original = !self.originals.contains_key(&wanted.image);
+        let (path, caption) = (wanted.image.path.clone(), wanted.caption.clone());
+        let job = Job::spawn(
+            "reconstruct",
+            app.notify.clone(),
+            move |progress, cancel| {
+                let original = crate::data::image::load_for_model(&path, engine.image_size())?;
+                cancel.check()?;
+                let reconstructions = crate::pipeline::reconstruct(
+                    &engine, &original, &caption, &missing, progress, cancel,
+                )?;
+                Ok(Output {
+                    original: need_original.then_some(original),
+                    reconstructions,
+                })
+            },
+        );
+        self.job = Some((wanted, job, Instant::now()));
+        Some(None)
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        let ctx = ui.ctx().clone();
+        let running = self.drive(&ctx, app);
+
+        if app.state.selected_item().is_none() {
+            ui.centered_and_justified(|ui| {
+                ui.label("Pick an image in the Library (double-click it) to compare TexTok and the Baseline on it.");
+            });
+            return;
+        }
+
+        // Controls.
+        ui.horizontal_wrapped(|ui| {
+            for mode in CompareMode::ALL {
+                ui.selectable_value(&mut self.mode, mode, mode.label());
+            }
+            ui.separator();
+            if self.mode != CompareMode::Grid {
+                let mut budget = Self::budget(app);
+                let response = ui.add(egui::Slider::new(&mut budget, 32..=256).text("tokens"));
+                if response.changed() {
+                    app.state.compare_budget = Some(budget);
+                }
+            }
+            if self.mode == CompareMode::Difference {
+                ui.add(egui::Slider::new(&mut self.gain, 1.0..=16.0).text("gain"));
+            }
+            if ui.button("Reset zoom").clicked() {
+                self.view = ViewTransform::default();
+            }
+        });
+
+        // Caption (editing it recomputes) and status.
+        let counter = app.token_counter.clone();
+        let path = app.state.selected.clone();
+        if let Some(item) = app.state.selected_item_mut()
+            && super::library::caption_editor(
+                ui,
+                &mut item.caption,
+                counter.as_ref(),
+                "compare-caption",
+            )
+        {
+            self.caption_edited();
+            if let Some(path) = &path {
+                app.caption_edited(path);
+            }
+        }
+        ui.horizontal(|ui| match app.engines.reconstruct() {
+            EngineStatus::Loading => {
+                ui.spinner();
+                ui.label("loading models…");
+            }
+            EngineStatus::Failed(message) => {
+                ui.colored_label(
+                    ui.visuals().error_fg_color,
+                    format!("Models failed to load: {message}"),
+                );
+                if ui.button("Retry").clicked() {
+                    app.engines.reload();
+                }
+            }
+            EngineStatus::Ready(engine) => {
+                for (label, source) in [
+                    ("TexTok", Some(&engine.textok.source)),
+                    ("Baseline", engine.baseline.as_ref().map(|b| &b.source)),
+                ] {
+                    match source {
+                        Some(source @ crate::pipeline::ModelSource::RandomInit { .. }) => {
+                            ui.colored_label(
+                                ui.visuals().warn_fg_color,
+                                format!("{label}: {source}"),
+                            );
+                        }
+                        Some(crate::pipeline::ModelSource::File(path)) => {
+                            let name = path
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            ui.weak(format!("{label}: {name}"))
+                                .on_hover_text(path.display().to_string());
+                        }
+                        None => {}
+                    }
+                }
+                // The first clause names the device; the rest (skipped adapters) is in Settings.
+                let device = engine
+                    .device
+                    .description
+                    .split(';')
+                    .next()
+                    .unwrap_or_default();
+                ui.weak(format!("on {device}"));
+            }
+        });
+        match &running {
+            Some(progress) => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    let text = progress
+                        .as_ref()
+                        .map(|p| format!("{} ({}/{})", p.message, p.done, p.total))
+                        .unwrap_or_else(|| "reconstructing…".into());
+                    ui.label(text);
+                    if ui.button("Cancel").clicked()
+                        && let Some((_, job, _)) = &self.job
+                    {
+                        job.cancel();
+                    }
+                });
+            }
+            None => {
+                if let Some((request, message)) = &self.failed
+                    && Some(request) == self.wanted(app).as_ref()
+                {
+                    let message = message.clone();
+                    ui.horizontal(|ui| {
+                        ui.colored_label(ui.visuals().error_fg_color, message);
+                        if ui.button("Retry").clicked() {
+                            self.failed = None;
+                        }
+                    });
+                }
+            }
+        }
+        ui.separator();
+
+        let Some(request) = self.wanted(app) else {
+            return;
+        };
+        match self.mode {
+            CompareMode::Single => self.single(ui, &request),
+            CompareMode::Grid => self.grid(ui, &request),
+            CompareMode::Wipe | CompareMode::Difference => self.wipe(ui, app, &request),
+        }
+    }
+
+    fn cached(&self, request: &Request, tokenizer: Tokenizer, budget: usize) -> Option<&Cached> {
+        self.cache.get(&ReconKey {
+            image: request.image.clone(),
+            caption: request.caption.clone(),
+            tokenizer,
+            budget,
+        })
+    }
+
+    /// One cell: image (or a placeholder), title, PSNR/SSIM.
+    fn cell(
+        ui: &mut egui::Ui,
+        title: &str,
+        cached: Option<&Cached>,
+        side: f32,
+        view: &mut ViewTransform,
+        scores: bool,
+    ) {
+        ui.vertical(|ui| {
+            ui.strong(title);
+            match cached {
+                Some(cached) => {
+                    image_cell(ui, &cached.texture, side, view);
+                    if scores {
+                        ui.label(format!(
+                            "PSNR {} dB   SSIM {:.3}",
+                            format_psnr(cached.psnr),
+                            cached.ssim
+                        ));
+                    } else {
+                        ui.label(" ");
+                    }
+                }
+                None => {
+                    let (rect, _) =
+                        ui.allocate_exact_size(egui::vec2(side, side), egui::Sense::hover());
+                    ui.painter()
+                        .rect_filled(rect, 4.0, ui.visuals().extreme_bg_color);
+                    ui.put(rect, egui::Spinner::new());
+                    ui.label(" ");
+                }
+            }
+        });
+    }
+
+    fn single(&mut self, ui: &mut egui::Ui, request: &Request) {
+        let budget = request.budgets[0];
+        let side = ((ui.available_width() - 32.0) / 3.0)
+            .min(ui.available_height() - 48.0)
+            .max(64.0);
+        let original = self.originals.get(&request.image);
+        let textok = self.cached(request, Tokenizer::TexTok, budget);
+        let baseline = self.cached(request, Tokenizer::Baseline, budget);
+        let mut view = self.view;
+        ui.horizontal(|ui| {
+            Self::cell(ui, "Original", original, side, &mut view, false);
+            Self::cell(
+                ui,
+                &format!("TexTok · {budget} tokens"),
+                textok,
+                side,
+                &mut view,
+                true,
+            );
+            Self::cell(
+                ui,
+                &format!("Baseline · {budget} tokens"),
+                baseline,
+                side,
+                &mut view,
+                true,
+            );
+        });
+        self.view = view;
+    }
+
+    fn grid(&mut self, ui: &mut egui::Ui, request: &Request) {
+        let columns = 1 + DEFAULT_BUDGETS.len();
+        let side = ((ui.available_width() - 96.0) / columns as f32)
+            .min((ui.available_height() - 96.0) / 2.0)
+            .max(48.0);
+        let mut view = self.view;
+        egui::ScrollArea::both().show(ui, |ui| {
+            for tokenizer in [Tokenizer::TexTok, Tokenizer::Baseline] {
+                ui.horizontal(|ui| {
+                    let original = self.originals.get(&request.image);
+                    Self::cell(ui, "Original", original, side, &mut view, false);
+                    for &budget in &DEFAULT_BUDGETS {
+                        let cached = self.cached(request, tokenizer, budget);
+                        Self::cell(
+                            ui,
+                            &format!("{} · {budget}", tokenizer.label()),
+                            cached,
+                            side,
+                            &mut view,
+                            true,
+                        );
+                    }
+                });
+            }
+        });
+        self.view = view;
+    }
+
+    fn wipe(&mut self, ui: &mut egui::Ui, app: &AppContext, request: &Request) {
+        let budget = request.budgets[0];
+        let mode = if self.mode == CompareMode::Wipe {
+            WipeMode::Wipe
+        } else {
+            WipeMode::Difference
+        };
+        ui.weak(match mode {
+            WipeMode::Wipe => "Drag across the image to move the divider (original on the left); scroll to zoom, right-drag to pan, double-click to reset.",
+            WipeMode::Difference => "Brighter = larger difference from the original. Scroll to zoom, drag to pan, double-click to reset.",
+        });
+        let side = ((ui.available_width() - 24.0) / 2.0)
+            .min(ui.available_height() - 48.0)
+            .max(64.0);
+        let Some(original) = self.originals.get(&request.image).map(|c| c.shared.clone()) else {
+            ui.spinner();
+            return;
+        };
+        ui.horizontal(|ui| {
+            for tokenizer in [Tokenizer::TexTok, Tokenizer::Baseline] {
+                let reconstruction = self
+                    .cached(request, tokenizer, budget)
+                    .map(|c| (c.shared.clone(), c.psnr, c.ssim));
+                ui.vertical(|ui| {
+                    ui.strong(format!("{} · {budget} tokens", tokenizer.label()));
+                    let (rect, response) = ui
+                        .allocate_exact_size(egui::vec2(side, side), egui::Sense::click_and_drag());
+                    let Some((reconstruction, psnr, ssim)) = reconstruction else {
+                        ui.put(rect, egui::Spinner::new());
+                        return;
+                    };
+                    if mode == WipeMode::Wipe {
+                        // Primary drag moves the divider; the secondary button pans.
+                        if response.dragged_by(egui::PointerButton::Primary)
+                            && let Some(pointer) = response.interact_pointer_pos()
+                        {
+                            self.divider =
+                                ((pointer.x - rect.min.x) / rect.width()).clamp(0.0, 1.0);
+                        }
+                        if response.dragged_by(egui::PointerButton::Secondary) {
+                            self.view.pan(response.drag_delta() / rect.size());
+                        }
+                        if response.double_clicked() {
+                            self.view = ViewTransform::default();
+                        }
+                        let mut zoom_only = self.view;
+                        if response.hovered() {
+                            let scroll = ui.input(|i| i.smooth_scroll_delta.y);
+                            if scroll != 0.0
+                                && let Some(pointer) = response.hover_pos()
+                            {
+                                zoom_only.zoom_about(
+                                    (scroll / 200.0).exp(),
+                                    (pointer - rect.min) / rect.size(),
+                                );
+                            }
+                        }
+                        self.view = zoom_only;
+                    } else {
+                        handle_view_input(ui, &response, rect, &mut self.view);
+                    }
+                    let params = WipeParams {
+                        mode,
+                        divider: self.divider,
+                        gain: self.gain,
+                        uv: self.view.uv_rect(),
+                    };
+                    if app.wgpu_views {
+                        ui.painter().add(egui_wgpu::Callback::new_paint_callback(
+                            rect,
+                            WipeCallback {
+                                original: original.clone(),
+                                reconstruction: reconstruction.clone(),
+                                params,
+                                line_width: 1.0 / rect.width(),
+                            },
+                        ));
+                    } else {
+                        let key = (original.id, reconstruction.id, params);
+                        let texture = match self.cpu_views.iter().find(|(k, _)| *k == key) {
+                            Some((_, texture)) => texture.clone(),
+                            None => {
+                                let composed =
+                                    compose_cpu(&original.image, &reconstruction.image, &params);
+                                let texture =
+                                    super::images::texture(ui.ctx(), "compare view", &composed);
+                                if self.cpu_views.len() >= 4 {
+                                    self.cpu_views.drain(..1);
+                                }
+                                self.cpu_views.push((key, texture.clone()));
+                                texture
+                            }
+                        };
+                        egui::Image::from_texture((texture.id(), rect.size()))
+                            .uv(params.uv)
+                            .paint_at(ui, rect);
+                        if mode == WipeMode::Wipe {
+                            let x = rect.min.x + self.divider * rect.width();
+                            ui.painter().vline(
+                                x,
+                                rect.y_range(),
+                                egui::Stroke::new(1.0, egui::Color32::WHITE),
+                            );
+                        }
+                    }
+                    ui.label(format!("PSNR {} dB   SSIM {:.3}", format_psnr(psnr), ssim));
+                });
+            }
+        });
+    }
+}

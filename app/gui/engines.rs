@@ -1,0 +1,205 @@
+//! The models the panes use, loaded in the background and shared between jobs. Changing the
+//! device or a model path drops the loaded engines; the next pane that asks loads them again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::device::{self, DeviceChoice};
+use crate::jobs::{Job, JobState};
+use crate::pipeline::{EngineSpec, GenerateEngine, GenerateSpec, ReconstructEngine};
+
+/// Where the shipped models are (tests point these at tiny models).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShippedModels {
+    pub text_encoder_dir: PathBuf,
+    pub textok: PathBuf,
+    pub baseline: PathBuf,
+    pub dit: PathBuf,
+    pub effnet: PathBuf,
+}
+
+impl ShippedModels {
+    pub fn from_models_dir() -> Self {
+        Self {
+            text_encoder_dir: crate::paths::text_encoder_dir(),
+            textok: crate::paths::default_textok_checkpoint(),
+            baseline: crate::paths::default_baseline_checkpoint(),
+            dit: crate::paths::default_dit_checkpoint(),
+            effnet: crate::paths::effnet_checkpoint(),
+        }
+    }
+}
+
+/// Everything that decides which engines are loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineKey {
+    pub device: DeviceChoice,
+    pub shipped: ShippedModels,
+    pub textok: Option<PathBuf>,
+    pub baseline: Option<PathBuf>,
+    pub dit: Option<PathBuf>,
+}
+
+impl EngineKey {
+    /// The TexTok checkpoint in use (override or shipped); it may not exist yet.
+    pub fn textok_path(&self) -> PathBuf {
+        self.textok
+            .clone()
+            .unwrap_or_else(|| self.shipped.textok.clone())
+    }
+
+    pub fn dit_path(&self) -> PathBuf {
+        self.dit.clone().unwrap_or_else(|| self.shipped.dit.clone())
+    }
+
+    fn reconstruct_spec(&self) -> EngineSpec {
+        EngineSpec {
+            text_encoder_dir: self.shipped.text_encoder_dir.clone(),
+            textok: self.textok.clone(),
+            default_textok: self.shipped.textok.clone(),
+            baseline: self.baseline.clone(),
+            default_baseline: self.shipped.baseline.clone(),
+            with_baseline: true,
+        }
+    }
+
+    fn generate_spec(&self) -> GenerateSpec {
+        GenerateSpec {
+            text_encoder_dir: self.shipped.text_encoder_dir.clone(),
+            textok: self.textok.clone(),
+            default_textok: self.shipped.textok.clone(),
+            dit: self.dit.clone(),
+            default_dit: self.shipped.dit.clone(),
+        }
+    }
+}
+
+enum Slot<T> {
+    Idle,
+    Loading(Job<Arc<T>>),
+    Ready(Arc<T>),
+    Failed(String),
+}
+
+/// What a pane sees when it asks for an engine.
+pub enum EngineStatus<T> {
+    Loading,
+    Ready(Arc<T>),
+    Failed(String),
+}
+
+pub struct Engines {
+    key: EngineKey,
+    /// Bumped whenever the engines change, so caches keyed by it go stale.
+    generation: u64,
+    reconstruct: Slot<ReconstructEngine>,
+    generate: Slot<GenerateEngine>,
+    notify: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Engines {
+    pub fn new(key: EngineKey, notify: Arc<dyn Fn() + Send + Sync>) -> Self {
+        Self {
+            key,
+            generation: 0,
+            reconstruct: Slot::Idle,
+            generate: Slot::Idle,
+            notify,
+        }
+    }
+
+    pub fn key(&self) -> &EngineKey {
+        &self.key
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Switches to `key`; if anything changed the loaded engines are dropped.
+    pub fn set_key(&mut self, key: EngineKey) {
+        if key != self.key {
+            self.key = key;
+            self.reload();
+        }
+    }
+
+    /// Drops the loaded engines (e.g. after a failure the user wants to retry).
+    pub fn reload(&mut self) {
+        if let Slot::Loading(job) = &self.reconstruct {
+            job.cancel();
+        }
+        if let Slot::Loading(job) = &self.generate {
+            job.cancel();
+        }
+        self.reconstruct = Slot::Idle;
+        self.generate = Slot::Idle;
+        self.generation += 1;
+    }
+
+    /// True while any engine is loading.
+    pub fn loading(&self) -> bool {
+        matches!(self.reconstruct, Slot::Loading(_)) || matches!(self.generate, Slot::Loading(_))
+    }
+
+    /// The device description of whichever engine is loaded.
+    pub fn device_description(&self) -> Option<String> {
+        match (&self.reconstruct, &self.generate) {
+            (Slot::Ready(engine), _) => Some(engine.device.description.clone()),
+            (_, Slot::Ready(engine)) => Some(engine.device.description.clone()),
+            _ => None,
+        }
+    }
+
+    /// The reconstruction engine, starting to load it if needed.
+    pub fn reconstruct(&mut self) -> EngineStatus<ReconstructEngine> {
+        let spec = self.key.reconstruct_spec();
+        let choice = self.key.device;
+        poll_slot(
+            &mut self.reconstruct,
+            &self.notify,
+            "load models",
+            move || ReconstructEngine::load(&spec, device::select(choice)?),
+        )
+    }
+
+    /// The generation engine, starting to load it if needed.
+    pub fn generate(&mut self) -> EngineStatus<GenerateEngine> {
+        let spec = self.key.generate_spec();
+        let choice = self.key.device;
+        poll_slot(
+            &mut self.generate,
+            &self.notify,
+            "load generator",
+            move || GenerateEngine::load(&spec, device::select(choice)?),
+        )
+    }
+}
+
+fn poll_slot<T: Send + Sync + 'static>(
+    slot: &mut Slot<T>,
+    notify: &Arc<dyn Fn() + Send + Sync>,
+    name: &str,
+    load: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> EngineStatus<T> {
+    if let Slot::Idle = slot {
+        *slot = Slot::Loading(Job::spawn(name, notify.clone(), move |_, _| {
+            load().map(Arc::new)
+        }));
+    }
+    if let Slot::Loading(job) = slot {
+        match job.poll() {
+            JobState::Running(_) => return EngineStatus::Loading,
+            JobState::Finished(Ok(engine)) => *slot = Slot::Ready(engine),
+            JobState::Finished(Err(error)) => *slot = Slot::Failed(format!("{error:#}")),
+            JobState::Cancelled | JobState::Collected => {
+                *slot = Slot::Failed("loading was stopped".into())
+            }
+        }
+    }
+    match slot {
+        Slot::Ready(engine) => EngineStatus::Ready(engine.clone()),
+        Slot::Failed(message) => EngineStatus::Failed(message.clone()),
+        Slot::Idle | Slot::Loading(_) => EngineStatus::Loading,
+    }
+}

@@ -1,0 +1,688 @@
+//! Fine-tune pane: continue training the TexTok tokenizer or the DiT on the user's own captioned
+//! pictures, with the CLI's training code. Runs live in `<data>/finetune/<name>/` (checkpoints are
+//! written atomically there and survive restarts); "Use this model" switches the app to a run's
+//! EMA weights, "Revert" goes back to the shipped models.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use eframe::egui;
+use egui_plot::{Line, Plot};
+use image::Rgb32FImage;
+
+use super::AppContext;
+use crate::jobs::{CancelToken, Job, JobState};
+use crate::train::dit::{DitTrainConfig, train_dit};
+use crate::train::tokenizer::{
+    EvalReport, StepReport, TokenizerTrainConfig, TrainObserver, TrainOutcome, TrainingModels,
+    train_tokenizer,
+};
+
+/// Sub-folder of the data folder holding fine-tuning runs.
+pub const FINETUNE_DIR: &str = "finetune";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Tokenizer,
+    Dit,
+}
+
+impl Target {
+    fn label(self) -> &'static str {
+        match self {
+            Target::Tokenizer => "TexTok tokenizer",
+            Target::Dit => "DiT generator",
+        }
+    }
+    fn prefix(self) -> &'static str {
+        match self {
+            Target::Tokenizer => "textok",
+            Target::Dit => "dit",
+        }
+    }
+}
+
+/// The form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuneForm {
+    pub target: Target,
+    /// Train on the Library's captioned images (else on `folder`).
+    pub use_library: bool,
+    pub folder: String,
+    pub steps: usize,
+    pub learning_rate: f64,
+    pub batch: usize,
+}
+
+impl Default for FineTuneForm {
+    fn default() -> Self {
+        Self {
+            target: Target::Tokenizer,
+            use_library: true,
+            folder: String::new(),
+            steps: 200,
+            learning_rate: 5e-5,
+            batch: 4,
+        }
+    }
+}
+
+/// What the training thread reports, read by the UI each frame.
+#[derive(Default)]
+pub struct Live {
+    pub losses: Vec<[f64; 2]>,
+    pub last_step: Option<StepReport>,
+    pub evals: Vec<EvalReport>,
+    pub messages: Vec<String>,
+    /// Bumped when `evals` gets new sample images.
+    pub samples_version: u64,
+}
+
+struct Observer {
+    live: Arc<Mutex<Live>>,
+    notify: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Observer {
+    fn with(&self, f: impl FnOnce(&mut Live)) {
+        f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()));
+        (self.notify)();
+    }
+}
+
+impl TrainObserver for Observer {
+    fn on_step(&self, report: &StepReport) {
+        self.with(|live| {
+            live.losses.push([report.step as f64, report.loss]);
+            live.last_step = Some(report.clone());
+        });
+    }
+    fn on_eval(&self, report: &EvalReport) {
+        self.with(|live| {
+            live.evals.push(report.clone());
+            live.samples_version += 1;
+        });
+    }
+    fn on_message(&self, message: &str) {
+        self.with(|live| live.messages.push(message.to_owned()));
+    }
+}
+
+/// A run folder found in the data folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub dir: PathBuf,
+    pub target: Target,
+    pub steps: usize,
+    pub resumable: bool,
+    pub has_weights: bool,
+}
+
+/// Lists fine-tuning runs, newest first.
+pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(FINETUNE_DIR)) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<RunInfo> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let dir = entry.path();
+            let config: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+            let target = if config.get("tokenizer").is_some() {
+                Target::Dit
+            } else {
+                Target::Tokenizer
+            };
+            Some(RunInfo {
+                steps: config.get("steps")?.as_u64()? as usize,
+                resumable: dir.join("state.safetensors").exists(),
+                has_weights: dir.join("ema.safetensors").exists(),
+                target,
+                dir,
+            })
+        })
+        .collect();
+    runs.sort_by(|a, b| b.dir.cmp(&a.dir));
+    runs
+}
+
+/// Copies the Library's captioned images into `dir` with a `captions.jsonl`, so the run keeps
+/// its data even if the originals move. Returns how many images were written.
+pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let mut lines = String::new();
+    let mut written = 0;
+    for (index, item) in items.iter().enumerate() {
+        if item.caption.trim().is_empty() || !item.path.is_file() {
+            continue;
+        }
+        let extension = item
+            .path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("png");
+        let name = format!("{index:05}.{extension}");
+        std::fs::copy(&item.path, dir.join(&name))?;
+        lines.push_str(&serde_json::to_string(
+            &serde_json::json!({"file": name, "caption": item.caption.trim()}),
+        )?);
+        lines.push('\n');
+        written += 1;
+    }
+    anyhow::ensure!(
+        written > 0,
+        "the Library has no captioned images to train on; add images and write their captions first"
+    );
+    crate::files::write_atomic(
+        &dir.join(crate::data::dataset::CAPTIONS_JSONL),
+        lines.as_bytes(),
+    )?;
+    Ok(written)
+}
+
+struct Running {
+    job: Job<TrainOutcome>,
+    run: PathBuf,
+    target: Target,
+    started: Instant,
+}
+
+pub struct FineTunePane {
+    pub form: FineTuneForm,
+    running: Option<Running>,
+    live: Arc<Mutex<Live>>,
+    smoothing: f64,
+    runs: Vec<RunInfo>,
+    runs_listed: Option<Instant>,
+    folder_dialog: Option<std::sync::mpsc::Receiver<Vec<PathBuf>>>,
+    samples: (u64, Vec<(egui::TextureHandle, egui::TextureHandle)>),
+}
+
+impl Default for FineTunePane {
+    fn default() -> Self {
+        Self {
+            form: FineTuneForm::default(),
+            running: None,
+            live: Arc::default(),
+            smoothing: 0.9,
+            runs: Vec::new(),
+            runs_listed: None,
+            folder_dialog: None,
+            samples: (0, Vec::new()),
+        }
+    }
+}
+
+/// Exponential moving average of `values` (`smoothing` 0 = raw).
+pub fn smooth(values: &[[f64; 2]], smoothing: f64) -> Vec<[f64; 2]> {
+    let mut average = None;
+    values
+        .iter()
+        .map(|&[x, y]| {
+            let next = match average {
+                None => y,
+                Some(previous) => smoothing * previous + (1.0 - smoothing) * y,
+            };
+            average = Some(next);
+            [x, next]
+        })
+        .collect()
+}
+
+impl FineTunePane {
+    pub fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    pub fn live(&self) -> Arc<Mutex<Live>> {
+        self.live.clone()
+    }
+
+    /// Cancels the running training (it saves its state first, so it can be resumed).
+    pub fn cancel(&self) {
+        if let Some(running) = &self.running {
+            running.job.cancel();
+        }
+    }
+
+    /// Cancels the running training and waits (up to `timeout`) until it has saved its state.
+    pub fn cancel_and_wait(&mut self, timeout: std::time::Duration) {
+        if let Some(running) = &mut self.running {
+            running.job.cancel();
+            let started = Instant::now();
+            while matches!(running.job.poll(), JobState::Running(_)) && started.elapsed() < timeout
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn runs(&self) -> &[RunInfo] {
+        &self.runs
+    }
+
+    pub fn refresh_runs(&mut self, data_dir: &Path) {
+        self.runs = list_runs(data_dir);
+        self.runs_listed = Some(Instant::now());
+    }
+
+    /// Starts a new run from the form (`resume` = None) or resumes `resume`.
+    pub fn start(&mut self, app: &mut AppContext, resume: Option<RunInfo>) {
+        match self.spawn(app, resume) {
+            Ok(running) => {
+                *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
+                self.running = Some(running);
+            }
+            Err(error) => app
+                .notices
+                .error(format!("Cannot start fine-tuning: {error:#}")),
+        }
+    }
+
+    fn spawn(&mut self, app: &mut AppContext, resume: Option<RunInfo>) -> anyhow::Result<Running> {
+        let key = app.engines.key().clone();
+        let models = TrainingModels {
+            text_encoder_dir: key.shipped.text_encoder_dir.clone(),
+            effnet: key.shipped.effnet.clone(),
+        };
+        let device_choice = key.device;
+        let (run, target, config_json) = match resume {
+            Some(info) => {
+                let config = std::fs::read(info.dir.join("config.json"))?;
+                (info.dir, info.target, Some(config))
+            }
+            None => {
+                let target = self.form.target;
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0);
+                let run = app
+                    .data_dir
+                    .join(FINETUNE_DIR)
+                    .join(format!("{}-{stamp}", target.prefix()));
+                (run, target, None)
+            }
+        };
+        let resume = config_json.is_some();
+        let data = if resume {
+            PathBuf::new()
+        } else if self.form.use_library {
+            let data = run.join("data");
+            export_library(&app.state.library, &data)?;
+            data
+        } else {
+            let folder = PathBuf::from(self.form.folder.trim());
+            anyhow::ensure!(folder.is_dir(), "pick a folder of captioned images first");
+            folder
+        };
+        let form = self.form.clone();
+        let textok = key.textok_path();
+        let dit = key.dit_path();
+        let observer = Observer {
+            live: self.live.clone(),
+            notify: app.notify.clone(),
+        };
+        let job_run = run.clone();
+        let job = Job::spawn(
+            "fine-tune",
+            app.notify.clone(),
+            move |_, cancel: &CancelToken| {
+                let device = crate::device::select(device_choice)?.device;
+                match target {
+                    Target::Tokenizer => {
+                        let config = match config_json {
+                            Some(bytes) => serde_json::from_slice::<TokenizerTrainConfig>(&bytes)?,
+                            None => {
+                                let mut config = TokenizerTrainConfig::new(
+                                    data, "small", true, form.steps, form.batch,
+                                );
+                                config.learning_rate = form.learning_rate;
+                                config.eval_every = (form.steps / 5).max(1);
+                                config.eval_images = 16;
+                                config.checkpoint_minutes = 1.0;
+                                config.init_from = textok.is_file().then_some(textok);
+                                config
+                            }
+                        };
+                        train_tokenizer(
+                            &job_run, &config, resume, &device, &models, &observer, cancel,
+                        )
+                    }
+                    Target::Dit => {
+                        let config = match config_json {
+                            Some(bytes) => serde_json::from_slice::<DitTrainConfig>(&bytes)?,
+                            None => {
+                                anyhow::ensure!(
+                                    textok.is_file(),
+                                    "fine-tuning the DiT needs a trained TexTok checkpoint ({} does not exist)",
+                                    textok.display()
+                                );
+                                let mut config = DitTrainConfig::new(
+                                    data, textok, "small", form.steps, form.batch,
+                                );
+                                config.learning_rate = form.learning_rate;
+                                config.checkpoint_minutes = 1.0;
+                                config.init_from = dit.is_file().then_some(dit);
+                                config
+                            }
+                        };
+                        train_dit(
+                            &job_run,
+                            &config,
+                            resume,
+                            &device,
+                            &models.text_encoder_dir,
+                            &observer,
+                            cancel,
+                        )
+                    }
+                }
+            },
+        );
+        Ok(Running {
+            job,
+            run,
+            target,
+            started: Instant::now(),
+        })
+    }
+
+    fn poll(&mut self, app: &mut AppContext) {
+        let Some(running) = &mut self.running else {
+            return;
+        };
+        let state = running.job.poll();
+        let run = running.run.display().to_string();
+        match state {
+            JobState::Running(_) => return,
+            JobState::Finished(Ok(outcome)) if outcome.finished => {
+                app.notices.info(format!(
+                    "Fine-tuning finished at step {} ({run}).",
+                    outcome.step
+                ));
+            }
+            JobState::Finished(Ok(outcome)) => {
+                app.notices.info(format!(
+                    "Fine-tuning stopped at step {}; its state is saved, Resume continues it.",
+                    outcome.step
+                ));
+            }
+            JobState::Finished(Err(error)) => {
+                app.notices.error(format!("Fine-tuning failed: {error:#}"))
+            }
+            JobState::Cancelled => app
+                .notices
+                .info("Fine-tuning stopped; Resume continues it."),
+            JobState::Collected => {}
+        }
+        self.running = None;
+        self.refresh_runs(&app.data_dir.clone());
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        self.poll(app);
+        if self.runs_listed.is_none() {
+            self.refresh_runs(&app.data_dir.clone());
+        }
+        if let Some(receiver) = &self.folder_dialog
+            && let Ok(picked) = receiver.try_recv()
+        {
+            if let Some(folder) = picked.first() {
+                self.form.folder = folder.display().to_string();
+                self.form.use_library = false;
+            }
+            self.folder_dialog = None;
+        }
+        egui::Panel::left("finetune-form")
+            .resizable(true)
+            .default_size(340.0)
+            .show(ui, |ui| self.form_ui(ui, app));
+        egui::CentralPanel::default().show(ui, |ui| self.progress_ui(ui));
+    }
+
+    fn form_ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        ui.heading("Fine-tune");
+        let idle = self.running.is_none();
+        ui.add_enabled_ui(idle, |ui| {
+            ui.label("Model");
+            for target in [Target::Tokenizer, Target::Dit] {
+                ui.radio_value(&mut self.form.target, target, target.label());
+            }
+            ui.label("Training images");
+            let captioned = app
+                .state
+                .library
+                .iter()
+                .filter(|i| !i.caption.trim().is_empty())
+                .count();
+            ui.radio_value(
+                &mut self.form.use_library,
+                true,
+                format!("The Library's captioned images ({captioned})"),
+            );
+            ui.horizontal(|ui| {
+                ui.radio_value(&mut self.form.use_library, false, "Folder:");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.form.folder)
+                        .hint_text("images with NAME.txt captions"),
+                );
+                if ui
+                    .add_enabled(self.folder_dialog.is_none(), egui::Button::new("…"))
+                    .clicked()
+                {
+                    self.folder_dialog =
+                        Some(super::pick_in_background(app.notify.clone(), || {
+                            rfd::FileDialog::new().pick_folder().into_iter().collect()
+                        }));
+                }
+            });
+            egui::Grid::new("finetune-settings")
+                .num_columns(2)
+                .show(ui, |ui| {
+                    let label = ui.label("Steps");
+                    ui.add(egui::DragValue::new(&mut self.form.steps).range(1..=1_000_000))
+                        .labelled_by(label.id);
+                    ui.end_row();
+                    let label = ui.label("Learning rate");
+                    ui.add(
+                        egui::DragValue::new(&mut self.form.learning_rate)
+                            .range(1e-7..=1e-2)
+                            .speed(1e-6)
+                            .max_decimals(7),
+                    )
+                    .labelled_by(label.id);
+                    ui.end_row();
+                    let label = ui.label("Batch");
+                    ui.add(egui::DragValue::new(&mut self.form.batch).range(1..=256))
+                        .labelled_by(label.id);
+                    ui.end_row();
+                });
+            if ui.button("Start").clicked() {
+                self.start(app, None);
+            }
+        });
+        if let Some(running) = &self.running {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(format!("training the {}…", running.target.label()));
+            });
+            if ui.button("Cancel").clicked() {
+                running.job.cancel();
+            }
+            ui.weak(format!("Saving to {}", running.run.display()));
+        }
+        ui.separator();
+        ui.heading("Runs");
+        let in_use: Vec<PathBuf> = [&app.state.settings.textok, &app.state.settings.dit]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        if !in_use.is_empty() {
+            ui.label("In use:");
+            for path in &in_use {
+                ui.weak(path.display().to_string());
+            }
+            if ui.button("Revert to the shipped models").clicked() {
+                app.state.settings.textok = None;
+                app.state.settings.dit = None;
+            }
+        }
+        let runs = self.runs.clone();
+        egui::ScrollArea::vertical().id_salt("runs").show(ui, |ui| {
+            if runs.is_empty() {
+                ui.weak("No fine-tuning runs yet.");
+            }
+            for run in runs {
+                let name = run
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                ui.horizontal_wrapped(|ui| {
+                    ui.label(format!(
+                        "{name} · {} · {} steps",
+                        run.target.label(),
+                        run.steps
+                    ));
+                    if run.resumable && ui.add_enabled(idle, egui::Button::new("Resume")).clicked()
+                    {
+                        self.start(app, Some(run.clone()));
+                    }
+                    if run.has_weights && ui.button("Use this model").clicked() {
+                        let weights = run.dir.join("ema.safetensors");
+                        match run.target {
+                            Target::Tokenizer => app.state.settings.textok = Some(weights),
+                            Target::Dit => app.state.settings.dit = Some(weights),
+                        }
+                        app.notices.info(format!(
+                            "Now using {name}; Revert goes back to the shipped model."
+                        ));
+                    }
+                });
+            }
+        });
+    }
+
+    fn progress_ui(&mut self, ui: &mut egui::Ui) {
+        let live = self.live.clone();
+        let live = live.lock().unwrap_or_else(|p| p.into_inner());
+        match &live.last_step {
+            Some(step) => {
+                let eta = step
+                    .eta_seconds
+                    .map(|s| {
+                        format!(
+                            ", ETA {}",
+                            crate::train::format_duration(std::time::Duration::from_secs_f64(s))
+                        )
+                    })
+                    .unwrap_or_default();
+                let rate = step
+                    .images_per_second
+                    .map(|r| format!(", {r:.1} img/s"))
+                    .unwrap_or_default();
+                ui.label(format!(
+                    "step {}/{}  loss {:.5}  lr {:.2e}{rate}{eta}",
+                    step.step, step.total, step.loss, step.lr
+                ));
+                ui.add(egui::ProgressBar::new(
+                    step.step as f32 / step.total.max(1) as f32,
+                ));
+            }
+            None => {
+                if let Some(running) = &self.running {
+                    ui.label(format!(
+                        "{} ({:.0} s)",
+                        live.messages
+                            .last()
+                            .map(String::as_str)
+                            .unwrap_or("preparing…"),
+                        running.started.elapsed().as_secs_f64()
+                    ));
+                } else {
+                    ui.weak("Start a run to see its loss here.");
+                }
+            }
+        }
+        ui.horizontal(|ui| {
+            let label = ui.label("Smoothing");
+            ui.add(egui::Slider::new(&mut self.smoothing, 0.0..=0.99))
+                .labelled_by(label.id);
+        });
+        let raw = live.losses.clone();
+        let smoothed = smooth(&raw, self.smoothing);
+        Plot::new("loss-plot")
+            .height((ui.available_height() * 0.55).max(120.0))
+            .x_axis_label("step")
+            .y_axis_label("loss")
+            .show(ui, |plot| {
+                plot.line(Line::new("loss", raw).color(egui::Color32::from_gray(110)));
+                plot.line(Line::new("smoothed", smoothed).width(2.0));
+            });
+        if let Some(report) = live.evals.last() {
+            let psnr: Vec<String> = report
+                .psnr
+                .iter()
+                .map(|(k, p)| format!("{k}: {p:.2} dB"))
+                .collect();
+            ui.label(format!(
+                "Validation at step {} ({} images): PSNR {}",
+                report.step,
+                report.images,
+                psnr.join(", ")
+            ));
+            if self.samples.0 != live.samples_version {
+                let textures = report
+                    .samples
+                    .iter()
+                    .map(|(original, reconstruction): &(Rgb32FImage, Rgb32FImage)| {
+                        (
+                            super::images::texture(ui.ctx(), "validation original", original),
+                            super::images::texture(
+                                ui.ctx(),
+                                "validation reconstruction",
+                                reconstruction,
+                            ),
+                        )
+                    })
+                    .collect();
+                self.samples = (live.samples_version, textures);
+            }
+            ui.horizontal_wrapped(|ui| {
+                for (original, reconstruction) in &self.samples.1 {
+                    ui.vertical(|ui| {
+                        ui.add(egui::Image::from_texture((
+                            original.id(),
+                            egui::vec2(96.0, 96.0),
+                        )));
+                        ui.add(egui::Image::from_texture((
+                            reconstruction.id(),
+                            egui::vec2(96.0, 96.0),
+                        )));
+                    });
+                }
+            });
+            ui.weak("Top: validation image; bottom: its reconstruction at 256 tokens with the EMA weights.");
+        }
+        if let Some(message) = live.messages.last() {
+            ui.weak(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::smooth;
+
+    #[test]
+    fn smoothing_zero_is_raw_and_high_smoothing_lags() {
+        let values = [[0.0, 1.0], [1.0, 0.0], [2.0, 0.0]];
+        assert_eq!(smooth(&values, 0.0), values.to_vec());
+        let smoothed = smooth(&values, 0.5);
+        assert_eq!(smoothed, vec![[0.0, 1.0], [1.0, 0.5], [2.0, 0.25]]);
+    }
+}

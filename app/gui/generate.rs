@@ -1,0 +1,438 @@
+//! Generate pane: caption -> DiT -> TexTok detokenizer -> image. Every result is saved as a PNG
+//! with its settings in the data folder the moment it exists, then shown in the gallery.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use eframe::egui;
+
+use super::AppContext;
+use super::engines::EngineStatus;
+use super::images::ThumbnailState;
+use super::state::{GalleryEntry, GenerationSettings};
+use crate::jobs::{Job, JobState, Progress};
+use crate::model::dit::SampleSettings;
+use crate::pipeline::{model_identity, validate_sample_settings};
+
+/// Where generated images are written.
+pub const GENERATED_DIR: &str = "generated";
+
+struct Running {
+    job: Job<Vec<GalleryEntry>>,
+    started: Instant,
+    count: usize,
+}
+
+/// What a gallery button does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GalleryAction {
+    /// Copy the image's settings into the form (fixed seed, one image).
+    Reuse,
+    SaveAs,
+    ToLibrary,
+    Delete,
+}
+
+#[derive(Default)]
+pub struct GeneratePane {
+    running: Option<Running>,
+    save_dialog: Option<(Receiver<Vec<PathBuf>>, PathBuf)>,
+    last_error: Option<String>,
+}
+
+/// "12/50 steps, ETA 4 s" from a progress report and the time since the job started.
+pub fn progress_line(progress: &Progress, elapsed: f64) -> String {
+    let eta = if progress.done > 0 && progress.total >= progress.done {
+        let remaining = elapsed / progress.done as f64 * (progress.total - progress.done) as f64;
+        format!(
+            ", ETA {}",
+            crate::train::format_duration(std::time::Duration::from_secs_f64(remaining))
+        )
+    } else {
+        String::new()
+    };
+    format!("step {}/{}{eta}", progress.done, progress.total)
+}
+
+fn now_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+impl GeneratePane {
+    pub fn busy(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Starts generating with the form's settings (the Generate button).
+    pub fn start(&mut self, app: &mut AppContext) {
+        let form = app.state.generate.clone();
+        let EngineStatus::Ready(engine) = app.engines.generate() else {
+            app.notices
+                .info("The generator is still loading; try again in a moment.");
+            return;
+        };
+        let seed = if form.random_seed {
+            (now_millis() as u64) % 1_000_000_000
+        } else {
+            form.seed
+        };
+        let settings = SampleSettings {
+            tokens: form.tokens,
+            steps: form.steps,
+            cfg: form.cfg,
+            seed,
+            count: form.count,
+        };
+        if let Err(error) = validate_sample_settings(&settings, engine.max_tokens()) {
+            app.notices.error(format!("Cannot generate: {error:#}"));
+            return;
+        }
+        if form.random_seed {
+            // Show the seed that was used, so "fixed" reproduces it.
+            app.state.generate.seed = seed;
+        }
+        app.state.remember_prompt(&form.caption);
+        let out_dir = app.data_dir.join(GENERATED_DIR);
+        let caption = form.caption.clone();
+        let count = settings.count;
+        let job = Job::spawn("generate", app.notify.clone(), move |progress, cancel| {
+            std::fs::create_dir_all(&out_dir)?;
+            let images = crate::pipeline::generate(&engine, &caption, &settings, progress, cancel)?;
+            let textok_id = model_identity(&engine.textok.source);
+            let dit_id = model_identity(&engine.dit_source);
+            let stamp = now_millis();
+            let mut entries = Vec::new();
+            for generated in images {
+                let s = &generated.settings;
+                let file = out_dir.join(format!("{stamp}-seed{}-k{}.png", s.seed, s.tokens));
+                crate::pipeline::save_generated(&generated, &file, &textok_id, &dit_id)?;
+                entries.push(GalleryEntry {
+                    file,
+                    settings: GenerationSettings {
+                        caption: generated.caption.clone(),
+                        tokens: s.tokens,
+                        steps: s.steps,
+                        cfg: s.cfg,
+                        seed: s.seed,
+                    },
+                });
+            }
+            Ok(entries)
+        });
+        self.last_error = None;
+        self.running = Some(Running {
+            job,
+            started: Instant::now(),
+            count,
+        });
+    }
+
+    fn poll(&mut self, app: &mut AppContext) -> Option<Option<Progress>> {
+        let running = self.running.as_mut()?;
+        match running.job.poll() {
+            JobState::Running(progress) => return Some(progress),
+            JobState::Finished(Ok(entries)) => {
+                for entry in entries.into_iter().rev() {
+                    app.state.gallery.insert(0, entry);
+                }
+            }
+            JobState::Finished(Err(error)) => {
+                let message = format!("Generation failed: {error:#}");
+                app.notices.error(message.clone());
+                self.last_error = Some(message);
+            }
+            JobState::Cancelled => app.notices.info("Generation cancelled."),
+            JobState::Collected => {}
+        }
+        self.running = None;
+        None
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        let progress = self.poll(app);
+        if let Some((receiver, source)) = &self.save_dialog
+            && let Ok(picked) = receiver.try_recv()
+        {
+            if let Some(target) = picked.first() {
+                let result = std::fs::read(source)
+                    .and_then(|bytes| crate::files::write_atomic(target, &bytes));
+                match result {
+                    Ok(()) => app.notices.info(format!("Saved {}", target.display())),
+                    Err(error) => app
+                        .notices
+                        .error(format!("Cannot save {}: {error}", target.display())),
+                }
+            }
+            self.save_dialog = None;
+        }
+
+        egui::Panel::left("generate-form")
+            .resizable(true)
+            .default_size(340.0)
+            .show(ui, |ui| self.form(ui, app, progress));
+        egui::CentralPanel::default().show(ui, |ui| self.gallery(ui, app));
+    }
+
+    fn form(
+        &mut self,
+        ui: &mut egui::Ui,
+        app: &mut AppContext,
+        progress: Option<Option<Progress>>,
+    ) {
+        ui.heading("Text to image");
+        ui.label("Caption");
+        let counter = app.token_counter.clone();
+        super::library::caption_editor(
+            ui,
+            &mut app.state.generate.caption,
+            counter.as_ref(),
+            "generate-caption",
+        );
+        if !app.state.recent_prompts.is_empty() {
+            let mut chosen = None;
+            egui::ComboBox::from_id_salt("recent-prompts")
+                .selected_text("Recent prompts")
+                .width(ui.available_width())
+                .show_ui(ui, |ui| {
+                    for prompt in &app.state.recent_prompts {
+                        if ui.selectable_label(false, prompt).clicked() {
+                            chosen = Some(prompt.clone());
+                        }
+                    }
+                });
+            if let Some(prompt) = chosen {
+                app.state.generate.caption = prompt;
+            }
+        }
+        let form = &mut app.state.generate;
+        egui::Grid::new("generate-settings")
+            .num_columns(2)
+            .show(ui, |ui| {
+                let label = ui.label("Tokens");
+                ui.add(egui::Slider::new(&mut form.tokens, 32..=256))
+                    .labelled_by(label.id);
+                ui.end_row();
+                let label = ui.label("Steps");
+                ui.add(egui::DragValue::new(&mut form.steps).range(1..=1000))
+                    .labelled_by(label.id);
+                ui.end_row();
+                let label = ui.label("Guidance (CFG)");
+                ui.add(egui::Slider::new(&mut form.cfg, 0.0..=15.0).step_by(0.1))
+                    .labelled_by(label.id);
+                ui.end_row();
+                let label = ui.label("Seed");
+                ui.horizontal(|ui| {
+                    ui.checkbox(&mut form.random_seed, "random");
+                    ui.add_enabled(!form.random_seed, egui::DragValue::new(&mut form.seed))
+                        .labelled_by(label.id);
+                });
+                ui.end_row();
+                let label = ui.label("Images");
+                ui.add(egui::DragValue::new(&mut form.count).range(1..=16))
+                    .labelled_by(label.id);
+                ui.end_row();
+            });
+        ui.add_space(6.0);
+        match progress {
+            Some(progress) => {
+                let elapsed = self
+                    .running
+                    .as_ref()
+                    .map_or(0.0, |r| r.started.elapsed().as_secs_f64());
+                let count = self.running.as_ref().map_or(0, |r| r.count);
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label(match &progress {
+                        Some(p) => format!("{count} image(s): {}", progress_line(p, elapsed)),
+                        None => "starting…".to_owned(),
+                    });
+                });
+                if let Some(p) = &progress {
+                    ui.add(egui::ProgressBar::new(
+                        p.done as f32 / p.total.max(1) as f32,
+                    ));
+                }
+                if ui.button("Cancel").clicked()
+                    && let Some(running) = &self.running
+                {
+                    running.job.cancel();
+                }
+            }
+            None => {
+                let status = app.engines.generate();
+                let ready = matches!(status, EngineStatus::Ready(_));
+                if ui
+                    .add_enabled(ready, egui::Button::new("Generate images"))
+                    .clicked()
+                {
+                    self.start(app);
+                }
+                match status {
+                    EngineStatus::Loading => {
+                        ui.horizontal(|ui| {
+                            ui.spinner();
+                            ui.label("loading the generator…");
+                        });
+                    }
+                    EngineStatus::Failed(message) => {
+                        ui.colored_label(
+                            ui.visuals().error_fg_color,
+                            format!("Generator failed to load: {message}"),
+                        );
+                        if ui.button("Retry").clicked() {
+                            app.engines.reload();
+                        }
+                    }
+                    EngineStatus::Ready(engine) => {
+                        if matches!(
+                            engine.dit_source,
+                            crate::pipeline::ModelSource::RandomInit { .. }
+                        ) {
+                            ui.colored_label(
+                                ui.visuals().warn_fg_color,
+                                format!("DiT: {}", engine.dit_source),
+                            );
+                        }
+                        ui.weak(format!("on {}", engine.device.description));
+                    }
+                }
+            }
+        }
+        if let Some(error) = &self.last_error {
+            ui.colored_label(ui.visuals().error_fg_color, error);
+        }
+    }
+
+    fn gallery(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        if app.state.gallery.is_empty() {
+            ui.centered_and_justified(|ui| {
+                ui.label("Generated images appear here, each with the settings that made it.");
+            });
+            return;
+        }
+        ui.weak(format!(
+            "Saved in {}",
+            app.data_dir.join(GENERATED_DIR).display()
+        ));
+        let side = 160.0;
+        let mut action: Option<(usize, GalleryAction)> = None;
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                for (index, entry) in app.state.gallery.iter().enumerate() {
+                    ui.vertical(|ui| {
+                        ui.set_width(side);
+                        match app.thumbnails.get(&entry.file) {
+                            ThumbnailState::Ready(texture) => {
+                                ui.add(egui::Image::from_texture((
+                                    texture.id(),
+                                    egui::vec2(side, side),
+                                )));
+                            }
+                            ThumbnailState::Pending => {
+                                ui.add_sized([side, side], egui::Spinner::new());
+                            }
+                            ThumbnailState::Failed(reason) => {
+                                ui.add_sized(
+                                    [side, side],
+                                    egui::Label::new(format!("unreadable: {reason}")),
+                                );
+                            }
+                        }
+                        let s = &entry.settings;
+                        ui.add(
+                            egui::Label::new(egui::RichText::new(&s.caption).small()).truncate(),
+                        );
+                        ui.weak(format!(
+                            "k={} · {} steps · cfg {} · seed {}",
+                            s.tokens, s.steps, s.cfg, s.seed
+                        ));
+                        ui.horizontal_wrapped(|ui| {
+                            if ui.small_button("Reuse settings").clicked() {
+                                action = Some((index, GalleryAction::Reuse));
+                            }
+                            if ui.small_button("Save as…").clicked() {
+                                action = Some((index, GalleryAction::SaveAs));
+                            }
+                            if ui.small_button("To Library").clicked() {
+                                action = Some((index, GalleryAction::ToLibrary));
+                            }
+                            if ui.small_button("Delete").clicked() {
+                                action = Some((index, GalleryAction::Delete));
+                            }
+                        });
+                    });
+                }
+            });
+        });
+        if let Some((index, what)) = action {
+            self.act(index, what, app);
+        }
+    }
+
+    /// A gallery button (also used by tests).
+    pub fn act(&mut self, index: usize, what: GalleryAction, app: &mut AppContext) {
+        let Some(entry) = app.state.gallery.get(index).cloned() else {
+            return;
+        };
+        match what {
+            GalleryAction::Reuse => {
+                let form = &mut app.state.generate;
+                form.caption = entry.settings.caption.clone();
+                form.tokens = entry.settings.tokens;
+                form.steps = entry.settings.steps;
+                form.cfg = entry.settings.cfg;
+                form.seed = entry.settings.seed;
+                form.random_seed = false;
+                form.count = 1;
+            }
+            GalleryAction::SaveAs => {
+                let name = entry
+                    .file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "generated.png".into());
+                let receiver = super::pick_in_background(app.notify.clone(), move || {
+                    rfd::FileDialog::new()
+                        .set_title("Save the image (PNG with its settings)")
+                        .set_file_name(name)
+                        .add_filter("PNG", &["png"])
+                        .save_file()
+                        .into_iter()
+                        .collect()
+                });
+                self.save_dialog = Some((receiver, entry.file.clone()));
+            }
+            GalleryAction::ToLibrary => {
+                let report = super::library::import_paths(
+                    &mut app.state.library,
+                    std::slice::from_ref(&entry.file),
+                );
+                if let Some(item) = app
+                    .state
+                    .library
+                    .iter_mut()
+                    .find(|item| item.path == entry.file)
+                    && item.caption.is_empty()
+                {
+                    item.caption = entry.settings.caption.clone();
+                }
+                app.state.selected = Some(entry.file.clone());
+                app.notices.info(format!("Library: {}", report.summary()));
+            }
+            GalleryAction::Delete => {
+                app.state.gallery.remove(index);
+                if let Err(error) = std::fs::remove_file(&entry.file)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    app.notices
+                        .error(format!("Cannot delete {}: {error}", entry.file.display()));
+                }
+                app.thumbnails.forget(&entry.file);
+            }
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! Library pane: the user's images with their captions. Images come from "Add images…",
+//! "Add folder…" or drag-and-drop; folders bring their `NAME.txt` sidecars or `captions.jsonl`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use eframe::egui;
+
+use super::images::ThumbnailState;
+use super::state::LibraryItem;
+use super::{AppContext, Pane};
+use crate::data::dataset::{self, IMAGE_EXTENSIONS};
+use crate::model::text_encoder::{CaptionTokenCounter, TokenCount};
+
+/// What an import did, for the message the user sees.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ImportReport {
+    pub added: usize,
+    pub already_present: usize,
+    /// Files not added, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+impl ImportReport {
+    pub fn summary(&self) -> String {
+        let mut text = format!("added {} image(s)", self.added);
+        if self.already_present > 0 {
+            text.push_str(&format!(
+                ", {} already in the library",
+                self.already_present
+            ));
+        }
+        if !self.skipped.is_empty() {
+            text.push_str(&format!(", skipped {}:", self.skipped.len()));
+            for (path, reason) in self.skipped.iter().take(5) {
+                text.push_str(&format!("\n  {}: {reason}", path.display()));
+            }
+            if self.skipped.len() > 5 {
+                text.push_str(&format!("\n  … and {} more", self.skipped.len() - 5));
+            }
+        }
+        text
+    }
+}
+
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Adds image files and folders to `library`. A file's caption comes from its `NAME.txt`
+/// sidecar; a folder's from its `captions.jsonl` or sidecars (uncaptioned images come in with an
+/// empty caption). Paths are stored absolute, so the library survives a change of directory.
+pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> ImportReport {
+    let mut report = ImportReport::default();
+    let mut present: HashSet<PathBuf> = library.iter().map(|item| item.path.clone()).collect();
+    let mut add = |path: PathBuf, caption: String, report: &mut ImportReport| {
+        if present.insert(path.clone()) {
+            library.push(LibraryItem { path, caption });
+            report.added += 1;
+        } else {
+            report.already_present += 1;
+        }
+    };
+    for path in paths {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        if path.is_dir() {
+            match dataset::scan(&path) {
+                Ok((entries, skipped)) => {
+                    for entry in entries {
+                        add(path.join(&entry.relative), entry.caption, &mut report);
+                    }
+                    for file in skipped {
+                        let image = path.join(&file.relative);
+                        if is_image_path(&image)
+                            && image.is_file()
+                            && file.reason.contains("no caption")
+                        {
+                            add(image, String::new(), &mut report);
+                        } else {
+                            report.skipped.push((image, file.reason));
+                        }
+                    }
+                }
+                Err(error) => report.skipped.push((path, error.to_string())),
+            }
+        } else if !path.is_file() {
+            report.skipped.push((path, "no such file".into()));
+        } else if !is_image_path(&path) {
+            report
+                .skipped
+                .push((path, "not an image file (by its extension)".into()));
+        } else {
+            match dataset::read_sidecar_caption(&path) {
+                Ok(caption) => add(path, caption.unwrap_or_default(), &mut report),
+                Err(reason) => {
+                    // The image is fine; only its caption file is not.
+                    report.skipped.push((path.with_extension("txt"), reason));
+                    add(path, String::new(), &mut report);
+                }
+            }
+        }
+    }
+    report
+}
+
+/// The caption editor's token line: how many tokens, and whether the rest is cut.
+pub fn token_line(count: &TokenCount, max_tokens: usize) -> (String, bool) {
+    if count.truncated() {
+        (
+            format!(
+                "{} text tokens: only the first {} are read, the rest of the caption is ignored",
+                count.needed, count.kept
+            ),
+            true,
+        )
+    } else {
+        (
+            format!("{} of {max_tokens} text tokens", count.needed),
+            false,
+        )
+    }
+}
+
+/// Caption editor shared by the Library and Compare panes: multi-line, with the token count.
+/// Returns true when the caption changed.
+pub fn caption_editor(
+    ui: &mut egui::Ui,
+    caption: &mut String,
+    counter: Option<&CaptionTokenCounter>,
+    id: &str,
+) -> bool {
+    let changed = ui
+        .add(
+            egui::TextEdit::multiline(caption)
+                .id_salt(id)
+                .hint_text("Describe the image: what it shows, colours, style…")
+                .desired_rows(3)
+                .desired_width(f32::INFINITY),
+        )
+        .changed();
+    match counter.map(|c| (c.count(caption), c.max_tokens())) {
+        Some((Ok(count), max_tokens)) => {
+            let (text, warn) = token_line(&count, max_tokens);
+            if warn {
+                ui.colored_label(ui.visuals().warn_fg_color, text);
+            } else {
+                ui.weak(text);
+            }
+        }
+        Some((Err(error), _)) => {
+            ui.colored_label(ui.visuals().error_fg_color, error.to_string());
+        }
+        None => {
+            ui.weak("counting tokens…");
+        }
+    }
+    changed
+}
+
+#[derive(Default)]
+pub struct LibraryPane {
+    dialog: Option<std::sync::mpsc::Receiver<Vec<PathBuf>>>,
+}
+
+impl LibraryPane {
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        if let Some(receiver) = &self.dialog
+            && let Ok(paths) = receiver.try_recv()
+        {
+            self.dialog = None;
+            app.import(&paths);
+        }
+        ui.horizontal(|ui| {
+            let idle = self.dialog.is_none();
+            if ui
+                .add_enabled(idle, egui::Button::new("Add images…"))
+                .clicked()
+            {
+                self.dialog = Some(super::pick_in_background(app.notify.clone(), || {
+                    rfd::FileDialog::new()
+                        .set_title("Add images to the library")
+                        .add_filter("Images", &IMAGE_EXTENSIONS)
+                        .pick_files()
+                        .unwrap_or_default()
+                }));
+            }
+            if ui
+                .add_enabled(idle, egui::Button::new("Add folder…"))
+                .clicked()
+            {
+                self.dialog = Some(super::pick_in_background(app.notify.clone(), || {
+                    rfd::FileDialog::new()
+                        .set_title("Add a folder of images (with NAME.txt captions)")
+                        .pick_folder()
+                        .into_iter()
+                        .collect()
+                }));
+            }
+            ui.separator();
+            ui.checkbox(
+                &mut app.state.settings.save_sidecars,
+                "Save captions as sidecar .txt",
+            )
+            .on_hover_text("Each caption you edit is also written to NAME.txt beside its image");
+            ui.separator();
+            ui.label(format!("{} images", app.state.library.len()));
+        });
+        ui.weak("Drop image files or folders anywhere on the window to add them.");
+        ui.separator();
+
+        egui::Panel::right("library-details")
+            .resizable(true)
+            .default_size(320.0)
+            .show(ui, |ui| self.details(ui, app));
+        egui::CentralPanel::default().show(ui, |ui| self.grid(ui, app));
+    }
+
+    fn grid(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        if app.state.library.is_empty() {
+            ui.centered_and_justified(|ui| {
+                ui.label("No images yet. Add some with the buttons above or drop them here.");
+            });
+            return;
+        }
+        let cell = super::images::THUMBNAIL_SIZE as f32 * 0.75;
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            ui.horizontal_wrapped(|ui| {
+                let paths: Vec<(PathBuf, String)> = app
+                    .state
+                    .library
+                    .iter()
+                    .map(|item| (item.path.clone(), item.caption.clone()))
+                    .collect();
+                for (path, caption) in paths {
+                    let selected = app.state.selected.as_ref() == Some(&path);
+                    let response = ui
+                        .vertical(|ui| {
+                            ui.set_width(cell);
+                            let response = match app.thumbnails.get(&path) {
+                                ThumbnailState::Ready(texture) => ui.add(
+                                    egui::Button::image(egui::Image::from_texture((
+                                        texture.id(),
+                                        egui::vec2(cell, cell),
+                                    )))
+                                    .selected(selected),
+                                ),
+                                ThumbnailState::Pending => ui.add_sized(
+                                    [cell, cell],
+                                    egui::Button::new("…").selected(selected),
+                                ),
+                                ThumbnailState::Failed(reason) => ui
+                                    .add_sized(
+                                        [cell, cell],
+                                        egui::Button::new("unreadable").selected(selected),
+                                    )
+                                    .on_hover_text(reason.to_owned()),
+                            };
+                            let label = if caption.is_empty() {
+                                "(no caption)".to_owned()
+                            } else {
+                                caption.clone()
+                            };
+                            ui.add(egui::Label::new(egui::RichText::new(label).small()).truncate());
+                            response
+                        })
+                        .inner;
+                    let response = response.on_hover_text(path.display().to_string());
+                    if response.clicked() {
+                        app.state.selected = Some(path.clone());
+                    }
+                    if response.double_clicked() {
+                        app.state.selected = Some(path.clone());
+                        app.switch_to = Some(Pane::Compare);
+                    }
+                }
+            });
+        });
+    }
+
+    fn details(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        let Some(path) = app.state.selected.clone() else {
+            ui.label("Select an image to edit its caption.");
+            return;
+        };
+        let Some(index) = app.state.library.iter().position(|item| item.path == path) else {
+            ui.label("Select an image to edit its caption.");
+            return;
+        };
+        ui.heading(
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        ui.weak(path.display().to_string());
+        if let ThumbnailState::Ready(texture) = app.thumbnails.get(&path) {
+            let side = ui.available_width().min(256.0);
+            ui.add(egui::Image::from_texture((
+                texture.id(),
+                egui::vec2(side, side),
+            )));
+        }
+        ui.label("Caption");
+        let counter = app.token_counter.clone();
+        let item = &mut app.state.library[index];
+        if caption_editor(ui, &mut item.caption, counter.as_ref(), "library-caption") {
+            app.caption_edited(&path);
+        }
+        ui.horizontal(|ui| {
+            if ui.button("Open in Compare").clicked() {
+                app.switch_to = Some(Pane::Compare);
+            }
+            if ui.button("Remove from library").clicked() {
+                app.state.library.remove(index);
+                app.state.selected = None;
+            }
+        });
+    }
+}

@@ -1,0 +1,594 @@
+//! The desktop app (eframe/egui on wgpu). Panes: Library, Compare, Generate, Fine-tune, Settings.
+//! Every long piece of work runs as a [`crate::jobs::Job`] off the UI thread, through the same
+//! pipeline and training functions as the command line.
+
+pub mod compare;
+pub mod engines;
+pub mod finetune;
+pub mod generate;
+pub mod images;
+pub mod library;
+pub mod settings;
+pub mod state;
+pub mod wipe;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+
+use crate::jobs::{Job, JobState};
+use crate::model::text_encoder::CaptionTokenCounter;
+use engines::{EngineKey, Engines, ShippedModels};
+use state::{PersistedState, StateSaver};
+
+/// The app's name, also its data-folder name.
+pub const APP_ID: &str = "textok-studio";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pane {
+    Library,
+    Compare,
+    Generate,
+    FineTune,
+    Settings,
+}
+
+impl Pane {
+    pub const ALL: [Pane; 5] = [
+        Pane::Library,
+        Pane::Compare,
+        Pane::Generate,
+        Pane::FineTune,
+        Pane::Settings,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Pane::Library => "Library",
+            Pane::Compare => "Compare",
+            Pane::Generate => "Generate",
+            Pane::FineTune => "Fine-tune",
+            Pane::Settings => "Settings",
+        }
+    }
+}
+
+/// How the app starts.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Library, gallery, fine-tuning runs and the saved state live here.
+    pub data_dir: PathBuf,
+    pub shipped: ShippedModels,
+    pub pane: Option<Pane>,
+    /// Images to add to the Library at start (the first becomes the selection).
+    pub open: Vec<PathBuf>,
+    /// Caption for the first of `open` (else its sidecar's).
+    pub caption: Option<String>,
+    /// Save a screenshot here once the pane has settled, then quit.
+    pub screenshot: Option<PathBuf>,
+    /// Quit after this many seconds at the latest (a screenshot is taken first if asked for).
+    pub quit_after: Option<f64>,
+}
+
+impl StartOptions {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            shipped: ShippedModels::from_models_dir(),
+            pane: None,
+            open: Vec::new(),
+            caption: None,
+            screenshot: None,
+            quit_after: None,
+        }
+    }
+}
+
+/// The default data folder, where each system keeps application data:
+/// `$XDG_DATA_HOME/textok-studio` or `~/.local/share/textok-studio` (Linux and other Unix),
+/// `~/Library/Application Support/textok-studio` (macOS), `%APPDATA%\textok-studio` (Windows).
+pub fn default_data_dir() -> PathBuf {
+    let home = std::env::home_dir();
+    let base = if cfg!(target_os = "windows") {
+        std::env::var_os("APPDATA").map(PathBuf::from)
+    } else if cfg!(target_os = "macos") {
+        home.map(|h| h.join("Library").join("Application Support"))
+    } else {
+        std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| home.map(|h| h.join(".local").join("share")))
+    };
+    base.unwrap_or_else(std::env::temp_dir).join(APP_ID)
+}
+
+/// Messages for the user: errors stay until dismissed, information fades after a while.
+#[derive(Default)]
+pub struct Notices {
+    items: Vec<(bool, String, Instant)>,
+}
+
+impl Notices {
+    pub fn error(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!("{message}");
+        self.items.push((true, message, Instant::now()));
+    }
+
+    pub fn info(&mut self, message: impl Into<String>) {
+        self.items.push((false, message.into(), Instant::now()));
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &str> {
+        self.items
+            .iter()
+            .filter(|(e, _, _)| *e)
+            .map(|(_, m, _)| m.as_str())
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.items.iter().map(|(_, m, _)| m.as_str())
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui) {
+        self.items
+            .retain(|(error, _, at)| *error || at.elapsed() < Duration::from_secs(8));
+        let mut dismiss = None;
+        for (index, (error, message, _)) in self.items.iter().enumerate().rev().take(4) {
+            ui.horizontal(|ui| {
+                if *error {
+                    ui.colored_label(ui.visuals().error_fg_color, message);
+                } else {
+                    ui.label(message);
+                }
+                if ui.small_button("Dismiss").clicked() {
+                    dismiss = Some(index);
+                }
+            });
+        }
+        if let Some(index) = dismiss {
+            self.items.remove(index);
+        }
+    }
+}
+
+/// How long the UI thread spends building each frame (the app's responsiveness).
+#[derive(Default)]
+pub struct FrameTimes {
+    recent: VecDeque<f64>,
+}
+
+impl FrameTimes {
+    const KEPT: usize = 240;
+
+    pub fn record(&mut self, seconds: f64) {
+        if self.recent.len() == Self::KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(seconds * 1000.0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.recent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty()
+    }
+
+    pub fn mean_ms(&self) -> f64 {
+        self.recent.iter().sum::<f64>() / self.recent.len().max(1) as f64
+    }
+
+    pub fn max_ms(&self) -> f64 {
+        self.recent.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// What every pane may use: the app's shared state and services.
+pub struct AppContext {
+    pub state: PersistedState,
+    pub engines: Engines,
+    pub thumbnails: images::Thumbnails,
+    pub notices: Notices,
+    pub token_counter: Option<CaptionTokenCounter>,
+    pub data_dir: PathBuf,
+    pub notify: Arc<dyn Fn() + Send + Sync>,
+    /// A pane asks to switch panes by setting this.
+    pub switch_to: Option<Pane>,
+    /// The Compare views render with the WGSL shader (else on the CPU).
+    pub wgpu_views: bool,
+    pub frame_times: FrameTimes,
+    /// Captions to write to `NAME.txt` sidecars at the next save.
+    sidecars: HashSet<PathBuf>,
+    caption_changed: bool,
+}
+
+impl AppContext {
+    /// Adds files/folders to the Library and says what happened.
+    pub fn import(&mut self, paths: &[PathBuf]) {
+        if paths.is_empty() {
+            return;
+        }
+        let report = library::import_paths(&mut self.state.library, paths);
+        if self.state.selected.is_none()
+            && let Some(first) = self.state.library.last()
+        {
+            self.state.selected = Some(first.path.clone());
+        }
+        let summary = format!("Library: {}", report.summary());
+        if report.added == 0 && !report.skipped.is_empty() {
+            self.notices.error(summary);
+        } else {
+            self.notices.info(summary);
+        }
+    }
+
+    /// Records a caption edit (sidecar write, Compare recompute).
+    pub fn caption_edited(&mut self, path: &Path) {
+        if self.state.settings.save_sidecars {
+            self.sidecars.insert(path.to_owned());
+        }
+        self.caption_changed = true;
+    }
+}
+
+/// Runs a (blocking) native file dialog on its own thread; the answer arrives on the receiver.
+pub fn pick_in_background(
+    notify: Arc<dyn Fn() + Send + Sync>,
+    dialog: impl FnOnce() -> Vec<PathBuf> + Send + 'static,
+) -> Receiver<Vec<PathBuf>> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("file dialog".into())
+        .spawn(move || {
+            let _ = sender.send(dialog());
+            notify();
+        });
+    if let Err(error) = spawned {
+        tracing::error!("cannot open a file dialog: {error}");
+    }
+    receiver
+}
+
+/// Screenshot-and-quit for the smoke test and the README's pictures.
+struct Automation {
+    screenshot: Option<PathBuf>,
+    quit_after: Option<f64>,
+    started: Instant,
+    requested: bool,
+    saved: Arc<std::sync::Mutex<Option<Result<(), String>>>>,
+}
+
+pub struct StudioApp {
+    pub pane: Pane,
+    pub app: AppContext,
+    pub library: library::LibraryPane,
+    pub compare: compare::ComparePane,
+    pub generate: generate::GeneratePane,
+    pub finetune: finetune::FineTunePane,
+    pub settings: settings::SettingsPane,
+    shipped: ShippedModels,
+    saver: StateSaver,
+    token_counter_job: Option<Job<CaptionTokenCounter>>,
+    automation: Option<Automation>,
+}
+
+impl StudioApp {
+    pub fn new(cc: &eframe::CreationContext<'_>, options: StartOptions) -> Self {
+        let ctx = cc.egui_ctx.clone();
+        let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
+        let loaded = state::load(&options.data_dir);
+        let mut notices = Notices::default();
+        if let Some(problem) = loaded.problem {
+            notices.error(problem);
+        }
+        let mut state = loaded.state;
+        let saver = StateSaver::new(options.data_dir.clone(), &state);
+        let key = engine_key(&state, &options.shipped);
+        let engines = Engines::new(key, notify.clone());
+        let text_encoder_dir = options.shipped.text_encoder_dir.clone();
+        let token_counter_job = Some(Job::spawn("tokenizer", notify.clone(), move |_, _| {
+            Ok(CaptionTokenCounter::load(
+                &text_encoder_dir,
+                crate::model::text_encoder::DEFAULT_MAX_TEXT_TOKENS,
+            )?)
+        }));
+        if !options.open.is_empty() {
+            let report = library::import_paths(&mut state.library, &options.open);
+            for (path, reason) in &report.skipped {
+                notices.error(format!("{}: {reason}", path.display()));
+            }
+            if let Some(first) = options.open.first() {
+                let first = std::path::absolute(first).unwrap_or_else(|_| first.clone());
+                if let Some(item) = state.library.iter_mut().find(|i| i.path == first) {
+                    if let Some(caption) = &options.caption {
+                        item.caption = caption.clone();
+                    }
+                    state.selected = Some(first);
+                }
+            }
+        }
+        let wgpu_views = wipe::install(cc.wgpu_render_state.as_ref());
+        let automation =
+            (options.screenshot.is_some() || options.quit_after.is_some()).then(|| Automation {
+                screenshot: options.screenshot.clone(),
+                quit_after: options.quit_after,
+                started: Instant::now(),
+                requested: false,
+                saved: Arc::default(),
+            });
+        Self {
+            pane: options.pane.unwrap_or(if state.library.is_empty() {
+                Pane::Library
+            } else {
+                Pane::Compare
+            }),
+            app: AppContext {
+                thumbnails: images::Thumbnails::new(notify.clone()),
+                state,
+                engines,
+                notices,
+                token_counter: None,
+                data_dir: options.data_dir,
+                notify,
+                switch_to: None,
+                wgpu_views,
+                frame_times: FrameTimes::default(),
+                sidecars: HashSet::new(),
+                caption_changed: false,
+            },
+            library: Default::default(),
+            compare: Default::default(),
+            generate: Default::default(),
+            finetune: Default::default(),
+            settings: Default::default(),
+            shipped: options.shipped,
+            saver,
+            token_counter_job,
+            automation,
+        }
+    }
+
+    /// True while any background work runs (tests wait on this).
+    pub fn busy(&self) -> bool {
+        self.app.engines.loading()
+            || self.compare.busy()
+            || self.generate.busy()
+            || self.finetune.busy()
+            || self.token_counter_job.is_some()
+    }
+
+    fn background(&mut self, ctx: &egui::Context) {
+        self.app.thumbnails.receive(ctx);
+        if let Some(job) = &mut self.token_counter_job {
+            match job.poll() {
+                JobState::Running(_) => {}
+                JobState::Finished(Ok(counter)) => {
+                    self.app.token_counter = Some(counter);
+                    self.token_counter_job = None;
+                }
+                JobState::Finished(Err(error)) => {
+                    self.app
+                        .notices
+                        .error(format!("Cannot count caption tokens: {error:#}"));
+                    self.token_counter_job = None;
+                }
+                JobState::Cancelled | JobState::Collected => self.token_counter_job = None,
+            }
+        }
+        // Settings decide which models are loaded.
+        self.app
+            .engines
+            .set_key(engine_key(&self.app.state, &self.shipped));
+        // Dropped files and folders go to the Library, from any pane.
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|file| file.path().to_owned())
+                .collect()
+        });
+        if !dropped.is_empty() {
+            self.app.import(&dropped);
+            self.pane = Pane::Library;
+        }
+        self.persist(false);
+    }
+
+    /// Saves the state (if changed) and pending caption sidecars.
+    fn persist(&mut self, force: bool) {
+        let app = &mut self.app;
+        if let Err(error) = self.saver.tick(&app.state, force) {
+            app.notices
+                .error(format!("Cannot save the app state: {error:#}"));
+        }
+        for path in std::mem::take(&mut app.sidecars) {
+            if let Some(item) = app.state.library.iter().find(|item| item.path == path) {
+                let sidecar = path.with_extension("txt");
+                if let Err(error) = crate::files::write_atomic(&sidecar, item.caption.as_bytes()) {
+                    app.notices
+                        .error(format!("Cannot write {}: {error}", sidecar.display()));
+                }
+            }
+        }
+    }
+
+    fn automate(&mut self, ctx: &egui::Context) {
+        let settled = !self.busy() && self.pane_settled();
+        let Some(automation) = &mut self.automation else {
+            return;
+        };
+        let elapsed = automation.started.elapsed().as_secs_f64();
+        let deadline = automation.quit_after.unwrap_or(f64::INFINITY);
+        if let Some(result) = automation
+            .saved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            if let Err(error) = result {
+                eprintln!("error: screenshot: {error}");
+            }
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            return;
+        }
+        if automation.requested {
+            ctx.request_repaint();
+            return;
+        }
+        match &automation.screenshot {
+            Some(path) if settled || elapsed >= deadline => {
+                automation.requested = true;
+                let (path, saved) = (path.clone(), automation.saved.clone());
+                let notify = self.app.notify.clone();
+                ctx.request_screenshot(move |image: Arc<egui::ColorImage>| {
+                    let result = save_screenshot(&image, &path);
+                    *saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                    notify();
+                });
+                ctx.request_repaint();
+            }
+            None if elapsed >= deadline => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
+            _ => ctx.request_repaint_after(Duration::from_millis(100)),
+        }
+    }
+
+    /// The current pane shows finished results (the Compare pane has its reconstructions).
+    fn pane_settled(&self) -> bool {
+        self.pane != Pane::Compare || self.compare.settled(&self.app)
+    }
+
+    /// One frame of the whole app (`App::ui`, also driven by tests).
+    pub fn frame(&mut self, ui: &mut egui::Ui) {
+        let started = Instant::now();
+        let ctx = ui.ctx().clone();
+        self.background(&ctx);
+
+        egui::Panel::top("tabs").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.strong("TexTok Studio");
+                ui.separator();
+                for pane in Pane::ALL {
+                    ui.selectable_value(&mut self.pane, pane, pane.label());
+                }
+            });
+        });
+        egui::Panel::bottom("notices").show(ui, |ui| {
+            self.app.notices.ui(ui);
+            if self.app.notices.all().next().is_none() {
+                ui.weak("Drop images anywhere to add them to the Library.");
+            }
+        });
+        let pane = self.pane;
+        egui::CentralPanel::default().show(ui, |ui| {
+            let app = &mut self.app;
+            match pane {
+                Pane::Library => self.library.ui(ui, app),
+                Pane::Compare => self.compare.ui(ui, app),
+                Pane::Generate => self.generate.ui(ui, app),
+                Pane::FineTune => self.finetune.ui(ui, app),
+                Pane::Settings => self.settings.ui(ui, app),
+            }
+        });
+        if std::mem::take(&mut self.app.caption_changed) {
+            self.compare.caption_edited();
+        }
+        if let Some(pane) = self.app.switch_to.take() {
+            self.pane = pane;
+        }
+
+        if ctx.input(|i| !i.raw.hovered_files.is_empty()) {
+            let painter = ctx.layer_painter(egui::LayerId::new(
+                egui::Order::Foreground,
+                egui::Id::unique("drop-overlay"),
+            ));
+            let rect = ctx.content_rect();
+            painter.rect_filled(rect, 0.0, egui::Color32::from_black_alpha(160));
+            painter.text(
+                rect.center(),
+                egui::Align2::CENTER_CENTER,
+                "Drop to add to the Library",
+                egui::FontId::proportional(28.0),
+                egui::Color32::WHITE,
+            );
+        }
+        self.automate(&ctx);
+        if self.busy() {
+            // Progress arrives through request_repaint; this only keeps spinners turning.
+            ctx.request_repaint_after(Duration::from_millis(250));
+        }
+        self.app.frame_times.record(started.elapsed().as_secs_f64());
+    }
+}
+
+fn engine_key(state: &PersistedState, shipped: &ShippedModels) -> EngineKey {
+    EngineKey {
+        device: state.settings.device,
+        shipped: shipped.clone(),
+        textok: state.settings.textok.clone(),
+        baseline: state.settings.baseline.clone(),
+        dit: state.settings.dit.clone(),
+    }
+}
+
+fn save_screenshot(image: &egui::ColorImage, path: &Path) -> Result<(), String> {
+    let [width, height] = image.size;
+    let rgba: Vec<u8> = image.pixels.iter().flat_map(|c| c.to_array()).collect();
+    let buffer = image::RgbaImage::from_raw(width as u32, height as u32, rgba)
+        .ok_or("screenshot has the wrong size")?;
+    let mut bytes = Vec::new();
+    buffer
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| e.to_string())?;
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    crate::files::write_atomic(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl eframe::App for StudioApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.frame(ui);
+    }
+
+    fn on_exit(&mut self) {
+        self.persist(true);
+        // A running fine-tune saves its state when cancelled, so it can be resumed next time.
+        self.finetune.cancel_and_wait(Duration::from_secs(60));
+    }
+}
+
+/// Starts the desktop app and blocks until its window closes.
+pub fn run(options: StartOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.data_dir).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot create the data folder: {e}",
+            options.data_dir.display()
+        )
+    })?;
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("TexTok Studio")
+            .with_inner_size([1280.0, 800.0])
+            .with_min_inner_size([720.0, 480.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "TexTok Studio",
+        native,
+        Box::new(move |cc| Ok(Box::new(StudioApp::new(cc, options)))),
+    )
+    .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
+}

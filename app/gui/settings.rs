@@ -1,0 +1,176 @@
+//! Settings pane: compute device, model files, defaults, and what the app is using right now.
+
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+
+use eframe::egui;
+
+use super::AppContext;
+use crate::device::{AdapterSummary, DeviceChoice};
+use crate::jobs::{Job, JobState};
+
+/// Which model path a file dialog is choosing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelSlot {
+    TexTok,
+    Baseline,
+    Dit,
+}
+
+#[derive(Default)]
+pub struct SettingsPane {
+    adapters: Option<Result<Vec<AdapterSummary>, String>>,
+    adapter_job: Option<Job<Vec<AdapterSummary>>>,
+    dialog: Option<(ModelSlot, Receiver<Vec<PathBuf>>)>,
+}
+
+/// Resident memory of this process in bytes (Linux; `None` elsewhere).
+pub fn resident_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
+}
+
+impl SettingsPane {
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        if self.adapters.is_none() && self.adapter_job.is_none() {
+            self.adapter_job = Some(Job::spawn("list adapters", app.notify.clone(), |_, _| {
+                Ok(crate::device::list_adapters())
+            }));
+        }
+        if let Some(job) = &mut self.adapter_job {
+            match job.poll() {
+                JobState::Running(_) => {}
+                JobState::Finished(result) => {
+                    self.adapters = Some(result.map_err(|e| format!("{e:#}")));
+                    self.adapter_job = None;
+                }
+                JobState::Cancelled | JobState::Collected => self.adapter_job = None,
+            }
+        }
+        if let Some((slot, receiver)) = &self.dialog
+            && let Ok(picked) = receiver.try_recv()
+        {
+            if let Some(path) = picked.into_iter().next() {
+                let settings = &mut app.state.settings;
+                match slot {
+                    ModelSlot::TexTok => settings.textok = Some(path),
+                    ModelSlot::Baseline => settings.baseline = Some(path),
+                    ModelSlot::Dit => settings.dit = Some(path),
+                }
+            }
+            self.dialog = None;
+        }
+
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            ui.heading("Device");
+            ui.horizontal(|ui| {
+                let device = &mut app.state.settings.device;
+                ui.radio_value(device, DeviceChoice::Auto, "Auto")
+                    .on_hover_text("A hardware GPU if there is one, else the CPU (software GPUs are slower than the CPU)");
+                ui.radio_value(device, DeviceChoice::Gpu, "GPU");
+                ui.radio_value(device, DeviceChoice::Cpu, "CPU");
+            });
+            match &self.adapters {
+                None => {
+                    ui.horizontal(|ui| {
+                        ui.spinner();
+                        ui.label("looking for GPUs…");
+                    });
+                }
+                Some(Ok(adapters)) if adapters.is_empty() => {
+                    ui.label("No GPU adapter found: models run on the CPU.");
+                }
+                Some(Ok(adapters)) => {
+                    for adapter in adapters {
+                        let kind = if adapter.is_hardware { "hardware" } else { "software" };
+                        ui.label(format!("{}: {}, {} ({kind})", adapter.name, adapter.device_type, adapter.backend));
+                    }
+                }
+                Some(Err(error)) => {
+                    ui.colored_label(ui.visuals().error_fg_color, error);
+                }
+            }
+            match app.engines.device_description() {
+                Some(description) => ui.label(format!("Models run on: {description}")),
+                None if app.engines.loading() => ui.label("Models are loading…"),
+                None => ui.weak("Models load when a pane needs them."),
+            };
+            match resident_memory() {
+                Some(bytes) => ui.label(format!("Memory in use: {:.0} MiB (this process)", bytes as f64 / (1024.0 * 1024.0))),
+                None => ui.weak("Memory in use: not available on this system"),
+            };
+            ui.label(format!(
+                "UI frame time: {:.1} ms average, {:.1} ms worst (last {} frames)",
+                app.frame_times.mean_ms(),
+                app.frame_times.max_ms(),
+                app.frame_times.len()
+            ));
+
+            ui.separator();
+            ui.heading("Models");
+            let shipped = app.engines.key().shipped.clone();
+            let rows = [
+                (ModelSlot::TexTok, "TexTok", app.state.settings.textok.clone(), shipped.textok.clone()),
+                (ModelSlot::Baseline, "Baseline", app.state.settings.baseline.clone(), shipped.baseline.clone()),
+                (ModelSlot::Dit, "DiT", app.state.settings.dit.clone(), shipped.dit.clone()),
+            ];
+            egui::Grid::new("model-paths").num_columns(3).show(ui, |ui| {
+                for (slot, label, chosen, default) in rows {
+                    ui.label(label);
+                    match &chosen {
+                        Some(path) => ui.label(path.display().to_string()),
+                        None if default.exists() => ui.label(format!("shipped: {}", default.display())),
+                        None => ui.colored_label(
+                            ui.visuals().warn_fg_color,
+                            format!("shipped model missing ({}): a RANDOMLY INITIALISED stand-in is used", default.display()),
+                        ),
+                    };
+                    ui.horizontal(|ui| {
+                        if ui.add_enabled(self.dialog.is_none(), egui::Button::new("Choose…")).clicked() {
+                            let receiver = super::pick_in_background(app.notify.clone(), || {
+                                rfd::FileDialog::new()
+                                    .add_filter("Checkpoint", &["safetensors"])
+                                    .pick_file()
+                                    .into_iter()
+                                    .collect()
+                            });
+                            self.dialog = Some((slot, receiver));
+                        }
+                        if chosen.is_some() && ui.button("Use shipped").clicked() {
+                            let settings = &mut app.state.settings;
+                            match slot {
+                                ModelSlot::TexTok => settings.textok = None,
+                                ModelSlot::Baseline => settings.baseline = None,
+                                ModelSlot::Dit => settings.dit = None,
+                            }
+                        }
+                    });
+                    ui.end_row();
+                }
+            });
+            ui.label(format!("Text encoder: {}", shipped.text_encoder_dir.display()));
+            if ui.button("Reload models").clicked() {
+                app.engines.reload();
+            }
+
+            ui.separator();
+            ui.heading("Defaults");
+            let settings = &mut app.state.settings;
+            egui::Grid::new("defaults").num_columns(2).show(ui, |ui| {
+                let label = ui.label("Token budget");
+                ui.add(egui::Slider::new(&mut settings.default_budget, 32..=256)).labelled_by(label.id);
+                ui.end_row();
+                let label = ui.label("Sampling steps");
+                ui.add(egui::DragValue::new(&mut settings.default_steps).range(1..=1000)).labelled_by(label.id);
+                ui.end_row();
+                let label = ui.label("Guidance (CFG)");
+                ui.add(egui::Slider::new(&mut settings.default_cfg, 0.0..=15.0)).labelled_by(label.id);
+                ui.end_row();
+            });
+            ui.separator();
+            ui.label(format!("Data folder (library, gallery, fine-tuning runs): {}", app.data_dir.display()));
+        });
+    }
+}

@@ -1,0 +1,246 @@
+//! What the app remembers across restarts: the library with its captions, recent prompts, the
+//! generation gallery, drafts and settings. Kept in one JSON file in the app's data folder and
+//! written atomically whenever it changed (checked once a second), so a crash loses at most the
+//! last second of typing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceChoice;
+
+/// File name of the saved state inside the data folder.
+pub const STATE_FILE: &str = "state.json";
+/// Prompts kept in the Generate pane's history.
+pub const MAX_RECENT_PROMPTS: usize = 20;
+
+/// One image in the Library.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LibraryItem {
+    pub path: PathBuf,
+    pub caption: String,
+}
+
+/// Settings a generated image was made with (enough to regenerate it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationSettings {
+    pub caption: String,
+    pub tokens: usize,
+    pub steps: usize,
+    pub cfg: f32,
+    pub seed: u64,
+}
+
+/// One generated image, saved in the data folder the moment it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GalleryEntry {
+    pub file: PathBuf,
+    pub settings: GenerationSettings,
+}
+
+/// User settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub device: DeviceChoice,
+    /// Model overrides; `None` = the shipped model.
+    pub textok: Option<PathBuf>,
+    pub baseline: Option<PathBuf>,
+    pub dit: Option<PathBuf>,
+    /// Defaults for new work.
+    pub default_budget: usize,
+    pub default_steps: usize,
+    pub default_cfg: f32,
+    /// Also write each caption to `NAME.txt` beside its image.
+    pub save_sidecars: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::Auto,
+            textok: None,
+            baseline: None,
+            dit: None,
+            default_budget: 64,
+            default_steps: 50,
+            default_cfg: 3.0,
+            save_sidecars: false,
+        }
+    }
+}
+
+/// The Generate pane's form, kept so a half-typed prompt survives a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerateForm {
+    pub caption: String,
+    pub tokens: usize,
+    pub steps: usize,
+    pub cfg: f32,
+    pub seed: u64,
+    pub random_seed: bool,
+    pub count: usize,
+}
+
+impl GenerateForm {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            caption: String::new(),
+            tokens: settings.default_budget,
+            steps: settings.default_steps,
+            cfg: settings.default_cfg,
+            seed: 0,
+            random_seed: true,
+            count: 4,
+        }
+    }
+}
+
+impl Default for GenerateForm {
+    fn default() -> Self {
+        Self::from_settings(&Settings::default())
+    }
+}
+
+/// Everything persisted.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PersistedState {
+    pub library: Vec<LibraryItem>,
+    /// The selected library image (by path, so it survives reordering).
+    pub selected: Option<PathBuf>,
+    pub recent_prompts: Vec<String>,
+    pub gallery: Vec<GalleryEntry>,
+    pub generate: GenerateForm,
+    pub settings: Settings,
+    /// Budget on the Compare pane's slider.
+    pub compare_budget: Option<usize>,
+}
+
+impl PersistedState {
+    pub fn selected_item(&self) -> Option<&LibraryItem> {
+        let selected = self.selected.as_ref()?;
+        self.library.iter().find(|item| &item.path == selected)
+    }
+
+    pub fn selected_item_mut(&mut self) -> Option<&mut LibraryItem> {
+        let selected = self.selected.clone()?;
+        self.library.iter_mut().find(|item| item.path == selected)
+    }
+
+    /// Remembers a prompt at the top of the history (once, most recent first).
+    pub fn remember_prompt(&mut self, prompt: &str) {
+        let prompt = prompt.trim();
+        if prompt.is_empty() {
+            return;
+        }
+        self.recent_prompts.retain(|p| p != prompt);
+        self.recent_prompts.insert(0, prompt.to_owned());
+        self.recent_prompts.truncate(MAX_RECENT_PROMPTS);
+    }
+}
+
+/// The outcome of reading the state file.
+#[derive(Debug)]
+pub struct LoadedState {
+    pub state: PersistedState,
+    /// Set when the file existed but could not be read; the unreadable file was kept aside.
+    pub problem: Option<String>,
+}
+
+/// Reads `dir/state.json`. A missing file is a fresh start; a corrupt one is renamed to
+/// `state.json.unreadable-<seconds>` (never overwritten) and the app starts fresh with a message.
+pub fn load(dir: &Path) -> LoadedState {
+    let path = dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return LoadedState {
+                state: PersistedState::default(),
+                problem: None,
+            };
+        }
+        Err(error) => {
+            return LoadedState {
+                state: PersistedState::default(),
+                problem: Some(format!(
+                    "{}: cannot read the saved state ({error}); starting fresh",
+                    path.display()
+                )),
+            };
+        }
+    };
+    match serde_json::from_slice::<PersistedState>(&bytes) {
+        Ok(state) => LoadedState {
+            state,
+            problem: None,
+        },
+        Err(error) => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = dir.join(format!("{STATE_FILE}.unreadable-{stamp}"));
+            let kept = std::fs::rename(&path, &aside).is_ok();
+            LoadedState {
+                state: PersistedState::default(),
+                problem: Some(format!(
+                    "{}: the saved state is damaged ({error}); starting fresh{}",
+                    path.display(),
+                    if kept {
+                        format!(", the old file is kept as {}", aside.display())
+                    } else {
+                        String::new()
+                    }
+                )),
+            }
+        }
+    }
+}
+
+/// Writes `state` to `dir/state.json` atomically.
+pub fn save(dir: &Path, state: &PersistedState) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let json = serde_json::to_vec_pretty(state)?;
+    crate::files::write_atomic(&dir.join(STATE_FILE), &json)?;
+    Ok(())
+}
+
+/// Saves the state when it changed, at most once per `interval`.
+pub struct StateSaver {
+    dir: PathBuf,
+    last_written: Option<PersistedState>,
+    last_check: Option<Instant>,
+    interval: Duration,
+}
+
+impl StateSaver {
+    pub fn new(dir: PathBuf, loaded: &PersistedState) -> Self {
+        Self {
+            dir,
+            last_written: Some(loaded.clone()),
+            last_check: None,
+            interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Saves if due and changed; `force` saves any change now (exit).
+    pub fn tick(&mut self, state: &PersistedState, force: bool) -> anyhow::Result<bool> {
+        let due = force
+            || self
+                .last_check
+                .is_none_or(|checked| checked.elapsed() >= self.interval);
+        if !due {
+            return Ok(false);
+        }
+        self.last_check = Some(Instant::now());
+        if self.last_written.as_ref() == Some(state) {
+            return Ok(false);
+        }
+        save(&self.dir, state)?;
+        self.last_written = Some(state.clone());
+        Ok(true)
+    }
+}

@@ -1,0 +1,741 @@
+//! The desktop app, driven through egui_kittest with tiny models: every pane, persistence,
+//! errors, the WGSL views and responsiveness while jobs run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use eframe::egui;
+use eframe::egui::accesskit::Role;
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use textok_studio::checkpoint::StoredPrecision;
+use textok_studio::device::DeviceChoice;
+use textok_studio::gui::engines::ShippedModels;
+use textok_studio::gui::finetune::list_runs;
+use textok_studio::gui::generate::GalleryAction;
+use textok_studio::gui::library::import_paths;
+use textok_studio::gui::state::{self, LibraryItem, PersistedState};
+use textok_studio::gui::{Pane, StartOptions, StudioApp};
+
+fn repo_path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Tiny TexTok, Baseline and DiT checkpoints standing in for the shipped models.
+struct Fixture {
+    dir: tempfile::TempDir,
+    shipped: ShippedModels,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let device = burn::tensor::Device::flex();
+    let save_tokenizer = |text: bool, seed: u64, name: &str| {
+        let config = textok_studio::model::textok::TexTokConfig::tiny(text);
+        let model =
+            textok_studio::device::init_module(&device, Some(seed), || config.init(&device));
+        let path = dir.path().join(name);
+        model.save(&config, &path, StoredPrecision::F16).unwrap();
+        path
+    };
+    let textok = save_tokenizer(true, 31, "textok.safetensors");
+    let baseline = save_tokenizer(false, 32, "baseline.safetensors");
+    let dit_config = textok_studio::model::dit::DitConfig::tiny();
+    let mut dit =
+        textok_studio::device::init_module(&device, Some(77), || dit_config.init(&device));
+    {
+        // A non-zero output layer, so generated images depend on the seed.
+        let _seeded = textok_studio::device::seeded(&device, 77);
+        dit.output.weight = burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+            [32, 8],
+            burn::tensor::Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+    }
+    let dit_path = dir.path().join("dit.safetensors");
+    dit.save(&dit_config, &dit_path, StoredPrecision::F16)
+        .unwrap();
+    Fixture {
+        shipped: ShippedModels {
+            text_encoder_dir: repo_path("models/text-encoder"),
+            textok,
+            baseline,
+            dit: dit_path,
+            effnet: repo_path("models/efficientnet-lite0/model.safetensors"),
+        },
+        dir,
+    }
+}
+
+impl Fixture {
+    fn options(&self) -> StartOptions {
+        let mut options = StartOptions::new(self.dir.path().join("data"));
+        options.shipped = self.shipped.clone();
+        options
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+fn harness(options: StartOptions) -> Harness<'static, StudioApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1280.0, 800.0))
+        .build_eframe(move |cc| StudioApp::new(cc, options))
+}
+
+fn wgpu_harness(options: StartOptions) -> Harness<'static, StudioApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1100.0, 640.0))
+        .wgpu()
+        .build_eframe(move |cc| StudioApp::new(cc, options))
+}
+
+/// Steps frames (with real time passing, since jobs run on threads) until `done`.
+fn wait_until(
+    harness: &mut Harness<'_, StudioApp>,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&StudioApp) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        harness.step();
+        if done(harness.state()) {
+            return;
+        }
+        let errors: Vec<String> = harness
+            .state()
+            .app
+            .notices
+            .errors()
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            started.elapsed() < timeout,
+            "timed out waiting for {what}; errors: {errors:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn idle(app: &StudioApp) -> bool {
+    !app.busy()
+}
+
+fn sample(name: &str) -> PathBuf {
+    repo_path(&format!("assets/samples/{name}.png"))
+}
+
+#[test]
+fn import_takes_files_and_folders_with_their_captions_and_reports_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("pictures");
+    std::fs::create_dir_all(folder.join("nested")).unwrap();
+    std::fs::copy(sample("apple"), folder.join("apple.png")).unwrap();
+    std::fs::write(folder.join("apple.txt"), "a red apple\n").unwrap();
+    std::fs::copy(sample("apple"), folder.join("nested/plain.png")).unwrap();
+    std::fs::write(folder.join("notes.md"), "not an image").unwrap();
+    let loose = dir.path().join("loose.png");
+    std::fs::copy(sample("apple"), &loose).unwrap();
+    std::fs::write(dir.path().join("loose.txt"), "a loose apple").unwrap();
+
+    let mut library = Vec::new();
+    let report = import_paths(
+        &mut library,
+        &[
+            folder.clone(),
+            loose.clone(),
+            dir.path().join("missing.png"),
+            folder.join("notes.md"),
+        ],
+    );
+    assert_eq!(report.added, 3, "{report:?}");
+    assert_eq!(report.skipped.len(), 2, "{report:?}");
+    fn caption_of(library: &[LibraryItem], name: &str) -> Option<String> {
+        library
+            .iter()
+            .find(|item| item.path.ends_with(name))
+            .map(|item| item.caption.clone())
+    }
+    assert_eq!(
+        caption_of(&library, "apple.png").as_deref(),
+        Some("a red apple")
+    );
+    assert_eq!(caption_of(&library, "plain.png").as_deref(), Some(""));
+    assert_eq!(
+        caption_of(&library, "loose.png").as_deref(),
+        Some("a loose apple")
+    );
+    assert!(library.iter().all(|item| item.path.is_absolute()));
+
+    // Importing again adds nothing.
+    let again = import_paths(&mut library, &[folder]);
+    assert_eq!((again.added, again.already_present), (0, 2));
+
+    // captions.jsonl wins over sidecars.
+    let indexed = dir.path().join("indexed");
+    std::fs::create_dir_all(&indexed).unwrap();
+    std::fs::copy(sample("apple"), indexed.join("x.png")).unwrap();
+    std::fs::write(
+        indexed.join("captions.jsonl"),
+        "{\"file\": \"x.png\", \"caption\": \"from the index\"}\n",
+    )
+    .unwrap();
+    import_paths(&mut library, &[indexed]);
+    assert_eq!(
+        caption_of(&library, "x.png").as_deref(),
+        Some("from the index")
+    );
+}
+
+#[test]
+fn state_round_trips_and_a_damaged_file_is_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut saved = PersistedState::default();
+    saved.library.push(LibraryItem {
+        path: "/pictures/a.png".into(),
+        caption: "a cat".into(),
+    });
+    saved.remember_prompt("a dog on a skateboard");
+    state::save(dir.path(), &saved).unwrap();
+    let loaded = state::load(dir.path());
+    assert!(loaded.problem.is_none());
+    assert_eq!(loaded.state, saved);
+
+    std::fs::write(dir.path().join(state::STATE_FILE), b"{ not json").unwrap();
+    let damaged = state::load(dir.path());
+    assert_eq!(damaged.state, PersistedState::default());
+    let problem = damaged.problem.expect("a damaged file is reported");
+    assert!(problem.contains("damaged"), "{problem}");
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("unreadable"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is kept aside");
+}
+
+#[test]
+fn library_caption_edits_show_token_counts_and_survive_a_restart() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple")];
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    wait_until(
+        &mut harness,
+        "the token counter",
+        Duration::from_secs(30),
+        |app| app.app.token_counter.is_some(),
+    );
+    harness.get_by_role(Role::MultilineTextInput).focus();
+    harness.step();
+    harness
+        .get_by_role(Role::MultilineTextInput)
+        .type_text(" with a long green leaf");
+    harness.step();
+    harness.step();
+    let caption = harness.state().app.state.library[0].caption.clone();
+    assert!(caption.ends_with("with a long green leaf"), "{caption}");
+    assert!(harness.query_by_label_contains("text tokens").is_some());
+
+    // An endless caption is flagged as truncated.
+    harness.state_mut().app.state.library[0].caption = "very ".repeat(100);
+    harness.step();
+    assert!(
+        harness
+            .query_by_label_contains("only the first 32 are read")
+            .is_some()
+    );
+    harness.state_mut().app.state.library[0].caption = caption.clone();
+
+    // The state file is written within a second of the change.
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    drop(harness);
+    let restored = state::load(&fixture.data_dir());
+    assert_eq!(restored.state.library.len(), 1);
+    assert_eq!(restored.state.library[0].caption, caption);
+
+    let mut again = self::harness(fixture.options());
+    again.step();
+    assert_eq!(again.state().app.state.library[0].caption, caption);
+    assert_eq!(
+        again.state().pane,
+        Pane::Compare,
+        "a non-empty library opens on Compare"
+    );
+}
+
+#[test]
+fn sidecar_captions_are_written_when_asked_for() {
+    let fixture = fixture();
+    let image = fixture.dir.path().join("pear.png");
+    std::fs::copy(sample("apple"), &image).unwrap();
+    let mut options = fixture.options();
+    options.open = vec![image.clone()];
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    harness.step();
+    harness
+        .get_by_label("Save captions as sidecar .txt")
+        .click();
+    harness.step();
+    assert!(harness.state().app.state.settings.save_sidecars);
+    harness.get_by_role(Role::MultilineTextInput).focus();
+    harness.step();
+    harness
+        .get_by_role(Role::MultilineTextInput)
+        .type_text("a green pear");
+    harness.step();
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    assert_eq!(
+        std::fs::read_to_string(image.with_extension("txt")).unwrap(),
+        "a green pear"
+    );
+}
+
+fn reconstructions(app: &StudioApp) -> usize {
+    app.compare.cached_count()
+}
+
+#[test]
+fn compare_reconstructs_at_the_slider_budget_caches_and_recomputes_on_caption_edits() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple")];
+    options.caption = Some("a red apple".into());
+    options.pane = Some(Pane::Compare);
+    let mut harness = harness(options);
+    wait_until(
+        &mut harness,
+        "the first reconstructions",
+        Duration::from_secs(60),
+        |app| idle(app) && reconstructions(app) == 2,
+    );
+    harness.step();
+    assert!(harness.query_all_by_label_contains("PSNR").next().is_some());
+    assert!(harness.query_by_label("TexTok · 64 tokens").is_some());
+
+    // Move the budget slider.
+    harness.get_by_role(Role::Slider).set_value_accesskit(96.0);
+    wait_until(
+        &mut harness,
+        "reconstructions at 96 tokens",
+        Duration::from_secs(60),
+        |app| idle(app) && reconstructions(app) == 4,
+    );
+    assert_eq!(harness.state().app.state.compare_budget, Some(96));
+    harness.step();
+    assert!(harness.query_by_label("TexTok · 96 tokens").is_some());
+
+    // Back to 64: served from the cache, no new work.
+    harness.get_by_role(Role::Slider).set_value_accesskit(64.0);
+    harness.step();
+    assert!(!harness.state().compare.busy());
+    assert_eq!(reconstructions(harness.state()), 4);
+
+    // Editing the caption recomputes (after the typing pause).
+    harness.get_by_role(Role::MultilineTextInput).focus();
+    harness.step();
+    harness
+        .get_by_role(Role::MultilineTextInput)
+        .type_text(" on a table");
+    wait_until(
+        &mut harness,
+        "reconstructions for the new caption",
+        Duration::from_secs(60),
+        |app| idle(app) && reconstructions(app) == 6,
+    );
+
+    // The grid shows every budget for both models.
+    harness.get_by_label("All budgets").click();
+    wait_until(&mut harness, "the grid", Duration::from_secs(60), |app| {
+        idle(app) && reconstructions(app) == 12
+    });
+    harness.step();
+    for budget in [32, 64, 128, 256] {
+        assert!(
+            harness
+                .query_by_label(&format!("Baseline · {budget}"))
+                .is_some()
+        );
+    }
+}
+
+#[test]
+fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
+    let fixture = fixture();
+    let broken = fixture.dir.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let mut options = fixture.options();
+    options.open = vec![broken];
+    options.caption = Some("a broken picture".into());
+    options.pane = Some(Pane::Compare);
+    let mut harness = harness(options);
+    wait_until(
+        &mut harness,
+        "the failure",
+        Duration::from_secs(60),
+        |app| {
+            app.app
+                .notices
+                .errors()
+                .any(|e| e.contains("Reconstruction failed"))
+        },
+    );
+    harness.step();
+    assert!(harness.query_by_label_contains("Retry").is_some());
+
+    // A checkpoint that is not one.
+    let bogus = fixture.dir.path().join("bogus.safetensors");
+    std::fs::write(&bogus, b"garbage").unwrap();
+    harness.state_mut().app.state.settings.textok = Some(bogus);
+    wait_until(
+        &mut harness,
+        "the load failure",
+        Duration::from_secs(60),
+        |app| idle(app),
+    );
+    harness.step();
+    harness.step();
+    assert!(
+        harness
+            .query_by_label_contains("Models failed to load")
+            .is_some()
+    );
+}
+
+#[test]
+fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Generate);
+    let mut harness = harness(options);
+    {
+        let form = &mut harness.state_mut().app.state.generate;
+        form.caption = "a red apple".into();
+        form.tokens = 48;
+        form.steps = 3;
+        form.cfg = 2.0;
+        form.seed = 5;
+        form.random_seed = false;
+        form.count = 1;
+    }
+    wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
+    for round in 1..=2 {
+        harness.step();
+        harness.get_by_label("Generate images").click();
+        harness.step();
+        wait_until(
+            &mut harness,
+            "the generation",
+            Duration::from_secs(60),
+            |app| idle(app) && app.app.state.gallery.len() == round,
+        );
+    }
+    let gallery = harness.state().app.state.gallery.clone();
+    assert_eq!(gallery[0].settings.seed, 5);
+    assert_eq!(gallery[0].settings.caption, "a red apple");
+    let first = image::open(&gallery[0].file).unwrap().to_rgb8();
+    let second = image::open(&gallery[1].file).unwrap().to_rgb8();
+    assert_eq!(first, second, "same seed, same image");
+    assert!(gallery[0].file.starts_with(fixture.data_dir()));
+    assert_eq!(
+        harness.state().app.state.recent_prompts,
+        vec!["a red apple".to_owned()]
+    );
+
+    // Reuse settings, then send to the Library.
+    harness.state_mut().app.state.generate.caption.clear();
+    let app = harness.state_mut();
+    app.generate.act(0, GalleryAction::Reuse, &mut app.app);
+    assert_eq!(app.app.state.generate.caption, "a red apple");
+    app.generate.act(0, GalleryAction::ToLibrary, &mut app.app);
+    assert_eq!(app.app.state.library.len(), 1);
+    assert_eq!(app.app.state.library[0].caption, "a red apple");
+    app.generate.act(1, GalleryAction::Delete, &mut app.app);
+    assert_eq!(app.app.state.gallery.len(), 1);
+    assert!(!gallery[1].file.exists());
+}
+
+#[test]
+fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Generate);
+    let mut harness = harness(options);
+    wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
+    {
+        let form = &mut harness.state_mut().app.state.generate;
+        form.caption = "a long job".into();
+        form.steps = 1000;
+        form.count = 8;
+        form.random_seed = false;
+    }
+    harness.step();
+    harness.get_by_label("Generate images").click();
+    harness.step();
+    assert!(harness.state().generate.busy());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        harness.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let frames = &harness.state().app.frame_times;
+    assert!(frames.len() > 20);
+    // The UI thread only polls the job: no frame comes near a visible stall.
+    assert!(
+        frames.max_ms() < 100.0,
+        "worst UI frame {:.1} ms while generating",
+        frames.max_ms()
+    );
+    harness.get_by_label("Cancel").click();
+    wait_until(
+        &mut harness,
+        "the cancellation",
+        Duration::from_secs(30),
+        idle,
+    );
+    assert!(harness.state().app.state.gallery.is_empty());
+}
+
+#[test]
+fn fine_tune_starts_cancels_resumes_and_switches_models() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::FineTune);
+    let mut harness = harness(options);
+    for (name, caption) in [
+        ("apple", "a red apple"),
+        ("penguin", "a penguin"),
+        ("guitar", "a guitar"),
+    ] {
+        harness.state_mut().app.state.library.push(LibraryItem {
+            path: sample(name),
+            caption: caption.into(),
+        });
+    }
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.steps = 100_000;
+        form.batch = 2;
+    }
+    harness.step();
+    harness.get_by_label("Start").click();
+    let live = harness.state().finetune.live();
+    wait_until(
+        &mut harness,
+        "two training steps",
+        Duration::from_secs(120),
+        |_| live.lock().unwrap().losses.len() >= 2,
+    );
+    harness.step();
+    assert!(harness.query_all_by_label_contains("loss").next().is_some());
+    harness.get_by_label("Cancel").click();
+    wait_until(
+        &mut harness,
+        "the cancellation",
+        Duration::from_secs(60),
+        idle,
+    );
+    let runs = list_runs(&fixture.data_dir());
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].resumable && runs[0].has_weights, "{runs:?}");
+    let stopped_at = live.lock().unwrap().losses.len();
+
+    // Resume continues from the saved step.
+    harness.step();
+    harness.get_by_label("Resume").click();
+    wait_until(
+        &mut harness,
+        "a resumed step",
+        Duration::from_secs(120),
+        |_| live.lock().unwrap().losses.len() >= 1,
+    );
+    let resumed_step = live.lock().unwrap().losses[0][0] as usize;
+    assert!(
+        resumed_step > stopped_at.saturating_sub(1),
+        "resumed at {resumed_step}, stopped after {stopped_at}"
+    );
+    harness.state().finetune.cancel();
+    wait_until(
+        &mut harness,
+        "the second cancellation",
+        Duration::from_secs(60),
+        idle,
+    );
+
+    // Use the fine-tuned model, then revert.
+    harness.step();
+    harness.get_by_label("Use this model").click();
+    harness.step();
+    let in_use = harness
+        .state()
+        .app
+        .state
+        .settings
+        .textok
+        .clone()
+        .expect("a model in use");
+    assert!(in_use.starts_with(fixture.data_dir()));
+    harness.step();
+    harness.get_by_label("Revert to the shipped models").click();
+    harness.step();
+    assert_eq!(harness.state().app.state.settings.textok, None);
+}
+
+#[test]
+fn settings_switch_the_device_and_the_models_follow() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple")];
+    options.pane = Some(Pane::Settings);
+    let mut harness = harness(options);
+    harness.step();
+    let before = harness.state().app.engines.generation();
+    harness.get_by_label("CPU").click();
+    harness.step();
+    harness.step();
+    assert_eq!(harness.state().app.state.settings.device, DeviceChoice::Cpu);
+    assert!(
+        harness.state().app.engines.generation() > before,
+        "engines reload on a device change"
+    );
+    assert!(harness.query_by_label_contains("Memory in use").is_some());
+    // The Compare pane loads its models on the chosen device.
+    harness.get_by_label("Compare").click();
+    wait_until(
+        &mut harness,
+        "models on the CPU",
+        Duration::from_secs(60),
+        |app| {
+            idle(app)
+                && app
+                    .app
+                    .engines
+                    .device_description()
+                    .is_some_and(|d| d.starts_with("CPU"))
+        },
+    );
+}
+
+#[test]
+fn compare_shader_parses_and_validates() {
+    let module = naga::front::wgsl::parse_str(textok_studio::gui::wipe::COMPARE_SHADER)
+        .expect("compare.wgsl parses");
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .expect("compare.wgsl validates");
+    let entry_points: Vec<&str> = module
+        .entry_points
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(entry_points, ["vs_main", "fs_main"]);
+}
+
+/// Rendered with wgpu (lavapipe in CI): the wipe and difference views go through the WGSL shader.
+#[test]
+fn wipe_and_difference_views_render_through_the_shader() {
+    if !wgpu_available() {
+        eprintln!("skipped: no wgpu adapter (set TEXTOK_REQUIRE_WGPU=1 to make this a failure)");
+        return;
+    }
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple")];
+    options.caption = Some("a red apple".into());
+    options.pane = Some(Pane::Compare);
+    let mut harness = wgpu_harness(options);
+    assert!(
+        harness.state().app.wgpu_views,
+        "the shader pipeline is installed"
+    );
+    harness.get_by_label("Wipe").click();
+    wait_until(
+        &mut harness,
+        "the reconstructions",
+        Duration::from_secs(60),
+        |app| idle(app) && reconstructions(app) == 2,
+    );
+    harness.step();
+    harness.snapshot("compare_wipe");
+    harness.get_by_label("Difference").click();
+    harness.step();
+    harness.step();
+    harness.snapshot("compare_difference");
+}
+
+fn wgpu_available() -> bool {
+    let required = std::env::var_os("TEXTOK_REQUIRE_WGPU").is_some();
+    let found = !textok_studio::device::list_adapters().is_empty();
+    assert!(
+        found || !required,
+        "TEXTOK_REQUIRE_WGPU is set but wgpu finds no adapter"
+    );
+    found
+}
+
+/// The real binary opens its window under Xvfb, renders the Compare pane for an asset image on
+/// the shipped models (or their labelled stand-ins), saves a screenshot and exits 0.
+#[test]
+fn the_app_window_opens_under_xvfb_and_saves_a_screenshot() {
+    let has_xvfb = std::process::Command::new("xvfb-run")
+        .arg("--help")
+        .output()
+        .is_ok();
+    if !has_xvfb {
+        assert!(
+            std::env::var_os("TEXTOK_REQUIRE_XVFB").is_none(),
+            "TEXTOK_REQUIRE_XVFB is set but xvfb-run is missing"
+        );
+        eprintln!("skipped: xvfb-run is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("compare.png");
+    let output = std::process::Command::new("xvfb-run")
+        .args(["-a", "-s", "-screen 0 1280x800x24"])
+        .arg(env!("CARGO_BIN_EXE_textok-studio"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--pane", "compare", "--open"])
+        .arg(sample("apple"))
+        .arg("--screenshot")
+        .arg(&shot)
+        .args(["--quit-after", "240"])
+        .output()
+        .expect("xvfb-run starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the app failed: {stderr}");
+    let image = image::open(&shot)
+        .unwrap_or_else(|e| panic!("no screenshot ({e}); stderr: {stderr}"))
+        .to_rgb8();
+    assert!(
+        image.width() >= 640 && image.height() >= 400,
+        "{}x{}",
+        image.width(),
+        image.height()
+    );
+    let first = image.get_pixel(0, 0);
+    assert!(
+        image.pixels().any(|p| p != first),
+        "the screenshot is blank"
+    );
+    // The state was saved on exit with the opened image in the library.
+    let saved = state::load(&dir.path().join("data"));
+    assert!(
+        saved
+            .state
+            .library
+            .iter()
+            .any(|item| item.path.ends_with("apple.png"))
+    );
+}
