@@ -228,36 +228,44 @@ impl ComparePane {
     }
 
     /// Polls the running job and starts the next one; returns the running job's progress.
-    fn drive(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
+    /// Collects a finished job (called every frame, whichever pane is shown); returns the
+    /// running job's progress, `None` when no job runs.
+    pub fn poll(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
         let wanted = self.wanted(app);
-        let mut progress = None;
-        if let Some((request, job, _)) = &mut self.job {
-            let stale = wanted
-                .as_ref()
-                .is_none_or(|w| w.image != request.image || w.caption != request.caption);
-            if stale {
-                job.cancel();
-            }
-            match job.poll() {
-                JobState::Running(p) => progress = Some(p),
-                JobState::Finished(Ok(output)) => {
-                    let request = request.clone();
-                    self.job = None;
-                    self.store(ctx, &request, output);
-                }
-                JobState::Finished(Err(error)) => {
-                    let request = request.clone();
-                    self.job = None;
-                    let message = format!("{error:#}");
-                    app.notices
-                        .error(format!("Reconstruction failed: {message}"));
-                    self.failed = Some((request, message));
-                }
-                JobState::Cancelled | JobState::Collected => self.job = None,
-            }
+        let (request, job, _) = self.job.as_mut()?;
+        let stale = wanted
+            .as_ref()
+            .is_none_or(|w| w.image != request.image || w.caption != request.caption);
+        if stale {
+            job.cancel();
         }
+        match job.poll() {
+            JobState::Running(progress) => return Some(progress),
+            JobState::Finished(Ok(output)) => {
+                let request = request.clone();
+                self.job = None;
+                self.store(ctx, &request, output);
+            }
+            JobState::Finished(Err(error)) => {
+                let request = request.clone();
+                self.job = None;
+                let message = format!("{error:#}");
+                app.notices
+                    .error(format!("Reconstruction failed: {message}"));
+                self.failed = Some((request, message));
+            }
+            JobState::Cancelled | JobState::Collected => self.job = None,
+        }
+        None
+    }
+
+    /// Polls the running job and starts the next one the view needs; returns the running
+    /// job's progress.
+    fn drive(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
+        let progress = self.poll(ctx, app);
+        let wanted = self.wanted(app);
         if self.job.is_some() {
-            return Some(progress.flatten());
+            return progress;
         }
         let wanted = wanted?;
         if let Some(edited) = self.caption_edited_at {
@@ -344,7 +352,7 @@ impl ComparePane {
                 app.caption_edited(path);
             }
         }
-        ui.horizontal(|ui| match app.engines.reconstruct() {
+        ui.horizontal_wrapped(|ui| match app.engines.reconstruct() {
             EngineStatus::Loading => {
                 ui.spinner();
                 ui.label("loading models…");
@@ -367,8 +375,11 @@ impl ComparePane {
                         Some(source @ crate::pipeline::ModelSource::RandomInit { .. }) => {
                             ui.colored_label(
                                 ui.visuals().warn_fg_color,
-                                format!("{label}: {source}"),
-                            );
+                                format!(
+                                    "{label}: RANDOMLY INITIALISED stand-in (its output is noise)"
+                                ),
+                            )
+                            .on_hover_text(source.to_string());
                         }
                         Some(crate::pipeline::ModelSource::File(path)) => {
                             let name = path

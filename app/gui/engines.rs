@@ -151,6 +151,12 @@ impl Engines {
         }
     }
 
+    /// Collects finished loads without starting new ones (called every frame).
+    pub fn poll(&mut self) {
+        finish_loading(&mut self.reconstruct);
+        finish_loading(&mut self.generate);
+    }
+
     /// The reconstruction engine, starting to load it if needed.
     pub fn reconstruct(&mut self) -> EngineStatus<ReconstructEngine> {
         let spec = self.key.reconstruct_spec();
@@ -187,19 +193,23 @@ fn poll_slot<T: Send + Sync + 'static>(
             load().map(Arc::new)
         }));
     }
+    finish_loading(slot);
+    match slot {
+        Slot::Ready(engine) => EngineStatus::Ready(engine.clone()),
+        Slot::Failed(message) => EngineStatus::Failed(message.clone()),
+        Slot::Idle | Slot::Loading(_) => EngineStatus::Loading,
+    }
+}
+
+fn finish_loading<T: Send + Sync + 'static>(slot: &mut Slot<T>) {
     if let Slot::Loading(job) = slot {
         match job.poll() {
-            JobState::Running(_) => return EngineStatus::Loading,
+            JobState::Running(_) => {}
             JobState::Finished(Ok(engine)) => *slot = Slot::Ready(engine),
             JobState::Finished(Err(error)) => *slot = Slot::Failed(format!("{error:#}")),
             JobState::Cancelled | JobState::Collected => {
                 *slot = Slot::Failed("loading was stopped".into())
             }
         }
-    }
-    match slot {
-        Slot::Ready(engine) => EngineStatus::Ready(engine.clone()),
-        Slot::Failed(message) => EngineStatus::Failed(message.clone()),
-        Slot::Idle | Slot::Loading(_) => EngineStatus::Loading,
     }
 }

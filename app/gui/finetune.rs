@@ -390,7 +390,8 @@ impl FineTunePane {
         })
     }
 
-    fn poll(&mut self, app: &mut AppContext) {
+    /// Collects a finished run (called every frame).
+    pub fn poll(&mut self, app: &mut AppContext) {
         let Some(running) = &mut self.running else {
             return;
         };

@@ -131,7 +131,8 @@ impl GeneratePane {
         });
     }
 
-    fn poll(&mut self, app: &mut AppContext) -> Option<Option<Progress>> {
+    /// Collects finished work (called every frame); returns the running job's progress.
+    pub fn poll(&mut self, app: &mut AppContext) -> Option<Option<Progress>> {
         let running = self.running.as_mut()?;
         match running.job.poll() {
             JobState::Running(progress) => return Some(progress),
@@ -297,7 +298,13 @@ impl GeneratePane {
                                 format!("DiT: {}", engine.dit_source),
                             );
                         }
-                        ui.weak(format!("on {}", engine.device.description));
+                        let device = engine
+                            .device
+                            .description
+                            .split(';')
+                            .next()
+                            .unwrap_or_default();
+                        ui.weak(format!("on {device}"));
                     }
                 }
             }

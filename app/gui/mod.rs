@@ -385,6 +385,11 @@ impl StudioApp {
         self.app
             .engines
             .set_key(engine_key(&self.app.state, &self.shipped));
+        // Jobs finish whichever pane is shown.
+        self.app.engines.poll();
+        self.compare.poll(ctx, &mut self.app);
+        self.generate.poll(&mut self.app);
+        self.finetune.poll(&mut self.app);
         // Dropped files and folders go to the Library, from any pane.
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw

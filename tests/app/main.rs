@@ -398,7 +398,7 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
         &mut harness,
         "the load failure",
         Duration::from_secs(60),
-        |app| idle(app),
+        idle,
     );
     harness.step();
     harness.step();
@@ -512,7 +512,7 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     for (name, caption) in [
         ("apple", "a red apple"),
         ("penguin", "a penguin"),
-        ("guitar", "a guitar"),
+        ("lizard", "a green lizard"),
     ] {
         harness.state_mut().app.state.library.push(LibraryItem {
             path: sample(name),
@@ -554,7 +554,7 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         &mut harness,
         "a resumed step",
         Duration::from_secs(120),
-        |_| live.lock().unwrap().losses.len() >= 1,
+        |_| !live.lock().unwrap().losses.is_empty(),
     );
     let resumed_step = live.lock().unwrap().losses[0][0] as usize;
     assert!(
@@ -738,4 +738,92 @@ fn the_app_window_opens_under_xvfb_and_saves_a_screenshot() {
             .iter()
             .any(|item| item.path.ends_with("apple.png"))
     );
+}
+
+/// Writes the README's pane screenshots (`assets/screenshots/*.png`), rendered with wgpu:
+/// `cargo test --test app readme_screenshots -- --ignored`. Uses the shipped models where they
+/// exist and the tiny test models otherwise.
+#[test]
+#[ignore = "writes the README's screenshots"]
+fn readme_screenshots() {
+    let fixture = fixture();
+    let shipped = ShippedModels::from_models_dir();
+    let mut options = fixture.options();
+    if shipped.textok.exists() && shipped.baseline.exists() && shipped.dit.exists() {
+        options.shipped = shipped;
+    }
+    options.open = ["penguin", "apple", "lizard", "ambulance", "bread-and-wine"]
+        .iter()
+        .map(|name| sample(name))
+        .filter(|path| path.exists())
+        .collect();
+    let out = repo_path("assets/screenshots");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 760.0))
+        .wgpu()
+        .build_eframe(move |cc| StudioApp::new(cc, options));
+    let shoot = |harness: &mut Harness<'_, StudioApp>, name: &str| {
+        for _ in 0..3 {
+            harness.step();
+        }
+        let image = harness.render().expect("wgpu renders");
+        image.save(out.join(format!("{name}.png"))).unwrap();
+    };
+    // Library with thumbnails.
+    harness.state_mut().pane = Pane::Library;
+    wait_until(&mut harness, "thumbnails", Duration::from_secs(60), idle);
+    std::thread::sleep(Duration::from_millis(500));
+    shoot(&mut harness, "library");
+    // Compare: the grid of budgets.
+    harness.state_mut().pane = Pane::Compare;
+    harness.step();
+    harness.get_by_label("All budgets").click();
+    wait_until(&mut harness, "the grid", Duration::from_secs(300), |app| {
+        idle(app) && reconstructions(app) == 8
+    });
+    shoot(&mut harness, "compare");
+    // Generate with two results.
+    harness.state_mut().pane = Pane::Generate;
+    {
+        let form = &mut harness.state_mut().app.state.generate;
+        form.caption = "a penguin on the ice".into();
+        form.steps = 10;
+        form.count = 2;
+        form.random_seed = false;
+    }
+    wait_until(
+        &mut harness,
+        "the generator",
+        Duration::from_secs(120),
+        idle,
+    );
+    harness.step();
+    harness.get_by_label("Generate images").click();
+    harness.step();
+    wait_until(&mut harness, "images", Duration::from_secs(300), |app| {
+        idle(app) && app.app.state.gallery.len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    shoot(&mut harness, "generate");
+    // Fine-tune: a few steps on the library.
+    harness.state_mut().pane = Pane::FineTune;
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.steps = 30;
+        form.batch = 2;
+    }
+    harness.step();
+    harness.get_by_label("Start").click();
+    wait_until(
+        &mut harness,
+        "the fine-tune",
+        Duration::from_secs(600),
+        idle,
+    );
+    shoot(&mut harness, "finetune");
+    harness.state_mut().pane = Pane::Settings;
+    wait_until(&mut harness, "adapters", Duration::from_secs(30), idle);
+    std::thread::sleep(Duration::from_millis(300));
+    shoot(&mut harness, "settings");
 }

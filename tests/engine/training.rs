@@ -455,3 +455,57 @@ fn adversarial_training_runs_and_resumes_with_its_discriminator() {
     let outcome = train(&run, &config, true).unwrap();
     assert_eq!((outcome.step, outcome.finished), (6, true));
 }
+
+#[test]
+fn fine_tuning_starts_from_the_given_checkpoint_and_checks_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let (start, start_config) = tiny(true, 99);
+    let checkpoint = dir.path().join("start.safetensors");
+    start
+        .save(
+            &start_config,
+            &checkpoint,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+
+    // With a zero learning rate one step changes nothing: the EMA is the starting checkpoint,
+    // not the seed-7 random initialisation the run would otherwise use.
+    let mut config = tiny_config(&data, 1, true);
+    config.learning_rate = 0.0;
+    config.init_from = Some(checkpoint.clone());
+    train(&dir.path().join("run"), &config, false).unwrap();
+    let (tuned, _) = TexTok::load(&dir.path().join("run/ema.safetensors"), &cpu()).unwrap();
+    let expected = module_to_host(&start).unwrap();
+    let got = module_to_host(&tuned).unwrap();
+    assert_eq!(expected.len(), got.len());
+    for (a, b) in expected.iter().zip(&got) {
+        // EMA arithmetic (d*x + (1-d)*x) may round in the last bit.
+        let worst = a
+            .values
+            .iter()
+            .zip(&b.values)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{} moved by {worst}", a.name);
+    }
+
+    // A TexTok run cannot start from a Baseline checkpoint.
+    let (baseline, baseline_config) = tiny(false, 5);
+    let wrong = dir.path().join("baseline.safetensors");
+    baseline
+        .save(
+            &baseline_config,
+            &wrong,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+    config.init_from = Some(wrong);
+    let error = train(&dir.path().join("run2"), &config, false).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("is a Baseline model"),
+        "{error:#}"
+    );
+}
