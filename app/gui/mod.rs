@@ -187,6 +187,14 @@ impl FrameTimes {
     pub fn max_ms(&self) -> f64 {
         self.recent.iter().copied().fold(0.0, f64::max)
     }
+
+    /// The `fraction` quantile (0.5 = median) of the recent frame times.
+    pub fn quantile_ms(&self, fraction: f64) -> f64 {
+        let mut sorted: Vec<f64> = self.recent.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let index = ((sorted.len() as f64 - 1.0) * fraction.clamp(0.0, 1.0)).round() as usize;
+        sorted.get(index).copied().unwrap_or(0.0)
+    }
 }
 
 /// What every pane may use: the app's shared state and services.
