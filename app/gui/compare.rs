@@ -23,7 +23,7 @@ use crate::pipeline::{DEFAULT_BUDGETS, Reconstruction, Tokenizer};
 /// Wait this long after the last caption keystroke before recomputing.
 const CAPTION_DEBOUNCE: Duration = Duration::from_millis(350);
 /// Cached reconstructions kept before the cache is cleared.
-const MAX_CACHED: usize = 512;
+const MAX_CACHED: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareMode {
@@ -88,6 +88,8 @@ pub struct ComparePane {
     cache: HashMap<ReconKey, Cached>,
     job: Option<(Request, Job<Output>, Instant)>,
     failed: Option<(Request, String)>,
+    /// The request the user cancelled: not restarted until Retry.
+    cancelled: Option<Request>,
     caption_edited_at: Option<Instant>,
     next_id: u64,
     /// CPU-composed views (used without wgpu), a few at most.
@@ -105,6 +107,7 @@ impl Default for ComparePane {
             cache: HashMap::new(),
             job: None,
             failed: None,
+            cancelled: None,
             caption_edited_at: None,
             next_id: 1,
             cpu_views: Vec::new(),
@@ -192,6 +195,7 @@ impl ComparePane {
     fn store(&mut self, ctx: &egui::Context, request: &Request, output: Output) {
         if self.cache.len() > MAX_CACHED {
             self.cache.clear();
+            self.originals.retain(|image, _| image == &request.image);
         }
         if let Some(original) = output.original {
             let texture = super::images::texture(ctx, "compare original", &original);
@@ -277,7 +281,10 @@ impl ComparePane {
             self.caption_edited_at = None;
         }
         let missing = self.missing(&wanted);
-        if missing.is_empty() || self.failed.as_ref().is_some_and(|(r, _)| r == &wanted) {
+        if missing.is_empty()
+            || self.failed.as_ref().is_some_and(|(r, _)| r == &wanted)
+            || self.cancelled.as_ref() == Some(&wanted)
+        {
             return None;
         }
         let EngineStatus::Ready(engine) = app.engines.reconstruct() else {
@@ -412,13 +419,22 @@ impl ComparePane {
                         .unwrap_or_else(|| "reconstructing…".into());
                     ui.label(text);
                     if ui.button("Cancel").clicked()
-                        && let Some((_, job, _)) = &self.job
+                        && let Some((request, job, _)) = &self.job
                     {
                         job.cancel();
+                        self.cancelled = Some(request.clone());
                     }
                 });
             }
             None => {
+                if self.cancelled.is_some() && self.cancelled == self.wanted(app) {
+                    ui.horizontal(|ui| {
+                        ui.label("Reconstruction cancelled.");
+                        if ui.button("Retry").clicked() {
+                            self.cancelled = None;
+                        }
+                    });
+                }
                 if let Some((request, message)) = &self.failed
                     && Some(request) == self.wanted(app).as_ref()
                 {

@@ -144,7 +144,13 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
             })
         })
         .collect();
-    runs.sort_by(|a, b| b.dir.cmp(&a.dir));
+    // Newest first, whatever the kind.
+    let modified = |run: &RunInfo| {
+        std::fs::metadata(run.dir.join("config.json"))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    runs.sort_by_key(|run| std::cmp::Reverse(modified(run)));
     runs
 }
 
@@ -270,11 +276,11 @@ impl FineTunePane {
 
     /// Starts a new run from the form (`resume` = None) or resumes `resume`.
     pub fn start(&mut self, app: &mut AppContext, resume: Option<RunInfo>) {
+        // Cleared before the job starts, so none of its first reports is lost.
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
+        self.samples = (0, Vec::new());
         match self.spawn(app, resume) {
-            Ok(running) => {
-                *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
-                self.running = Some(running);
-            }
+            Ok(running) => self.running = Some(running),
             Err(error) => app
                 .notices
                 .error(format!("Cannot start fine-tuning: {error:#}")),
@@ -307,12 +313,19 @@ impl FineTunePane {
             }
         };
         let resume = config_json.is_some();
+        // The Library's images are copied inside the job (hundreds of photos take a while).
+        let export = (!resume && self.form.use_library).then(|| app.state.library.clone());
         let data = if resume {
             PathBuf::new()
         } else if self.form.use_library {
-            let data = run.join("data");
-            export_library(&app.state.library, &data)?;
-            data
+            anyhow::ensure!(
+                app.state
+                    .library
+                    .iter()
+                    .any(|item| !item.caption.trim().is_empty()),
+                "the Library has no captioned images to train on; add images and write their captions first"
+            );
+            run.join("data")
         } else {
             let folder = PathBuf::from(self.form.folder.trim());
             anyhow::ensure!(folder.is_dir(), "pick a folder of captioned images first");
@@ -330,6 +343,10 @@ impl FineTunePane {
             "fine-tune",
             app.notify.clone(),
             move |_, cancel: &CancelToken| {
+                if let Some(items) = export {
+                    observer.on_message("copying the Library's captioned images");
+                    export_library(&items, &data)?;
+                }
                 let device = crate::device::select(device_choice)?.device;
                 match target {
                     Target::Tokenizer => {

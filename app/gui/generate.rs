@@ -432,6 +432,13 @@ impl GeneratePane {
             }
             GalleryAction::Delete => {
                 app.state.gallery.remove(index);
+                if app.state.library.iter().any(|item| item.path == entry.file) {
+                    // The Library still shows this picture: keep the file.
+                    app.notices.info(
+                        "Removed from the gallery; the file stays because the Library uses it.",
+                    );
+                    return;
+                }
                 if let Err(error) = std::fs::remove_file(&entry.file)
                     && error.kind() != std::io::ErrorKind::NotFound
                 {

@@ -115,6 +115,8 @@ pub struct Notices {
 impl Notices {
     pub fn error(&mut self, message: impl Into<String>) {
         let message = message.into();
+        // A repeated failure (e.g. every save to a read-only folder) is one notice, refreshed.
+        self.items.retain(|(_, m, _)| *m != message);
         tracing::warn!("{message}");
         self.items.push((true, message, Instant::now()));
     }
@@ -222,11 +224,12 @@ impl AppContext {
         if paths.is_empty() {
             return;
         }
+        let before = self.state.library.len();
         let report = library::import_paths(&mut self.state.library, paths);
         if self.state.selected.is_none()
-            && let Some(first) = self.state.library.last()
+            && let Some(first_added) = self.state.library.get(before)
         {
-            self.state.selected = Some(first.path.clone());
+            self.state.selected = Some(first_added.path.clone());
         }
         let summary = format!("Library: {}", report.summary());
         if report.added == 0 && !report.skipped.is_empty() {
@@ -284,6 +287,7 @@ pub struct StudioApp {
     saver: StateSaver,
     token_counter_job: Option<Job<CaptionTokenCounter>>,
     automation: Option<Automation>,
+    sidecars_written: Instant,
 }
 
 impl StudioApp {
@@ -296,7 +300,7 @@ impl StudioApp {
             notices.error(problem);
         }
         let mut state = loaded.state;
-        let saver = StateSaver::new(options.data_dir.clone(), &state);
+        let saver = StateSaver::new(options.data_dir.clone(), &state, loaded.may_save);
         let key = engine_key(&state, &options.shipped);
         let engines = Engines::new(key, notify.clone());
         let text_encoder_dir = options.shipped.text_encoder_dir.clone();
@@ -359,6 +363,7 @@ impl StudioApp {
             saver,
             token_counter_job,
             automation,
+            sidecars_written: Instant::now(),
         }
     }
 
@@ -420,6 +425,12 @@ impl StudioApp {
             app.notices
                 .error(format!("Cannot save the app state: {error:#}"));
         }
+        // Sidecars are written once a second at most, not on every keystroke.
+        let sidecars_due = force || self.sidecars_written.elapsed() >= Duration::from_secs(1);
+        if !sidecars_due || app.sidecars.is_empty() {
+            return;
+        }
+        self.sidecars_written = Instant::now();
         for path in std::mem::take(&mut app.sidecars) {
             if let Some(item) = app.state.library.iter().find(|item| item.path == path) {
                 let sidecar = path.with_extension("txt");

@@ -146,8 +146,11 @@ impl PersistedState {
 #[derive(Debug)]
 pub struct LoadedState {
     pub state: PersistedState,
-    /// Set when the file existed but could not be read; the unreadable file was kept aside.
+    /// Set when the file existed but could not be read.
     pub problem: Option<String>,
+    /// False when the file could neither be read nor set aside: saving over it would destroy
+    /// the user's library, so this session does not save.
+    pub may_save: bool,
 }
 
 /// Reads `dir/state.json`. A missing file is a fresh start; a corrupt one is renamed to
@@ -160,15 +163,18 @@ pub fn load(dir: &Path) -> LoadedState {
             return LoadedState {
                 state: PersistedState::default(),
                 problem: None,
+                may_save: true,
             };
         }
         Err(error) => {
             return LoadedState {
                 state: PersistedState::default(),
                 problem: Some(format!(
-                    "{}: cannot read the saved state ({error}); starting fresh",
+                    "{}: cannot read the saved state ({error}); starting empty, and nothing is \
+                     saved this session so the file stays as it is",
                     path.display()
                 )),
+                may_save: false,
             };
         }
     };
@@ -176,6 +182,7 @@ pub fn load(dir: &Path) -> LoadedState {
         Ok(state) => LoadedState {
             state,
             problem: None,
+            may_save: true,
         },
         Err(error) => {
             let stamp = std::time::SystemTime::now()
@@ -192,9 +199,10 @@ pub fn load(dir: &Path) -> LoadedState {
                     if kept {
                         format!(", the old file is kept as {}", aside.display())
                     } else {
-                        String::new()
+                        ", and nothing is saved this session so the file stays as it is".into()
                     }
                 )),
+                may_save: kept,
             }
         }
     }
@@ -211,15 +219,18 @@ pub fn save(dir: &Path, state: &PersistedState) -> anyhow::Result<()> {
 /// Saves the state when it changed, at most once per `interval`.
 pub struct StateSaver {
     dir: PathBuf,
+    enabled: bool,
     last_written: Option<PersistedState>,
     last_check: Option<Instant>,
     interval: Duration,
 }
 
 impl StateSaver {
-    pub fn new(dir: PathBuf, loaded: &PersistedState) -> Self {
+    /// `enabled` false never writes (see [`LoadedState::may_save`]).
+    pub fn new(dir: PathBuf, loaded: &PersistedState, enabled: bool) -> Self {
         Self {
             dir,
+            enabled,
             last_written: Some(loaded.clone()),
             last_check: None,
             interval: Duration::from_secs(1),
@@ -228,6 +239,9 @@ impl StateSaver {
 
     /// Saves if due and changed; `force` saves any change now (exit).
     pub fn tick(&mut self, state: &PersistedState, force: bool) -> anyhow::Result<bool> {
+        if !self.enabled {
+            return Ok(false);
+        }
         let due = force
             || self
                 .last_check

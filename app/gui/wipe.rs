@@ -87,13 +87,39 @@ struct WipeResources {
     pipeline: wgpu::RenderPipeline,
     layout: wgpu::BindGroupLayout,
     sampler: wgpu::Sampler,
-    uniforms: wgpu::Buffer,
     srgb_target: bool,
-    textures: HashMap<u64, wgpu::TextureView>,
-    bind_group: Option<((u64, u64), wgpu::BindGroup)>,
+    /// GPU copies of images by id, with the tick of their last use.
+    textures: HashMap<u64, (wgpu::TextureView, u64)>,
+    /// A uniform buffer and bind group per (original, reconstruction) pair with the tick of
+    /// their last use: egui runs every callback's `prepare` before any `paint`, so the cells of
+    /// one frame cannot share them.
+    pairs: HashMap<(u64, u64), (wgpu::Buffer, wgpu::BindGroup, u64)>,
+    tick: u64,
 }
 
 const UNIFORM_BYTES: u64 = 48;
+/// GPU images kept; a frame draws at most two pairs (four images), so the least recently used
+/// one is never needed by the current frame.
+const MAX_TEXTURES: usize = 16;
+const MAX_PAIRS: usize = 8;
+
+/// Removes least recently used entries until `map` holds `max`.
+fn evict_least_recent<K: Copy + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    last_used: impl Fn(&V) -> u64,
+) {
+    while map.len() > max {
+        let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| last_used(v))
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        map.remove(&oldest);
+    }
+}
 
 /// Registers the pipeline with egui's renderer. Returns false (CPU fallback) without wgpu.
 pub fn install(render_state: Option<&egui_wgpu::RenderState>) -> bool {
@@ -174,12 +200,6 @@ pub fn install(render_state: Option<&egui_wgpu::RenderState>) -> bool {
         min_filter: wgpu::FilterMode::Linear,
         ..Default::default()
     });
-    let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("compare params"),
-        size: UNIFORM_BYTES,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
     state
         .renderer
         .write()
@@ -188,10 +208,10 @@ pub fn install(render_state: Option<&egui_wgpu::RenderState>) -> bool {
             pipeline,
             layout,
             sampler,
-            uniforms,
             srgb_target: state.target_format.is_srgb(),
             textures: HashMap::new(),
-            bind_group: None,
+            pairs: HashMap::new(),
+            tick: 0,
         });
     true
 }
@@ -257,34 +277,45 @@ impl egui_wgpu::CallbackTrait for WipeCallback {
         let Some(resources) = resources.get_mut::<WipeResources>() else {
             return Vec::new();
         };
+        resources.tick += 1;
+        let tick = resources.tick;
         for image in [&self.original, &self.reconstruction] {
-            if !resources.textures.contains_key(&image.id) {
-                // Keep the cache small: a compare view shows two images at a time.
-                if resources.textures.len() >= 16 {
-                    resources.textures.clear();
-                    resources.bind_group = None;
-                }
-                let view = upload(device, queue, &image.image);
-                resources.textures.insert(image.id, view);
-            }
+            let entry = resources
+                .textures
+                .entry(image.id)
+                .or_insert_with(|| (upload(device, queue, &image.image), tick));
+            entry.1 = tick;
         }
+        evict_least_recent(&mut resources.textures, MAX_TEXTURES, |(_, used)| *used);
         let key = (self.original.id, self.reconstruction.id);
-        if resources.bind_group.as_ref().is_none_or(|(k, _)| *k != key) {
+        if !resources.pairs.contains_key(&key) {
+            let (Some((original, _)), Some((reconstruction, _))) = (
+                resources.textures.get(&key.0),
+                resources.textures.get(&key.1),
+            ) else {
+                return Vec::new();
+            };
+            let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("compare params"),
+                size: UNIFORM_BYTES,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
             let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("compare"),
                 layout: &resources.layout,
                 entries: &[
                     wgpu::BindGroupEntry {
                         binding: 0,
-                        resource: resources.uniforms.as_entire_binding(),
+                        resource: uniforms.as_entire_binding(),
                     },
                     wgpu::BindGroupEntry {
                         binding: 1,
-                        resource: wgpu::BindingResource::TextureView(&resources.textures[&key.0]),
+                        resource: wgpu::BindingResource::TextureView(original),
                     },
                     wgpu::BindGroupEntry {
                         binding: 2,
-                        resource: wgpu::BindingResource::TextureView(&resources.textures[&key.1]),
+                        resource: wgpu::BindingResource::TextureView(reconstruction),
                     },
                     wgpu::BindGroupEntry {
                         binding: 3,
@@ -292,8 +323,12 @@ impl egui_wgpu::CallbackTrait for WipeCallback {
                     },
                 ],
             });
-            resources.bind_group = Some((key, bind_group));
+            resources.pairs.insert(key, (uniforms, bind_group, tick));
         }
+        if let Some(pair) = resources.pairs.get_mut(&key) {
+            pair.2 = tick;
+        }
+        evict_least_recent(&mut resources.pairs, MAX_PAIRS, |(_, _, used)| *used);
         let p = &self.params;
         let words: [u32; 12] = [
             p.uv.min.x.to_bits(),
@@ -313,7 +348,9 @@ impl egui_wgpu::CallbackTrait for WipeCallback {
             0,
         ];
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        queue.write_buffer(&resources.uniforms, 0, &bytes);
+        if let Some((uniforms, _, _)) = resources.pairs.get(&key) {
+            queue.write_buffer(uniforms, 0, &bytes);
+        }
         Vec::new()
     }
 
@@ -326,7 +363,8 @@ impl egui_wgpu::CallbackTrait for WipeCallback {
         let Some(resources) = resources.get::<WipeResources>() else {
             return;
         };
-        let Some((_, bind_group)) = &resources.bind_group else {
+        let key = (self.original.id, self.reconstruction.id);
+        let Some((_, bind_group, _)) = resources.pairs.get(&key) else {
             return;
         };
         render_pass.set_pipeline(&resources.pipeline);

@@ -215,6 +215,17 @@ fn state_round_trips_and_a_damaged_file_is_kept_aside() {
         .filter(|e| e.file_name().to_string_lossy().contains("unreadable"))
         .collect();
     assert_eq!(kept.len(), 1, "the damaged file is kept aside");
+    assert!(damaged.may_save);
+
+    // A state file that cannot be read at all (here: a folder in its place) is never saved over.
+    let odd = tempfile::tempdir().unwrap();
+    std::fs::create_dir(odd.path().join(state::STATE_FILE)).unwrap();
+    std::fs::write(odd.path().join(state::STATE_FILE).join("keep"), b"x").unwrap();
+    let unreadable = state::load(odd.path());
+    assert!(unreadable.problem.is_some() && !unreadable.may_save);
+    let mut saver = state::StateSaver::new(odd.path().to_owned(), &unreadable.state, false);
+    assert!(!saver.tick(&saved, true).unwrap(), "nothing is written");
+    assert!(odd.path().join(state::STATE_FILE).join("keep").exists());
 }
 
 #[test]
