@@ -113,6 +113,15 @@ impl Thumbnails {
         }
     }
 
+    /// Thumbnails requested so far.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
     /// Forgets `path` (its file changed).
     pub fn forget(&mut self, path: &Path) {
         self.cache.remove(path);

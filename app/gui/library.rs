@@ -225,58 +225,81 @@ impl LibraryPane {
             return;
         }
         let cell = super::images::THUMBNAIL_SIZE as f32 * 0.75;
-        egui::ScrollArea::vertical().show(ui, |ui| {
-            ui.horizontal_wrapped(|ui| {
-                let paths: Vec<(PathBuf, String)> = app
-                    .state
-                    .library
+        let spacing = ui.spacing().item_spacing;
+        let columns = ((ui.available_width() + spacing.x) / (cell + 8.0 + spacing.x))
+            .floor()
+            .max(1.0) as usize;
+        let rows = app.state.library.len().div_ceil(columns);
+        // Buttons add their frame padding; the caption line sits under the picture.
+        let row_height =
+            cell + 8.0 + ui.text_style_height(&egui::TextStyle::Small) + spacing.y * 2.0;
+        // Only the visible rows are laid out (and their thumbnails decoded): a library of
+        // thousands of images scrolls as fast as one of ten.
+        egui::ScrollArea::vertical().show_rows(ui, row_height, rows, |ui, visible| {
+            for row in visible {
+                let first = row * columns;
+                let last = (first + columns).min(app.state.library.len());
+                let items: Vec<(PathBuf, String)> = app.state.library[first..last]
                     .iter()
                     .map(|item| (item.path.clone(), item.caption.clone()))
                     .collect();
-                for (path, caption) in paths {
-                    let selected = app.state.selected.as_ref() == Some(&path);
-                    let response = ui
-                        .vertical(|ui| {
-                            ui.set_width(cell);
-                            let response = match app.thumbnails.get(&path) {
-                                ThumbnailState::Ready(texture) => ui.add(
-                                    egui::Button::image(egui::Image::from_texture((
-                                        texture.id(),
-                                        egui::vec2(cell, cell),
-                                    )))
-                                    .selected(selected),
-                                ),
-                                ThumbnailState::Pending => ui.add_sized(
-                                    [cell, cell],
-                                    egui::Button::new("…").selected(selected),
-                                ),
-                                ThumbnailState::Failed(reason) => ui
-                                    .add_sized(
-                                        [cell, cell],
-                                        egui::Button::new("unreadable").selected(selected),
-                                    )
-                                    .on_hover_text(reason.to_owned()),
-                            };
-                            let label = if caption.is_empty() {
-                                "(no caption)".to_owned()
-                            } else {
-                                caption.clone()
-                            };
-                            ui.add(egui::Label::new(egui::RichText::new(label).small()).truncate());
-                            response
-                        })
-                        .inner;
-                    let response = response.on_hover_text(path.display().to_string());
-                    if response.clicked() {
-                        app.state.selected = Some(path.clone());
+                ui.horizontal(|ui| {
+                    for (path, caption) in items {
+                        self.cell(ui, app, cell, path, caption);
                     }
-                    if response.double_clicked() {
-                        app.state.selected = Some(path.clone());
-                        app.switch_to = Some(Pane::Compare);
-                    }
-                }
-            });
+                });
+            }
         });
+    }
+
+    fn cell(
+        &mut self,
+        ui: &mut egui::Ui,
+        app: &mut AppContext,
+        cell: f32,
+        path: PathBuf,
+        caption: String,
+    ) {
+        let selected = app.state.selected.as_ref() == Some(&path);
+        let response = ui
+            .vertical(|ui| {
+                ui.set_width(cell + 8.0);
+                let response = match app.thumbnails.get(&path) {
+                    ThumbnailState::Ready(texture) => ui.add(
+                        egui::Button::image(egui::Image::from_texture((
+                            texture.id(),
+                            egui::vec2(cell, cell),
+                        )))
+                        .selected(selected),
+                    ),
+                    ThumbnailState::Pending => ui.add_sized(
+                        [cell + 8.0, cell + 8.0],
+                        egui::Button::new("…").selected(selected),
+                    ),
+                    ThumbnailState::Failed(reason) => ui
+                        .add_sized(
+                            [cell + 8.0, cell + 8.0],
+                            egui::Button::new("unreadable").selected(selected),
+                        )
+                        .on_hover_text(reason.to_owned()),
+                };
+                let label = if caption.is_empty() {
+                    "(no caption)".to_owned()
+                } else {
+                    caption
+                };
+                ui.add(egui::Label::new(egui::RichText::new(label).small()).truncate());
+                response
+            })
+            .inner;
+        let response = response.on_hover_text(path.display().to_string());
+        if response.clicked() {
+            app.state.selected = Some(path.clone());
+        }
+        if response.double_clicked() {
+            app.state.selected = Some(path);
+            app.switch_to = Some(Pane::Compare);
+        }
     }
 
     fn details(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {

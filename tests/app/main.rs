@@ -894,3 +894,31 @@ fn files_and_folders_dropped_anywhere_land_in_the_library() {
             .any(|m| m.contains("added 2 image(s)"))
     );
 }
+
+#[test]
+fn a_library_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    harness.state_mut().app.state.library = (0..5000)
+        .map(|i| LibraryItem {
+            path: fixture.dir.path().join(format!("missing-{i:05}.png")),
+            caption: format!("picture number {i}"),
+        })
+        .collect();
+    for _ in 0..10 {
+        harness.step();
+    }
+    let app = harness.state();
+    assert!(
+        app.app.thumbnails.len() < 200,
+        "{} thumbnails requested for one screen",
+        app.app.thumbnails.len()
+    );
+    assert!(
+        app.app.frame_times.quantile_ms(0.5) < 50.0,
+        "median frame {:.1} ms",
+        app.app.frame_times.quantile_ms(0.5)
+    );
+}
