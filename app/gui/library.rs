@@ -105,6 +105,42 @@ pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> Import
     report
 }
 
+/// Images found by [`scan_paths`], not yet in the library.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Scanned {
+    pub items: Vec<LibraryItem>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// The file-system part of an import (walking folders, reading captions), which can take a
+/// while for big folders and so runs off the UI thread.
+pub fn scan_paths(paths: &[PathBuf]) -> Scanned {
+    let mut items = Vec::new();
+    let report = import_paths(&mut items, paths);
+    Scanned {
+        items,
+        skipped: report.skipped,
+    }
+}
+
+/// Adds scanned images that are not in `library` yet.
+pub fn merge(library: &mut Vec<LibraryItem>, scanned: Scanned) -> ImportReport {
+    let mut present: HashSet<PathBuf> = library.iter().map(|item| item.path.clone()).collect();
+    let mut report = ImportReport {
+        skipped: scanned.skipped,
+        ..Default::default()
+    };
+    for item in scanned.items {
+        if present.insert(item.path.clone()) {
+            library.push(item);
+            report.added += 1;
+        } else {
+            report.already_present += 1;
+        }
+    }
+    report
+}
+
 /// The caption editor's token line: how many tokens, and whether the rest is cut.
 pub fn token_line(count: &TokenCount, max_tokens: usize) -> (String, bool) {
     if count.truncated() {

@@ -215,17 +215,44 @@ pub struct AppContext {
     pub frame_times: FrameTimes,
     /// Captions to write to `NAME.txt` sidecars at the next save.
     sidecars: HashSet<PathBuf>,
+    /// Folder scans in progress.
+    imports: Vec<Job<library::Scanned>>,
     caption_changed: bool,
 }
 
 impl AppContext {
-    /// Adds files/folders to the Library and says what happened.
+    /// Adds files/folders to the Library in the background; [`Self::poll_imports`] merges them
+    /// and says what happened.
     pub fn import(&mut self, paths: &[PathBuf]) {
         if paths.is_empty() {
             return;
         }
+        let paths = paths.to_vec();
+        self.imports
+            .push(Job::spawn("import", self.notify.clone(), move |_, _| {
+                Ok(library::scan_paths(&paths))
+            }));
+    }
+
+    /// Merges finished imports into the Library.
+    pub fn poll_imports(&mut self) {
+        let mut finished = Vec::new();
+        self.imports.retain_mut(|job| match job.poll() {
+            JobState::Running(_) => true,
+            JobState::Finished(Ok(scanned)) => {
+                finished.push(scanned);
+                false
+            }
+            JobState::Finished(Err(_)) | JobState::Cancelled | JobState::Collected => false,
+        });
+        for scanned in finished {
+            self.merge_import(scanned);
+        }
+    }
+
+    fn merge_import(&mut self, scanned: library::Scanned) {
         let before = self.state.library.len();
-        let report = library::import_paths(&mut self.state.library, paths);
+        let report = library::merge(&mut self.state.library, scanned);
         if self.state.selected.is_none()
             && let Some(first_added) = self.state.library.get(before)
         {
@@ -352,6 +379,7 @@ impl StudioApp {
                 wgpu_views,
                 frame_times: FrameTimes::default(),
                 sidecars: HashSet::new(),
+                imports: Vec::new(),
                 caption_changed: false,
             },
             library: Default::default(),
@@ -374,6 +402,7 @@ impl StudioApp {
             || self.generate.busy()
             || self.finetune.busy()
             || self.token_counter_job.is_some()
+            || !self.app.imports.is_empty()
     }
 
     fn background(&mut self, ctx: &egui::Context) {
@@ -399,6 +428,7 @@ impl StudioApp {
             .engines
             .set_key(engine_key(&self.app.state, &self.shipped));
         // Jobs finish whichever pane is shown.
+        self.app.poll_imports();
         self.app.engines.poll();
         self.compare.poll(ctx, &mut self.app);
         self.generate.poll(&mut self.app);

@@ -875,7 +875,9 @@ fn files_and_folders_dropped_anywhere_land_in_the_library() {
             .map(|path| std::sync::Arc::new(Dropped(path)) as egui::DroppedFileHandle),
     );
     harness.step();
-    harness.step();
+    wait_until(&mut harness, "the import", Duration::from_secs(30), |app| {
+        app.app.state.library.len() == 2
+    });
     let app = harness.state();
     assert_eq!(app.pane, Pane::Library, "a drop shows the Library");
     let captions: Vec<&str> = app
