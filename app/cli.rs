@@ -68,6 +68,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Generate images from a caption: DiT over TexTok tokens, then the TexTok detokenizer.
     Generate(GenerateArgs),
+    /// FD-EffNet of generated images against a dataset's validation images, for the TexTok
+    /// generator and (optionally) a Baseline one: the paper's gFID comparison.
+    GenEval(GenEvalArgs),
     /// Seconds per image for reconstruction and generation at each budget on a device.
     Bench(BenchArgs),
 }
@@ -115,6 +118,46 @@ pub struct GenerateArgs {
     /// Output folder (created if missing).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GenEvalArgs {
+    /// Dataset folder: captions to generate from and the reference images (validation split).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    pub validation_percent: u32,
+    /// Images to generate per model (the validation captions, repeated as needed).
+    #[arg(long, default_value_t = 500)]
+    pub images: usize,
+    #[arg(long, default_value_t = 64)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 3.0)]
+    pub cfg: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// TexTok checkpoint [default: the shipped model].
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// DiT over TexTok tokens [default: the shipped model].
+    #[arg(long)]
+    pub dit: Option<PathBuf>,
+    /// Also evaluate this Baseline tokenizer with --baseline-dit.
+    #[arg(long, requires = "baseline_dit")]
+    pub baseline: Option<PathBuf>,
+    /// DiT trained on the Baseline's tokens.
+    #[arg(long, requires = "baseline")]
+    pub baseline_dit: Option<PathBuf>,
+    /// Write the records as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Contact sheet: a row of generations per model (first 8 captions).
+    #[arg(long)]
+    pub sheet: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -192,6 +235,12 @@ pub struct TrainDitArgs {
     /// replaces --preset).
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Smallest token budget trained (each step draws one budget in min..=max; nested prefixes).
+    #[arg(long, default_value_t = 32)]
+    pub min_budget: usize,
+    /// Largest token budget trained; set min = max for a one-budget DiT.
+    #[arg(long, default_value_t = 256)]
+    pub max_budget: usize,
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -332,6 +381,7 @@ pub fn main() -> ExitCode {
         Some(Command::Train(TrainCommand::Tokenizer(args))) => run_train_tokenizer(args),
         Some(Command::Train(TrainCommand::Dit(args))) => run_train_dit(args),
         Some(Command::Eval(args)) => run_eval(args),
+        Some(Command::GenEval(args)) => run_gen_eval(args),
         Some(Command::Generate(args)) => run_generate(args),
         Some(Command::Bench(args)) => run_bench(args),
         None => run_app(cli.app),
@@ -753,6 +803,117 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
+    use crate::data::dataset::{Dataset, Split};
+    use crate::metrics::evaluation::{GenerationRecord, generation_fd};
+    use crate::model::dit::SampleSettings;
+    use crate::pipeline::{GenerateEngine, GenerateSpec};
+    anyhow::ensure!(args.images >= 2, "--images must be at least 2");
+    let settings = SampleSettings {
+        tokens: args.tokens,
+        steps: args.steps,
+        cfg: args.cfg,
+        seed: args.seed,
+        count: 1,
+    };
+    pipeline::validate_sample_settings(&settings, 256)?;
+    let selected = device::select(args.device)?;
+    eprintln!("device: {}", selected.description);
+    let mut generators = Vec::new();
+    let mut spec = GenerateSpec::shipped();
+    spec.textok = args.model.clone();
+    spec.dit = args.dit.clone();
+    generators.push(("textok", spec));
+    if let (Some(baseline), Some(dit)) = (&args.baseline, &args.baseline_dit) {
+        let mut spec = GenerateSpec::shipped();
+        spec.baseline = true;
+        spec.textok = Some(baseline.clone());
+        spec.dit = Some(dit.clone());
+        generators.push(("baseline", spec));
+    }
+    let effnet = crate::model::effnet::EfficientNet::load(
+        &crate::paths::effnet_checkpoint(),
+        &selected.device,
+    )?;
+    let mut records = Vec::new();
+    let mut sheet_rows = Vec::new();
+    let mut image_size = None;
+    for (name, spec) in generators {
+        let engine = GenerateEngine::load(&spec, selected.clone())?;
+        eprintln!(
+            "{name}: tokenizer {}, DiT {}",
+            engine.textok.source, engine.dit_source
+        );
+        let size = engine.textok.config.image_size as u32;
+        anyhow::ensure!(
+            image_size.is_none_or(|s| s == size),
+            "the generators work at different resolutions"
+        );
+        image_size = Some(size);
+        let dataset = Dataset::load(
+            &args.data,
+            size,
+            args.validation_percent,
+            None,
+            &NoProgress,
+            &CancelToken::new(),
+        )?;
+        let validation = dataset.split(Split::Validation);
+        anyhow::ensure!(
+            validation.len() >= 2,
+            "{}: the validation split has {} images; FD-EffNet needs at least 2",
+            args.data.display(),
+            validation.len()
+        );
+        let captions: Vec<String> = validation
+            .iter()
+            .cycle()
+            .take(args.images)
+            .map(|item| item.caption.clone())
+            .collect();
+        let references: Vec<_> = validation.iter().map(|item| item.image()).collect();
+        let progress = |p: crate::jobs::Progress| {
+            eprint!("\r{name}: {}/{} {}    ", p.done, p.total, p.message)
+        };
+        let (fd, images) = generation_fd(
+            &engine,
+            &captions,
+            &references,
+            &effnet,
+            &settings,
+            &progress,
+            &CancelToken::new(),
+        )?;
+        eprintln!();
+        sheet_rows.push(images.into_iter().take(8).collect::<Vec<_>>());
+        records.push(GenerationRecord {
+            model: name.to_owned(),
+            tokens: args.tokens,
+            steps: args.steps,
+            cfg: args.cfg,
+            images: captions.len(),
+            references: references.len(),
+            fd_effnet: fd,
+        });
+    }
+    println!("model      tokens  steps  cfg   images  FD-EffNet");
+    for r in &records {
+        println!(
+            "{:<10} {:>6} {:>6} {:>4} {:>8} {:>10.3}",
+            r.model, r.tokens, r.steps, r.cfg, r.images, r.fd_effnet
+        );
+    }
+    if let Some(path) = &args.json {
+        crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    if let (Some(path), Some(size)) = (&args.sheet, image_size) {
+        let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, size);
+        imageio::save_png(&sheet, path, &[])?;
+    }
+    Ok(())
+}
+
 /// Median seconds of `repeats` runs of `work`, after one warm-up run (shader compilation, caches).
 fn median_seconds(
     repeats: usize,
@@ -866,6 +1027,8 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.seed = args.seed;
     config.checkpoint_minutes = args.checkpoint_minutes;
     config.init_from = args.init_from;
+    config.min_budget = args.min_budget;
+    config.max_budget = args.max_budget;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(

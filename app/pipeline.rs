@@ -322,6 +322,9 @@ pub struct GenerateEngine {
 /// What to load for a [`GenerateEngine`].
 #[derive(Debug, Clone)]
 pub struct GenerateSpec {
+    /// Decode with a Baseline (no-text) tokenizer instead of TexTok (for comparing the two
+    /// generators; the app and `generate` always use TexTok).
+    pub baseline: bool,
     pub text_encoder_dir: PathBuf,
     pub textok: Option<PathBuf>,
     pub default_textok: PathBuf,
@@ -332,6 +335,7 @@ pub struct GenerateSpec {
 impl GenerateSpec {
     pub fn shipped() -> Self {
         Self {
+            baseline: false,
             text_encoder_dir: crate::paths::text_encoder_dir(),
             textok: None,
             default_textok: crate::paths::default_textok_checkpoint(),
@@ -346,7 +350,7 @@ impl GenerateEngine {
         let textok = LoadedTokenizer::load_or_stand_in(
             spec.textok.as_deref(),
             &spec.default_textok,
-            true,
+            !spec.baseline,
             &device.device,
         )?;
         let (dit, dit_config, dit_source) = match spec.dit.as_deref() {
@@ -463,7 +467,11 @@ pub fn generate(
         mask: text.mask.clone().repeat_dim(0, settings.count),
         lengths: vec![text.lengths[0]; settings.count],
     };
-    let decoded = engine.textok.model.decode(tokens, Some(&repeated));
+    let text_conditioned = engine.textok.model.is_text_conditioned();
+    let decoded = engine
+        .textok
+        .model
+        .decode(tokens, text_conditioned.then_some(&repeated));
     Ok(imageio::from_tensor(decoded)
         .into_iter()
         .enumerate()
@@ -477,6 +485,45 @@ pub fn generate(
             },
         })
         .collect())
+}
+
+/// One image per caption (image i: caption i, seed `settings.seed + i`), sampled as one batch;
+/// `settings.count` is ignored. Image i equals `generate` of caption i alone with that seed.
+pub fn generate_for_captions(
+    engine: &GenerateEngine,
+    captions: &[&str],
+    settings: &SampleSettings,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> anyhow::Result<Vec<Rgb32FImage>> {
+    let settings = SampleSettings {
+        count: captions.len(),
+        ..settings.clone()
+    };
+    validate_sample_settings(&settings, engine.max_tokens())?;
+    let text = engine.text_encoder.encode(captions)?;
+    let null_text = engine.text_encoder.encode(&[""])?;
+    let sampler = Sampler {
+        dit: &engine.dit,
+        config: &engine.dit_config,
+        schedule: &engine.schedule,
+    };
+    let tokens = sample(
+        &sampler,
+        &text,
+        &null_text,
+        &settings,
+        &engine.device.device,
+        progress,
+        cancel,
+    )?;
+    cancel.check()?;
+    let text_conditioned = engine.textok.model.is_text_conditioned();
+    let decoded = engine
+        .textok
+        .model
+        .decode(tokens, text_conditioned.then_some(&text));
+    Ok(imageio::from_tensor(decoded))
 }
 
 /// Saves a generated image as PNG (atomically) with everything that regenerates it in `tEXt`

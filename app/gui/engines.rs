@@ -65,6 +65,7 @@ impl EngineKey {
 
     fn generate_spec(&self) -> GenerateSpec {
         GenerateSpec {
+            baseline: false,
             text_encoder_dir: self.shipped.text_encoder_dir.clone(),
             textok: self.textok.clone(),
             default_textok: self.shipped.textok.clone(),

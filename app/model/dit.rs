@@ -315,8 +315,8 @@ pub struct Sampler<'a> {
     pub schedule: &'a Schedule,
 }
 
-/// DDIM sampling with classifier-free guidance. `text` and `null_text` hold one caption each
-/// (the null text is the empty caption's embedding). Returns denormalised tokens
+/// DDIM sampling with classifier-free guidance. `text` holds one caption (used for every image)
+/// or `settings.count` captions (image i uses caption i); `null_text` holds the empty caption. Returns denormalised tokens
 /// `[count, tokens, token_dim]`, ready for the TexTok detokenizer.
 pub fn sample(
     sampler: &Sampler<'_>,
@@ -338,7 +338,11 @@ pub fn sample(
         noise.extend(seeded_noise(settings.seed.wrapping_add(i as u64), k * d));
     }
     let mut x = Tensor::<3>::from_data(TensorData::new(noise, [count, k, d]), device);
-    let cond = repeat_text(text, count);
+    let cond = if text.lengths.len() == count {
+        text.clone()
+    } else {
+        repeat_text(text, count)
+    };
     let uncond = repeat_text(null_text, count);
     let timesteps = schedule.ddim_timesteps(settings.steps);
     for (i, &t) in timesteps.iter().enumerate() {

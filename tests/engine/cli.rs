@@ -599,3 +599,158 @@ fn ctrl_c_during_training_saves_the_state_and_exits_cleanly() {
     );
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+/// A tiny DiT with a non-zero output layer, so images depend on the network.
+fn save_tiny_dit(path: &Path, seed: u64) {
+    let device = cpu();
+    let config = textok_studio::model::dit::DitConfig::tiny();
+    let mut dit = textok_studio::device::init_module(&device, Some(seed), || config.init(&device));
+    let seeded = textok_studio::device::seeded(&device, seed);
+    dit.output.weight = burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+        [32, 8],
+        burn::tensor::Distribution::Normal(0.0, 0.5),
+        &device,
+    ));
+    drop(seeded);
+    dit.save(&config, path, StoredPrecision::F16).unwrap();
+}
+
+#[test]
+fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
+    use textok_studio::model::dit::SampleSettings;
+    use textok_studio::pipeline::{GenerateEngine, GenerateSpec, generate, generate_for_captions};
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, baseline) = save_tiny_pair(dir.path());
+    let dit = dir.path().join("dit.safetensors");
+    save_tiny_dit(&dit, 3);
+    for (is_baseline, tokenizer) in [(false, &textok), (true, &baseline)] {
+        let mut spec = GenerateSpec::shipped();
+        spec.baseline = is_baseline;
+        spec.textok = Some(tokenizer.into());
+        spec.dit = Some(dit.clone());
+        let engine = GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap();
+        assert_eq!(engine.textok.model.is_text_conditioned(), !is_baseline);
+        let settings = SampleSettings {
+            tokens: 40,
+            steps: 3,
+            cfg: 2.0,
+            seed: 11,
+            count: 1,
+        };
+        let captions = [
+            "a red apple",
+            "an emperor penguin standing on the ice at night",
+        ];
+        let cancel = textok_studio::jobs::CancelToken::new();
+        let together = generate_for_captions(
+            &engine,
+            &captions,
+            &settings,
+            &textok_studio::jobs::NoProgress,
+            &cancel,
+        )
+        .unwrap();
+        assert_eq!(together.len(), 2);
+        for (i, caption) in captions.iter().enumerate() {
+            let alone = generate(
+                &engine,
+                caption,
+                &SampleSettings {
+                    seed: 11 + i as u64,
+                    ..settings.clone()
+                },
+                &textok_studio::jobs::NoProgress,
+                &cancel,
+            )
+            .unwrap()
+            .remove(0)
+            .image;
+            // Padding the shorter caption changes only float summation order.
+            let worst = together[i]
+                .iter()
+                .zip(alone.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-3,
+                "image {i} (baseline: {is_baseline}) differs by {worst}"
+            );
+        }
+        assert_ne!(together[0], together[1]);
+    }
+}
+
+#[test]
+fn gen_eval_reports_fd_effnet_for_both_generators() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, baseline) = save_tiny_pair(dir.path());
+    let (dit, baseline_dit) = (
+        dir.path().join("dit.safetensors"),
+        dir.path().join("dit-baseline.safetensors"),
+    );
+    save_tiny_dit(&dit, 3);
+    save_tiny_dit(&baseline_dit, 4);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["apple", "penguin", "lizard", "ambulance", "bread-and-wine"] {
+        std::fs::copy(
+            repo_path(&format!("assets/samples/{name}.png")),
+            data.join(format!("{name}.png")),
+        )
+        .unwrap();
+        std::fs::copy(
+            repo_path(&format!("assets/samples/{name}.txt")),
+            data.join(format!("{name}.txt")),
+        )
+        .unwrap();
+    }
+    let json = dir.path().join("gen.json");
+    let sheet = dir.path().join("gen.png");
+    let output = studio(
+        &[
+            "gen-eval",
+            "--data",
+            data.to_str().unwrap(),
+            // Every image is a reference: the tiny set has no other validation split.
+            "--validation-percent",
+            "99",
+            "--images",
+            "6",
+            "--tokens",
+            "32",
+            "--steps",
+            "2",
+            "--model",
+            &textok,
+            "--dit",
+            dit.to_str().unwrap(),
+            "--baseline",
+            &baseline,
+            "--baseline-dit",
+            baseline_dit.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--json",
+            json.to_str().unwrap(),
+            "--sheet",
+            sheet.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let models: Vec<&str> = records
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["textok", "baseline"]);
+    for record in &records {
+        assert_eq!(record["images"], 6);
+        let fd = record["fd_effnet"].as_f64().unwrap();
+        assert!(fd.is_finite() && fd > 0.0, "{record}");
+    }
+    assert!(stdout(&output).contains("FD-EffNet"));
+    let sheet = image::open(&sheet).unwrap();
+    assert_eq!(sheet.height(), 2 * (32 + 4) + 4, "a row per generator");
+}
