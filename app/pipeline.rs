@@ -13,7 +13,7 @@ use crate::jobs::{CancelToken, Progress, ProgressSink};
 use crate::metrics;
 use crate::model::diffusion::Schedule;
 use crate::model::dit::{Dit, DitConfig, SampleSettings, Sampler, sample};
-use crate::model::text_encoder::{MiniLmTextEncoder, TextEmbeddings, TextEncoder};
+use crate::model::text_encoder::{MiniLmTextEncoder, TextEncoder};
 use crate::model::textok::{MIN_BUDGET, TexTok, TexTokConfig};
 
 /// The paper's budgets, the default for `reconstruct`.
@@ -450,29 +450,10 @@ pub fn generate(
     cancel: &CancelToken,
 ) -> anyhow::Result<Vec<GeneratedImage>> {
     validate_sample_settings(settings, engine.max_tokens())?;
-    let device = &engine.device.device;
-    let text = engine.text_encoder.encode(&[caption])?;
-    let null_text = engine.text_encoder.encode(&[""])?;
-    let sampler = Sampler {
-        dit: &engine.dit,
-        config: &engine.dit_config,
-        schedule: &engine.schedule,
-    };
-    let tokens = sample(
-        &sampler, &text, &null_text, settings, device, progress, cancel,
-    )?;
-    cancel.check()?;
-    let repeated = TextEmbeddings {
-        hidden: text.hidden.clone().repeat_dim(0, settings.count),
-        mask: text.mask.clone().repeat_dim(0, settings.count),
-        lengths: vec![text.lengths[0]; settings.count],
-    };
-    let text_conditioned = engine.textok.model.is_text_conditioned();
-    let decoded = engine
-        .textok
-        .model
-        .decode(tokens, text_conditioned.then_some(&repeated));
-    Ok(imageio::from_tensor(decoded)
+    // The same caption for every image: image i is caption + seed `settings.seed + i`.
+    let captions = vec![caption; settings.count];
+    let images = generate_for_captions(engine, &captions, settings, progress, cancel)?;
+    Ok(images
         .into_iter()
         .enumerate()
         .map(|(i, image)| GeneratedImage {

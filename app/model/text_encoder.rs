@@ -199,6 +199,7 @@ pub const KIND_MINILM: &str = "text-encoder-minilm";
 pub struct MiniLmTextEncoder {
     model: MiniLm,
     tokenizer: Tokenizer,
+    counter: CaptionTokenCounter,
     config: MiniLmConfig,
     max_tokens: usize,
     device: Device,
@@ -228,9 +229,11 @@ impl MiniLmTextEncoder {
         let model = checkpoint.load_into(fresh)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = load_tokenizer(&tokenizer_path, max_tokens)?;
+        let counter = CaptionTokenCounter::load(dir, max_tokens)?;
         Ok(Self {
             model,
             tokenizer,
+            counter,
             config,
             max_tokens,
             device: device.clone(),
@@ -328,18 +331,7 @@ impl TextEncoder for MiniLmTextEncoder {
     }
 
     fn count_tokens(&self, caption: &str) -> Result<TokenCount, TextEncoderError> {
-        let mut untruncated = self.tokenizer.clone();
-        untruncated
-            .with_truncation(None)
-            .map_err(|e| TextEncoderError::Tokenize(e.to_string()))?;
-        let encoding = untruncated
-            .encode(clip_caption(caption), true)
-            .map_err(|e| TextEncoderError::Tokenize(e.to_string()))?;
-        let needed = encoding.get_ids().len();
-        Ok(TokenCount {
-            needed,
-            kept: needed.min(self.max_tokens),
-        })
+        self.counter.count(caption)
     }
 
     fn encode(&self, captions: &[&str]) -> Result<TextEmbeddings, TextEncoderError> {
