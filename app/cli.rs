@@ -805,7 +805,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
-    use crate::metrics::evaluation::{GenerationRecord, generation_fd};
+    use crate::metrics::evaluation::{GenerationRecord, effnet_features, generation_fd};
     use crate::model::dit::SampleSettings;
     use crate::pipeline::{GenerateEngine, GenerateSpec};
     anyhow::ensure!(args.images >= 2, "--images must be at least 2");
@@ -837,7 +837,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     )?;
     let mut records = Vec::new();
     let mut sheet_rows = Vec::new();
-    let mut image_size = None;
+    // Captions and reference features come from the first generator's resolution and are reused.
+    let mut references: Option<(u32, Vec<String>, Vec<Vec<f32>>)> = None;
     for (name, spec) in generators {
         let engine = GenerateEngine::load(&spec, selected.clone())?;
         eprintln!(
@@ -845,40 +846,46 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             engine.textok.source, engine.dit_source
         );
         let size = engine.textok.config.image_size as u32;
+        if references.is_none() {
+            let dataset = Dataset::load(
+                &args.data,
+                size,
+                args.validation_percent,
+                None,
+                &NoProgress,
+                &CancelToken::new(),
+            )?;
+            let validation = dataset.split(Split::Validation);
+            anyhow::ensure!(
+                validation.len() >= 2,
+                "{}: the validation split has {} images; FD-EffNet needs at least 2",
+                args.data.display(),
+                validation.len()
+            );
+            let captions: Vec<String> = validation
+                .iter()
+                .cycle()
+                .take(args.images)
+                .map(|item| item.caption.clone())
+                .collect();
+            let images: Vec<_> = validation.iter().map(|item| item.image()).collect();
+            let features = effnet_features(&effnet, &images, &selected.device)?;
+            references = Some((size, captions, features));
+        }
+        let Some((reference_size, captions, reference_features)) = &references else {
+            anyhow::bail!("no reference images were loaded")
+        };
         anyhow::ensure!(
-            image_size.is_none_or(|s| s == size),
-            "the generators work at different resolutions"
+            *reference_size == size,
+            "the generators work at different resolutions ({reference_size} and {size} px)"
         );
-        image_size = Some(size);
-        let dataset = Dataset::load(
-            &args.data,
-            size,
-            args.validation_percent,
-            None,
-            &NoProgress,
-            &CancelToken::new(),
-        )?;
-        let validation = dataset.split(Split::Validation);
-        anyhow::ensure!(
-            validation.len() >= 2,
-            "{}: the validation split has {} images; FD-EffNet needs at least 2",
-            args.data.display(),
-            validation.len()
-        );
-        let captions: Vec<String> = validation
-            .iter()
-            .cycle()
-            .take(args.images)
-            .map(|item| item.caption.clone())
-            .collect();
-        let references: Vec<_> = validation.iter().map(|item| item.image()).collect();
         let progress = |p: crate::jobs::Progress| {
             eprint!("\r{name}: {}/{} {}    ", p.done, p.total, p.message)
         };
         let (fd, images) = generation_fd(
             &engine,
-            &captions,
-            &references,
+            captions,
+            reference_features,
             &effnet,
             &settings,
             &progress,
@@ -892,7 +899,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             steps: args.steps,
             cfg: args.cfg,
             images: captions.len(),
-            references: references.len(),
+            references: reference_features.len(),
             fd_effnet: fd,
         });
     }
@@ -907,8 +914,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    if let (Some(path), Some(size)) = (&args.sheet, image_size) {
-        let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, size);
+    if let (Some(path), Some((size, _, _))) = (&args.sheet, &references) {
+        let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, *size);
         imageio::save_png(&sheet, path, &[])?;
     }
     Ok(())

@@ -225,12 +225,27 @@ pub struct GenerationRecord {
     pub fd_effnet: f64,
 }
 
+/// EfficientNet-Lite0 pooled features of `images` (one row each), in batches.
+pub fn effnet_features(
+    effnet: &EfficientNet,
+    images: &[image::Rgb32FImage],
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut rows = Vec::with_capacity(images.len());
+    for chunk in images.chunks(16) {
+        let refs: Vec<&image::Rgb32FImage> = chunk.iter().collect();
+        rows.extend(features_of(effnet, imageio::to_tensor(&refs, device))?);
+    }
+    Ok(rows)
+}
+
 /// Generates one image per caption (seeds `settings.seed + i`, in batches) and measures the
-/// FD-EffNet between them and `references`. Returns the distance and the generated images.
+/// FD-EffNet between them and the references' features ([`effnet_features`]). Returns the
+/// distance and the generated images.
 pub fn generation_fd(
     engine: &crate::pipeline::GenerateEngine,
     captions: &[String],
-    references: &[image::Rgb32FImage],
+    reference_features: &[Vec<f32>],
     effnet: &EfficientNet,
     settings: &crate::model::dit::SampleSettings,
     progress: &dyn ProgressSink,
@@ -238,10 +253,9 @@ pub fn generation_fd(
 ) -> anyhow::Result<(f64, Vec<image::Rgb32FImage>)> {
     const BATCH: usize = 16;
     anyhow::ensure!(
-        captions.len() >= 2 && references.len() >= 2,
+        captions.len() >= 2 && reference_features.len() >= 2,
         "FD-EffNet needs at least 2 generated and 2 reference images"
     );
-    let device = &engine.device.device;
     let total = captions.len().div_ceil(BATCH);
     let mut generated = Vec::with_capacity(captions.len());
     for (index, chunk) in captions.chunks(BATCH).enumerate() {
@@ -264,17 +278,7 @@ pub fn generation_fd(
             message: format!("generated {} images", generated.len()),
         });
     }
-    let features = |images: &[image::Rgb32FImage]| -> anyhow::Result<Vec<Vec<f32>>> {
-        let mut rows = Vec::with_capacity(images.len());
-        for chunk in images.chunks(BATCH) {
-            let refs: Vec<&image::Rgb32FImage> = chunk.iter().collect();
-            rows.extend(features_of(
-                effnet,
-                crate::data::image::to_tensor(&refs, device),
-            )?);
-        }
-        Ok(rows)
-    };
-    let distance = super::fd::frechet_distance(&features(&generated)?, &features(references)?);
+    let features = effnet_features(effnet, &generated, &engine.device.device)?;
+    let distance = super::fd::frechet_distance(&features, reference_features);
     Ok((distance, generated))
 }
