@@ -359,55 +359,38 @@ impl ComparePane {
                 app.caption_edited(path);
             }
         }
-        ui.horizontal_wrapped(|ui| match app.engines.reconstruct() {
-            EngineStatus::Loading => {
-                ui.spinner();
-                ui.label("loading models…");
-            }
-            EngineStatus::Failed(message) => {
-                ui.colored_label(
-                    ui.visuals().error_fg_color,
-                    format!("Models failed to load: {message}"),
-                );
-                if ui.button("Retry").clicked() {
-                    app.engines.reload();
-                }
-            }
-            EngineStatus::Ready(engine) => {
-                for (label, source) in [
-                    ("TexTok", Some(&engine.textok.source)),
-                    ("Baseline", engine.baseline.as_ref().map(|b| &b.source)),
-                ] {
-                    match source {
-                        Some(source @ crate::pipeline::ModelSource::RandomInit { .. }) => {
-                            ui.colored_label(
-                                ui.visuals().warn_fg_color,
-                                format!(
-                                    "{label}: RANDOMLY INITIALISED stand-in (its output is noise)"
-                                ),
-                            )
-                            .on_hover_text(source.to_string());
-                        }
-                        Some(crate::pipeline::ModelSource::File(path)) => {
-                            let name = path
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .unwrap_or_default();
-                            ui.weak(format!("{label}: {name}"))
-                                .on_hover_text(path.display().to_string());
-                        }
-                        None => {}
+        ui.horizontal_wrapped(|ui| {
+            let status = app.engines.reconstruct();
+            let failed = "Models failed to load";
+            let Some(engine) =
+                super::engine_status(ui, status, "loading models…", failed, &mut app.engines)
+            else {
+                return;
+            };
+            for (label, source) in [
+                ("TexTok", Some(&engine.textok.source)),
+                ("Baseline", engine.baseline.as_ref().map(|b| &b.source)),
+            ] {
+                match source {
+                    Some(source @ crate::pipeline::ModelSource::RandomInit { .. }) => {
+                        ui.colored_label(
+                            ui.visuals().warn_fg_color,
+                            format!("{label}: RANDOMLY INITIALISED stand-in (its output is noise)"),
+                        )
+                        .on_hover_text(source.to_string());
                     }
+                    Some(crate::pipeline::ModelSource::File(path)) => {
+                        let name = path
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        ui.weak(format!("{label}: {name}"))
+                            .on_hover_text(path.display().to_string());
+                    }
+                    None => {}
                 }
-                // The first clause names the device; the rest (skipped adapters) is in Settings.
-                let device = engine
-                    .device
-                    .description
-                    .split(';')
-                    .next()
-                    .unwrap_or_default();
-                ui.weak(format!("on {device}"));
             }
+            ui.weak(super::device_label(&engine.device.description));
         });
         match &running {
             Some(progress) => {

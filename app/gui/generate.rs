@@ -272,40 +272,21 @@ impl GeneratePane {
                 {
                     self.start(app);
                 }
-                match status {
-                    EngineStatus::Loading => {
-                        ui.horizontal(|ui| {
-                            ui.spinner();
-                            ui.label("loading the generator…");
-                        });
-                    }
-                    EngineStatus::Failed(message) => {
+                let loading = "loading the generator…";
+                let failed = "Generator failed to load";
+                if let Some(engine) =
+                    super::engine_status(ui, status, loading, failed, &mut app.engines)
+                {
+                    if matches!(
+                        engine.dit_source,
+                        crate::pipeline::ModelSource::RandomInit { .. }
+                    ) {
                         ui.colored_label(
-                            ui.visuals().error_fg_color,
-                            format!("Generator failed to load: {message}"),
+                            ui.visuals().warn_fg_color,
+                            format!("DiT: {}", engine.dit_source),
                         );
-                        if ui.button("Retry").clicked() {
-                            app.engines.reload();
-                        }
                     }
-                    EngineStatus::Ready(engine) => {
-                        if matches!(
-                            engine.dit_source,
-                            crate::pipeline::ModelSource::RandomInit { .. }
-                        ) {
-                            ui.colored_label(
-                                ui.visuals().warn_fg_color,
-                                format!("DiT: {}", engine.dit_source),
-                            );
-                        }
-                        let device = engine
-                            .device
-                            .description
-                            .split(';')
-                            .next()
-                            .unwrap_or_default();
-                        ui.weak(format!("on {device}"));
-                    }
+                    ui.weak(super::device_label(&engine.device.description));
                 }
             }
         }

@@ -275,6 +275,40 @@ impl AppContext {
     }
 }
 
+/// Shows "loading" with a spinner, or the load failure with Retry; returns the engine once it is
+/// ready. `what` names the models in messages ("models", "the generator").
+pub fn engine_status<T>(
+    ui: &mut egui::Ui,
+    status: engines::EngineStatus<T>,
+    loading: &str,
+    failed: &str,
+    engines: &mut Engines,
+) -> Option<Arc<T>> {
+    match status {
+        engines::EngineStatus::Loading => {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label(loading);
+            });
+            None
+        }
+        engines::EngineStatus::Failed(message) => {
+            ui.colored_label(ui.visuals().error_fg_color, format!("{failed}: {message}"));
+            if ui.button("Retry").clicked() {
+                engines.reload();
+            }
+            None
+        }
+        engines::EngineStatus::Ready(engine) => Some(engine),
+    }
+}
+
+/// The device part of a device description; the rest (skipped adapters) is shown in Settings.
+pub fn device_label(description: &str) -> String {
+    let device = description.split(';').next().unwrap_or_default();
+    format!("on {device}")
+}
+
 /// Runs a (blocking) native file dialog on its own thread; the answer arrives on the receiver.
 pub fn pick_in_background(
     notify: Arc<dyn Fn() + Send + Sync>,
