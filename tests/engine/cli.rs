@@ -36,6 +36,22 @@ fn assert_one_line_error(output: &Output, needle: &str) {
     assert!(err.contains(needle), "expected {needle:?} in {err}");
 }
 
+/// A dataset folder `dir/data` with the named sample images and their caption sidecars.
+fn sample_dataset(dir: &Path, names: &[&str]) -> std::path::PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in names {
+        for extension in ["png", "txt"] {
+            std::fs::copy(
+                repo_path(&format!("assets/samples/{name}.{extension}")),
+                data.join(format!("{name}.{extension}")),
+            )
+            .unwrap();
+        }
+    }
+    data
+}
+
 fn save_tiny_pair(dir: &Path) -> (String, String) {
     let textok = dir.join("tiny-textok.safetensors");
     let baseline = dir.join("tiny-baseline.safetensors");
@@ -300,20 +316,7 @@ fn info_describes_a_checkpoint() {
 fn eval_prints_the_table_and_writes_json_records() {
     let dir = tempfile::tempdir().unwrap();
     let (textok, baseline) = save_tiny_pair(dir.path());
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for name in ["apple", "penguin", "lizard"] {
-        std::fs::copy(
-            repo_path(&format!("assets/samples/{name}.png")),
-            data.join(format!("{name}.png")),
-        )
-        .unwrap();
-        std::fs::copy(
-            repo_path(&format!("assets/samples/{name}.txt")),
-            data.join(format!("{name}.txt")),
-        )
-        .unwrap();
-    }
+    let data = sample_dataset(dir.path(), &["apple", "penguin", "lizard"]);
     let json = dir.path().join("table.json");
     let sheet = dir.path().join("sheet.png");
     let output = studio(
@@ -690,20 +693,10 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
     );
     save_tiny_dit(&dit, 3);
     save_tiny_dit(&baseline_dit, 4);
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for name in ["apple", "penguin", "lizard", "ambulance", "bread-and-wine"] {
-        std::fs::copy(
-            repo_path(&format!("assets/samples/{name}.png")),
-            data.join(format!("{name}.png")),
-        )
-        .unwrap();
-        std::fs::copy(
-            repo_path(&format!("assets/samples/{name}.txt")),
-            data.join(format!("{name}.txt")),
-        )
-        .unwrap();
-    }
+    let data = sample_dataset(
+        dir.path(),
+        &["apple", "penguin", "lizard", "ambulance", "bread-and-wine"],
+    );
     let json = dir.path().join("gen.json");
     let sheet = dir.path().join("gen.png");
     let output = studio(
