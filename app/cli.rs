@@ -61,6 +61,14 @@ pub enum Command {
     },
     /// List the GPU adapters wgpu can see and what `--device auto` would pick.
     Devices,
+    /// Write a tokenizer or DiT checkpoint (e.g. a run's `ema.safetensors`) with f16 weights:
+    /// how the shipped models in `models/` are made.
+    ExportF16 {
+        /// A .safetensors checkpoint written by TexTok Studio.
+        input: PathBuf,
+        /// Where to write the f16 copy (written atomically).
+        output: PathBuf,
+    },
     /// Train models.
     #[command(subcommand)]
     Train(TrainCommand),
@@ -378,6 +386,7 @@ pub fn main() -> ExitCode {
         Some(Command::Reconstruct(args)) => run_reconstruct(args),
         Some(Command::Info { path }) => run_info(&path),
         Some(Command::Devices) => run_devices(),
+        Some(Command::ExportF16 { input, output }) => run_export_f16(&input, &output),
         Some(Command::Train(TrainCommand::Tokenizer(args))) => run_train_tokenizer(args),
         Some(Command::Train(TrainCommand::Dit(args))) => run_train_dit(args),
         Some(Command::Eval(args)) => run_eval(args),
@@ -530,6 +539,27 @@ fn run_info(path: &Path) -> anyhow::Result<()> {
     );
     println!("dtype:      {}", dtypes.join(", "));
     println!("config:     {}", serde_json::to_string_pretty(&config)?);
+    Ok(())
+}
+
+fn run_export_f16(input: &Path, output: &Path) -> anyhow::Result<()> {
+    let device = device::cpu().device;
+    let kind = CheckpointFile::read(input)?.kind()?.to_owned();
+    match kind.as_str() {
+        crate::model::textok::KIND_TEXTOK => {
+            let (model, config) = crate::model::textok::TexTok::load(input, &device)?;
+            model.save(&config, output, crate::checkpoint::StoredPrecision::F16)?;
+        }
+        crate::model::dit::KIND_DIT => {
+            let (model, config) = crate::model::dit::Dit::load(input, &device)?;
+            model.save(&config, output, crate::checkpoint::StoredPrecision::F16)?;
+        }
+        other => bail!(
+            "{}: a `{other}` checkpoint cannot be exported (tokenizers and DiTs can)",
+            input.display()
+        ),
+    }
+    println!("wrote {} (f16) from {}", output.display(), input.display());
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 # Train (or resume) the shipped `small` TexTok and Baseline with identical settings and compute,
 # then evaluate them. Safe to run again: every run resumes where it stopped.
 #
-#   bash models/scripts/train_shipped.sh CORPUS_DIR RUNS_DIR [STEPS]
+#   bash models/scripts/train_shipped.sh CORPUS_DIR RUNS_DIR [STEPS [LR]]
 #
 # CORPUS_DIR comes from models/scripts/build_corpus.py. On a 2-core CPU the two runs go side by
 # side, one thread each (3.4 images/s each at batch 8, measured), at low priority so the machine
@@ -11,9 +11,10 @@ set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}
 steps=${3:-8000}
+lr=${4:-6e-4}
 bin=${TEXTOK_STUDIO:-target/release/textok-studio}
-common=(--data "$corpus" --preset small --steps "$steps" --batch 8 --lr 4e-4 --warmup 200
-        --eval-every 500 --eval-images 64 --checkpoint-minutes 10 --seed 0 --device cpu)
+common=(--data "$corpus" --preset small --steps "$steps" --batch 8 --lr "$lr" --warmup 200
+        --eval-every 250 --eval-images 64 --checkpoint-minutes 10 --seed 0 --device cpu)
 mkdir -p "$runs"
 pids=()
 for model in textok baseline; do

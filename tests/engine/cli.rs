@@ -619,6 +619,66 @@ fn save_tiny_dit(path: &Path, seed: u64) {
 }
 
 #[test]
+fn export_f16_keeps_the_model_and_halves_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = cpu();
+    let (model, config) = tiny(true, 41);
+    let full = dir.path().join("full.safetensors");
+    model.save(&config, &full, StoredPrecision::F32).unwrap();
+    let half = dir.path().join("half.safetensors");
+    let output = studio(
+        &["export-f16", full.to_str().unwrap(), half.to_str().unwrap()],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let info = stdout(&studio(&["info", half.to_str().unwrap()], None));
+    assert!(info.contains("dtype:      F16"), "{info}");
+    let sizes = [&full, &half].map(|p| std::fs::metadata(p).unwrap().len() as f64);
+    assert!(sizes[1] < 0.6 * sizes[0], "{sizes:?}");
+    let (loaded, loaded_config) =
+        textok_studio::model::textok::TexTok::load(&half, &device).unwrap();
+    assert_eq!(loaded_config, config);
+    let images = random_images(1, 3);
+    let text = embed(&["a green triangle"]);
+    let difference = max_abs_diff(
+        model.reconstruct(images.clone(), Some(&text), 64),
+        loaded.reconstruct(images, Some(&text), 64),
+    );
+    assert!(
+        difference < 0.02,
+        "f16 weights changed the output by {difference}"
+    );
+
+    let dit = dir.path().join("dit.safetensors");
+    save_tiny_dit(&dit, 5);
+    let dit_half = dir.path().join("dit-half.safetensors");
+    let output = studio(
+        &[
+            "export-f16",
+            dit.to_str().unwrap(),
+            dit_half.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(textok_studio::model::dit::Dit::load(&dit_half, &device).is_ok());
+
+    let bogus = dir.path().join("bogus.safetensors");
+    std::fs::write(&bogus, b"not a checkpoint").unwrap();
+    assert_one_line_error(
+        &studio(
+            &[
+                "export-f16",
+                bogus.to_str().unwrap(),
+                half.to_str().unwrap(),
+            ],
+            None,
+        ),
+        "bogus.safetensors",
+    );
+}
+
+#[test]
 fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
     use textok_studio::model::dit::SampleSettings;
     use textok_studio::pipeline::{GenerateEngine, GenerateSpec, generate, generate_for_captions};

@@ -30,8 +30,10 @@ fn presets_have_the_documented_shapes() {
             small.max_tokens,
             small.token_dim
         ),
-        (128, 8, 256, 8)
+        (128, 16, 256, 8)
     );
+    assert_eq!(small.latents_from_image, Some(true));
+    assert_eq!(TexTokConfig::base(true).latents_from_image, None);
     let base = TexTokConfig::base(false);
     assert_eq!(
         (
@@ -126,4 +128,54 @@ fn caption_padding_does_not_change_the_result() {
     let out_alone = model.reconstruct(images.clone(), Some(&alone), 32);
     let out_padded = model.reconstruct(images, Some(&first), 32);
     assert!(max_abs_diff(out_alone, out_padded) < 1e-4);
+}
+
+/// Two images with the same mean colour that differ only in where things are: black left half
+/// and white right half, and its mirror image. `[2, 3, 32, 32]`.
+fn mirrored_halves() -> Tensor<4> {
+    let device = cpu();
+    let row: Vec<f32> = (0..32).map(|x| if x < 16 { -1.0 } else { 1.0 }).collect();
+    let mirrored: Vec<f32> = row.iter().rev().copied().collect();
+    let mut values = Vec::new();
+    for half in [&row, &mirrored] {
+        for _ in 0..3 * 32 {
+            values.extend_from_slice(half);
+        }
+    }
+    Tensor::<1>::from_floats(values.as_slice(), &device).reshape([2, 3, 32, 32])
+}
+
+/// ||a - b|| / ||a|| over the first `count` tokens of the two images' encodings.
+fn relative_token_difference(config: TexTokConfig, count: usize) -> f32 {
+    let device = cpu();
+    let model = textok_studio::device::init_module(&device, Some(7), || config.init(&device));
+    let tokens = model.encode(mirrored_halves(), None).narrow(1, 0, count);
+    let a = tokens.clone().narrow(0, 0, 1);
+    let b = tokens.narrow(0, 1, 1);
+    let difference: f32 = (a.clone() - b).powi_scalar(2).sum().sqrt().into_scalar();
+    let size: f32 = a.powi_scalar(2).sum().sqrt().into_scalar();
+    difference / size
+}
+
+#[test]
+fn pyramid_latents_see_where_things_are_from_the_start() {
+    // Plain learned queries attend almost uniformly at init, so mirrored images (same mean
+    // colour) give nearly the same tokens; the pooled pyramid's quarter tokens tell them apart.
+    let plain =
+        relative_token_difference(TexTokConfig::tiny(false).with_latents_from_image(None), 32);
+    let pyramid = relative_token_difference(TexTokConfig::tiny(false), 32);
+    assert!(
+        pyramid > 0.2 && pyramid > 3.0 * plain,
+        "pyramid {pyramid} vs plain {plain}"
+    );
+}
+
+#[test]
+fn configs_saved_before_the_pyramid_load_with_plain_queries() {
+    let mut json: serde_json::Value = serde_json::to_value(TexTokConfig::tiny(true)).unwrap();
+    json.as_object_mut().unwrap().remove("latents_from_image");
+    let config: TexTokConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(config.latents_from_image, None);
+    let device = cpu();
+    assert!(!config.init(&device).latents_from_image);
 }
