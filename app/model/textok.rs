@@ -9,15 +9,17 @@
 //! Any budget from one checkpoint: the detokenizer reads only the first k of the N tokens, and
 //! training samples k per step (nested tail drop), so one model serves the whole 32-256 slider.
 //!
-//! Our one deviation from the paper, switched by `latents_from_image` (on in `tiny`/`small`):
-//! the latent queries L start from a coarse-to-fine pyramid of average-pooled patch embeddings
-//! (token 0 = the whole image, tokens 1-4 = its quarters, then 4x4, 8x8, ...), so the first
-//! tokens see the image from step one. With plain learned queries the `small` model spent its
-//! first 1,800 CPU steps (2.6 h) reconstructing the same mean image for every input: the queries
-//! attend almost uniformly at init, every token carries little more than the mean colour, and
-//! the encoder and decoder must discover spatial routing together. The pyramid gives the
-//! decoder image- and region-dependent tokens at once, and its coarse-first order suits nested
-//! budgets.
+//! Our one deviation from the paper, switched by `pyramid` (on in `tiny`/`small`): a
+//! coarse-to-fine pyramid shortcut in both halves. Token slots are laid out as levels of 1x1,
+//! 2x2, 4x4, ... cells over the patch grid (slot 0 = the whole image, slots 1-4 = its quarters,
+//! ...). The encoder's latent queries start from the average-pooled patch embeddings of their
+//! cell, and the decoder's patch queries start from the (projected) tokens of every cell that
+//! covers them, as far as the budget reaches. Why: with plain learned queries both attention
+//! stacks start almost uniform, every token carries little more than the mean colour, and the
+//! encoder and decoder have to discover spatial routing together; the `small` model reproduced
+//! the same mean image for every input for its first 1,800 CPU steps (2.6 h). With the
+//! shortcut the model starts as a coarse-to-fine patch autoencoder that the transformers refine,
+//! and its coarse-first order suits nested budgets.
 
 use std::path::Path;
 
@@ -62,22 +64,22 @@ pub struct TexTokConfig {
     /// Caption tokens the text encoder keeps for this model.
     #[config(default = 32)]
     pub max_text_tokens: usize,
-    /// Add a pyramid of pooled patch embeddings to the latent queries (see the module docs).
-    /// `None` (absent in older checkpoints) means plain learned queries.
-    pub latents_from_image: Option<bool>,
+    /// The coarse-to-fine pyramid shortcut (see the module docs). `None` (absent in older
+    /// checkpoints) means plain learned queries, as in the paper.
+    pub pyramid: Option<bool>,
 }
 
 impl TexTokConfig {
     /// For tests: 32 px, patch 8, width 32, 1+1 layers.
     pub fn tiny(text_conditioning: bool) -> Self {
-        Self::new(32, 8, 32, 1, 1, 2, 64, text_conditioning).with_latents_from_image(Some(true))
+        Self::new(32, 8, 32, 1, 1, 2, 64, text_conditioning).with_pyramid(Some(true))
     }
 
     /// CPU-trainable: 128 px, patch 16 (an 8x8 grid), width 192, 4+4 layers. Patch 8 (16x16
     /// grid) cost twice the time per image on our 2-core CPU and did not leave the mean-image
     /// plateau in the time a session has.
     pub fn small(text_conditioning: bool) -> Self {
-        Self::new(128, 16, 192, 4, 4, 3, 768, text_conditioning).with_latents_from_image(Some(true))
+        Self::new(128, 16, 192, 4, 4, 3, 768, text_conditioning).with_pyramid(Some(true))
     }
 
     /// The paper's TexTok-B: 256 px, patch 8, width 768, 12+12 layers, 12 heads, MLP 3072
@@ -190,7 +192,7 @@ impl TexTokConfig {
             patch_size: self.patch_size,
             grid: self.grid(),
             max_tokens: self.max_tokens,
-            latents_from_image: self.latents_from_image.unwrap_or(false),
+            pyramid: self.pyramid.unwrap_or(false),
         }
     }
 }
@@ -216,7 +218,7 @@ pub struct TexTok {
     pub patch_size: usize,
     pub grid: usize,
     pub max_tokens: usize,
-    pub latents_from_image: bool,
+    pub pyramid: bool,
 }
 
 impl TexTok {
@@ -233,7 +235,7 @@ impl TexTok {
         let [batch, _, _, _] = image.dims();
         let content = self.patch_embed.forward(self.patchify(image));
         let mut latents = self.latent_tokens.val().repeat_dim(0, batch);
-        if self.latents_from_image {
+        if self.pyramid {
             latents = latents + self.pooled_pyramid(content.clone());
         }
         let patches = content + self.encoder_patch_pos.val();
@@ -258,9 +260,12 @@ impl TexTok {
             "token budget {k} outside 1..={}",
             self.max_tokens
         );
-        let tokens =
-            self.from_tokens.forward(tokens) + self.decoder_token_pos.val().narrow(1, 0, k);
-        let queries = self.decoder_patch_queries.val().repeat_dim(0, batch);
+        let content = self.from_tokens.forward(tokens);
+        let mut queries = self.decoder_patch_queries.val().repeat_dim(0, batch);
+        if self.pyramid {
+            queries = queries + self.unpooled_pyramid(content.clone());
+        }
+        let tokens = content + self.decoder_token_pos.val().narrow(1, 0, k);
         let x = self.run_blocks(
             &self.decoder_blocks,
             &self.decoder_text_proj,
@@ -313,6 +318,37 @@ impl TexTok {
             ));
         }
         Tensor::cat(levels, 1).narrow(1, 0, self.max_tokens)
+    }
+
+    /// The decoder's half of the pyramid: each patch receives the sum of the tokens whose cell
+    /// covers it, for the tokens present (the budget may end inside a level).
+    /// - `tokens`: `[batch, k, width]` -> `[batch, patches, width]`
+    fn unpooled_pyramid(&self, tokens: Tensor<3>) -> Tensor<3> {
+        let [batch, budget, width] = tokens.dims();
+        let grid = self.grid;
+        let device = tokens.device();
+        let mut sum = Tensor::<3>::zeros([batch, grid * grid, width], &device);
+        let mut start = 0;
+        let mut side = 1;
+        while side <= grid && grid.is_multiple_of(side) && start < budget {
+            let cells = side * side;
+            let present = cells.min(budget - start);
+            let mut level = tokens.clone().narrow(1, start, present);
+            if present < cells {
+                let missing = Tensor::zeros([batch, cells - present, width], &device);
+                level = Tensor::cat(vec![level, missing], 1);
+            }
+            let cell = grid / side;
+            let spread = level
+                .reshape([batch, side, 1, side, 1, width])
+                .repeat_dim(2, cell)
+                .repeat_dim(4, cell)
+                .reshape([batch, grid * grid, width]);
+            sum = sum + spread;
+            start += cells;
+            side *= 2;
+        }
+        sum
     }
 
     /// Concatenates `prefix` with the projected caption (if this model uses text), runs the

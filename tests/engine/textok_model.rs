@@ -32,8 +32,8 @@ fn presets_have_the_documented_shapes() {
         ),
         (128, 16, 256, 8)
     );
-    assert_eq!(small.latents_from_image, Some(true));
-    assert_eq!(TexTokConfig::base(true).latents_from_image, None);
+    assert_eq!(small.pyramid, Some(true));
+    assert_eq!(TexTokConfig::base(true).pyramid, None);
     let base = TexTokConfig::base(false);
     assert_eq!(
         (
@@ -161,8 +161,7 @@ fn relative_token_difference(config: TexTokConfig, count: usize) -> f32 {
 fn pyramid_latents_see_where_things_are_from_the_start() {
     // Plain learned queries attend almost uniformly at init, so mirrored images (same mean
     // colour) give nearly the same tokens; the pooled pyramid's quarter tokens tell them apart.
-    let plain =
-        relative_token_difference(TexTokConfig::tiny(false).with_latents_from_image(None), 32);
+    let plain = relative_token_difference(TexTokConfig::tiny(false).with_pyramid(None), 32);
     let pyramid = relative_token_difference(TexTokConfig::tiny(false), 32);
     assert!(
         pyramid > 0.2 && pyramid > 3.0 * plain,
@@ -171,11 +170,38 @@ fn pyramid_latents_see_where_things_are_from_the_start() {
 }
 
 #[test]
+fn pyramid_decoder_sends_a_quarter_token_to_its_quarter() {
+    // Slot 1 is the top-left quarter's token: changing it must change the top-left of the
+    // output far more than the bottom-right (there only attention, near uniform at init, carries it).
+    let (model, _) = tiny(false, 9);
+    let device = cpu();
+    let tokens = Tensor::<3>::random([1, 32, 8], Distribution::Normal(0.0, 1.0), &device);
+    let bump = Tensor::<3>::zeros([1, 32, 8], &device).slice_assign(
+        [0..1, 1..2, 0..8],
+        Tensor::<3>::full([1, 1, 8], 3.0, &device),
+    );
+    let change = (model.decode(tokens.clone() + bump, None) - model.decode(tokens, None)).abs();
+    let top_left: f32 = change
+        .clone()
+        .slice([0..1, 0..3, 0..16, 0..16])
+        .mean()
+        .into_scalar();
+    let bottom_right: f32 = change
+        .slice([0..1, 0..3, 16..32, 16..32])
+        .mean()
+        .into_scalar();
+    assert!(
+        top_left > 3.0 * bottom_right,
+        "top-left {top_left} vs bottom-right {bottom_right}"
+    );
+}
+
+#[test]
 fn configs_saved_before_the_pyramid_load_with_plain_queries() {
     let mut json: serde_json::Value = serde_json::to_value(TexTokConfig::tiny(true)).unwrap();
-    json.as_object_mut().unwrap().remove("latents_from_image");
+    json.as_object_mut().unwrap().remove("pyramid");
     let config: TexTokConfig = serde_json::from_value(json).unwrap();
-    assert_eq!(config.latents_from_image, None);
+    assert_eq!(config.pyramid, None);
     let device = cpu();
-    assert!(!config.init(&device).latents_from_image);
+    assert!(!config.init(&device).pyramid);
 }

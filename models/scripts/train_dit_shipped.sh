@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Train (or resume) the `small` DiT on the shipped TexTok's tokens and, with identical settings,
+# on the shipped Baseline's tokens; then compare them with FD-EffNet of generated images against
+# the validation images (the paper's gFID claim). Safe to run again: every run resumes.
+#
+#   bash models/scripts/train_dit_shipped.sh CORPUS_DIR RUNS_DIR [STEPS]
+#
+# The two runs go side by side, one thread each, at low priority (as train_shipped.sh).
+set -euo pipefail
+corpus=${1:?corpus folder}
+runs=${2:?runs folder}
+steps=${3:-4000}
+bin=${TEXTOK_STUDIO:-target/release/textok-studio}
+models=${TEXTOK_MODELS_DIR:-models}
+common=(--data "$corpus" --preset small --steps "$steps" --batch 32 --checkpoint-minutes 10
+        --seed 0 --device cpu)
+mkdir -p "$runs"
+pids=()
+for model in textok baseline; do
+  flags=()
+  [ -f "$runs/dit-$model/state.safetensors" ] && flags+=(--resume)
+  RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${common[@]}" "${flags[@]}" \
+    --tokenizer "$models/$model-small.safetensors" --out "$runs/dit-$model" \
+    >>"$runs/dit-$model.log" 2>&1 &
+  pids+=($!)
+done
+trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' INT TERM
+wait "${pids[@]}"
+"$bin" gen-eval --data "$corpus" --images 500 --tokens 64 --steps 50 --cfg 3 \
+  --model "$models/textok-small.safetensors" --dit "$runs/dit-textok/ema.safetensors" \
+  --baseline "$models/baseline-small.safetensors" --baseline-dit "$runs/dit-baseline/ema.safetensors" \
+  --json "$runs/gen-eval.json" --sheet "$runs/gen-sheet.png" --device cpu | tee "$runs/gen-eval.txt"
