@@ -656,6 +656,12 @@ impl eframe::App for StudioApp {
     }
 }
 
+/// The window/taskbar icon, `assets/icons/textok-studio.png`, built into the binary.
+pub fn app_icon() -> Result<egui::IconData, String> {
+    eframe::icon_data::from_png_bytes(include_bytes!("../../assets/icons/textok-studio.png"))
+        .map_err(|e| e.to_string())
+}
+
 /// Starts the desktop app and blocks until its window closes.
 pub fn run(options: StartOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&options.data_dir).map_err(|e| {
@@ -664,12 +670,18 @@ pub fn run(options: StartOptions) -> anyhow::Result<()> {
             options.data_dir.display()
         )
     })?;
+    let mut viewport = egui::ViewportBuilder::default()
+        .with_title("TexTok Studio")
+        .with_inner_size([1280.0, 800.0])
+        .with_min_inner_size([720.0, 480.0])
+        .with_drag_and_drop(true);
+    // The icon is our own asset (drawn by assets/icons/make_icon.py); a window without it still works.
+    match app_icon() {
+        Ok(icon) => viewport = viewport.with_icon(icon),
+        Err(error) => tracing::warn!("app icon not loaded: {error}"),
+    }
     let native = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title("TexTok Studio")
-            .with_inner_size([1280.0, 800.0])
-            .with_min_inner_size([720.0, 480.0])
-            .with_drag_and_drop(true),
+        viewport,
         renderer: eframe::Renderer::Wgpu,
         ..Default::default()
     };

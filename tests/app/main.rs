@@ -642,6 +642,22 @@ fn settings_switch_the_device_and_the_models_follow() {
 }
 
 #[test]
+fn the_window_icon_decodes_to_a_square_picture() {
+    let icon = textok_studio::gui::app_icon().expect("the built-in icon decodes");
+    assert_eq!(icon.width, icon.height);
+    assert!(icon.width >= 64, "{}", icon.width);
+    assert_eq!(icon.rgba.len(), (icon.width * icon.height * 4) as usize);
+    // Not blank: it has transparent corners and opaque pixels of several colours.
+    let opaque: std::collections::HashSet<&[u8]> =
+        icon.rgba.chunks(4).filter(|p| p[3] == 255).collect();
+    assert!(
+        icon.rgba[3] == 0 && opaque.len() > 4,
+        "{} colours",
+        opaque.len()
+    );
+}
+
+#[test]
 fn compare_shader_parses_and_validates() {
     let module = naga::front::wgsl::parse_str(textok_studio::gui::wipe::COMPARE_SHADER)
         .expect("compare.wgsl parses");
