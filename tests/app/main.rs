@@ -783,8 +783,13 @@ fn readme_screenshots() {
     let fixture = fixture();
     let shipped = ShippedModels::from_models_dir();
     let mut options = fixture.options();
-    if shipped.textok.exists() && shipped.baseline.exists() && shipped.dit.exists() {
-        options.shipped = shipped;
+    // The shipped models where they exist (the tiny fixtures stand in for the rest).
+    if shipped.textok.exists() && shipped.baseline.exists() {
+        options.shipped.textok = shipped.textok;
+        options.shipped.baseline = shipped.baseline;
+    }
+    if shipped.dit.exists() {
+        options.shipped.dit = shipped.dit;
     }
     options.open = ["penguin", "apple", "lizard", "ambulance", "bread-and-wine"]
         .iter()
