@@ -19,7 +19,10 @@
 //! encoder and decoder have to discover spatial routing together; the `small` model reproduced
 //! the same mean image for every input for its first 1,800 CPU steps (2.6 h). With the
 //! shortcut the model starts as a coarse-to-fine patch autoencoder that the transformers refine,
-//! and its coarse-first order suits nested budgets.
+//! and its coarse-first order suits nested budgets. `pyramid_fill` (on in `small` since the
+//! second training round) repeats the finest level until every slot has a cell: without it the
+//! slots after the pyramid (85 of 256 on an 8x8 grid) went unused and 128 tokens reconstructed
+//! exactly as well as 256.
 
 use std::path::Path;
 
@@ -67,6 +70,10 @@ pub struct TexTokConfig {
     /// The coarse-to-fine pyramid shortcut (see the module docs). `None` (absent in older
     /// checkpoints) means plain learned queries, as in the paper.
     pub pyramid: Option<bool>,
+    /// With the pyramid: after the finest level, repeat it until every token slot has a cell,
+    /// so tokens beyond the pyramid (85 of 256 slots on an 8x8 grid) add more channels per
+    /// patch instead of depending on attention alone. `None` (older checkpoints) = no repeats.
+    pub pyramid_fill: Option<bool>,
 }
 
 impl TexTokConfig {
@@ -79,7 +86,9 @@ impl TexTokConfig {
     /// grid) cost twice the time per image on our 2-core CPU and did not leave the mean-image
     /// plateau in the time a session has.
     pub fn small(text_conditioning: bool) -> Self {
-        Self::new(128, 16, 192, 4, 4, 3, 768, text_conditioning).with_pyramid(Some(true))
+        Self::new(128, 16, 192, 4, 4, 3, 768, text_conditioning)
+            .with_pyramid(Some(true))
+            .with_pyramid_fill(Some(true))
     }
 
     /// The paper's TexTok-B: 256 px, patch 8, width 768, 12+12 layers, 12 heads, MLP 3072
@@ -193,6 +202,7 @@ impl TexTokConfig {
             grid: self.grid(),
             max_tokens: self.max_tokens,
             pyramid: self.pyramid.unwrap_or(false),
+            pyramid_fill: self.pyramid_fill.unwrap_or(false),
         }
     }
 }
@@ -219,6 +229,7 @@ pub struct TexTok {
     pub grid: usize,
     pub max_tokens: usize,
     pub pyramid: bool,
+    pub pyramid_fill: bool,
 }
 
 impl TexTok {
@@ -297,8 +308,7 @@ impl TexTok {
         let cells = content.reshape([batch, grid, grid, width]);
         let mut levels = Vec::new();
         let mut total = 0;
-        let mut side = 1;
-        while side <= grid && grid.is_multiple_of(side) && total < self.max_tokens {
+        for side in self.pyramid_sides(self.max_tokens) {
             let cell = grid / side;
             let pooled = cells
                 .clone()
@@ -308,7 +318,6 @@ impl TexTok {
                 .reshape([batch, side * side, width]);
             levels.push(pooled);
             total += side * side;
-            side *= 2;
         }
         let device = cells.device();
         if total < self.max_tokens {
@@ -320,6 +329,27 @@ impl TexTok {
         Tensor::cat(levels, 1).narrow(1, 0, self.max_tokens)
     }
 
+    /// Sides of the pyramid levels that start within the first `slots` token slots: 1, 2, 4,
+    /// ... while they divide the grid, then (with `pyramid_fill`) the finest level again.
+    fn pyramid_sides(&self, slots: usize) -> Vec<usize> {
+        let grid = self.grid;
+        let mut sides = Vec::new();
+        let (mut start, mut side) = (0, 1);
+        while start < slots && side <= grid && grid.is_multiple_of(side) {
+            sides.push(side);
+            start += side * side;
+            side *= 2;
+        }
+        let finest = sides.last().copied();
+        if let (true, Some(finest)) = (self.pyramid_fill, finest) {
+            while start < slots {
+                sides.push(finest);
+                start += finest * finest;
+            }
+        }
+        sides
+    }
+
     /// The decoder's half of the pyramid: each patch receives the sum of the tokens whose cell
     /// covers it, for the tokens present (the budget may end inside a level).
     /// - `tokens`: `[batch, k, width]` -> `[batch, patches, width]`
@@ -329,8 +359,7 @@ impl TexTok {
         let device = tokens.device();
         let mut sum = Tensor::<3>::zeros([batch, grid * grid, width], &device);
         let mut start = 0;
-        let mut side = 1;
-        while side <= grid && grid.is_multiple_of(side) && start < budget {
+        for side in self.pyramid_sides(budget) {
             let cells = side * side;
             let present = cells.min(budget - start);
             let mut level = tokens.clone().narrow(1, start, present);
@@ -346,7 +375,6 @@ impl TexTok {
                 .reshape([batch, grid * grid, width]);
             sum = sum + spread;
             start += cells;
-            side *= 2;
         }
         sum
     }

@@ -33,6 +33,7 @@ fn presets_have_the_documented_shapes() {
         (128, 16, 256, 8)
     );
     assert_eq!(small.pyramid, Some(true));
+    assert_eq!(small.pyramid_fill, Some(true));
     assert_eq!(TexTokConfig::base(true).pyramid, None);
     let base = TexTokConfig::base(false);
     assert_eq!(
@@ -196,10 +197,52 @@ fn pyramid_decoder_sends_a_quarter_token_to_its_quarter() {
     );
 }
 
+/// Mean absolute change of the top-left and bottom-right 8x8 pixels of a tiny model's output
+/// when token `slot` (of 32) is bumped.
+fn corner_changes(config: TexTokConfig, slot: usize) -> (f32, f32) {
+    let device = cpu();
+    let model = textok_studio::device::init_module(&device, Some(9), || config.init(&device));
+    let tokens = Tensor::<3>::random([1, 32, 8], Distribution::Normal(0.0, 1.0), &device);
+    let bump = Tensor::<3>::zeros([1, 32, 8], &device).slice_assign(
+        [0..1, slot..slot + 1, 0..8],
+        Tensor::<3>::full([1, 1, 8], 3.0, &device),
+    );
+    let change = (model.decode(tokens.clone() + bump, None) - model.decode(tokens, None)).abs();
+    let top_left: f32 = change
+        .clone()
+        .slice([0..1, 0..3, 0..8, 0..8])
+        .mean()
+        .into_scalar();
+    let bottom_right: f32 = change
+        .slice([0..1, 0..3, 24..32, 24..32])
+        .mean()
+        .into_scalar();
+    (top_left, bottom_right)
+}
+
+#[test]
+fn pyramid_fill_gives_the_slots_after_the_pyramid_a_cell() {
+    // Tiny: a 4x4 grid, so the pyramid has 1 + 4 + 16 = 21 slots; with the fill, slot 21
+    // starts a second 4x4 level and belongs to the top-left cell.
+    let (top_left, bottom_right) =
+        corner_changes(TexTokConfig::tiny(false).with_pyramid_fill(Some(true)), 21);
+    assert!(
+        top_left > 3.0 * bottom_right,
+        "top-left {top_left} vs bottom-right {bottom_right}"
+    );
+    // Without it, slot 21 reaches the image through attention alone: no corner stands out.
+    let (top_left, bottom_right) = corner_changes(TexTokConfig::tiny(false), 21);
+    assert!(
+        top_left < 2.0 * bottom_right,
+        "top-left {top_left} vs bottom-right {bottom_right}"
+    );
+}
+
 #[test]
 fn configs_saved_before_the_pyramid_load_with_plain_queries() {
     let mut json: serde_json::Value = serde_json::to_value(TexTokConfig::tiny(true)).unwrap();
     json.as_object_mut().unwrap().remove("pyramid");
+    json.as_object_mut().unwrap().remove("pyramid_fill");
     let config: TexTokConfig = serde_json::from_value(json).unwrap();
     assert_eq!(config.pyramid, None);
     let device = cpu();
