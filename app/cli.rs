@@ -544,14 +544,16 @@ fn run_info(path: &Path) -> anyhow::Result<()> {
 
 fn run_export_f16(input: &Path, output: &Path) -> anyhow::Result<()> {
     let device = device::cpu().device;
-    let kind = CheckpointFile::read(input)?.kind()?.to_owned();
-    match kind.as_str() {
+    // Read once: the kind picks the model, the same bytes load it.
+    let checkpoint = CheckpointFile::read(input)?;
+    match checkpoint.kind()? {
         crate::model::textok::KIND_TEXTOK => {
-            let (model, config) = crate::model::textok::TexTok::load(input, &device)?;
+            let (model, config) =
+                crate::model::textok::TexTok::from_checkpoint(&checkpoint, &device)?;
             model.save(&config, output, crate::checkpoint::StoredPrecision::F16)?;
         }
         crate::model::dit::KIND_DIT => {
-            let (model, config) = crate::model::dit::Dit::load(input, &device)?;
+            let (model, config) = crate::model::dit::Dit::from_checkpoint(&checkpoint, &device)?;
             model.save(&config, output, crate::checkpoint::StoredPrecision::F16)?;
         }
         other => bail!(

@@ -183,13 +183,20 @@ impl Dit {
         path: &std::path::Path,
         device: &Device,
     ) -> Result<(Dit, DitConfig), CheckpointError> {
-        let file = CheckpointFile::read(path)?;
+        Self::from_checkpoint(&CheckpointFile::read(path)?, device)
+    }
+
+    /// [`Self::load`] from a checkpoint already read.
+    pub fn from_checkpoint(
+        file: &CheckpointFile,
+        device: &Device,
+    ) -> Result<(Dit, DitConfig), CheckpointError> {
         file.expect_kind(KIND_DIT)?;
         let config: DitConfig = file.config("DiT")?;
         config
             .validate()
             .map_err(|reason| CheckpointError::BadConfig {
-                path: path.to_owned(),
+                path: file.path().to_owned(),
                 expected: "DiT".into(),
                 reason,
             })?;

@@ -433,13 +433,20 @@ impl TexTok {
 
     /// Loads a TexTok or Baseline checkpoint, validating config and every tensor.
     pub fn load(path: &Path, device: &Device) -> Result<(TexTok, TexTokConfig), CheckpointError> {
-        let checkpoint = CheckpointFile::read(path)?;
+        Self::from_checkpoint(&CheckpointFile::read(path)?, device)
+    }
+
+    /// [`Self::load`] from a checkpoint already read.
+    pub fn from_checkpoint(
+        checkpoint: &CheckpointFile,
+        device: &Device,
+    ) -> Result<(TexTok, TexTokConfig), CheckpointError> {
         checkpoint.expect_kind(KIND_TEXTOK)?;
         let config: TexTokConfig = checkpoint.config("TexTok")?;
         config
             .validate()
             .map_err(|reason| CheckpointError::BadConfig {
-                path: path.to_owned(),
+                path: checkpoint.path().to_owned(),
                 expected: "TexTok".into(),
                 reason,
             })?;
