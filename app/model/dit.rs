@@ -49,9 +49,10 @@ impl DitConfig {
     pub fn tiny() -> Self {
         Self::new(32, 2, 2, 64)
     }
-    /// CPU-trainable.
+    /// CPU-trainable: 5,548,040 parameters. (Width 256 x 8 blocks trained at 2.8 images/s on one
+    /// core at ~200 tokens, 11 s per batch of 32: too slow to train in a session.)
     pub fn small() -> Self {
-        Self::new(256, 8, 4, 1024)
+        Self::new(192, 6, 3, 768)
     }
     /// The paper's DiT-L shape.
     pub fn dit_l() -> Self {

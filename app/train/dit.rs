@@ -168,11 +168,16 @@ impl LatentCache {
         captions: &CaptionStore,
         device: &Device,
         cancel: &CancelToken,
+        observer: &dyn TrainObserver,
     ) -> anyhow::Result<Self> {
         let mut by_path = HashMap::new();
         let (mut tokens, mut dim) = (0, 0);
-        for chunk in items.chunks(16) {
+        for (index, chunk) in items.chunks(16).enumerate() {
             cancel.check()?;
+            // Encoding a large folder takes minutes on a CPU: say how far it got.
+            if index > 0 && index % 64 == 0 {
+                observer.on_message(&format!("encoded {} of {} images", index * 16, items.len()));
+            }
             let images = pixels_to_tensor(chunk, device);
             let text = tokenizer
                 .is_text_conditioned()
@@ -298,7 +303,8 @@ pub fn train_dit(
         Some(cache) => cache,
         None => {
             observer.on_message("encoding the latents once");
-            let cache = LatentCache::encode(&tokenizer, &train, &captions, device, cancel)?;
+            let cache =
+                LatentCache::encode(&tokenizer, &train, &captions, device, cancel, observer)?;
             cache.write(&LatentCache::path(run_dir), &tokenizer_hash)?;
             cache
         }
