@@ -12,6 +12,7 @@ use crate::device::{self, DeviceChoice};
 use crate::jobs::{CancelToken, NoProgress};
 use crate::metrics::format_psnr;
 use crate::model::text_encoder::TextEncoder;
+use crate::model::textok::MIN_BUDGET;
 use crate::pipeline::{self, DEFAULT_BUDGETS, EngineSpec, ReconstructEngine};
 
 #[derive(Parser, Debug)]
@@ -790,7 +791,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         seed,
         count: args.count,
     };
-    validate_sample_settings(&settings, 256)?;
+    validate_sample_settings(&settings, MIN_BUDGET..=256)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
     let selected = device::select(args.device)?;
@@ -848,7 +849,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         seed: args.seed,
         count: 1,
     };
-    pipeline::validate_sample_settings(&settings, 256)?;
+    pipeline::validate_sample_settings(&settings, MIN_BUDGET..=256)?;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
     let mut generators = Vec::new();

@@ -1,6 +1,7 @@
 //! The operations the app offers, shared by the CLI and the GUI: load models, reconstruct,
 //! generate.
 
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail, ensure};
@@ -402,10 +403,15 @@ impl GenerateEngine {
     }
 
     /// Largest token budget both models support.
-    pub fn max_tokens(&self) -> usize {
-        self.dit_config
+    /// The token budgets this generator can make: what the DiT was trained on, within what
+    /// both models hold.
+    pub fn budgets(&self) -> RangeInclusive<usize> {
+        let trained = self.dit_config.trained_budgets();
+        let max_tokens = self
+            .dit_config
             .max_tokens
-            .min(self.textok.config.max_tokens)
+            .min(self.textok.config.max_tokens);
+        (*trained.start()).max(MIN_BUDGET)..=(*trained.end()).min(max_tokens)
     }
 }
 
@@ -418,11 +424,20 @@ pub struct GeneratedImage {
 }
 
 /// Checks generation settings before any work starts.
+/// Checks sampling settings; `budgets` are the token counts the generator can make
+/// ([`GenerateEngine::budgets`]).
 pub fn validate_sample_settings(
     settings: &SampleSettings,
-    max_tokens: usize,
+    budgets: RangeInclusive<usize>,
 ) -> anyhow::Result<()> {
-    validate_budgets(&[settings.tokens], max_tokens)?;
+    validate_budgets(&[settings.tokens], *budgets.end())?;
+    ensure!(
+        budgets.contains(&settings.tokens),
+        "this DiT was trained to generate {}..={} tokens, not {} (other budgets would be noise)",
+        budgets.start(),
+        budgets.end(),
+        settings.tokens
+    );
     ensure!(
         (1..=1000).contains(&settings.steps),
         "steps must be 1..=1000, got {}",
@@ -449,7 +464,7 @@ pub fn generate(
     progress: &dyn ProgressSink,
     cancel: &CancelToken,
 ) -> anyhow::Result<Vec<GeneratedImage>> {
-    validate_sample_settings(settings, engine.max_tokens())?;
+    validate_sample_settings(settings, engine.budgets())?;
     // The same caption for every image: image i is caption + seed `settings.seed + i`.
     let captions = vec![caption; settings.count];
     let images = generate_for_captions(engine, &captions, settings, progress, cancel)?;
@@ -481,7 +496,7 @@ pub fn generate_for_captions(
         count: captions.len(),
         ..settings.clone()
     };
-    validate_sample_settings(&settings, engine.max_tokens())?;
+    validate_sample_settings(&settings, engine.budgets())?;
     let text = engine.text_encoder.encode(captions)?;
     let null_text = engine.text_encoder.encode(&[""])?;
     let sampler = Sampler {

@@ -13,6 +13,7 @@ use super::images::ThumbnailState;
 use super::state::{GalleryEntry, GenerationSettings};
 use crate::jobs::{Job, JobState, Progress};
 use crate::model::dit::SampleSettings;
+use crate::model::textok::MIN_BUDGET;
 use crate::pipeline::{model_identity, validate_sample_settings};
 
 /// Where generated images are written.
@@ -87,7 +88,7 @@ impl GeneratePane {
             seed,
             count: form.count,
         };
-        if let Err(error) = validate_sample_settings(&settings, engine.max_tokens()) {
+        if let Err(error) = validate_sample_settings(&settings, engine.budgets()) {
             app.notices.error(format!("Cannot generate: {error:#}"));
             return;
         }
@@ -209,12 +210,18 @@ impl GeneratePane {
                 app.state.generate.caption = prompt;
             }
         }
+        // The slider offers what the loaded DiT was trained on (a one-budget DiT: one value).
+        let budgets = match app.engines.generate() {
+            EngineStatus::Ready(engine) => engine.budgets(),
+            _ => MIN_BUDGET..=256,
+        };
         let form = &mut app.state.generate;
+        form.tokens = form.tokens.clamp(*budgets.start(), *budgets.end());
         egui::Grid::new("generate-settings")
             .num_columns(2)
             .show(ui, |ui| {
                 let label = ui.label("Tokens");
-                ui.add(egui::Slider::new(&mut form.tokens, 32..=256))
+                ui.add(egui::Slider::new(&mut form.tokens, budgets))
                     .labelled_by(label.id);
                 ui.end_row();
                 let label = ui.label("Steps");

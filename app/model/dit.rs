@@ -3,6 +3,8 @@
 //! conditioning, and per block: self-attention, cross-attention to the caption's text-encoder
 //! embeddings, MLP. A final adaLN + linear maps back to the 8 token channels (v-prediction).
 
+use std::ops::RangeInclusive;
+
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -12,6 +14,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use super::diffusion::{Schedule, ddim_step, seeded_noise};
 use super::layers::{CrossAttention, MASKED_KEY_BIAS, Mlp, SelfAttention, SelfAttentionConfig};
 use super::text_encoder::TextEmbeddings;
+use super::textok::MIN_BUDGET;
 use crate::checkpoint::{CheckpointError, CheckpointFile, StoredPrecision, save_module};
 use crate::jobs::{CancelToken, Cancelled, Progress, ProgressSink};
 
@@ -42,6 +45,11 @@ pub struct DitConfig {
     /// Per-channel standard deviation of the training latents.
     #[config(default = "vec![1.0; 8]")]
     pub latent_std: Vec<f32>,
+    /// Smallest token budget the trainer drew (absent in older checkpoints: any).
+    pub trained_min_budget: Option<usize>,
+    /// Largest token budget the trainer drew (absent in older checkpoints: any). A one-budget
+    /// DiT's other budgets would be noise, so generation refuses them.
+    pub trained_max_budget: Option<usize>,
 }
 
 impl DitConfig {
@@ -75,7 +83,8 @@ impl DitConfig {
 
     /// Checks a config read from an (untrusted) checkpoint describes a sane model.
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 6] = [
+        let trained = self.trained_budgets();
+        let checks: [(bool, &str); 7] = [
             ((1..=8192).contains(&self.width), "width must be 1..=8192"),
             (
                 self.heads > 0 && self.width.is_multiple_of(self.heads),
@@ -102,11 +111,21 @@ impl DitConfig {
                     && self.latent_mean.iter().all(|m| m.is_finite()),
                 "latent statistics must have token_dim finite entries (std > 0)",
             ),
+            (
+                trained.start() <= trained.end() && *trained.end() <= self.max_tokens,
+                "trained budgets must be an ordered range within max_tokens",
+            ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
             Some((_, message)) => Err((*message).to_owned()),
             None => Ok(()),
         }
+    }
+
+    /// The token budgets this DiT was trained to generate.
+    pub fn trained_budgets(&self) -> RangeInclusive<usize> {
+        self.trained_min_budget.unwrap_or(MIN_BUDGET)
+            ..=self.trained_max_budget.unwrap_or(self.max_tokens)
     }
 
     pub fn init(&self, device: &Device) -> Dit {

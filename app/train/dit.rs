@@ -295,6 +295,20 @@ pub fn train_dit(
     model_config.token_dim = tokenizer_config.token_dim;
     model_config.max_tokens = tokenizer_config.max_tokens;
     model_config.text_dim = encoder.width();
+    // Record the budgets this model has been trained on, so generation can refuse the others
+    // (in a one-budget DiT they would be noise). Fine-tuning adds this run's to what it knew.
+    let (low, high) = match &initial {
+        Some(_) => {
+            let known = model_config.trained_budgets();
+            (
+                config.min_budget.min(*known.start()),
+                config.max_budget.max(*known.end()),
+            )
+        }
+        None => (config.min_budget, config.max_budget),
+    };
+    model_config.trained_min_budget = Some(low);
+    model_config.trained_max_budget = Some(high.min(model_config.max_tokens));
     observer.on_message("encoding captions");
     let captions = CaptionStore::build(&encoder, &train, cancel)?;
     let null_caption = CaptionStore::encode_one(&encoder, "")?;

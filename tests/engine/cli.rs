@@ -807,3 +807,62 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
     let sheet = image::open(&sheet).unwrap();
     assert_eq!(sheet.height(), 2 * (32 + 4) + 4, "a row per generator");
 }
+
+#[test]
+fn a_one_budget_dit_generates_its_budget_and_refuses_the_others() {
+    use textok_studio::model::dit::{Dit, DitConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _) = save_tiny_pair(dir.path());
+    let device = cpu();
+    let mut config = DitConfig::tiny();
+    config.trained_min_budget = Some(48);
+    config.trained_max_budget = Some(48);
+    let dit: Dit = textok_studio::device::init_module(&device, Some(5), || config.init(&device));
+    let dit_path = dir.path().join("one-budget.safetensors");
+    dit.save(&config, &dit_path, StoredPrecision::F16).unwrap();
+    let run = |tokens: &str| {
+        studio(
+            &[
+                "generate",
+                "--caption",
+                "a red apple",
+                "--tokens",
+                tokens,
+                "--steps",
+                "2",
+                "--seed",
+                "1",
+                "--count",
+                "1",
+                "--model",
+                &textok,
+                "--dit",
+                dit_path.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--out",
+                dir.path().join(format!("out-{tokens}")).to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let output = run("48");
+    assert!(output.status.success(), "{}", stderr(&output));
+    // Refused once the DiT is loaded (its file says what it was trained on), with one error line.
+    let output = run("40");
+    assert!(!output.status.success());
+    let errors: Vec<String> = stderr(&output)
+        .lines()
+        .filter(|line| line.starts_with("error"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", stderr(&output));
+    assert!(errors[0].contains("trained to generate 48..=48 tokens, not 40"));
+    // A checkpoint from before the field existed generates every budget.
+    let mut json: serde_json::Value = serde_json::to_value(&config).unwrap();
+    let object = json.as_object_mut().unwrap();
+    object.remove("trained_min_budget");
+    object.remove("trained_max_budget");
+    let old: DitConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.trained_budgets(), 32..=old.max_tokens);
+}

@@ -397,6 +397,11 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
         dit_config.latent_std.iter().all(|s| *s > 0.0)
             && dit_config.latent_mean.iter().any(|m| *m != 0.0)
     );
+    assert_eq!(
+        dit_config.trained_budgets(),
+        run_config.min_budget..=run_config.max_budget.min(config.max_tokens),
+        "the checkpoint records the budgets it was trained on"
+    );
     // Resuming with more steps continues from the saved state (the latent cache is reused).
     let longer = DitTrainConfig {
         steps: 125,
