@@ -122,6 +122,10 @@ pub struct GenerateArgs {
     /// DiT checkpoint [default: the shipped model].
     #[arg(long)]
     pub dit: Option<PathBuf>,
+    /// Decode with the Baseline (no-text) tokenizer: --model is then a Baseline checkpoint
+    /// [default: the shipped Baseline] and --dit, required, a DiT trained on its tokens.
+    #[arg(long)]
+    pub baseline: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
     /// Output folder (created if missing).
@@ -792,6 +796,11 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         count: args.count,
     };
     validate_sample_settings(&settings, MIN_BUDGET..=256)?;
+    // The shipped DiT generates TexTok's tokens, which the Baseline cannot decode.
+    anyhow::ensure!(
+        !args.baseline || args.dit.is_some(),
+        "--baseline needs --dit: a DiT trained on the Baseline's tokens (none ships)"
+    );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
     let selected = device::select(args.device)?;
@@ -799,8 +808,16 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     let mut spec = GenerateSpec::shipped();
     spec.textok = args.model.clone();
     spec.dit = args.dit.clone();
+    if args.baseline {
+        spec.baseline = true;
+        spec.default_textok = crate::paths::default_baseline_checkpoint();
+    }
     let engine = GenerateEngine::load(&spec, selected)?;
-    eprintln!("TexTok: {}", engine.textok.source);
+    eprintln!(
+        "{}: {}",
+        if args.baseline { "Baseline" } else { "TexTok" },
+        engine.textok.source
+    );
     eprintln!("DiT:    {}", engine.dit_source);
     let started = std::time::Instant::now();
     let progress = |p: crate::jobs::Progress| {

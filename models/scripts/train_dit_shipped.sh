@@ -2,6 +2,7 @@
 # Train (or resume) the `small` DiT on the shipped TexTok's tokens and, with identical settings,
 # on the shipped Baseline's tokens; then compare them with FD-EffNet of generated images against
 # the validation images (the paper's gFID claim). Safe to run again: every run resumes.
+# The shipped generator is $RUNS/dit-textok-small.safetensors, copied to models/dit-small.safetensors.
 #
 #   bash models/scripts/train_dit_shipped.sh CORPUS_DIR RUNS_DIR [STEPS]
 #
@@ -9,7 +10,7 @@
 set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}
-steps=${3:-4000}
+steps=${3:-1200}
 bin=${TEXTOK_STUDIO:-target/release/textok-studio}
 models=${TEXTOK_MODELS_DIR:-models}
 common=(--data "$corpus" --preset small --steps "$steps" --batch 32 --checkpoint-minutes 10
@@ -26,7 +27,11 @@ for model in textok baseline; do
 done
 trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' INT TERM
 wait "${pids[@]}"
+# Evaluate what ships: the EMA weights stored as f16.
+for model in textok baseline; do
+  "$bin" export-f16 "$runs/dit-$model/ema.safetensors" "$runs/dit-$model-small.safetensors"
+done
 "$bin" gen-eval --data "$corpus" --images 500 --tokens 64 --steps 50 --cfg 3 \
-  --model "$models/textok-small.safetensors" --dit "$runs/dit-textok/ema.safetensors" \
-  --baseline "$models/baseline-small.safetensors" --baseline-dit "$runs/dit-baseline/ema.safetensors" \
+  --model "$models/textok-small.safetensors" --dit "$runs/dit-textok-small.safetensors" \
+  --baseline "$models/baseline-small.safetensors" --baseline-dit "$runs/dit-baseline-small.safetensors" \
   --json "$runs/gen-eval.json" --sheet "$runs/gen-sheet.png" --device cpu | tee "$runs/gen-eval.txt"

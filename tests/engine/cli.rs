@@ -866,3 +866,51 @@ fn a_one_budget_dit_generates_its_budget_and_refuses_the_others() {
     let old: DitConfig = serde_json::from_value(json).unwrap();
     assert_eq!(old.trained_budgets(), 32..=old.max_tokens);
 }
+
+#[test]
+fn generate_decodes_with_the_baseline_when_asked_and_needs_its_dit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, baseline) = save_tiny_pair(dir.path());
+    let dit = dir.path().join("dit.safetensors");
+    save_tiny_dit(&dit, 4);
+    let run = |model: &str, dit: Option<&Path>, out: &str| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "generate",
+            "--baseline",
+            "--caption",
+            "a red apple",
+            "--tokens",
+            "40",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--count",
+            "1",
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(dit) = dit {
+            args.extend(["--dit", dit.to_str().unwrap()]);
+        }
+        studio(&args, None)
+    };
+    let output = run(&baseline, Some(&dit), "baseline");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let meta = png_text(&dir.path().join("baseline/gen-3-k40.png"));
+    assert_eq!(
+        meta["textok-sha256"],
+        textok_studio::files::sha256_file(Path::new(&baseline)).unwrap(),
+        "decoded by the Baseline"
+    );
+    assert_one_line_error(&run(&baseline, None, "no-dit"), "--baseline needs --dit");
+    // A TexTok checkpoint is not a Baseline.
+    let output = run(&textok, Some(&dit), "wrong-kind");
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("Baseline"), "{}", stderr(&output));
+}
