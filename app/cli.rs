@@ -211,6 +211,10 @@ pub struct EvalArgs {
     pub sheet: Option<PathBuf>,
     #[arg(long, default_value_t = 8)]
     pub sheet_rows: usize,
+    /// Robustness: score reconstructions from tokens perturbed by this fraction of their
+    /// per-channel spread, as a generator's inexact tokens are (the sheet stays noiseless).
+    #[arg(long, default_value_t = 0.0)]
+    pub token_noise: f32,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
@@ -302,6 +306,14 @@ pub struct TrainTokenizerArgs {
     /// Step at which the discriminator starts.
     #[arg(long, default_value_t = 2000)]
     pub discriminator_start: usize,
+    /// Decoder robustness: add noise of sigma ~ U(0, this) times the tokens' per-channel std
+    /// to the tokens before decoding, so a DiT's inexact samples decode cleanly (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub token_noise: f64,
+    /// Train only the detokenizer (the tokens, and a DiT trained on them, stay valid); use
+    /// with --init-from.
+    #[arg(long)]
+    pub freeze_encoder: bool,
     /// Save the full training state at least this often.
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_minutes: f64,
@@ -663,6 +675,8 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.perceptual_weight = args.perceptual_weight;
     config.adversarial_weight = args.adversarial_weight;
     config.discriminator_start = args.discriminator_start;
+    config.token_noise = args.token_noise;
+    config.freeze_encoder = args.freeze_encoder;
     config.init_from = args.init_from;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let models = crate::train::tokenizer::TrainingModels::shipped();
@@ -681,6 +695,10 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
     use crate::metrics::evaluation::{EvalSetup, NamedModel, evaluate_models, format_table};
+    anyhow::ensure!(
+        args.token_noise.is_finite() && (0.0..=10.0).contains(&args.token_noise),
+        "--token-noise must be between 0 and 10"
+    );
     pipeline::validate_budgets(&args.tokens, 256)?;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
@@ -737,6 +755,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
             text_encoder: &engine.text_encoder,
             effnet: &effnet,
             device: &engine.device.device,
+            token_noise: args.token_noise,
         },
         &progress,
         &CancelToken::new(),

@@ -33,6 +33,9 @@ pub struct EvalSetup<'a> {
     pub text_encoder: &'a dyn TextEncoder,
     pub effnet: &'a EfficientNet,
     pub device: &'a burn::tensor::Device,
+    /// Robustness: decode tokens perturbed by this much of their per-channel spread
+    /// ([`crate::model::textok::token_noise`], seeded per batch); 0 = the plain tokens.
+    pub token_noise: f32,
 }
 
 /// Reconstructs every item at every budget with every model and scores it.
@@ -48,6 +51,7 @@ pub fn evaluate_models(
         text_encoder,
         effnet,
         device,
+        token_noise,
     } = *setup;
     const BATCH: usize = 16;
     anyhow::ensure!(
@@ -93,7 +97,12 @@ pub fn evaluate_models(
             } else {
                 None
             };
-            let tokens = named.model.encode(input, text.as_ref());
+            let mut tokens = named.model.encode(input, text.as_ref());
+            if token_noise > 0.0 {
+                let sigmas = vec![token_noise; chunk.len()];
+                tokens = tokens.clone()
+                    + crate::model::textok::token_noise(&tokens, &sigmas, chunk_index as u64);
+            }
             for (b, &budget) in budgets.iter().enumerate() {
                 let decoded = named
                     .model

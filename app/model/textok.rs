@@ -29,7 +29,7 @@ use std::path::Path;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use super::layers::{MASKED_KEY_BIAS, VitBlock, VitBlockConfig};
 use super::text_encoder::TextEmbeddings;
@@ -464,4 +464,25 @@ impl TexTok {
     ) -> Result<(), CheckpointError> {
         save_module(self, path, KIND_TEXTOK, config, precision)
     }
+}
+
+/// Seeded Gaussian noise shaped like `tokens` (`[batch, k, d]`), scaled per channel by the
+/// tokens' standard deviation (over the batch and positions) and per image by `sigmas[i]`:
+/// what a decoder sees from a generator that is off by `sigma` of the token spread. Used to
+/// train noise-robust decoders and to measure robustness (`eval --token-noise`).
+pub fn token_noise(tokens: &Tensor<3>, sigmas: &[f32], seed: u64) -> Tensor<3> {
+    let [batch, k, d] = tokens.dims();
+    assert_eq!(sigmas.len(), batch, "one sigma per image");
+    let device = tokens.device();
+    let std = tokens
+        .clone()
+        .detach()
+        .reshape([batch * k, d])
+        .var(0)
+        .sqrt()
+        .reshape([1, 1, d]);
+    let sigmas = Tensor::<3>::from_data(TensorData::new(sigmas.to_vec(), [batch, 1, 1]), &device);
+    let unit = super::diffusion::seeded_noise(seed, batch * k * d);
+    let unit = Tensor::<3>::from_data(TensorData::new(unit, [batch, k, d]), &device);
+    unit * std * sigmas
 }

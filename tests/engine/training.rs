@@ -514,3 +514,89 @@ fn fine_tuning_starts_from_the_given_checkpoint_and_checks_its_kind() {
         "{error:#}"
     );
 }
+
+#[test]
+fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let (start, start_config) = tiny(true, 31);
+    let checkpoint = dir.path().join("start.safetensors");
+    start
+        .save(
+            &start_config,
+            &checkpoint,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+
+    // Freezing needs a trained model to start from.
+    let mut config = tiny_config(&data, 6, true);
+    config.freeze_encoder = true;
+    let error = train(&dir.path().join("no-start"), &config, false).unwrap_err();
+    assert!(format!("{error:#}").contains("init_from"), "{error:#}");
+
+    config.init_from = Some(checkpoint);
+    config.token_noise = 0.5;
+    config.ema_decay = 0.0; // the EMA is the last weights: any change shows
+    train(&dir.path().join("frozen"), &config, false).unwrap();
+    let (tuned, _) = TexTok::load(&dir.path().join("frozen/ema.safetensors"), &cpu()).unwrap();
+    let encoder_parts = [
+        "patch_embed",
+        "encoder_patch_pos",
+        "latent_tokens",
+        "encoder_text_proj",
+        "encoder_blocks",
+        "encoder_norm",
+        "to_tokens",
+    ];
+    let (mut encoder_moved, mut decoder_moved) = (0.0f32, 0.0f32);
+    for (a, b) in module_to_host(&start)
+        .unwrap()
+        .iter()
+        .zip(&module_to_host(&tuned).unwrap())
+    {
+        assert_eq!(a.name, b.name);
+        let moved = a
+            .values
+            .iter()
+            .zip(&b.values)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        if encoder_parts.iter().any(|part| a.name.starts_with(part)) {
+            encoder_moved = encoder_moved.max(moved);
+        } else {
+            decoder_moved = decoder_moved.max(moved);
+        }
+    }
+    assert!(
+        encoder_moved < 1e-6,
+        "the frozen encoder moved by {encoder_moved}"
+    );
+    assert!(
+        decoder_moved > 1e-4,
+        "the decoder did not train ({decoder_moved})"
+    );
+
+    // The noise reaches the decoder: with no learning, the first loss differs from a noiseless run.
+    let first_loss = |noise: f64, run: &str| {
+        let mut config = config.clone();
+        config.steps = 1;
+        config.learning_rate = 0.0;
+        config.token_noise = noise;
+        let losses = Losses::default();
+        train_tokenizer(
+            &dir.path().join(run),
+            &config,
+            false,
+            &cpu(),
+            &models(),
+            &losses,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        losses.0.into_inner().unwrap()[0]
+    };
+    let (clean, noisy) = (first_loss(0.0, "clean"), first_loss(2.0, "noisy"));
+    assert!(noisy != clean, "token noise changed nothing ({clean})");
+}
