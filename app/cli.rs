@@ -166,7 +166,8 @@ pub struct GenEvalArgs {
     /// Write the records as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Contact sheet: a row of generations per model (first 8 captions).
+    /// Contact sheet: the first 8 validation images, then a row per model of what it generated
+    /// from their captions.
     #[arg(long)]
     pub sheet: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -939,6 +940,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
                 .collect();
             let images: Vec<_> = validation.iter().map(|item| item.image()).collect();
             let features = effnet_features(&effnet, &images, &selected.device)?;
+            // The sheet's first row: the images whose captions the generators were given.
+            sheet_rows.push(images.iter().take(8).cloned().collect::<Vec<_>>());
             references = Some((size, captions, features));
         }
         let Some((reference_size, captions, reference_features)) = &references else {

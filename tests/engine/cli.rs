@@ -805,7 +805,11 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
     }
     assert!(stdout(&output).contains("FD-EffNet"));
     let sheet = image::open(&sheet).unwrap();
-    assert_eq!(sheet.height(), 2 * (32 + 4) + 4, "a row per generator");
+    assert_eq!(
+        sheet.height(),
+        3 * (32 + 4) + 4,
+        "the validation images, then a row per generator"
+    );
 }
 
 #[test]
