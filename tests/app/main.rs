@@ -826,9 +826,10 @@ fn readme_screenshots() {
     harness.state_mut().pane = Pane::Generate;
     {
         let form = &mut harness.state_mut().app.state.generate;
-        form.caption = "a penguin on the ice".into();
-        form.steps = 10;
-        form.count = 2;
+        // A caption in the style of the training corpus, which the shipped DiT knows.
+        form.caption = "red apple, an emoji (food & drink, food fruit); apple, fruit, red".into();
+        form.steps = 50;
+        form.count = 4;
         form.random_seed = false;
     }
     wait_until(
@@ -841,7 +842,7 @@ fn readme_screenshots() {
     harness.get_by_label("Generate images").click();
     harness.step();
     wait_until(&mut harness, "images", Duration::from_secs(300), |app| {
-        idle(app) && app.app.state.gallery.len() == 2
+        idle(app) && app.app.state.gallery.len() == 4
     });
     std::thread::sleep(Duration::from_millis(500));
     shoot(&mut harness, "generate");
