@@ -233,6 +233,25 @@ pub struct TexTok {
 }
 
 impl TexTok {
+    /// Stops gradient tracking in the tokenizer half (patch embedding, positions, latent
+    /// queries, text projection, blocks, projection to tokens), for training the detokenizer
+    /// alone: burn then records no graph for the encoder, which would otherwise be kept alive
+    /// (a detached encoder graph grew one training process to 22 GB in 70 steps).
+    pub fn with_frozen_encoder(mut self) -> Self {
+        self.patch_embed = self.patch_embed.no_grad();
+        self.encoder_patch_pos = self.encoder_patch_pos.no_grad();
+        self.latent_tokens = self.latent_tokens.no_grad();
+        self.encoder_text_proj = self.encoder_text_proj.map(Module::no_grad);
+        self.encoder_blocks = self
+            .encoder_blocks
+            .into_iter()
+            .map(Module::no_grad)
+            .collect();
+        self.encoder_norm = self.encoder_norm.no_grad();
+        self.to_tokens = self.to_tokens.no_grad();
+        self
+    }
+
     pub fn is_text_conditioned(&self) -> bool {
         self.encoder_text_proj.is_some()
     }

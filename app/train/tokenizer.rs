@@ -473,6 +473,9 @@ pub fn train_tokenizer(
         }
         observer.on_message(&format!("resumed at step {}", progress.step));
     }
+    if config.freeze_encoder {
+        model = model.with_frozen_encoder();
+    }
 
     let started = Instant::now();
     let elapsed_before = progress.elapsed_seconds;
