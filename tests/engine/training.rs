@@ -461,13 +461,10 @@ fn adversarial_training_runs_and_resumes_with_its_discriminator() {
     assert_eq!((outcome.step, outcome.finished), (6, true));
 }
 
-#[test]
-fn fine_tuning_starts_from_the_given_checkpoint_and_checks_its_kind() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    tiny_dataset(&data, 4);
-    let (start, start_config) = tiny(true, 99);
-    let checkpoint = dir.path().join("start.safetensors");
+/// A tiny text-conditioned TexTok saved as `start.safetensors` (f32) in `dir`, to fine-tune from.
+fn save_tiny_start(dir: &Path, seed: u64) -> (TexTok, std::path::PathBuf) {
+    let (start, start_config) = tiny(true, seed);
+    let checkpoint = dir.join("start.safetensors");
     start
         .save(
             &start_config,
@@ -475,6 +472,15 @@ fn fine_tuning_starts_from_the_given_checkpoint_and_checks_its_kind() {
             textok_studio::checkpoint::StoredPrecision::F32,
         )
         .unwrap();
+    (start, checkpoint)
+}
+
+#[test]
+fn fine_tuning_starts_from_the_given_checkpoint_and_checks_its_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let (start, checkpoint) = save_tiny_start(dir.path(), 99);
 
     // With a zero learning rate one step changes nothing: the EMA is the starting checkpoint,
     // not the seed-7 random initialisation the run would otherwise use.
@@ -520,15 +526,7 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     tiny_dataset(&data, 4);
-    let (start, start_config) = tiny(true, 31);
-    let checkpoint = dir.path().join("start.safetensors");
-    start
-        .save(
-            &start_config,
-            &checkpoint,
-            textok_studio::checkpoint::StoredPrecision::F32,
-        )
-        .unwrap();
+    let (start, checkpoint) = save_tiny_start(dir.path(), 31);
 
     // Freezing needs a trained model to start from.
     let mut config = tiny_config(&data, 6, true);
