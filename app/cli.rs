@@ -259,6 +259,10 @@ pub struct TrainDitArgs {
     /// Largest token budget trained; set min = max for a one-budget DiT.
     #[arg(long, default_value_t = 256)]
     pub max_budget: usize,
+    /// Latent normalisation: per position and channel, or per channel only (runs started
+    /// before this option existed used `channel`; resume them with it).
+    #[arg(long, value_enum, default_value_t = crate::train::dit::LatentNorm::Position)]
+    pub latent_norm: crate::train::dit::LatentNorm,
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -1108,6 +1112,7 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.init_from = args.init_from;
     config.min_budget = args.min_budget;
     config.max_budget = args.max_budget;
+    config.latent_norm = args.latent_norm;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(

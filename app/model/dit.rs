@@ -39,10 +39,12 @@ pub struct DitConfig {
     /// Width of the sinusoidal timestep features.
     #[config(default = 256)]
     pub time_features: usize,
-    /// Per-channel mean of the training latents (the sampler undoes the normalisation).
+    /// Mean of the training latents (the sampler undoes the normalisation): `token_dim` entries
+    /// (per channel, shared by every position) or `max_tokens * token_dim` (per position and
+    /// channel, row-major; a nested budget k uses the first k rows).
     #[config(default = "vec![0.0; 8]")]
     pub latent_mean: Vec<f32>,
-    /// Per-channel standard deviation of the training latents.
+    /// Standard deviation of the training latents, laid out like `latent_mean`.
     #[config(default = "vec![1.0; 8]")]
     pub latent_std: Vec<f32>,
     /// Smallest token budget the trainer drew (absent in older checkpoints: any).
@@ -105,11 +107,12 @@ impl DitConfig {
                 "time_features must be even; text_dim 1..=8192",
             ),
             (
-                self.latent_mean.len() == self.token_dim
-                    && self.latent_std.len() == self.token_dim
+                (self.latent_mean.len() == self.token_dim
+                    || self.latent_mean.len() == self.max_tokens * self.token_dim)
+                    && self.latent_std.len() == self.latent_mean.len()
                     && self.latent_std.iter().all(|s| s.is_finite() && *s > 0.0)
                     && self.latent_mean.iter().all(|m| m.is_finite()),
-                "latent statistics must have token_dim finite entries (std > 0)",
+                "latent statistics must have token_dim or max_tokens x token_dim finite entries (std > 0)",
             ),
             (
                 trained.start() <= trained.end() && *trained.end() <= self.max_tokens,
@@ -120,6 +123,30 @@ impl DitConfig {
             Some((_, message)) => Err((*message).to_owned()),
             None => Ok(()),
         }
+    }
+
+    /// Whether the latent statistics are per position (else per channel).
+    pub fn per_position_statistics(&self) -> bool {
+        self.latent_mean.len() != self.token_dim
+    }
+
+    /// Mean and standard deviation for the first `tokens` positions, `[1, tokens or 1, token_dim]`
+    /// (broadcast over the batch, and over positions when the statistics are per channel).
+    pub fn latent_statistics(&self, tokens: usize, device: &Device) -> (Tensor<3>, Tensor<3>) {
+        let d = self.token_dim;
+        let rows = if self.per_position_statistics() {
+            tokens
+        } else {
+            1
+        };
+        let tensor = |values: &[f32]| {
+            Tensor::<1>::from_data(
+                TensorData::new(values[..rows * d].to_vec(), [rows * d]),
+                device,
+            )
+            .reshape([1, rows, d])
+        };
+        (tensor(&self.latent_mean), tensor(&self.latent_std))
     }
 
     /// The token budgets this DiT was trained to generate.
@@ -393,9 +420,6 @@ pub fn sample(
             message: format!("step {}/{}", i + 1, timesteps.len()),
         });
     }
-    let mean = Tensor::<1>::from_data(TensorData::new(config.latent_mean.clone(), [d]), device)
-        .reshape([1, 1, d]);
-    let std = Tensor::<1>::from_data(TensorData::new(config.latent_std.clone(), [d]), device)
-        .reshape([1, 1, d]);
+    let (mean, std) = config.latent_statistics(k, device);
     Ok(x * std + mean)
 }

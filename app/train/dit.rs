@@ -1,7 +1,7 @@
 //! Training the text-to-image DiT on a tokenizer's latents.
 //!
 //! The tokenizer encodes every training image once; the latents are cached in the run folder
-//! (keyed by the tokenizer file's SHA-256) and normalised with per-channel statistics that are
+//! (keyed by the tokenizer file's SHA-256) and normalised with per-position (or, in older runs, per-channel) statistics that are
 //! stored in the DiT's config. Each step draws one budget k (nested prefixes, so one DiT serves
 //! every budget), a timestep per image, and drops 10% of captions to the null (empty) caption for
 //! classifier-free guidance; the loss is the MSE to the v-prediction target. Progress, JSONL log,
@@ -56,6 +56,24 @@ pub struct DitTrainConfig {
     /// replace `preset` and the measured ones, so the weights see inputs scaled as before).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// How the latents are normalised before diffusion. Runs from before this option existed
+    /// used per-channel statistics, so that is what a config without it means.
+    #[serde(default)]
+    pub latent_norm: LatentNorm,
+}
+
+/// Normalisation of the latents the DiT learns.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LatentNorm {
+    /// One mean and spread per channel, shared by all positions.
+    #[default]
+    Channel,
+    /// One mean and spread per position and channel. TexTok's positions differ a lot (in the
+    /// shipped tokenizer the first 16 tokens spread 0.1-0.3x their channel's spread, tokens
+    /// 32-64 about 2x, the tail 0.05-0.5x), so per-channel scaling gives each position a
+    /// different signal-to-noise ratio at the same diffusion step.
+    Position,
 }
 
 impl super::RunConfig for DitTrainConfig {
@@ -97,6 +115,7 @@ impl DitTrainConfig {
             seed: 0,
             checkpoint_minutes: 5.0,
             init_from: None,
+            latent_norm: LatentNorm::Position,
         }
     }
 }
@@ -203,29 +222,47 @@ impl LatentCache {
         })
     }
 
-    /// Per-channel mean and standard deviation over all images and positions.
-    fn statistics(&self) -> (Vec<f32>, Vec<f32>) {
-        let mut sum = vec![0.0f64; self.dim];
-        let mut squares = vec![0.0f64; self.dim];
-        let mut count = 0usize;
-        for values in self.by_path.values() {
-            for row in values.chunks_exact(self.dim) {
-                for (c, v) in row.iter().enumerate() {
-                    sum[c] += *v as f64;
-                    squares[c] += (*v as f64).powi(2);
-                }
-                count += 1;
-            }
+    /// Mean and standard deviation of the latents, per channel (`dim` entries, over all images
+    /// and positions) or per position and channel (`tokens * dim`, over images).
+    fn statistics(&self, norm: LatentNorm) -> (Vec<f32>, Vec<f32>) {
+        let per_channel = moments(self.by_path.values().flat_map(|v| v.chunks_exact(self.dim)));
+        if norm == LatentNorm::Channel {
+            return per_channel;
         }
-        let n = count.max(1) as f64;
-        let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-        let std = squares
-            .iter()
-            .zip(&mean)
-            .map(|(q, m)| ((q / n - m * m).max(1e-12)).sqrt().max(1e-6) as f32)
-            .collect();
-        (mean.into_iter().map(|m| m as f32).collect(), std)
+        let width = self.tokens * self.dim;
+        let (mut mean, mut std) = moments(self.by_path.values().map(|values| &values[..width]));
+        // A position that (almost) never varies in this data must not blow up the noise the
+        // sampler scales back: floor its spread at 1 % of its channel's.
+        for (i, s) in std.iter_mut().enumerate() {
+            *s = s.max(0.01 * per_channel.1[i % self.dim]);
+        }
+        mean.truncate(width);
+        (mean, std)
     }
+}
+
+/// Element-wise mean and standard deviation of equally long rows.
+fn moments<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (Vec<f32>, Vec<f32>) {
+    let (mut sum, mut squares, mut count) = (Vec::<f64>::new(), Vec::<f64>::new(), 0usize);
+    for row in rows {
+        if sum.is_empty() {
+            sum = vec![0.0; row.len()];
+            squares = vec![0.0; row.len()];
+        }
+        for (i, v) in row.iter().enumerate() {
+            sum[i] += *v as f64;
+            squares[i] += (*v as f64).powi(2);
+        }
+        count += 1;
+    }
+    let n = count.max(1) as f64;
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let std = squares
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| ((q / n - m * m).max(1e-12)).sqrt().max(1e-6) as f32)
+        .collect();
+    (mean.into_iter().map(|m| m as f32).collect(), std)
 }
 
 /// Trains (or resumes) a DiT in `run_dir` on `config.tokenizer`'s latents.
@@ -324,7 +361,7 @@ pub fn train_dit(
         }
     };
     if initial.is_none() {
-        let (mean, std) = latents.statistics();
+        let (mean, std) = latents.statistics(config.latent_norm);
         model_config.latent_mean = mean;
         model_config.latent_std = std;
     }
@@ -408,7 +445,8 @@ pub fn train_dit(
             let (s, n) = (s as f32, n as f32);
             let values = &latents.by_path[&item.relative];
             for i in 0..k * d {
-                let x0 = (values[i] - mean[i % d]) / std[i % d];
+                // Per-channel statistics repeat every d values; per-position ones cover all.
+                let x0 = (values[i] - mean[i % mean.len()]) / std[i % std.len()];
                 let eps = noise[b * k * d + i];
                 x_t.push(s * x0 + n * eps);
                 target.push(s * eps - n * x0);

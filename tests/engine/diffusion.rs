@@ -174,3 +174,57 @@ fn sampling_is_deterministic_under_a_seed() {
         "standard normal: {mean} {var}"
     );
 }
+
+#[test]
+fn per_position_statistics_denormalise_each_position() {
+    let device = cpu();
+    let mut config = DitConfig::tiny();
+    let (positions, d) = (config.max_tokens, config.token_dim);
+    assert!(config.validate().is_ok(), "per-channel statistics");
+    // Per position and channel: a distinct mean for every entry and a spread so small that the
+    // sample is the mean, whatever the network predicts.
+    config.latent_mean = (0..positions * d).map(|i| i as f32 / 100.0).collect();
+    config.latent_std = vec![1e-6; positions * d];
+    assert!(config.validate().is_ok(), "per-position statistics");
+    assert!(config.per_position_statistics());
+    let dit = textok_studio::device::init_module(&device, Some(7), || config.init(&device));
+    let schedule = Schedule::default();
+    let sampler = Sampler {
+        dit: &dit,
+        config: &config,
+        schedule: &schedule,
+    };
+    for tokens in [32, 48] {
+        let settings = SampleSettings {
+            tokens,
+            steps: 2,
+            cfg: 1.0,
+            seed: 1,
+            count: 2,
+        };
+        let (text, null) = (embed(&["a green frog"]), embed(&[""]));
+        let tokens_out = sample(
+            &sampler,
+            &text,
+            &null,
+            &settings,
+            &device,
+            &NoProgress,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!(tokens_out.dims(), [2, tokens, d]);
+        let expected = Tensor::<1>::from_floats(&config.latent_mean[..tokens * d], &device)
+            .reshape([1, tokens, d])
+            .repeat_dim(0, 2);
+        assert!(max_abs_diff(tokens_out, expected) < 1e-3);
+    }
+    // Neither per channel nor per position: refused (a checkpoint from elsewhere).
+    config.latent_mean.truncate(positions * d - 1);
+    config.latent_std.truncate(positions * d - 1);
+    assert!(config.validate().is_err());
+    config.latent_std.truncate(d);
+    config.latent_mean.truncate(d);
+    config.latent_std[0] = 0.0;
+    assert!(config.validate().is_err(), "a zero spread is refused");
+}

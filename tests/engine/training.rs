@@ -398,6 +398,11 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
             && dit_config.latent_mean.iter().any(|m| *m != 0.0)
     );
     assert_eq!(
+        dit_config.latent_mean.len(),
+        dit_config.max_tokens * dit_config.token_dim,
+        "new runs normalise per position"
+    );
+    assert_eq!(
         dit_config.trained_budgets(),
         run_config.min_budget..=run_config.max_budget.min(config.max_tokens),
         "the checkpoint records the budgets it was trained on"
@@ -597,4 +602,15 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
     };
     let (clean, noisy) = (first_loss(0.0, "clean"), first_loss(2.0, "noisy"));
     assert!(noisy != clean, "token noise changed nothing ({clean})");
+}
+
+#[test]
+fn dit_runs_from_before_latent_norm_keep_per_channel_statistics() {
+    use textok_studio::train::dit::{DitTrainConfig, LatentNorm};
+    let config = DitTrainConfig::new("data".into(), "tok.safetensors".into(), "tiny", 10, 2);
+    assert_eq!(config.latent_norm, LatentNorm::Position, "new runs");
+    let mut stored = serde_json::to_value(&config).unwrap();
+    stored.as_object_mut().unwrap().remove("latent_norm");
+    let old: DitTrainConfig = serde_json::from_value(stored).unwrap();
+    assert_eq!(old.latent_norm, LatentNorm::Channel);
 }
