@@ -263,6 +263,10 @@ pub struct TrainDitArgs {
     /// before this option existed used `channel`; resume them with it).
     #[arg(long, value_enum, default_value_t = crate::train::dit::LatentNorm::Position)]
     pub latent_norm: crate::train::dit::LatentNorm,
+    /// How a new DiT's learned positions start: random, or a sinusoidal code of where the
+    /// (pyramid) tokenizer puts each token.
+    #[arg(long, value_enum, default_value_t = crate::train::dit::PositionInit::Random)]
+    pub position_init: crate::train::dit::PositionInit,
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -1113,6 +1117,7 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.min_budget = args.min_budget;
     config.max_budget = args.max_budget;
     config.latent_norm = args.latent_norm;
+    config.position_init = args.position_init;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(

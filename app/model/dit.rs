@@ -252,6 +252,29 @@ impl Dit {
         Ok((dit, config))
     }
 
+    /// Starts the learned positions of the first `cells.len()` slots from a sinusoidal code of
+    /// where the tokenizer puts them, `[centre_x, centre_y, level]` per slot (see
+    /// `TexTok::slot_cells`); the other slots keep their random start. Random positions leave
+    /// every slot unrelated to its neighbours, and a short CPU training produced mosaics of
+    /// independently coloured patches; with the geometry, attending to nearby and covering
+    /// cells is easy from the first step (as the 2-D sin-cos positions of image DiTs).
+    pub fn with_position_geometry(mut self, cells: &[[f32; 3]]) -> Self {
+        let device = self.positions.val().device();
+        let [_, slots, width] = self.positions.dims();
+        let mut values = self
+            .positions
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("positions are f32 after convert");
+        for (slot, cell) in cells.iter().take(slots).enumerate() {
+            values[slot * width..(slot + 1) * width].copy_from_slice(&geometry_code(cell, width));
+        }
+        self.positions = Param::from_data(TensorData::new(values, [1, slots, width]), &device);
+        self
+    }
+
     /// Saves this DiT with `config` (atomically).
     pub fn save(
         &self,
@@ -261,6 +284,22 @@ impl Dit {
     ) -> Result<(), CheckpointError> {
         save_module(self, path, KIND_DIT, config, precision)
     }
+}
+
+/// Sinusoidal code of a slot's place, `width` values: a third each for x, y and level (sin and
+/// cos at geometric frequencies 1 .. 1/100), zeros in the remainder.
+pub fn geometry_code(cell: &[f32; 3], width: usize) -> Vec<f32> {
+    let third = width / 3 / 2 * 2;
+    let pairs = third / 2;
+    let mut code = vec![0.0f32; width];
+    for (part, &value) in cell.iter().enumerate() {
+        for i in 0..pairs {
+            let frequency = 100f32.powf(-(i as f32) / pairs.max(1) as f32);
+            code[part * third + 2 * i] = (value * frequency).sin();
+            code[part * third + 2 * i + 1] = (value * frequency).cos();
+        }
+    }
+    code
 }
 
 /// `x * (1 + scale) + shift` with `[batch, width]` modulations broadcast over the sequence.

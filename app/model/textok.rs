@@ -369,6 +369,28 @@ impl TexTok {
         sides
     }
 
+    /// Where each token slot sits in the pyramid: `[centre_x, centre_y, level]` with the centre
+    /// in patch units and the level counted from 0 (the whole image), for the slots that have
+    /// a cell, in slot order (repeats of the finest level under `pyramid_fill` count as further
+    /// levels). Empty without the pyramid: its slots are not tied to places.
+    pub fn slot_cells(&self) -> Vec<[f32; 3]> {
+        if !self.pyramid {
+            return Vec::new();
+        }
+        let mut cells = Vec::new();
+        for (level, side) in self.pyramid_sides(self.max_tokens).into_iter().enumerate() {
+            let size = self.grid as f32 / side as f32;
+            for row in 0..side {
+                for col in 0..side {
+                    let centre = |i: usize| (i as f32 + 0.5) * size;
+                    cells.push([centre(col), centre(row), level as f32]);
+                }
+            }
+        }
+        cells.truncate(self.max_tokens);
+        cells
+    }
+
     /// The decoder's half of the pyramid: each patch receives the sum of the tokens whose cell
     /// covers it, for the tokens present (the budget may end inside a level).
     /// - `tokens`: `[batch, k, width]` -> `[batch, patches, width]`

@@ -60,6 +60,21 @@ pub struct DitTrainConfig {
     /// used per-channel statistics, so that is what a config without it means.
     #[serde(default)]
     pub latent_norm: LatentNorm,
+    /// How a new DiT's learned positions start (ignored when fine-tuning).
+    #[serde(default)]
+    pub position_init: PositionInit,
+}
+
+/// The start of a new DiT's learned positional embeddings.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionInit {
+    /// Small random values (the paper's learned positions).
+    #[default]
+    Random,
+    /// A sinusoidal code of each slot's cell in the tokenizer's pyramid (`Dit::with_position_geometry`);
+    /// needs a pyramid tokenizer.
+    Geometry,
 }
 
 /// Normalisation of the latents the DiT learns.
@@ -116,6 +131,7 @@ impl DitTrainConfig {
             checkpoint_minutes: 5.0,
             init_from: None,
             latent_norm: LatentNorm::Position,
+            position_init: PositionInit::Random,
         }
     }
 }
@@ -229,14 +245,13 @@ impl LatentCache {
         if norm == LatentNorm::Channel {
             return per_channel;
         }
-        let width = self.tokens * self.dim;
-        let (mut mean, mut std) = moments(self.by_path.values().map(|values| &values[..width]));
-        // A position that (almost) never varies in this data must not blow up the noise the
-        // sampler scales back: floor its spread at 1 % of its channel's.
+        let (mean, mut std) = moments(self.by_path.values().map(Vec::as_slice));
+        // A position that (almost) never varies in this data (a few images, an unused slot)
+        // would turn tiny deviations into huge normalised values: floor its spread at 1 % of
+        // its channel's.
         for (i, s) in std.iter_mut().enumerate() {
             *s = s.max(0.01 * per_channel.1[i % self.dim]);
         }
-        mean.truncate(width);
         (mean, std)
     }
 }
@@ -288,6 +303,12 @@ pub fn train_dit(
     );
 
     let (tokenizer, tokenizer_config) = TexTok::load(&config.tokenizer, device)?;
+    let slot_cells = tokenizer.slot_cells();
+    ensure!(
+        config.position_init == PositionInit::Random || !slot_cells.is_empty(),
+        "{}: geometry positions need a tokenizer with the pyramid layout",
+        config.tokenizer.display()
+    );
     ensure!(
         MIN_BUDGET <= config.min_budget
             && config.min_budget <= config.max_budget
@@ -374,9 +395,15 @@ pub fn train_dit(
     let autodiff = device.clone().autodiff();
     let mut model = match initial {
         Some((model, _)) => model,
-        None => crate::device::init_module(&autodiff, Some(config.seed), || {
-            model_config.init(&autodiff)
-        }),
+        None => {
+            let fresh = crate::device::init_module(&autodiff, Some(config.seed), || {
+                model_config.init(&autodiff)
+            });
+            match config.position_init {
+                PositionInit::Random => fresh,
+                PositionInit::Geometry => fresh.with_position_geometry(&slot_cells),
+            }
+        }
     };
     let mut optimizer = new_optimizer_with(config.weight_decay, config.grad_clip_norm);
     let mut ema = module_to_host(&model).map_err(anyhow::Error::msg)?;

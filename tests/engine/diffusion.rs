@@ -228,3 +228,62 @@ fn per_position_statistics_denormalise_each_position() {
     config.latent_std[0] = 0.0;
     assert!(config.validate().is_err(), "a zero spread is refused");
 }
+
+#[test]
+fn geometry_positions_follow_the_tokenizer_pyramid() {
+    use textok_studio::model::dit::geometry_code;
+    let device = cpu();
+    // tiny: 32 px, patch 8 -> a 4x4 grid; pyramid without fill: 1 + 4 + 16 slots have cells.
+    let (tokenizer, _) = tiny(true, 3);
+    let cells = tokenizer.slot_cells();
+    assert_eq!(cells.len(), 21);
+    assert_eq!(cells[0], [2.0, 2.0, 0.0], "slot 0: the whole image");
+    assert_eq!(
+        cells[1..5],
+        [
+            [1.0, 1.0, 1.0],
+            [3.0, 1.0, 1.0],
+            [1.0, 3.0, 1.0],
+            [3.0, 3.0, 1.0]
+        ],
+        "slots 1-4: the quarters, row-major"
+    );
+    assert_eq!(cells[5], [0.5, 0.5, 2.0]);
+    assert_eq!(cells[20], [3.5, 3.5, 2.0]);
+
+    let config = DitConfig::tiny();
+    let width = config.width;
+    let random = textok_studio::device::init_module(&device, Some(4), || config.init(&device));
+    let before: Vec<f32> = random.positions.val().into_data().try_into_vec().unwrap();
+    let dit = random.with_position_geometry(&cells);
+    let after: Vec<f32> = dit.positions.val().into_data().try_into_vec().unwrap();
+    assert_eq!(after.len(), config.max_tokens * width);
+    for (slot, cell) in cells.iter().enumerate() {
+        assert_eq!(
+            after[slot * width..(slot + 1) * width],
+            geometry_code(cell, width)
+        );
+    }
+    assert_eq!(
+        after[21 * width..],
+        before[21 * width..],
+        "slots without a cell keep their random start"
+    );
+    // Neighbouring cells of a level have more similar codes than distant ones.
+    let dot = |a: usize, b: usize| -> f32 {
+        (0..width)
+            .map(|i| after[a * width + i] * after[b * width + i])
+            .sum()
+    };
+    assert!(
+        dot(5, 6) > dot(5, 8),
+        "(0,0) is closer to (1,0) than to (3,0)"
+    );
+    assert!(dot(5, 6) > dot(5, 20));
+    // A tokenizer without the pyramid has no geometry to offer.
+    let (plain, _) = {
+        let config = textok_studio::model::textok::TexTokConfig::tiny(true).with_pyramid(None);
+        (config.init(&device), config)
+    };
+    assert!(plain.slot_cells().is_empty());
+}

@@ -614,3 +614,42 @@ fn dit_runs_from_before_latent_norm_keep_per_channel_statistics() {
     let old: DitTrainConfig = serde_json::from_value(stored).unwrap();
     assert_eq!(old.latent_norm, LatentNorm::Channel);
 }
+
+#[test]
+fn geometry_positions_need_a_pyramid_tokenizer() {
+    use textok_studio::model::textok::TexTokConfig;
+    use textok_studio::train::dit::{DitTrainConfig, PositionInit, train_dit};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let encoder = repo_path("models/text-encoder");
+    let run = |tokenizer_config: TexTokConfig, name: &str| {
+        let tokenizer = dir.path().join(format!("{name}.safetensors"));
+        tokenizer_config
+            .init(&cpu())
+            .save(
+                &tokenizer_config,
+                &tokenizer,
+                textok_studio::checkpoint::StoredPrecision::F32,
+            )
+            .unwrap();
+        let mut config = DitTrainConfig::new(data.clone(), tokenizer, "tiny", 2, 2);
+        config.validation_percent = 0;
+        config.position_init = PositionInit::Geometry;
+        train_dit(
+            &dir.path().join(name),
+            &config,
+            false,
+            &cpu(),
+            &encoder,
+            &Losses::default(),
+            &CancelToken::new(),
+        )
+    };
+    assert!(run(TexTokConfig::tiny(true), "pyramid").unwrap().finished);
+    let error = run(TexTokConfig::tiny(true).with_pyramid(None), "plain").unwrap_err();
+    assert!(
+        error.to_string().contains("pyramid layout"),
+        "clear message: {error}"
+    );
+}
