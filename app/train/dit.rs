@@ -1,8 +1,8 @@
 //! Training the text-to-image DiT on a tokenizer's latents.
 //!
 //! The tokenizer encodes every training image once; the latents are cached in the run folder
-//! (keyed by the tokenizer file's SHA-256) and normalised with per-position (or, in older runs, per-channel) statistics that are
-//! stored in the DiT's config. Each step draws one budget k (nested prefixes, so one DiT serves
+//! (keyed by the tokenizer file's SHA-256) and normalised with per-position (in older runs,
+//! per-channel) statistics that are stored in the DiT's config. Each step draws one budget k (nested prefixes, so one DiT serves
 //! every budget), a timestep per image, and drops 10% of captions to the null (empty) caption for
 //! classifier-free guidance; the loss is the MSE to the v-prediction target. Progress, JSONL log,
 //! AdamW with warm-up + cosine, EMA and the atomic, resumable state work as for the tokenizer.
@@ -85,9 +85,9 @@ pub enum LatentNorm {
     #[default]
     Channel,
     /// One mean and spread per position and channel. TexTok's positions differ a lot (in the
-    /// shipped tokenizer the first 16 tokens spread 0.1-0.3x their channel's spread, tokens
-    /// 32-64 about 2x, the tail 0.05-0.5x), so per-channel scaling gives each position a
-    /// different signal-to-noise ratio at the same diffusion step.
+    /// shipped tokenizer the 21 coarse pyramid slots spread 0.1-0.3x their channel's spread,
+    /// the 64 slots of the 8x8 level about 2x, the unused tail 0.05-0.5x), so per-channel
+    /// scaling gives each position a different signal-to-noise ratio at the same diffusion step.
     Position,
 }
 
