@@ -4,8 +4,9 @@
 //! (keyed by the tokenizer file's SHA-256) and normalised with per-position (in older runs,
 //! per-channel) statistics that are stored in the DiT's config. Each step draws one budget k
 //! (nested prefixes, so one DiT serves every budget), a timestep per image, and drops 10% of
-//! captions to the null (empty) caption for classifier-free guidance; the loss is the MSE to the v-prediction target. Progress, JSONL log,
-//! AdamW with warm-up + cosine, EMA and the atomic, resumable state work as for the tokenizer.
+//! captions to the null (empty) caption for classifier-free guidance; the loss is the MSE to the
+//! v-prediction target. Progress, JSONL log, AdamW with warm-up + cosine, EMA and the atomic,
+//! resumable state work as for the tokenizer.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
