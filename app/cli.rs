@@ -267,6 +267,10 @@ pub struct TrainDitArgs {
     /// (pyramid) tokenizer puts each token.
     #[arg(long, value_enum, default_value_t = crate::train::dit::PositionInit::Random)]
     pub position_init: crate::train::dit::PositionInit,
+    /// Also condition the DiT's adaLN modulation on the caption's mean-pooled embedding
+    /// (besides cross-attention), for a new DiT.
+    #[arg(long)]
+    pub pooled_caption: bool,
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -1118,6 +1122,7 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.max_budget = args.max_budget;
     config.latent_norm = args.latent_norm;
     config.position_init = args.position_init;
+    config.pooled_caption = args.pooled_caption;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(

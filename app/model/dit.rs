@@ -52,6 +52,14 @@ pub struct DitConfig {
     /// Largest token budget the trainer drew (absent in older checkpoints: any). A one-budget
     /// DiT's other budgets would be noise, so generation refuses them.
     pub trained_max_budget: Option<usize>,
+    /// Also condition every block's adaLN modulation on the caption's mean-pooled embedding,
+    /// added to the timestep embedding (as SD3 does with its pooled text vector), besides the
+    /// cross-attention. Cross-attention alone learned only the caption's broad category in a
+    /// short CPU training ("red circle" and "yellow circle" gave the same image per seed); a
+    /// pooled vector reaches every token's scale and shift from the first steps. Absent in
+    /// older checkpoints, which means off (an `Option` because burn configs only tolerate a
+    /// missing key for those).
+    pub pooled_caption: Option<bool>,
 }
 
 impl DitConfig {
@@ -149,6 +157,11 @@ impl DitConfig {
         (tensor(&self.latent_mean), tensor(&self.latent_std))
     }
 
+    /// Whether the modulation also reads the pooled caption ([`Self::pooled_caption`]).
+    pub fn has_pooled_caption(&self) -> bool {
+        self.pooled_caption.unwrap_or(false)
+    }
+
     /// The token budgets this DiT was trained to generate.
     pub fn trained_budgets(&self) -> RangeInclusive<usize> {
         self.trained_min_budget.unwrap_or(MIN_BUDGET)
@@ -179,6 +192,9 @@ impl DitConfig {
             )),
             time_in: LinearConfig::new(self.time_features, w).init(device),
             time_out: LinearConfig::new(w, w).init(device),
+            caption_in: self
+                .has_pooled_caption()
+                .then(|| LinearConfig::new(self.text_dim, w).init(device)),
             blocks: (0..self.depth)
                 .map(|_| DitBlock {
                     norm1: norm(false),
@@ -217,6 +233,8 @@ pub struct Dit {
     pub positions: Param<Tensor<3>>,
     pub time_in: Linear,
     pub time_out: Linear,
+    /// The pooled caption's projection into the modulation condition (`pooled_caption`).
+    pub caption_in: Option<Linear>,
     pub blocks: Vec<DitBlock>,
     pub final_norm: LayerNorm,
     pub final_modulation: Linear,
@@ -307,6 +325,15 @@ fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
     x * (scale.unsqueeze_dim::<3>(1) + 1.0) + shift.unsqueeze_dim::<3>(1)
 }
 
+/// The mean of each caption's real token embeddings: `[batch, tokens, width]` -> `[batch, width]`.
+fn mean_pooled(text: &TextEmbeddings) -> Tensor<2> {
+    let [batch, _, width] = text.hidden.dims();
+    let mask = text.mask.clone().unsqueeze_dim::<3>(2);
+    let sum = (text.hidden.clone() * mask.clone()).sum_dim(1);
+    let count = mask.sum_dim(1).clamp_min(1.0);
+    (sum / count).reshape([batch, width])
+}
+
 /// Sinusoidal features of (fractional) timesteps: `[batch]` -> `[batch, dim]` (cos | sin).
 pub fn timestep_features(timesteps: &[f32], dim: usize, device: &Device) -> Tensor<2> {
     let half = dim / 2;
@@ -338,7 +365,10 @@ impl Dit {
                 self.time_features,
                 &device,
             ))));
-        let condition = silu(time);
+        let condition = match &self.caption_in {
+            Some(caption_in) => silu(time + caption_in.forward(mean_pooled(text))),
+            None => silu(time),
+        };
         let text_bias = (text.mask.clone().neg() + 1.0).mul_scalar(MASKED_KEY_BIAS);
         for block in &self.blocks {
             let m = block.modulation.forward(condition.clone()).chunk(6, 1);

@@ -64,6 +64,10 @@ pub struct DitTrainConfig {
     /// How a new DiT's learned positions start (ignored when fine-tuning).
     #[serde(default)]
     pub position_init: PositionInit,
+    /// Give a new DiT the pooled-caption condition (`DitConfig::pooled_caption`; ignored when
+    /// fine-tuning, which keeps the checkpoint's architecture).
+    #[serde(default)]
+    pub pooled_caption: bool,
 }
 
 /// The start of a new DiT's learned positional embeddings.
@@ -133,6 +137,7 @@ impl DitTrainConfig {
             init_from: None,
             latent_norm: LatentNorm::Position,
             position_init: PositionInit::Random,
+            pooled_caption: false,
         }
     }
 }
@@ -383,6 +388,7 @@ pub fn train_dit(
         }
     };
     if initial.is_none() {
+        model_config.pooled_caption = Some(config.pooled_caption);
         let (mean, std) = latents.statistics(config.latent_norm);
         model_config.latent_mean = mean;
         model_config.latent_std = std;

@@ -287,3 +287,52 @@ fn geometry_positions_follow_the_tokenizer_pyramid() {
     };
     assert!(plain.slot_cells().is_empty());
 }
+
+#[test]
+fn pooled_caption_reaches_the_modulation_and_survives_a_checkpoint() {
+    use textok_studio::checkpoint::StoredPrecision;
+    use textok_studio::model::dit::Dit;
+    let device = cpu();
+    assert!(DitConfig::tiny().init(&device).caption_in.is_none());
+    let config = DitConfig::tiny().with_pooled_caption(Some(true));
+    let mut dit = textok_studio::device::init_module(&device, Some(8), || config.init(&device));
+    let seeded = textok_studio::device::seeded(&device, 8);
+    // adaLN-Zero starts every block as the identity; give the modulations and the output
+    // weights so the condition shows in the prediction.
+    let random = |shape: [usize; 2]| {
+        burn::module::Param::from_tensor(Tensor::random(
+            shape,
+            Distribution::Normal(0.0, 0.2),
+            &device,
+        ))
+    };
+    for block in dit.blocks.iter_mut() {
+        block.modulation.weight = random([32, 6 * 32]);
+    }
+    dit.final_modulation.weight = random([32, 2 * 32]);
+    dit.output.weight = random([32, 8]);
+    let x = Tensor::<3>::random([2, 32, 8], Distribution::Normal(0.0, 1.0), &device);
+    drop(seeded);
+    let text = embed(&["a red circle", "a yellow circle"]);
+    let with_pooled = dit.forward(x.clone(), &[500.0, 500.0], &text);
+
+    let mut without = dit.clone();
+    without.caption_in = None;
+    let cross_only = without.forward(x.clone(), &[500.0, 500.0], &text);
+    assert!(
+        max_abs_diff(with_pooled.clone(), cross_only) > 1e-3,
+        "the pooled caption changes the prediction"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dit.safetensors");
+    dit.save(&config, &path, StoredPrecision::F32).unwrap();
+    let (loaded, loaded_config) = Dit::load(&path, &device).unwrap();
+    assert!(loaded_config.has_pooled_caption() && loaded.caption_in.is_some());
+    assert!(max_abs_diff(loaded.forward(x, &[500.0, 500.0], &text), with_pooled) < 1e-6);
+
+    // Checkpoints from before the option have no such key: they load without the path.
+    let (shipped, shipped_config) =
+        Dit::load(&repo_path("models/dit-small.safetensors"), &device).unwrap();
+    assert!(!shipped_config.has_pooled_caption() && shipped.caption_in.is_none());
+}
