@@ -143,6 +143,10 @@ pub struct GenEvalArgs {
     /// Images to generate per model (the validation captions, repeated as needed).
     #[arg(long, default_value_t = 500)]
     pub images: usize,
+    /// Take the captions evenly spaced through the validation split instead of the first
+    /// `--images` (the split starts with flags; a short run with a sheet then shows every kind).
+    #[arg(long)]
+    pub spread: bool,
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
     #[arg(long, default_value_t = 50)]
@@ -166,8 +170,8 @@ pub struct GenEvalArgs {
     /// Write the records as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Contact sheet: the first 8 validation images, then a row per model of what it generated
-    /// from their captions.
+    /// Contact sheet: the first 8 validation images given to the generators (with `--spread`,
+    /// the first 8 of the spread), then a row per model of what it generated from their captions.
     #[arg(long)]
     pub sheet: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -944,16 +948,19 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
                 args.data.display(),
                 validation.len()
             );
-            let captions: Vec<String> = validation
+            let chosen = crate::metrics::evaluation::caption_indices(
+                validation.len(),
+                args.images,
+                args.spread,
+            );
+            let captions: Vec<String> = chosen
                 .iter()
-                .cycle()
-                .take(args.images)
-                .map(|item| item.caption.clone())
+                .map(|&i| validation[i].caption.clone())
                 .collect();
             let images: Vec<_> = validation.iter().map(|item| item.image()).collect();
             let features = effnet_features(&effnet, &images, &selected.device)?;
             // The sheet's first row: the images whose captions the generators were given.
-            sheet_rows.push(images.iter().take(8).cloned().collect::<Vec<_>>());
+            sheet_rows.push(chosen.iter().take(8).map(|&i| images[i].clone()).collect());
             references = Some((size, captions, features));
         }
         let Some((reference_size, captions, reference_features)) = &references else {

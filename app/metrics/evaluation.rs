@@ -234,6 +234,21 @@ pub struct GenerationRecord {
     pub fd_effnet: f64,
 }
 
+/// Which validation items `gen-eval` generates from: `images` indices into a split of
+/// `available` items. The first `images` (repeating the split as needed), or with `spread` the
+/// same count evenly spaced through the split, so a short run (a contact sheet) shows every kind
+/// of image instead of the first few, which sort together (the split starts with flags).
+pub fn caption_indices(available: usize, images: usize, spread: bool) -> Vec<usize> {
+    if available == 0 {
+        return Vec::new();
+    }
+    if spread && images <= available {
+        (0..images).map(|i| i * available / images).collect()
+    } else {
+        (0..images).map(|i| i % available).collect()
+    }
+}
+
 /// EfficientNet-Lite0 pooled features of `images` (one row each), in batches.
 pub fn effnet_features(
     effnet: &EfficientNet,

@@ -42,3 +42,24 @@ fn ssim_drops_with_distortion_and_is_symmetric() {
     let expected = (2.0 * m1 * m2 + c1) / (m1 * m1 + m2 * m2 + c1);
     assert!((ssim(&flat_a, &flat_b) - expected).abs() < 1e-4);
 }
+
+#[test]
+fn gen_eval_takes_the_first_captions_or_spreads_them_through_the_split() {
+    use textok_studio::metrics::evaluation::caption_indices;
+    assert_eq!(caption_indices(5, 3, false), [0, 1, 2]);
+    assert_eq!(
+        caption_indices(3, 7, false),
+        [0, 1, 2, 0, 1, 2, 0],
+        "repeats"
+    );
+    assert_eq!(caption_indices(10, 4, true), [0, 2, 5, 7], "evenly spaced");
+    assert_eq!(caption_indices(519, 500, true).len(), 500);
+    let spread = caption_indices(519, 16, true);
+    assert!(spread.windows(2).all(|w| w[1] > w[0]) && spread[15] >= 480);
+    assert_eq!(
+        caption_indices(3, 5, true),
+        caption_indices(3, 5, false),
+        "more images than captions: repeat as without --spread"
+    );
+    assert!(caption_indices(0, 4, true).is_empty());
+}
