@@ -6,6 +6,8 @@
 #
 #   bash models/scripts/train_dit_shipped.sh CORPUS_DIR RUNS_DIR [STEPS]
 #
+# DIT_FLAGS holds the architecture/normalisation flags of `train dit`; its default is the recipe
+# of the shipped dit-small (see models/README.md).
 # The two runs go side by side, one thread each, at low priority (as train_shipped.sh).
 set -euo pipefail
 corpus=${1:?corpus folder}
@@ -15,12 +17,13 @@ bin=${TEXTOK_STUDIO:-target/release/textok-studio}
 models=${TEXTOK_MODELS_DIR:-models}
 common=(--data "$corpus" --preset small --steps "$steps" --batch 32 --checkpoint-minutes 10
         --seed 0 --device cpu)
+read -ra recipe <<<"${DIT_FLAGS:---latent-norm channel}"
 mkdir -p "$runs"
 pids=()
 for model in textok baseline; do
   flags=()
   [ -f "$runs/dit-$model/state.safetensors" ] && flags+=(--resume)
-  RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${common[@]}" "${flags[@]}" \
+  RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${common[@]}" "${recipe[@]}" "${flags[@]}" \
     --tokenizer "$models/$model-small.safetensors" --out "$runs/dit-$model" \
     >>"$runs/dit-$model.log" 2>&1 &
   pids+=($!)
