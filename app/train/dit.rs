@@ -106,6 +106,15 @@ impl super::RunConfig for DitTrainConfig {
             ..self.clone()
         }
     }
+    fn warmup_steps(&self) -> usize {
+        self.warmup_steps
+    }
+    fn with_warmup_steps(&self, warmup_steps: usize) -> Self {
+        Self {
+            warmup_steps,
+            ..self.clone()
+        }
+    }
 }
 
 impl DitTrainConfig {
@@ -123,7 +132,7 @@ impl DitTrainConfig {
             steps,
             batch,
             learning_rate: 3e-4,
-            warmup_steps: (steps / 20).clamp(1, 1000),
+            warmup_steps: super::default_warmup(steps),
             min_lr_ratio: 0.1,
             weight_decay: 1e-4,
             grad_clip_norm: 1.0,

@@ -111,10 +111,30 @@ pub fn append_jsonl(path: &Path, record: &serde_json::Value) -> std::io::Result<
     file.flush()
 }
 
+/// The warm-up a run of `steps` gets unless told otherwise: 5 % of it, 1..=1000 steps.
+pub fn default_warmup(steps: usize) -> usize {
+    (steps / 20).clamp(1, 1000)
+}
+
 /// A run's settings that resuming must keep (all but the step count, which may grow).
 pub trait RunConfig: Clone + PartialEq + serde::Serialize + serde::de::DeserializeOwned {
     fn steps(&self) -> usize;
     fn with_steps(&self, steps: usize) -> Self;
+    fn warmup_steps(&self) -> usize;
+    fn with_warmup_steps(&self, warmup: usize) -> Self;
+
+    /// These settings as a continuation of `stored` would have them: its step count, and its
+    /// warm-up unless this one was chosen (differs from [`default_warmup`] of this length).
+    /// Without the second part, continuing a run with more `--steps` changed the derived
+    /// warm-up and was refused as "other settings".
+    fn as_continuation_of(&self, stored: &Self) -> Self {
+        let warmup = if self.warmup_steps() == default_warmup(self.steps()) {
+            stored.warmup_steps()
+        } else {
+            self.warmup_steps()
+        };
+        self.with_steps(stored.steps()).with_warmup_steps(warmup)
+    }
 }
 
 /// The settings a run in `run_dir` continues with: `requested` for a new run (refusing a folder
@@ -147,7 +167,7 @@ pub fn resolve_run_config<C: RunConfig>(
             )
         })?;
         anyhow::ensure!(
-            requested.with_steps(stored.steps()) == stored,
+            requested.as_continuation_of(&stored) == stored,
             "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
             run_dir.display()
         );

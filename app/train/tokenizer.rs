@@ -122,6 +122,15 @@ impl super::RunConfig for TokenizerTrainConfig {
             ..self.clone()
         }
     }
+    fn warmup_steps(&self) -> usize {
+        self.warmup_steps
+    }
+    fn with_warmup_steps(&self, warmup_steps: usize) -> Self {
+        Self {
+            warmup_steps,
+            ..self.clone()
+        }
+    }
 }
 
 impl TokenizerTrainConfig {
@@ -139,7 +148,7 @@ impl TokenizerTrainConfig {
             steps,
             batch,
             learning_rate: 3e-4,
-            warmup_steps: (steps / 20).clamp(1, 1000),
+            warmup_steps: super::default_warmup(steps),
             min_lr_ratio: 0.1,
             weight_decay: 1e-4,
             grad_clip_norm: 1.0,

@@ -653,3 +653,38 @@ fn geometry_positions_need_a_pyramid_tokenizer() {
         "clear message: {error}"
     );
 }
+
+#[test]
+fn a_run_continues_with_more_steps_keeping_its_derived_warmup() {
+    use textok_studio::train::dit::DitTrainConfig;
+    use textok_studio::train::resolve_run_config;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // As `train dit --steps N` builds them: the warm-up is derived from the length (60 and 120).
+    let config =
+        |steps| DitTrainConfig::new("data".into(), "t.safetensors".into(), "small", steps, 32);
+    let first = resolve_run_config(&run, &config(1200), false).unwrap();
+    assert_eq!(first.warmup_steps, 60);
+    std::fs::write(run.join("state.safetensors"), b"stand-in").unwrap();
+
+    let longer = resolve_run_config(&run, &config(2400), true).unwrap();
+    assert_eq!(
+        (longer.steps, longer.warmup_steps),
+        (2400, 60),
+        "the run's own warm-up"
+    );
+    let stored: DitTrainConfig =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(stored, longer);
+
+    // A warm-up chosen explicitly is a setting like any other.
+    let mut chosen = config(3600);
+    chosen.warmup_steps = 7;
+    let err = resolve_run_config(&run, &chosen, true).unwrap_err();
+    assert!(err.to_string().contains("other settings"), "{err}");
+    // Fewer steps than done keeps the longer length.
+    assert_eq!(
+        resolve_run_config(&run, &config(600), true).unwrap().steps,
+        2400
+    );
+}
