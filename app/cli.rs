@@ -891,7 +891,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
-    use crate::metrics::evaluation::{GenerationRecord, effnet_features, generation_fd};
+    use crate::metrics::evaluation::{
+        CAPTION_MATCH_K, GenerationRecord, caption_match_rate, effnet_features, generation_fd,
+    };
     use crate::model::dit::SampleSettings;
     use crate::pipeline::{GenerateEngine, GenerateSpec};
     anyhow::ensure!(args.images >= 2, "--images must be at least 2");
@@ -924,7 +926,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     let mut records = Vec::new();
     let mut sheet_rows = Vec::new();
     // Captions and reference features come from the first generator's resolution and are reused.
-    let mut references: Option<(u32, Vec<String>, Vec<Vec<f32>>)> = None;
+    let mut references: Option<(u32, Vec<usize>, Vec<String>, Vec<Vec<f32>>)> = None;
     for (name, spec) in generators {
         let engine = GenerateEngine::load(&spec, selected.clone())?;
         eprintln!(
@@ -961,9 +963,9 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             let features = effnet_features(&effnet, &images, &selected.device)?;
             // The sheet's first row: the images whose captions the generators were given.
             sheet_rows.push(chosen.iter().take(8).map(|&i| images[i].clone()).collect());
-            references = Some((size, captions, features));
+            references = Some((size, chosen, captions, features));
         }
-        let Some((reference_size, captions, reference_features)) = &references else {
+        let Some((reference_size, chosen, captions, reference_features)) = &references else {
             anyhow::bail!("no reference images were loaded")
         };
         anyhow::ensure!(
@@ -973,7 +975,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         let progress = |p: crate::jobs::Progress| {
             eprint!("\r{name}: {}/{} {}    ", p.done, p.total, p.message)
         };
-        let (fd, images) = generation_fd(
+        let generated = generation_fd(
             &engine,
             captions,
             reference_features,
@@ -983,7 +985,13 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             &CancelToken::new(),
         )?;
         eprintln!();
-        sheet_rows.push(images.into_iter().take(8).collect::<Vec<_>>());
+        let caption_match = caption_match_rate(
+            &generated.features,
+            reference_features,
+            chosen,
+            CAPTION_MATCH_K,
+        );
+        sheet_rows.push(generated.images.into_iter().take(8).collect::<Vec<_>>());
         records.push(GenerationRecord {
             model: name.to_owned(),
             tokens: args.tokens,
@@ -991,21 +999,31 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             cfg: args.cfg,
             images: captions.len(),
             references: reference_features.len(),
-            fd_effnet: fd,
+            fd_effnet: generated.fd_effnet,
+            caption_match: Some(caption_match),
         });
     }
-    println!("model      tokens  steps  cfg   images  FD-EffNet");
+    println!(
+        "model      tokens  steps  cfg   images  FD-EffNet  caption match (top-{CAPTION_MATCH_K})"
+    );
     for r in &records {
         println!(
-            "{:<10} {:>6} {:>6} {:>4} {:>8} {:>10.3}",
-            r.model, r.tokens, r.steps, r.cfg, r.images, r.fd_effnet
+            "{:<10} {:>6} {:>6} {:>4} {:>8} {:>10.3}  {:>5.1} % (chance {:.1} %)",
+            r.model,
+            r.tokens,
+            r.steps,
+            r.cfg,
+            r.images,
+            r.fd_effnet,
+            100.0 * r.caption_match.unwrap_or(0.0),
+            100.0 * CAPTION_MATCH_K as f64 / r.references.max(1) as f64
         );
     }
     if let Some(path) = &args.json {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    if let (Some(path), Some((size, _, _))) = (&args.sheet, &references) {
+    if let (Some(path), Some((size, _, _, _))) = (&args.sheet, &references) {
         let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, *size);
         imageio::save_png(&sheet, path, &[])?;
     }

@@ -20,6 +20,11 @@ pub struct EvalRecord {
     pub ssim: f64,
     pub fd_effnet: f64,
     pub images: usize,
+    /// Share of reconstructions whose original is among the [`CAPTION_MATCH_K`] originals
+    /// nearest to them in EfficientNet features: the ceiling for a generator's
+    /// [`GenerationRecord::caption_match`] with this tokenizer. (Absent in older records.)
+    #[serde(default)]
+    pub match_rate: Option<f64>,
 }
 
 /// A model to evaluate under a name ("textok" / "baseline").
@@ -127,6 +132,12 @@ pub fn evaluate_models(
                 ssim: ssim[b] / n,
                 fd_effnet: crate::metrics::fd::frechet_distance(&original_features, &features[b]),
                 images: items.len(),
+                match_rate: Some(caption_match_rate(
+                    &features[b],
+                    &original_features,
+                    &(0..items.len()).collect::<Vec<_>>(),
+                    CAPTION_MATCH_K,
+                )),
             });
         }
     }
@@ -152,8 +163,13 @@ fn features_of(
 /// The table as text: rows budget x model, then TexTok's relative improvement per budget.
 pub fn format_table(records: &[EvalRecord]) -> String {
     let mut out = format!(
-        "{:<9} {:>6} {:>9} {:>7} {:>10}\n",
-        "model", "tokens", "PSNR dB", "SSIM", "FD-EffNet"
+        "{:<9} {:>6} {:>9} {:>7} {:>10} {:>12}\n",
+        "model",
+        "tokens",
+        "PSNR dB",
+        "SSIM",
+        "FD-EffNet",
+        format!("match top-{CAPTION_MATCH_K}")
     );
     let mut budgets: Vec<usize> = records.iter().map(|r| r.tokens).collect();
     budgets.sort_unstable();
@@ -167,9 +183,12 @@ pub fn format_table(records: &[EvalRecord]) -> String {
             } else {
                 &record.model
             };
+            let matched = record
+                .match_rate
+                .map_or("-".to_owned(), |rate| format!("{:.1} %", 100.0 * rate));
             out.push_str(&format!(
-                "{:<9} {:>6} {:>9.2} {:>7.4} {:>10.2}\n",
-                label, record.tokens, record.psnr, record.ssim, record.fd_effnet
+                "{:<9} {:>6} {:>9.2} {:>7.4} {:>10.2} {:>12}\n",
+                label, record.tokens, record.psnr, record.ssim, record.fd_effnet, matched
             ));
         }
     }
@@ -232,6 +251,51 @@ pub struct GenerationRecord {
     pub images: usize,
     pub references: usize,
     pub fd_effnet: f64,
+    /// Share of generated images whose own validation image (the one whose caption they were
+    /// given) is among the [`CAPTION_MATCH_K`] references nearest to them in EfficientNet
+    /// features ([`caption_match_rate`]); chance is k / references. (Absent in older records.)
+    #[serde(default)]
+    pub caption_match: Option<f64>,
+}
+
+/// How many nearest references count as a match in [`caption_match_rate`].
+pub const CAPTION_MATCH_K: usize = 5;
+
+/// How recognisable generations are for their captions, without a text-image model: the share
+/// of `generated` rows (features of the image made from validation caption `truth[i]`) whose
+/// own reference row `references[truth[i]]` is among the `k` references nearest to them
+/// (squared Euclidean distance; ties count against). FD-EffNet measures whether the images look
+/// like the set; this measures whether each looks like what it was asked for.
+pub fn caption_match_rate(
+    generated: &[Vec<f32>],
+    references: &[Vec<f32>],
+    truth: &[usize],
+    k: usize,
+) -> f64 {
+    let distance = |a: &[f32], b: &[f32]| -> f64 {
+        a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
+    };
+    let pairs: Vec<(&Vec<f32>, usize)> = generated
+        .iter()
+        .zip(truth.iter().copied())
+        .filter(|&(_, t)| t < references.len())
+        .collect();
+    if pairs.is_empty() {
+        return 0.0;
+    }
+    let matches = pairs
+        .iter()
+        .filter(|(row, t)| {
+            let own = distance(row, &references[*t]);
+            let closer = references
+                .iter()
+                .enumerate()
+                .filter(|&(j, r)| j != *t && distance(row, r) <= own)
+                .count();
+            closer < k
+        })
+        .count();
+    matches as f64 / pairs.len() as f64
 }
 
 /// Which validation items `gen-eval` generates from: `images` indices into a split of
@@ -263,9 +327,16 @@ pub fn effnet_features(
     Ok(rows)
 }
 
+/// What [`generation_fd`] made and measured.
+pub struct GeneratedSet {
+    pub fd_effnet: f64,
+    pub images: Vec<image::Rgb32FImage>,
+    /// EfficientNet features of `images`, one row each.
+    pub features: Vec<Vec<f32>>,
+}
+
 /// Generates one image per caption (seeds `settings.seed + i`, in batches) and measures the
-/// FD-EffNet between them and the references' features ([`effnet_features`]). Returns the
-/// distance and the generated images.
+/// FD-EffNet between them and the references' features ([`effnet_features`]).
 pub fn generation_fd(
     engine: &crate::pipeline::GenerateEngine,
     captions: &[String],
@@ -274,7 +345,7 @@ pub fn generation_fd(
     settings: &crate::model::dit::SampleSettings,
     progress: &dyn ProgressSink,
     cancel: &CancelToken,
-) -> anyhow::Result<(f64, Vec<image::Rgb32FImage>)> {
+) -> anyhow::Result<GeneratedSet> {
     const BATCH: usize = 16;
     anyhow::ensure!(
         captions.len() >= 2 && reference_features.len() >= 2,
@@ -303,6 +374,9 @@ pub fn generation_fd(
         });
     }
     let features = effnet_features(effnet, &generated, &engine.device.device)?;
-    let distance = super::fd::frechet_distance(&features, reference_features);
-    Ok((distance, generated))
+    Ok(GeneratedSet {
+        fd_effnet: super::fd::frechet_distance(&features, reference_features),
+        images: generated,
+        features,
+    })
 }

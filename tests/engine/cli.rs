@@ -364,7 +364,12 @@ fn eval_prints_the_table_and_writes_json_records() {
             record["fd_effnet"].as_f64().unwrap() > 0.0,
             "random models do not reproduce the images: {record}"
         );
+        assert_eq!(
+            record["match_rate"], 1.0,
+            "3 originals: each is within the 5 nearest"
+        );
     }
+    assert!(text.contains("match top-5"), "{text}");
     // 2 rows x (original + 2 budgets x 2 models) cells of 32 px with 4 px gutters.
     let sheet = image::open(&sheet).unwrap();
     assert_eq!((sheet.width(), sheet.height()), (5 * 36 + 4, 2 * 36 + 4));
@@ -802,8 +807,10 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
         assert_eq!(record["images"], 6);
         let fd = record["fd_effnet"].as_f64().unwrap();
         assert!(fd.is_finite() && fd > 0.0, "{record}");
+        let matched = record["caption_match"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&matched), "{record}");
     }
-    assert!(stdout(&output).contains("FD-EffNet"));
+    assert!(stdout(&output).contains("FD-EffNet") && stdout(&output).contains("caption match"));
     let sheet = image::open(&sheet).unwrap();
     assert_eq!(
         sheet.height(),

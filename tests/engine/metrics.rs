@@ -63,3 +63,42 @@ fn gen_eval_takes_the_first_captions_or_spreads_them_through_the_split() {
     );
     assert!(caption_indices(0, 4, true).is_empty());
 }
+
+#[test]
+fn caption_match_counts_generations_nearest_to_their_own_reference() {
+    use textok_studio::metrics::evaluation::caption_match_rate;
+    let references = vec![
+        vec![0.0, 0.0],
+        vec![10.0, 0.0],
+        vec![0.0, 10.0],
+        vec![10.0, 10.0],
+    ];
+    // Each generation sits next to its own reference: all match, even at k = 1.
+    let near_own = vec![vec![1.0, 0.5], vec![9.0, 0.0], vec![0.0, 9.5]];
+    assert_eq!(
+        caption_match_rate(&near_own, &references, &[0, 1, 2], 1),
+        1.0
+    );
+    // The same images credited to other captions: none is nearest to its "own" one...
+    assert_eq!(
+        caption_match_rate(&near_own, &references, &[3, 0, 1], 1),
+        0.0
+    );
+    // ...with k = 2 the second image's (its "own" is its second-nearest) counts; with k = 4
+    // (every reference) all do.
+    let rate = caption_match_rate(&near_own, &references, &[3, 0, 1], 2);
+    assert!((rate - 1.0 / 3.0).abs() < 1e-12, "{rate}");
+    assert_eq!(
+        caption_match_rate(&near_own, &references, &[3, 0, 1], 4),
+        1.0
+    );
+    // A tie with another reference counts against (a constant image matches nothing).
+    let middle = vec![vec![5.0, 0.0]];
+    assert_eq!(caption_match_rate(&middle, &references, &[0], 1), 0.0);
+    assert_eq!(caption_match_rate(&middle, &references, &[0], 2), 1.0);
+    assert_eq!(
+        caption_match_rate(&middle, &references, &[9], 1),
+        0.0,
+        "no such reference"
+    );
+}
