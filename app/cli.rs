@@ -925,8 +925,15 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     )?;
     let mut records = Vec::new();
     let mut sheet_rows = Vec::new();
-    // Captions and reference features come from the first generator's resolution and are reused.
-    let mut references: Option<(u32, Vec<usize>, Vec<String>, Vec<Vec<f32>>)> = None;
+    /// What every generator is measured against, loaded at the first generator's resolution.
+    struct References {
+        size: u32,
+        /// Validation index of each caption.
+        chosen: Vec<usize>,
+        captions: Vec<String>,
+        features: Vec<Vec<f32>>,
+    }
+    let mut references: Option<References> = None;
     for (name, spec) in generators {
         let engine = GenerateEngine::load(&spec, selected.clone())?;
         eprintln!(
@@ -963,9 +970,20 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             let features = effnet_features(&effnet, &images, &selected.device)?;
             // The sheet's first row: the images whose captions the generators were given.
             sheet_rows.push(chosen.iter().take(8).map(|&i| images[i].clone()).collect());
-            references = Some((size, chosen, captions, features));
+            references = Some(References {
+                size,
+                chosen,
+                captions,
+                features,
+            });
         }
-        let Some((reference_size, chosen, captions, reference_features)) = &references else {
+        let Some(References {
+            size: reference_size,
+            chosen,
+            captions,
+            features: reference_features,
+        }) = &references
+        else {
             anyhow::bail!("no reference images were loaded")
         };
         anyhow::ensure!(
@@ -1023,8 +1041,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    if let (Some(path), Some((size, _, _, _))) = (&args.sheet, &references) {
-        let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, *size);
+    if let (Some(path), Some(references)) = (&args.sheet, &references) {
+        let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, references.size);
         imageio::save_png(&sheet, path, &[])?;
     }
     Ok(())
