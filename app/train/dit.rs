@@ -97,20 +97,12 @@ pub enum LatentNorm {
 }
 
 impl super::RunConfig for DitTrainConfig {
-    fn steps(&self) -> usize {
-        self.steps
+    fn schedule(&self) -> (usize, usize) {
+        (self.steps, self.warmup_steps)
     }
-    fn with_steps(&self, steps: usize) -> Self {
+    fn with_schedule(&self, steps: usize, warmup_steps: usize) -> Self {
         Self {
             steps,
-            ..self.clone()
-        }
-    }
-    fn warmup_steps(&self) -> usize {
-        self.warmup_steps
-    }
-    fn with_warmup_steps(&self, warmup_steps: usize) -> Self {
-        Self {
             warmup_steps,
             ..self.clone()
         }

@@ -118,22 +118,23 @@ pub fn default_warmup(steps: usize) -> usize {
 
 /// A run's settings that resuming must keep (all but the step count, which may grow).
 pub trait RunConfig: Clone + PartialEq + serde::Serialize + serde::de::DeserializeOwned {
-    fn steps(&self) -> usize;
-    fn with_steps(&self, steps: usize) -> Self;
-    fn warmup_steps(&self) -> usize;
-    fn with_warmup_steps(&self, warmup: usize) -> Self;
+    /// `(steps, warm-up steps)`.
+    fn schedule(&self) -> (usize, usize);
+    fn with_schedule(&self, steps: usize, warmup_steps: usize) -> Self;
 
     /// These settings as a continuation of `stored` would have them: its step count, and its
     /// warm-up unless this one was chosen (differs from [`default_warmup`] of this length).
     /// Without the second part, continuing a run with more `--steps` changed the derived
     /// warm-up and was refused as "other settings".
     fn as_continuation_of(&self, stored: &Self) -> Self {
-        let warmup = if self.warmup_steps() == default_warmup(self.steps()) {
-            stored.warmup_steps()
+        let (steps, warmup) = self.schedule();
+        let (stored_steps, stored_warmup) = stored.schedule();
+        let warmup = if warmup == default_warmup(steps) {
+            stored_warmup
         } else {
-            self.warmup_steps()
+            warmup
         };
-        self.with_steps(stored.steps()).with_warmup_steps(warmup)
+        self.with_schedule(stored_steps, warmup)
     }
 }
 
@@ -171,7 +172,8 @@ pub fn resolve_run_config<C: RunConfig>(
             "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
             run_dir.display()
         );
-        stored.with_steps(requested.steps().max(stored.steps()))
+        let (stored_steps, warmup) = stored.schedule();
+        stored.with_schedule(requested.schedule().0.max(stored_steps), warmup)
     } else {
         anyhow::ensure!(
             !state.exists(),
