@@ -91,3 +91,24 @@ fn bad_max_tokens_and_missing_files_are_errors() {
     let err = MiniLmTextEncoder::load(empty.path(), 32, &cpu()).unwrap_err();
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
+
+/// Training encodes captions in padded batches, generation one at a time: a caption's real
+/// tokens must get the same hidden states either way (padding is masked out of attention).
+#[test]
+fn a_caption_encodes_the_same_alone_and_in_a_padded_batch() {
+    let encoder = text_encoder().lock().unwrap();
+    let short = "red circle, an emoji";
+    let long =
+        "yellow circle, an emoji (symbols, geometric); circle, yellow, and a long tail of words";
+    let batch = encoder.encode(&[short, long]).unwrap();
+    let alone = encoder.encode(&[short]).unwrap();
+    let n = alone.lengths[0];
+    assert_eq!(batch.lengths[0], n);
+    assert!(
+        batch.lengths[1] > n,
+        "the short caption is padded in the batch"
+    );
+    let in_batch = batch.hidden.clone().narrow(0, 0, 1).narrow(1, 0, n);
+    let error = max_abs_diff(in_batch, alone.hidden.clone());
+    assert!(error <= 1e-4, "max abs difference {error}");
+}
