@@ -275,27 +275,24 @@ pub fn caption_match_rate(
     let distance = |a: &[f32], b: &[f32]| -> f64 {
         a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
     };
-    let pairs: Vec<(&Vec<f32>, usize)> = generated
-        .iter()
-        .zip(truth.iter().copied())
-        .filter(|&(_, t)| t < references.len())
-        .collect();
-    if pairs.is_empty() {
+    let (mut scored, mut matches) = (0usize, 0usize);
+    for (row, &own_index) in generated.iter().zip(truth) {
+        let Some(own) = references.get(own_index) else {
+            continue;
+        };
+        let own = distance(row, own);
+        let closer = references
+            .iter()
+            .enumerate()
+            .filter(|&(j, r)| j != own_index && distance(row, r) <= own)
+            .count();
+        scored += 1;
+        matches += usize::from(closer < k);
+    }
+    if scored == 0 {
         return 0.0;
     }
-    let matches = pairs
-        .iter()
-        .filter(|(row, t)| {
-            let own = distance(row, &references[*t]);
-            let closer = references
-                .iter()
-                .enumerate()
-                .filter(|&(j, r)| j != *t && distance(row, r) <= own)
-                .count();
-            closer < k
-        })
-        .count();
-    matches as f64 / pairs.len() as f64
+    matches as f64 / scored as f64
 }
 
 /// Which validation items `gen-eval` generates from: `images` indices into a split of

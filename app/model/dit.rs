@@ -54,11 +54,11 @@ pub struct DitConfig {
     pub trained_max_budget: Option<usize>,
     /// Also condition every block's adaLN modulation on the caption's mean-pooled embedding,
     /// added to the timestep embedding (as SD3 does with its pooled text vector), besides the
-    /// cross-attention. Cross-attention alone learned only the caption's broad category in a
-    /// short CPU training ("red circle" and "yellow circle" gave the same image per seed); a
-    /// pooled vector reaches every token's scale and shift from the first steps. Absent in
-    /// older checkpoints, which means off (an `Option` because burn configs only tolerate a
-    /// missing key for those).
+    /// cross-attention. Tried because cross-attention alone learned only the caption's broad
+    /// category in a short CPU training ("red circle" and "yellow circle" gave the same image
+    /// per seed); after the same 1,200 steps it did not change that (model card), so it is off
+    /// by default. Absent in older checkpoints, which means off (an `Option` because burn
+    /// configs only tolerate a missing key for those).
     pub pooled_caption: Option<bool>,
 }
 
