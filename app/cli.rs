@@ -147,6 +147,10 @@ pub struct GenEvalArgs {
     /// `--images` (the split starts with flags; a short run with a sheet then shows every kind).
     #[arg(long)]
     pub spread: bool,
+    /// Only measure the caption contrast (no images generated; seconds instead of minutes):
+    /// prints its table and writes `[{model, caption_contrast}]` to --json.
+    #[arg(long, conflicts_with = "sheet")]
+    pub contrast_only: bool,
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
     #[arg(long, default_value_t = 50)]
@@ -892,7 +896,8 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
 fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
     use crate::metrics::evaluation::{
-        CAPTION_MATCH_K, GenerationRecord, caption_match_rate, effnet_features, generation_fd,
+        CAPTION_MATCH_K, GenerationRecord, caption_contrast, caption_match_rate, effnet_features,
+        generation_fd,
     };
     use crate::model::dit::SampleSettings;
     use crate::pipeline::{GenerateEngine, GenerateSpec};
@@ -932,8 +937,12 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         chosen: Vec<usize>,
         captions: Vec<String>,
         features: Vec<Vec<f32>>,
+        /// The distinct validation items given, for the caption contrast.
+        contrast_images: Vec<image::Rgb32FImage>,
+        contrast_captions: Vec<String>,
     }
     let mut references: Option<References> = None;
+    let mut contrasts = Vec::new();
     for (name, spec) in generators {
         let engine = GenerateEngine::load(&spec, selected.clone())?;
         eprintln!(
@@ -970,8 +979,16 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             let features = effnet_features(&effnet, &images, &selected.device)?;
             // The sheet's first row: the images whose captions the generators were given.
             sheet_rows.push(chosen.iter().take(8).map(|&i| images[i].clone()).collect());
+            let mut distinct = chosen.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
             references = Some(References {
                 size,
+                contrast_images: distinct.iter().map(|&i| images[i].clone()).collect(),
+                contrast_captions: distinct
+                    .iter()
+                    .map(|&i| validation[i].caption.clone())
+                    .collect(),
                 chosen,
                 captions,
                 features,
@@ -982,6 +999,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             chosen,
             captions,
             features: reference_features,
+            contrast_images,
+            contrast_captions,
         }) = &references
         else {
             anyhow::bail!("no reference images were loaded")
@@ -990,6 +1009,18 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             *reference_size == size,
             "the generators work at different resolutions ({reference_size} and {size} px)"
         );
+        let contrast = caption_contrast(
+            &engine,
+            contrast_images,
+            contrast_captions,
+            args.tokens,
+            args.seed,
+            &CancelToken::new(),
+        )?;
+        if args.contrast_only {
+            contrasts.push((name, contrast));
+            continue;
+        }
         let progress = |p: crate::jobs::Progress| {
             eprint!("\r{name}: {}/{} {}    ", p.done, p.total, p.message)
         };
@@ -1019,7 +1050,23 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             references: reference_features.len(),
             fd_effnet: generated.fd_effnet,
             caption_match: Some(caption_match),
+            caption_contrast: Some(contrast),
         });
+    }
+    if args.contrast_only {
+        println!("{CONTRAST_HEADER}");
+        for (name, contrast) in &contrasts {
+            println!("{}", contrast_line(name, contrast));
+        }
+        if let Some(path) = &args.json {
+            let rows: Vec<serde_json::Value> = contrasts
+                .iter()
+                .map(|(name, c)| serde_json::json!({"model": name, "caption_contrast": c}))
+                .collect();
+            crate::files::write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+        }
+        return Ok(());
     }
     println!(
         "model      tokens  steps  cfg   images  FD-EffNet  caption match (top-{CAPTION_MATCH_K})"
@@ -1037,6 +1084,13 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             100.0 * CAPTION_MATCH_K as f64 / r.references.max(1) as f64
         );
     }
+    println!("\n{CONTRAST_HEADER}");
+    for r in &records {
+        let Some(contrast) = &r.caption_contrast else {
+            continue;
+        };
+        println!("{}", contrast_line(&r.model, contrast));
+    }
     if let Some(path) = &args.json {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
@@ -1046,6 +1100,30 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         imageio::save_png(&sheet, path, &[])?;
     }
     Ok(())
+}
+
+const CONTRAST_HEADER: &str = "caption contrast: v-loss on the validation images' own tokens \
+    with the own caption / the most similar other caption / the null caption; specificity = the \
+    share of the caption's benefit lost with the similar caption (0: reads only its kind)";
+
+/// One generator's caption contrast: own / nearest other / null caption loss per timestep and
+/// the specificity.
+fn contrast_line(model: &str, contrast: &crate::metrics::evaluation::CaptionContrast) -> String {
+    let columns: Vec<String> = (0..contrast.timesteps.len())
+        .map(|i| {
+            format!(
+                "t={} {:.3}/{:.3}/{:.3}",
+                contrast.timesteps[i], contrast.own[i], contrast.nearest[i], contrast.null[i]
+            )
+        })
+        .collect();
+    let specificity = contrast
+        .specificity()
+        .map_or("n/a".to_owned(), |s| format!("{s:.2}"));
+    format!(
+        "{model:<10} {}  specificity {specificity}",
+        columns.join("  ")
+    )
 }
 
 /// Median seconds of `repeats` runs of `work`, after one warm-up run (shader compilation, caches).

@@ -256,6 +256,10 @@ pub struct GenerationRecord {
     /// features ([`caption_match_rate`]); chance is k / references. (Absent in older records.)
     #[serde(default)]
     pub caption_match: Option<f64>,
+    /// [`caption_contrast`] on the validation items whose captions were given (absent in older
+    /// records).
+    #[serde(default)]
+    pub caption_contrast: Option<CaptionContrast>,
 }
 
 /// How many nearest references count as a match in [`caption_match_rate`].
@@ -375,5 +379,197 @@ pub fn generation_fd(
         fd_effnet: super::fd::frechet_distance(&features, reference_features),
         images: generated,
         features,
+    })
+}
+
+/// Diffusion timesteps at which [`caption_contrast`] compares captions: where the caption
+/// matters (at t <= 300 the noisy tokens themselves say nearly everything; measured on the
+/// shipped DiT, whose losses with the right and the null caption are equal there).
+pub const CONTRAST_TIMESTEPS: [usize; 3] = [500, 700, 900];
+
+/// Whether a DiT reads *which* caption it is given or only what kind of caption it is: its
+/// denoising loss on real tokens (v-prediction MSE, per timestep in [`CONTRAST_TIMESTEPS`]) with
+/// each item's own caption, with the most similar *other* caption of the set, and with the null
+/// caption. A DiT that has learned only the caption's kind ("an emoji of a geometric shape")
+/// does as well with "yellow circle" as with "red circle".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptionContrast {
+    pub timesteps: Vec<usize>,
+    /// Mean loss per timestep with each item's own caption.
+    pub own: Vec<f64>,
+    /// ... with the other caption nearest to it ([`nearest_other`]).
+    pub nearest: Vec<f64>,
+    /// ... with the empty (null) caption.
+    pub null: Vec<f64>,
+}
+
+impl CaptionContrast {
+    /// The share of the caption's benefit (null loss minus own loss, summed over timesteps)
+    /// that is lost when the most similar other caption is given instead: 0 when the DiT reads
+    /// only what similar captions share, 1 when a similar caption helps no more than none.
+    /// `None` when the captions do not help at all (nothing to share out).
+    pub fn specificity(&self) -> Option<f64> {
+        let sum = |values: &[f64]| values.iter().sum::<f64>();
+        let benefit = sum(&self.null) - sum(&self.own);
+        (benefit > 0.0).then(|| (sum(&self.nearest) - sum(&self.own)) / benefit)
+    }
+}
+
+/// For each row, the index of the most similar *other* row by cosine similarity (ties go to
+/// the lower index). Rows are mean-pooled caption embeddings; a set of one row maps to itself.
+pub fn nearest_other(rows: &[Vec<f32>]) -> Vec<usize> {
+    let norm = |a: &[f32]| a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let norms: Vec<f64> = rows.iter().map(|r| norm(r).max(1e-12)).collect();
+    (0..rows.len())
+        .map(|i| {
+            let mut best = (i, f64::NEG_INFINITY);
+            for (j, row) in rows.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                let dot: f64 = rows[i]
+                    .iter()
+                    .zip(row)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum();
+                let cosine = dot / (norms[i] * norms[j]);
+                if cosine > best.1 {
+                    best = (j, cosine);
+                }
+            }
+            best.0
+        })
+        .collect()
+}
+
+/// Mean of each caption's real-token embeddings (padding masked out), one row per caption.
+fn pooled_rows(text: &crate::model::text_encoder::TextEmbeddings) -> anyhow::Result<Vec<Vec<f32>>> {
+    let [batch, tokens, width] = text.hidden.dims();
+    let hidden = text
+        .hidden
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("caption embeddings: {e:?}"))?;
+    let mask = text
+        .mask
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("caption mask: {e:?}"))?;
+    Ok((0..batch)
+        .map(|b| {
+            let mut row = vec![0.0f32; width];
+            let mut count = 0.0f32;
+            for t in 0..tokens {
+                let weight = mask[b * tokens + t];
+                count += weight;
+                let at = (b * tokens + t) * width;
+                for (out, value) in row.iter_mut().zip(&hidden[at..at + width]) {
+                    *out += weight * value;
+                }
+            }
+            row.iter_mut().for_each(|v| *v /= count.max(1.0));
+            row
+        })
+        .collect())
+}
+
+/// Measures [`CaptionContrast`] for a generator on `images` with their `captions` (at least 2):
+/// the tokenizer encodes each image (its first `tokens` tokens, normalised as the DiT was
+/// trained), noise from `seed` is added at each of [`CONTRAST_TIMESTEPS`], and the DiT's v
+/// prediction is scored with the three captions against the same noise.
+pub fn caption_contrast(
+    engine: &crate::pipeline::GenerateEngine,
+    images: &[image::Rgb32FImage],
+    captions: &[String],
+    tokens: usize,
+    seed: u64,
+    cancel: &CancelToken,
+) -> anyhow::Result<CaptionContrast> {
+    use crate::model::diffusion::{coefficients, seeded_noise};
+    use burn::tensor::{Tensor, TensorData};
+    const BATCH: usize = 16;
+    anyhow::ensure!(
+        images.len() == captions.len() && captions.len() >= 2,
+        "caption contrast needs at least 2 images, each with its caption"
+    );
+    let budgets = engine.budgets();
+    anyhow::ensure!(
+        budgets.contains(&tokens),
+        "this generator makes {}..={} tokens, not {tokens}",
+        budgets.start(),
+        budgets.end()
+    );
+    let encoder = &engine.text_encoder;
+    let mut pooled = Vec::with_capacity(captions.len());
+    for chunk in captions.chunks(BATCH) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        pooled.extend(pooled_rows(&encoder.encode(&refs)?)?);
+    }
+    let nearest = nearest_other(&pooled);
+    let device = &engine.device.device;
+    let d = engine.dit_config.token_dim;
+    let (mean, std) = engine.dit_config.latent_statistics(tokens, device);
+    let text_conditioned = engine.textok.model.is_text_conditioned();
+    let steps = CONTRAST_TIMESTEPS.len();
+    // sums[timestep][own, nearest, null]
+    let mut sums = vec![[0.0f64; 3]; steps];
+    let mut elements = 0usize;
+    for (chunk_index, start) in (0..captions.len()).step_by(BATCH).enumerate() {
+        cancel.check()?;
+        let end = (start + BATCH).min(captions.len());
+        let n = end - start;
+        let own: Vec<&str> = captions[start..end].iter().map(String::as_str).collect();
+        let other: Vec<&str> = nearest[start..end]
+            .iter()
+            .map(|&j| captions[j].as_str())
+            .collect();
+        let texts = [
+            encoder.encode(&own)?,
+            encoder.encode(&other)?,
+            encoder.encode(&vec![""; n])?,
+        ];
+        let refs: Vec<&image::Rgb32FImage> = images[start..end].iter().collect();
+        let x0 = engine
+            .textok
+            .model
+            .encode(
+                imageio::to_tensor(&refs, device),
+                text_conditioned.then_some(&texts[0]),
+            )
+            .narrow(1, 0, tokens);
+        let x0 = (x0 - mean.clone()) / std.clone();
+        for (step, &t) in CONTRAST_TIMESTEPS.iter().enumerate() {
+            let t = t.min(engine.schedule.len() - 1);
+            let noise = seeded_noise(
+                seed.wrapping_add((chunk_index * steps + step) as u64),
+                n * tokens * d,
+            );
+            let eps = Tensor::<3>::from_data(TensorData::new(noise, [n, tokens, d]), device);
+            let (s, sigma) = coefficients(engine.schedule.alpha_bars[t]);
+            let (s, sigma) = (s as f32, sigma as f32);
+            let x_t = x0.clone().mul_scalar(s) + eps.clone().mul_scalar(sigma);
+            let target = eps.mul_scalar(s) - x0.clone().mul_scalar(sigma);
+            let timesteps = vec![t as f32; n];
+            for (which, text) in texts.iter().enumerate() {
+                let error = engine.dit.forward(x_t.clone(), &timesteps, text) - target.clone();
+                sums[step][which] += error.powi_scalar(2).sum().into_scalar::<f32>() as f64;
+            }
+        }
+        elements += n * tokens * d;
+    }
+    let column = |which: usize| -> Vec<f64> {
+        sums.iter()
+            .map(|row| row[which] / elements as f64)
+            .collect()
+    };
+    Ok(CaptionContrast {
+        timesteps: CONTRAST_TIMESTEPS.to_vec(),
+        own: column(0),
+        nearest: column(1),
+        null: column(2),
     })
 }

@@ -749,6 +749,92 @@ fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
 }
 
 #[test]
+fn caption_contrast_scores_the_same_noise_with_each_caption() {
+    use textok_studio::metrics::evaluation::caption_contrast;
+    use textok_studio::pipeline::{GenerateEngine, GenerateSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _) = save_tiny_pair(dir.path());
+    let dit = dir.path().join("dit.safetensors");
+    save_tiny_dit(&dit, 3);
+    let mut spec = GenerateSpec::shipped();
+    spec.textok = Some(textok.into());
+    spec.dit = Some(dit);
+    let engine = GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap();
+    let images: Vec<_> = ["apple", "penguin", "lizard"]
+        .iter()
+        .map(|name| {
+            let path = repo_path(&format!("assets/samples/{name}.png"));
+            image::open(path)
+                .unwrap()
+                .resize_exact(32, 32, image::imageops::FilterType::Triangle)
+                .to_rgb32f()
+        })
+        .collect();
+    let cancel = textok_studio::jobs::CancelToken::new();
+    // One caption for every image: the nearest other caption is the same text, so it must
+    // score exactly as the own caption (same tokens, same noise); the null caption differs.
+    let same = vec!["a red apple".to_owned(); 3];
+    let contrast = caption_contrast(&engine, &images, &same, 40, 7, &cancel).unwrap();
+    assert_eq!(contrast.own, contrast.nearest);
+    assert_ne!(contrast.own, contrast.null);
+    assert_eq!(contrast.timesteps, [500, 700, 900]);
+    let different: Vec<String> = ["a red apple", "a penguin on ice", "a green lizard"]
+        .map(String::from)
+        .to_vec();
+    let contrast = caption_contrast(&engine, &images, &different, 40, 7, &cancel).unwrap();
+    assert_ne!(contrast.own, contrast.nearest);
+    let again = caption_contrast(&engine, &images, &different, 40, 7, &cancel).unwrap();
+    assert_eq!(contrast, again, "a seed gives the same numbers");
+    // Budgets the DiT cannot make and mismatched inputs are errors, not panics.
+    assert!(caption_contrast(&engine, &images, &different, 300, 7, &cancel).is_err());
+    assert!(caption_contrast(&engine, &images[..1], &different[..1], 40, 7, &cancel).is_err());
+}
+
+#[test]
+fn gen_eval_contrast_only_measures_without_generating() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _) = save_tiny_pair(dir.path());
+    let dit = dir.path().join("dit.safetensors");
+    save_tiny_dit(&dit, 3);
+    let data = sample_dataset(dir.path(), &["apple", "penguin", "lizard"]);
+    let json = dir.path().join("contrast.json");
+    let output = studio(
+        &[
+            "gen-eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--validation-percent",
+            "99",
+            "--images",
+            "3",
+            "--tokens",
+            "40",
+            "--model",
+            &textok,
+            "--dit",
+            dit.to_str().unwrap(),
+            "--contrast-only",
+            "--device",
+            "cpu",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("specificity"));
+    assert!(!stdout(&output).contains("FD-EffNet"), "nothing generated");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["model"], "textok");
+    assert_eq!(
+        rows[0]["caption_contrast"]["own"].as_array().unwrap().len(),
+        3
+    );
+}
+
+#[test]
 fn gen_eval_reports_fd_effnet_for_both_generators() {
     let dir = tempfile::tempdir().unwrap();
     let (textok, baseline) = save_tiny_pair(dir.path());
@@ -809,7 +895,15 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
         assert!(fd.is_finite() && fd > 0.0, "{record}");
         let matched = record["caption_match"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&matched), "{record}");
+        let contrast = &record["caption_contrast"];
+        assert_eq!(contrast["timesteps"], serde_json::json!([500, 700, 900]));
+        for key in ["own", "nearest", "null"] {
+            let losses = contrast[key].as_array().unwrap();
+            assert_eq!(losses.len(), 3, "{record}");
+            assert!(losses.iter().all(|v| v.as_f64().unwrap() > 0.0), "{record}");
+        }
     }
+    assert!(stdout(&output).contains("specificity"));
     assert!(stdout(&output).contains("FD-EffNet") && stdout(&output).contains("caption match"));
     let sheet = image::open(&sheet).unwrap();
     assert_eq!(

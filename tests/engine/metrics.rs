@@ -102,3 +102,39 @@ fn caption_match_counts_generations_nearest_to_their_own_reference() {
         "no such reference"
     );
 }
+
+#[test]
+fn nearest_other_caption_is_the_most_similar_other_row() {
+    use textok_studio::metrics::evaluation::nearest_other;
+    let rows = vec![
+        vec![1.0, 0.0, 0.0],
+        vec![0.9, 0.1, 0.0],
+        vec![0.0, 0.0, 1.0],
+        // Same direction as row 2 but longer: cosine, not distance, decides.
+        vec![0.0, 0.2, 5.0],
+    ];
+    assert_eq!(nearest_other(&rows), [1, 0, 3, 2]);
+    // Ties go to the lower index; a row is never its own neighbour.
+    let same = vec![vec![1.0, 1.0]; 3];
+    assert_eq!(nearest_other(&same), [1, 0, 0]);
+    assert_eq!(nearest_other(&[vec![1.0]]), [0]);
+}
+
+#[test]
+fn specificity_is_the_share_of_the_caption_benefit_a_similar_caption_loses() {
+    use textok_studio::metrics::evaluation::CaptionContrast;
+    let contrast = |own: f64, nearest: f64, null: f64| CaptionContrast {
+        timesteps: vec![500, 900],
+        own: vec![own, own],
+        nearest: vec![nearest, nearest],
+        null: vec![null, null],
+    };
+    assert_eq!(
+        contrast(0.5, 0.5, 1.0).specificity(),
+        Some(0.0),
+        "kind only"
+    );
+    assert_eq!(contrast(0.5, 1.0, 1.0).specificity(), Some(1.0));
+    assert_eq!(contrast(0.5, 0.75, 1.0).specificity(), Some(0.5));
+    assert_eq!(contrast(0.5, 0.6, 0.5).specificity(), None, "no benefit");
+}
