@@ -1009,14 +1009,17 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             *reference_size == size,
             "the generators work at different resolutions ({reference_size} and {size} px)"
         );
+        let contrast_progress = |p: crate::jobs::Progress| eprint!("\r{name}: {}    ", p.message);
         let contrast = caption_contrast(
             &engine,
             contrast_images,
             contrast_captions,
             args.tokens,
             args.seed,
+            &contrast_progress,
             &CancelToken::new(),
         )?;
+        eprintln!();
         if args.contrast_only {
             contrasts.push((name, contrast));
             continue;

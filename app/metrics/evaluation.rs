@@ -487,6 +487,7 @@ pub fn caption_contrast(
     captions: &[String],
     tokens: usize,
     seed: u64,
+    progress: &dyn ProgressSink,
     cancel: &CancelToken,
 ) -> anyhow::Result<CaptionContrast> {
     use crate::model::diffusion::{coefficients, seeded_noise};
@@ -560,6 +561,11 @@ pub fn caption_contrast(
             }
         }
         elements += n * tokens * d;
+        progress.report(Progress {
+            done: end,
+            total: captions.len(),
+            message: format!("caption contrast: {end} images scored"),
+        });
     }
     let column = |which: usize| -> Vec<f64> {
         sums.iter()

@@ -750,6 +750,7 @@ fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
 
 #[test]
 fn caption_contrast_scores_the_same_noise_with_each_caption() {
+    use textok_studio::jobs::NoProgress;
     use textok_studio::metrics::evaluation::caption_contrast;
     use textok_studio::pipeline::{GenerateEngine, GenerateSpec};
     let dir = tempfile::tempdir().unwrap();
@@ -774,20 +775,33 @@ fn caption_contrast_scores_the_same_noise_with_each_caption() {
     // One caption for every image: the nearest other caption is the same text, so it must
     // score exactly as the own caption (same tokens, same noise); the null caption differs.
     let same = vec!["a red apple".to_owned(); 3];
-    let contrast = caption_contrast(&engine, &images, &same, 40, 7, &cancel).unwrap();
+    let contrast = caption_contrast(&engine, &images, &same, 40, 7, &NoProgress, &cancel).unwrap();
     assert_eq!(contrast.own, contrast.nearest);
     assert_ne!(contrast.own, contrast.null);
     assert_eq!(contrast.timesteps, [500, 700, 900]);
     let different: Vec<String> = ["a red apple", "a penguin on ice", "a green lizard"]
         .map(String::from)
         .to_vec();
-    let contrast = caption_contrast(&engine, &images, &different, 40, 7, &cancel).unwrap();
+    let contrast =
+        caption_contrast(&engine, &images, &different, 40, 7, &NoProgress, &cancel).unwrap();
     assert_ne!(contrast.own, contrast.nearest);
-    let again = caption_contrast(&engine, &images, &different, 40, 7, &cancel).unwrap();
+    let again =
+        caption_contrast(&engine, &images, &different, 40, 7, &NoProgress, &cancel).unwrap();
     assert_eq!(contrast, again, "a seed gives the same numbers");
     // Budgets the DiT cannot make and mismatched inputs are errors, not panics.
-    assert!(caption_contrast(&engine, &images, &different, 300, 7, &cancel).is_err());
-    assert!(caption_contrast(&engine, &images[..1], &different[..1], 40, 7, &cancel).is_err());
+    assert!(caption_contrast(&engine, &images, &different, 300, 7, &NoProgress, &cancel).is_err());
+    assert!(
+        caption_contrast(
+            &engine,
+            &images[..1],
+            &different[..1],
+            40,
+            7,
+            &NoProgress,
+            &cancel
+        )
+        .is_err()
+    );
 }
 
 #[test]
