@@ -4,7 +4,13 @@
 # the validation images (the paper's gFID claim). Safe to run again: every run resumes.
 # The shipped generator is $RUNS/dit-textok-small.safetensors, copied to models/dit-small.safetensors.
 #
-#   bash models/scripts/train_dit_shipped.sh CORPUS_DIR RUNS_DIR [STEPS]
+#   bash models/scripts/train_dit_shipped.sh CORPUS_DIR RUNS_DIR [STEPS [FOCUS_STEPS]]
+#
+# Two stages per model: STEPS (default 1200) on nested budgets 32..256, then FOCUS_STEPS (default
+# 2400; 0 skips) started from that stage's EMA weights on budgets 32..96 only: this tokenizer's
+# decoder reads hardly anything past slot 85, so the focus stage spends all of its compute on the
+# tokens that make the picture (2.7x the examples per second). The shipped dit-small is the
+# second stage's EMA.
 #
 # DIT_FLAGS holds the architecture/normalisation flags of `train dit`; its default is the recipe
 # of the shipped dit-small (see models/README.md).
@@ -13,26 +19,41 @@ set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}
 steps=${3:-1200}
+focus_steps=${4:-2400}
 bin=${TEXTOK_STUDIO:-target/release/textok-studio}
 models=${TEXTOK_MODELS_DIR:-models}
-common=(--data "$corpus" --preset small --steps "$steps" --batch 32 --checkpoint-minutes 10
-        --seed 0 --device cpu)
+base=(--data "$corpus" --preset small --batch 32 --checkpoint-minutes 10 --device cpu)
 read -ra recipe <<<"${DIT_FLAGS:---latent-norm channel}"
 mkdir -p "$runs"
 pids=()
 for model in textok baseline; do
   flags=()
   [ -f "$runs/dit-$model/state.safetensors" ] && flags+=(--resume)
-  RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${common[@]}" "${recipe[@]}" "${flags[@]}" \
+  RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${base[@]}" --steps "$steps" --seed 0 "${recipe[@]}" "${flags[@]}" \
     --tokenizer "$models/$model-small.safetensors" --out "$runs/dit-$model" \
     >>"$runs/dit-$model.log" 2>&1 &
   pids+=($!)
 done
 trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' INT TERM
 wait "${pids[@]}"
+final=dit
+if [ "$focus_steps" -gt 0 ]; then
+  pids=()
+  for model in textok baseline; do
+    flags=()
+    [ -f "$runs/focus-$model/state.safetensors" ] && flags+=(--resume)
+    RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${base[@]}" --steps "$focus_steps" --seed 1 --min-budget 32 --max-budget 96 \
+      --init-from "$runs/dit-$model/ema.safetensors" "${flags[@]}" \
+      --tokenizer "$models/$model-small.safetensors" --out "$runs/focus-$model" \
+      >>"$runs/focus-$model.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  final=focus
+fi
 # Evaluate what ships: the EMA weights stored as f16.
 for model in textok baseline; do
-  "$bin" export-f16 "$runs/dit-$model/ema.safetensors" "$runs/dit-$model-small.safetensors"
+  "$bin" export-f16 "$runs/$final-$model/ema.safetensors" "$runs/dit-$model-small.safetensors"
 done
 "$bin" gen-eval --data "$corpus" --images 500 --tokens 64 --steps 50 --cfg 3 \
   --model "$models/textok-small.safetensors" --dit "$runs/dit-textok-small.safetensors" \
