@@ -445,20 +445,19 @@ pub fn nearest_other(rows: &[Vec<f32>]) -> Vec<usize> {
 /// Mean of each caption's real-token embeddings (padding masked out), one row per caption.
 fn pooled_rows(text: &crate::model::text_encoder::TextEmbeddings) -> anyhow::Result<Vec<Vec<f32>>> {
     let [batch, tokens, width] = text.hidden.dims();
-    let hidden = text
-        .hidden
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("caption embeddings: {e:?}"))?;
-    let mask = text
-        .mask
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("caption mask: {e:?}"))?;
+    fn host<const D: usize>(
+        tensor: &burn::tensor::Tensor<D>,
+        what: &str,
+    ) -> anyhow::Result<Vec<f32>> {
+        tensor
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{what}: {e:?}"))
+    }
+    let hidden = host(&text.hidden, "caption embeddings")?;
+    let mask = host(&text.mask, "caption mask")?;
     Ok((0..batch)
         .map(|b| {
             let mut row = vec![0.0f32; width];
