@@ -683,20 +683,29 @@ fn export_f16_keeps_the_model_and_halves_the_file() {
     );
 }
 
+/// A generator from saved tiny models (`baseline`: decode with a no-text tokenizer).
+fn tiny_engine(
+    tokenizer: &str,
+    dit: &Path,
+    baseline: bool,
+) -> textok_studio::pipeline::GenerateEngine {
+    let mut spec = textok_studio::pipeline::GenerateSpec::shipped();
+    spec.baseline = baseline;
+    spec.textok = Some(tokenizer.into());
+    spec.dit = Some(dit.to_owned());
+    textok_studio::pipeline::GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap()
+}
+
 #[test]
 fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
     use textok_studio::model::dit::SampleSettings;
-    use textok_studio::pipeline::{GenerateEngine, GenerateSpec, generate, generate_for_captions};
+    use textok_studio::pipeline::{generate, generate_for_captions};
     let dir = tempfile::tempdir().unwrap();
     let (textok, baseline) = save_tiny_pair(dir.path());
     let dit = dir.path().join("dit.safetensors");
     save_tiny_dit(&dit, 3);
     for (is_baseline, tokenizer) in [(false, &textok), (true, &baseline)] {
-        let mut spec = GenerateSpec::shipped();
-        spec.baseline = is_baseline;
-        spec.textok = Some(tokenizer.into());
-        spec.dit = Some(dit.clone());
-        let engine = GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap();
+        let engine = tiny_engine(tokenizer, &dit, is_baseline);
         assert_eq!(engine.textok.model.is_text_conditioned(), !is_baseline);
         let settings = SampleSettings {
             tokens: 40,
@@ -752,15 +761,11 @@ fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
 fn caption_contrast_scores_the_same_noise_with_each_caption() {
     use textok_studio::jobs::NoProgress;
     use textok_studio::metrics::evaluation::caption_contrast;
-    use textok_studio::pipeline::{GenerateEngine, GenerateSpec};
     let dir = tempfile::tempdir().unwrap();
     let (textok, _) = save_tiny_pair(dir.path());
     let dit = dir.path().join("dit.safetensors");
     save_tiny_dit(&dit, 3);
-    let mut spec = GenerateSpec::shipped();
-    spec.textok = Some(textok.into());
-    spec.dit = Some(dit);
-    let engine = GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap();
+    let engine = tiny_engine(&textok, &dit, false);
     let images: Vec<_> = ["apple", "penguin", "lizard"]
         .iter()
         .map(|name| {
