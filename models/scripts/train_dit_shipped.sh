@@ -6,11 +6,14 @@
 #
 #   bash models/scripts/train_dit_shipped.sh CORPUS_DIR RUNS_DIR [STEPS [FOCUS_STEPS]]
 #
-# Two stages per model: STEPS (default 1200) on nested budgets 32..256, then FOCUS_STEPS (default
-# 2400; 0 skips) started from that stage's EMA weights on budgets 32..96 only: this tokenizer's
-# decoder reads hardly anything past slot 85, so the focus stage spends all of its compute on the
-# tokens that make the picture (2.7x the examples per second). The shipped dit-small is the
-# second stage's EMA.
+# Two stages per model: STEPS (default 1200) on nested budgets 32..256, then the focus stage,
+# started from that stage's EMA weights on budgets 32..96 only: this tokenizer's decoder reads
+# hardly anything past slot 85, so the focus stage spends all of its compute on the tokens that
+# make the picture (2.7x the examples per second). FOCUS_STEPS is a comma-separated list of step
+# counts the focus stage is trained to in turn (default 2400,4800; 0 skips it): each one after
+# the first continues the run with `--resume`, which stretches the cosine schedule to the new
+# count (the learning rate climbs back, then decays again). The shipped dit-small is the focus
+# stage's EMA after the last count.
 #
 # DIT_FLAGS holds the architecture/normalisation flags of `train dit`; its default is the recipe
 # of the shipped dit-small (see models/README.md).
@@ -19,7 +22,7 @@ set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}
 steps=${3:-1200}
-focus_steps=${4:-2400}
+focus_steps=${4:-2400,4800}
 bin=${TEXTOK_STUDIO:-target/release/textok-studio}
 models=${TEXTOK_MODELS_DIR:-models}
 base=(--data "$corpus" --preset small --batch 32 --checkpoint-minutes 10 --device cpu)
@@ -37,18 +40,21 @@ done
 trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' INT TERM
 wait "${pids[@]}"
 final=dit
-if [ "$focus_steps" -gt 0 ]; then
-  pids=()
-  for model in textok baseline; do
-    flags=()
-    [ -f "$runs/focus-$model/state.safetensors" ] && flags+=(--resume)
-    RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${base[@]}" --steps "$focus_steps" --seed 1 --min-budget 32 --max-budget 96 \
-      --init-from "$runs/dit-$model/ema.safetensors" "${flags[@]}" \
-      --tokenizer "$models/$model-small.safetensors" --out "$runs/focus-$model" \
-      >>"$runs/focus-$model.log" 2>&1 &
-    pids+=($!)
+if [ "$focus_steps" != 0 ]; then
+  IFS=, read -ra focus_counts <<<"$focus_steps"
+  for count in "${focus_counts[@]}"; do
+    pids=()
+    for model in textok baseline; do
+      flags=()
+      [ -f "$runs/focus-$model/state.safetensors" ] && flags+=(--resume)
+      RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${base[@]}" --steps "$count" --seed 1 --min-budget 32 --max-budget 96 \
+        --init-from "$runs/dit-$model/ema.safetensors" "${flags[@]}" \
+        --tokenizer "$models/$model-small.safetensors" --out "$runs/focus-$model" \
+        >>"$runs/focus-$model.log" 2>&1 &
+      pids+=($!)
+    done
+    wait "${pids[@]}"
   done
-  wait "${pids[@]}"
   final=focus
 fi
 # Evaluate what ships: the EMA weights stored as f16.
