@@ -144,17 +144,23 @@ pub fn evaluate_models(
     Ok(records)
 }
 
+/// A tensor's values on the host as f32, row-major.
+fn host<const D: usize>(tensor: &burn::tensor::Tensor<D>, what: &str) -> anyhow::Result<Vec<f32>> {
+    tensor
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{what}: {e:?}"))
+}
+
 fn features_of(
     effnet: &EfficientNet,
     images: burn::tensor::Tensor<4>,
 ) -> anyhow::Result<Vec<Vec<f32>>> {
     let pooled = effnet.pooled(images);
     let [batch, dim] = pooled.dims();
-    let values = pooled
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let values = host(&pooled, "EfficientNet features")?;
     Ok((0..batch)
         .map(|i| values[i * dim..(i + 1) * dim].to_vec())
         .collect())
@@ -445,17 +451,6 @@ pub fn nearest_other(rows: &[Vec<f32>]) -> Vec<usize> {
 /// Mean of each caption's real-token embeddings (padding masked out), one row per caption.
 fn pooled_rows(text: &crate::model::text_encoder::TextEmbeddings) -> anyhow::Result<Vec<Vec<f32>>> {
     let [batch, tokens, width] = text.hidden.dims();
-    fn host<const D: usize>(
-        tensor: &burn::tensor::Tensor<D>,
-        what: &str,
-    ) -> anyhow::Result<Vec<f32>> {
-        tensor
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{what}: {e:?}"))
-    }
     let hidden = host(&text.hidden, "caption embeddings")?;
     let mask = host(&text.mask, "caption mask")?;
     Ok((0..batch)
