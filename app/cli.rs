@@ -280,6 +280,13 @@ pub struct TrainDitArgs {
     /// (besides cross-attention), for a new DiT.
     #[arg(long)]
     pub pooled_caption: bool,
+    /// Learning-rate warm-up steps [default: 5 % of --steps, at most 1000].
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    /// Stop this session after so many minutes of training, with the schedule shortened so
+    /// the learning rate still decays to its floor (--steps becomes an upper bound).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -1253,12 +1260,23 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.latent_norm = args.latent_norm;
     config.position_init = args.position_init;
     config.pooled_caption = args.pooled_caption;
+    if let Some(warmup) = args.warmup_steps {
+        config.warmup_steps = warmup;
+    }
+    let time_limit = match args.max_minutes {
+        Some(minutes) if !(minutes.is_finite() && minutes > 0.0) => {
+            anyhow::bail!("--max-minutes must be a positive number of minutes, got {minutes}")
+        }
+        Some(minutes) => Some(std::time::Duration::from_secs_f64(minutes * 60.0)),
+        None => None,
+    };
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(
             &args.out,
             &config,
             args.resume,
+            time_limit,
             device,
             &text_encoder,
             observer,

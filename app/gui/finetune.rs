@@ -390,6 +390,7 @@ impl FineTunePane {
                             &job_run,
                             &config,
                             resume,
+                            None,
                             &device,
                             &models.text_encoder_dir,
                             &observer,

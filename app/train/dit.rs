@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use burn::optim::GradientsParams;
@@ -22,7 +22,7 @@ use super::tokenizer::{
     TrainingState, ema_decay_at, load_state, new_optimizer_with, pixels_to_tensor, save_state,
     update_ema,
 };
-use super::{Eta, SplitMix64, learning_rate};
+use super::{Eta, SplitMix64, TimeLimit, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
 use crate::data::dataset::{DatasetItem, Split};
 use crate::jobs::CancelToken;
@@ -287,11 +287,14 @@ fn moments<'a>(rows: impl Iterator<Item = &'a [f32]>) -> (Vec<f32>, Vec<f32>) {
     (mean.into_iter().map(|m| m as f32).collect(), std)
 }
 
-/// Trains (or resumes) a DiT in `run_dir` on `config.tokenizer`'s latents.
+/// Trains (or resumes) a DiT in `run_dir` on `config.tokenizer`'s latents; with `time_limit`
+/// the session ends by then, its schedule shortened to fit (`TimeLimit`).
+#[allow(clippy::too_many_arguments)]
 pub fn train_dit(
     run_dir: &Path,
     requested: &DitTrainConfig,
     resume: bool,
+    time_limit: Option<Duration>,
     device: &Device,
     text_encoder_dir: &Path,
     observer: &dyn TrainObserver,
@@ -451,11 +454,15 @@ pub fn train_dit(
         Ok(())
     };
     let started = Instant::now();
+    // The limit counts from here: caption encoding and model loading are not training time.
+    let limit = time_limit.map(|limit| TimeLimit::new(limit, started));
+    let first_step = progress.step;
+    let mut total_steps = config.steps;
     let elapsed_before = progress.elapsed_seconds;
     let mut eta = Eta::new();
     let mut last_save = Instant::now();
     let d = latents.dim;
-    while progress.step < config.steps {
+    while progress.step < total_steps {
         if cancel.is_cancelled() {
             break;
         }
@@ -516,7 +523,7 @@ pub fn train_dit(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = learning_rate(
             progress.step,
-            config.steps,
+            total_steps,
             config.warmup_steps,
             config.learning_rate,
             config.min_lr_ratio,
@@ -529,7 +536,16 @@ pub fn train_dit(
         )?;
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-        let numbers = StepReport::new(progress.step, config.steps, loss_value, k, lr);
+        if let Some(limit) = &limit {
+            total_steps = limit.fit(
+                progress.step,
+                config.steps,
+                progress.step - first_step,
+                eta.rate(),
+                Instant::now(),
+            );
+        }
+        let numbers = StepReport::new(progress.step, total_steps, loss_value, k, lr);
         super::report_step(
             &mut eta,
             numbers,
@@ -551,7 +567,7 @@ pub fn train_dit(
     ));
     Ok(TrainOutcome {
         step: progress.step,
-        finished: progress.step >= config.steps,
+        finished: progress.step >= total_steps,
         last_eval: None,
     })
 }

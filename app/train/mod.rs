@@ -89,6 +89,51 @@ impl Eta {
     }
 }
 
+/// A training session's wall-clock limit (`--max-minutes`). Rather than stopping mid-schedule,
+/// the run's step count shrinks to what the measured speed reaches by the deadline, so the
+/// learning rate still decays to its floor. The speed is re-read every step: another job
+/// starting or ending on the same GPU changes it.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeLimit {
+    deadline: Instant,
+}
+
+impl TimeLimit {
+    /// Steps of a session before its speed is trusted: the first ones compile kernels and
+    /// would make the estimate far too slow (the `Eta` window holds 50 steps).
+    pub const STEPS_BEFORE_FITTING: usize = 60;
+
+    pub fn new(limit: Duration, now: Instant) -> Self {
+        Self {
+            deadline: now + limit,
+        }
+    }
+
+    /// The step count to aim for after `step` steps (`session_steps` of them in this session)
+    /// at `rate` steps per second: `requested` until the speed is known, then at most what
+    /// fits before the deadline, and `step` (stop now) once it has passed.
+    pub fn fit(
+        &self,
+        step: usize,
+        requested: usize,
+        session_steps: usize,
+        rate: Option<f64>,
+        now: Instant,
+    ) -> usize {
+        if now >= self.deadline {
+            return step.min(requested);
+        }
+        match rate {
+            Some(rate) if session_steps >= Self::STEPS_BEFORE_FITTING && rate > 0.0 => {
+                let left = self.deadline.duration_since(now).as_secs_f64();
+                let reachable = step + 1 + (left * rate).floor() as usize;
+                reachable.min(requested)
+            }
+            _ => requested,
+        }
+    }
+}
+
 /// "1h02m", "4m05s", "12s".
 pub fn format_duration(duration: Duration) -> String {
     let s = duration.as_secs();

@@ -373,6 +373,7 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
         &run,
         &run_config,
         false,
+        None,
         &cpu(),
         &encoder,
         &losses,
@@ -416,6 +417,7 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
         &run,
         &longer,
         true,
+        None,
         &cpu(),
         &encoder,
         &Losses::default(),
@@ -423,6 +425,43 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
     )
     .unwrap();
     assert_eq!(outcome.step, 125);
+    // A session whose time limit has already passed trains one step and ends its schedule
+    // there (the learning rate at its floor), however many steps were asked for.
+    let outcome = train_dit(
+        &run,
+        &DitTrainConfig {
+            steps: 400,
+            ..run_config.clone()
+        },
+        true,
+        Some(std::time::Duration::ZERO),
+        &cpu(),
+        &encoder,
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!((outcome.step, outcome.finished), (126, true));
+}
+
+#[test]
+fn time_limit_shortens_the_schedule_to_what_fits_before_the_deadline() {
+    use std::time::{Duration, Instant};
+    use textok_studio::train::TimeLimit;
+    let start = Instant::now();
+    let at = |seconds| start + Duration::from_secs(seconds);
+    let limit = TimeLimit::new(Duration::from_secs(100), start);
+    let measured = TimeLimit::STEPS_BEFORE_FITTING;
+    // Until the speed is measured (the first steps compile kernels), the requested count stands.
+    assert_eq!(limit.fit(10, 5000, 10, Some(0.01), at(5)), 5000);
+    assert_eq!(limit.fit(100, 5000, measured, None, at(5)), 5000);
+    // 2 steps/s with 60 s left: this step's successor and 120 more.
+    assert_eq!(limit.fit(100, 5000, measured, Some(2.0), at(40)), 221);
+    // A faster pace never goes past the requested count.
+    assert_eq!(limit.fit(100, 500, measured, Some(50.0), at(40)), 500);
+    // From the deadline on: stop at the current step.
+    assert_eq!(limit.fit(321, 5000, measured, Some(2.0), at(100)), 321);
+    assert_eq!(limit.fit(321, 5000, 0, None, at(150)), 321);
 }
 
 #[test]
@@ -640,6 +679,7 @@ fn geometry_positions_need_a_pyramid_tokenizer() {
             &dir.path().join(name),
             &config,
             false,
+            None,
             &cpu(),
             &encoder,
             &Losses::default(),
