@@ -524,7 +524,8 @@ pub fn train_dit(
         let lr = learning_rate(
             progress.step,
             total_steps,
-            config.warmup_steps,
+            // A time limit can shorten the run below its warm-up: still end annealed.
+            config.warmup_steps.min(total_steps / 2),
             config.learning_rate,
             config.min_lr_ratio,
         );

@@ -15,6 +15,12 @@
 # count (the learning rate climbs back, then decays again). The shipped dit-small is the focus
 # stage's EMA after the last count.
 #
+# GPU_MINUTES (default 0: skipped) adds the GPU stage the shipped dit-small ends with: both models
+# continue from their focus-stage EMA on the GPU (`--device gpu`, batch 256, learning rate 3e-4,
+# 100 warm-up steps) for that many minutes each, side by side on the one GPU; `--max-minutes`
+# shortens each cosine schedule to the steps its measured speed reaches, so both end annealed.
+# The shipped one: GPU_MINUTES=8 on an NVIDIA H200 through wgpu/Vulkan (models/README.md).
+#
 # DIT_FLAGS holds the architecture/normalisation flags of `train dit`; its default is the recipe
 # of the shipped dit-small (see models/README.md).
 # The two runs go side by side, one thread each, at low priority (as train_shipped.sh).
@@ -56,6 +62,22 @@ if [ "$focus_steps" != 0 ]; then
     wait "${pids[@]}"
   done
   final=focus
+fi
+gpu_minutes=${GPU_MINUTES:-0}
+if [ "$gpu_minutes" != 0 ]; then
+  pids=()
+  for model in textok baseline; do
+    flags=()
+    [ -f "$runs/gpu-$model/state.safetensors" ] && flags+=(--resume)
+    "$bin" train dit --data "$corpus" --preset small --device gpu --batch 256 --lr 3e-4 --warmup-steps 100 \
+      --steps 100000 --max-minutes "$gpu_minutes" --checkpoint-minutes 2 --seed 2 --min-budget 32 --max-budget 96 \
+      --init-from "$runs/$final-$model/ema.safetensors" "${flags[@]}" \
+      --tokenizer "$models/$model-small.safetensors" --out "$runs/gpu-$model" \
+      >>"$runs/gpu-$model.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+  final=gpu
 fi
 # Evaluate what ships: the EMA weights stored as f16.
 for model in textok baseline; do

@@ -286,6 +286,25 @@ fn user_errors_exit_non_zero_with_one_line() {
 
     let output = studio(&["reconstruct", "--image", apple, "--out", out], None);
     assert!(!output.status.success(), "a caption is required");
+
+    for minutes in ["0", "-3", "NaN"] {
+        let limit = format!("--max-minutes={minutes}");
+        let output = studio(
+            &[
+                "train",
+                "dit",
+                "--data",
+                "/no/such/folder",
+                "--steps",
+                "10",
+                &limit,
+                "--out",
+                out,
+            ],
+            None,
+        );
+        assert_one_line_error(&output, "--max-minutes");
+    }
     let _ = textok;
 }
 
