@@ -35,48 +35,39 @@ base=(--data "$corpus" --preset small --batch 32 --checkpoint-minutes 10 --devic
 read -ra recipe <<<"${DIT_FLAGS:---latent-norm channel}"
 mkdir -p "$runs"
 pids=()
-for model in textok baseline; do
-  flags=()
-  [ -f "$runs/dit-$model/state.safetensors" ] && flags+=(--resume)
-  RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${base[@]}" --steps "$steps" --seed 0 "${recipe[@]}" "${flags[@]}" \
-    --tokenizer "$models/$model-small.safetensors" --out "$runs/dit-$model" \
-    >>"$runs/dit-$model.log" 2>&1 &
-  pids+=($!)
-done
 trap 'kill -INT "${pids[@]}" 2>/dev/null; wait' INT TERM
-wait "${pids[@]}"
+# train_both STAGE FROM COMMAND...: runs COMMAND (a `train dit` with the stage's settings) for both
+# models side by side into $runs/STAGE-MODEL, starting from $runs/FROM-MODEL's EMA weights unless
+# FROM is empty and resuming a folder that holds a state, then waits for both.
+train_both() {
+  local stage=$1 from=$2 model
+  shift 2
+  pids=()
+  for model in textok baseline; do
+    local flags=()
+    [ -n "$from" ] && flags+=(--init-from "$runs/$from-$model/ema.safetensors")
+    [ -f "$runs/$stage-$model/state.safetensors" ] && flags+=(--resume)
+    "$@" "${flags[@]}" --tokenizer "$models/$model-small.safetensors" --out "$runs/$stage-$model" \
+      >>"$runs/$stage-$model.log" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
+cpu=(env RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${base[@]}")
+train_both dit "" "${cpu[@]}" --steps "$steps" --seed 0 "${recipe[@]}"
 final=dit
 if [ "$focus_steps" != 0 ]; then
   IFS=, read -ra focus_counts <<<"$focus_steps"
   for count in "${focus_counts[@]}"; do
-    pids=()
-    for model in textok baseline; do
-      flags=()
-      [ -f "$runs/focus-$model/state.safetensors" ] && flags+=(--resume)
-      RAYON_NUM_THREADS=1 nice -n 19 "$bin" train dit "${base[@]}" --steps "$count" --seed 1 --min-budget 32 --max-budget 96 \
-        --init-from "$runs/dit-$model/ema.safetensors" "${flags[@]}" \
-        --tokenizer "$models/$model-small.safetensors" --out "$runs/focus-$model" \
-        >>"$runs/focus-$model.log" 2>&1 &
-      pids+=($!)
-    done
-    wait "${pids[@]}"
+    train_both focus dit "${cpu[@]}" --steps "$count" --seed 1 --min-budget 32 --max-budget 96
   done
   final=focus
 fi
 gpu_minutes=${GPU_MINUTES:-0}
 if [ "$gpu_minutes" != 0 ]; then
-  pids=()
-  for model in textok baseline; do
-    flags=()
-    [ -f "$runs/gpu-$model/state.safetensors" ] && flags+=(--resume)
-    "$bin" train dit --data "$corpus" --preset small --device gpu --batch 256 --lr 3e-4 --warmup-steps 100 \
-      --steps 100000 --max-minutes "$gpu_minutes" --checkpoint-minutes 2 --seed 2 --min-budget 32 --max-budget 96 \
-      --init-from "$runs/$final-$model/ema.safetensors" "${flags[@]}" \
-      --tokenizer "$models/$model-small.safetensors" --out "$runs/gpu-$model" \
-      >>"$runs/gpu-$model.log" 2>&1 &
-    pids+=($!)
-  done
-  wait "${pids[@]}"
+  train_both gpu "$final" "$bin" train dit --data "$corpus" --preset small --device gpu --batch 256 --lr 3e-4 \
+    --warmup-steps 100 --steps 100000 --max-minutes "$gpu_minutes" --checkpoint-minutes 2 --seed 2 \
+    --min-budget 32 --max-budget 96
   final=gpu
 fi
 # Evaluate what ships: the EMA weights stored as f16.
