@@ -282,7 +282,7 @@ pub struct TrainDitArgs {
     pub pooled_caption: bool,
     /// Learning-rate warm-up steps [default: 5 % of --steps, at most 1000].
     #[arg(long)]
-    pub warmup_steps: Option<usize>,
+    pub warmup: Option<usize>,
     /// Stop this session after so many minutes of training, with the schedule shortened so
     /// the learning rate still decays to its floor (--steps becomes an upper bound).
     #[arg(long)]
@@ -317,6 +317,10 @@ pub struct TrainTokenizerArgs {
     /// Warm-up steps [default: 5% of --steps, at most 1000].
     #[arg(long)]
     pub warmup: Option<usize>,
+    /// Stop this session after so many minutes of training, with the schedule shortened so
+    /// the learning rate still decays to its floor (--steps becomes an upper bound).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Validate the EMA weights every this many steps.
@@ -707,12 +711,14 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.token_noise = args.token_noise;
     config.freeze_encoder = args.freeze_encoder;
     config.init_from = args.init_from;
+    let time_limit = time_limit(args.max_minutes)?;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let models = crate::train::tokenizer::TrainingModels::shipped();
         train_tokenizer(
             &args.out,
             &config,
             args.resume,
+            time_limit,
             device,
             &models,
             observer,
@@ -1238,6 +1244,17 @@ fn cancel_on_ctrl_c() -> CancelToken {
     cancel
 }
 
+/// `--max-minutes` as a duration: a positive, finite number of minutes.
+fn time_limit(minutes: Option<f64>) -> anyhow::Result<Option<std::time::Duration>> {
+    match minutes {
+        Some(minutes) if !(minutes.is_finite() && minutes > 0.0) => {
+            anyhow::bail!("--max-minutes must be a positive number of minutes, got {minutes}")
+        }
+        Some(minutes) => Ok(Some(std::time::Duration::from_secs_f64(minutes * 60.0))),
+        None => Ok(None),
+    }
+}
+
 fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     use crate::train::dit::{DitTrainConfig, train_dit};
     let tokenizer = args
@@ -1260,16 +1277,10 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.latent_norm = args.latent_norm;
     config.position_init = args.position_init;
     config.pooled_caption = args.pooled_caption;
-    if let Some(warmup) = args.warmup_steps {
+    if let Some(warmup) = args.warmup {
         config.warmup_steps = warmup;
     }
-    let time_limit = match args.max_minutes {
-        Some(minutes) if !(minutes.is_finite() && minutes > 0.0) => {
-            anyhow::bail!("--max-minutes must be a positive number of minutes, got {minutes}")
-        }
-        Some(minutes) => Some(std::time::Duration::from_secs_f64(minutes * 60.0)),
-        None => None,
-    };
+    let time_limit = time_limit(args.max_minutes)?;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(

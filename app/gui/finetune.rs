@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use eframe::egui;
 use egui_plot::{Line, Plot};
@@ -53,6 +53,16 @@ pub struct FineTuneForm {
     pub steps: usize,
     pub learning_rate: f64,
     pub batch: usize,
+    /// Stop after this many minutes, the schedule shortened to fit (0: no limit).
+    pub time_limit_minutes: f64,
+}
+
+impl FineTuneForm {
+    /// The trainers' time limit: `None` for 0 (or anything not a positive number).
+    pub fn time_limit(&self) -> Option<Duration> {
+        (self.time_limit_minutes.is_finite() && self.time_limit_minutes > 0.0)
+            .then(|| Duration::from_secs_f64(self.time_limit_minutes * 60.0))
+    }
 }
 
 impl Default for FineTuneForm {
@@ -64,6 +74,7 @@ impl Default for FineTuneForm {
             steps: 200,
             learning_rate: 5e-5,
             batch: 4,
+            time_limit_minutes: 0.0,
         }
     }
 }
@@ -348,6 +359,7 @@ impl FineTunePane {
                     export_library(&items, &data)?;
                 }
                 let device = crate::device::select(device_choice)?.device;
+                let time_limit = form.time_limit();
                 match target {
                     Target::Tokenizer => {
                         let config = match config_json {
@@ -365,7 +377,8 @@ impl FineTunePane {
                             }
                         };
                         train_tokenizer(
-                            &job_run, &config, resume, &device, &models, &observer, cancel,
+                            &job_run, &config, resume, time_limit, &device, &models, &observer,
+                            cancel,
                         )
                     }
                     Target::Dit => {
@@ -390,7 +403,7 @@ impl FineTunePane {
                             &job_run,
                             &config,
                             resume,
-                            None,
+                            time_limit,
                             &device,
                             &models.text_encoder_dir,
                             &observer,
@@ -517,6 +530,18 @@ impl FineTunePane {
                     let label = ui.label("Batch");
                     ui.add(egui::DragValue::new(&mut self.form.batch).range(1..=256))
                         .labelled_by(label.id);
+                    ui.end_row();
+                    let label = ui.label("Time limit (minutes, 0 = none)");
+                    ui.add(
+                        egui::DragValue::new(&mut self.form.time_limit_minutes)
+                            .range(0.0..=10_000.0)
+                            .speed(1.0),
+                    )
+                    .on_hover_text(
+                        "Stop by then with the learning rate decayed: the run takes as many \
+                         steps as fit (at most Steps)",
+                    )
+                    .labelled_by(label.id);
                     ui.end_row();
                 });
             if ui.button("Start").clicked() {

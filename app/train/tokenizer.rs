@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use burn::module::Module;
@@ -27,7 +27,7 @@ use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use image::Rgb32FImage;
 use serde::{Deserialize, Serialize};
 
-use super::{Eta, SplitMix64, append_jsonl, learning_rate};
+use super::{Eta, SplitMix64, TimeLimit, append_jsonl, learning_rate};
 use crate::checkpoint::{
     CheckpointFile, HostTensor, PARAM_IDS_KEY, StoredPrecision, expected_parameters,
     host_to_module, module_to_host, save_host_tensors, serialize_host_tensors,
@@ -367,12 +367,15 @@ pub fn cache_file(data: &Path, size: u32) -> Option<PathBuf> {
     )
 }
 
-/// Trains (or resumes) a tokenizer in `run_dir`. Returns when `config.steps` are done or `cancel`
-/// is set; either way the state is saved first.
+/// Trains (or resumes) a tokenizer in `run_dir`. Returns when `config.steps` are done (with
+/// `time_limit`, the steps that fit in it: `TimeLimit`) or `cancel` is set; either way the state
+/// is saved first.
+#[allow(clippy::too_many_arguments)]
 pub fn train_tokenizer(
     run_dir: &Path,
     requested: &TokenizerTrainConfig,
     resume: bool,
+    time_limit: Option<Duration>,
     device: &Device,
     models: &TrainingModels,
     observer: &dyn TrainObserver,
@@ -479,6 +482,10 @@ pub fn train_tokenizer(
     }
 
     let started = Instant::now();
+    // The limit counts from here: data loading and caption encoding are not training time.
+    let limit = time_limit.map(|limit| TimeLimit::new(limit, started));
+    let first_step = progress.step;
+    let mut total_steps = config.steps;
     let elapsed_before = progress.elapsed_seconds;
     let mut eta = Eta::new();
     let mut last_save = Instant::now();
@@ -516,7 +523,7 @@ pub fn train_tokenizer(
         Ok(())
     };
 
-    while progress.step < config.steps {
+    while progress.step < total_steps {
         if cancel.is_cancelled() {
             break;
         }
@@ -567,8 +574,9 @@ pub fn train_tokenizer(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = learning_rate(
             step,
-            config.steps,
-            config.warmup_steps,
+            total_steps,
+            // A time limit can shorten the run below its warm-up: still end annealed.
+            config.warmup_steps.min(total_steps / 2),
             config.learning_rate,
             config.min_lr_ratio,
         );
@@ -586,7 +594,16 @@ pub fn train_tokenizer(
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
 
-        let numbers = StepReport::new(progress.step, config.steps, loss_value, budget, lr);
+        if let Some(limit) = &limit {
+            total_steps = limit.fit(
+                progress.step,
+                config.steps,
+                progress.step - first_step,
+                eta.rate(),
+                Instant::now(),
+            );
+        }
+        let numbers = StepReport::new(progress.step, total_steps, loss_value, budget, lr);
         super::report_step(
             &mut eta,
             numbers,
@@ -597,7 +614,7 @@ pub fn train_tokenizer(
         )?;
 
         let eval_due =
-            progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == config.steps;
+            progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == total_steps;
         if eval_due && !validation.is_empty() {
             let fresh = crate::device::init_module(&plain, None, || model_config.init(&plain));
             let ema_model = host_to_module(fresh, ema.clone()).map_err(anyhow::Error::msg)?;
@@ -633,7 +650,7 @@ pub fn train_tokenizer(
         }
     }
     save(&model, &optimizer, &ema, &progress, &gan)?;
-    let finished = progress.step >= config.steps;
+    let finished = progress.step >= total_steps;
     observer.on_message(&format!(
         "saved step {} to {}",
         progress.step,

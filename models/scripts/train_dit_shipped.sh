@@ -66,7 +66,7 @@ fi
 gpu_minutes=${GPU_MINUTES:-0}
 if [ "$gpu_minutes" != 0 ]; then
   train_both gpu "$final" "$bin" train dit --data "$corpus" --preset small --device gpu --batch 256 --lr 3e-4 \
-    --warmup-steps 100 --steps 100000 --max-minutes "$gpu_minutes" --checkpoint-minutes 2 --seed 2 \
+    --warmup 100 --steps 100000 --max-minutes "$gpu_minutes" --checkpoint-minutes 2 --seed 2 \
     --min-budget 32 --max-budget 96
   final=gpu
 fi

@@ -522,6 +522,49 @@ fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
 }
 
 #[test]
+fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::FineTune);
+    let mut harness = harness(options);
+    harness.state_mut().app.state.library.push(LibraryItem {
+        path: sample("apple"),
+        caption: "a red apple".into(),
+    });
+    harness.step();
+    assert!(
+        harness
+            .query_by_label("Time limit (minutes, 0 = none)")
+            .is_some()
+    );
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.steps = 100_000;
+        form.batch = 1;
+        form.time_limit_minutes = 0.01;
+    }
+    harness.get_by_label("Start").click();
+    let live = harness.state().finetune.live();
+    wait_until(
+        &mut harness,
+        "a training step",
+        Duration::from_secs(120),
+        |_| !live.lock().unwrap().losses.is_empty(),
+    );
+    wait_until(
+        &mut harness,
+        "the end of the time limit",
+        Duration::from_secs(120),
+        idle,
+    );
+    let last = live.lock().unwrap().last_step.clone().expect("a step");
+    assert!(
+        last.step == last.total && last.total < 1000,
+        "a 0.6 s limit ends the run after a few steps: {last:?}"
+    );
+}
+
+#[test]
 fn fine_tune_starts_cancels_resumes_and_switches_models() {
     let fixture = fixture();
     let mut options = fixture.options();

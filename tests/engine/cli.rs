@@ -287,12 +287,12 @@ fn user_errors_exit_non_zero_with_one_line() {
     let output = studio(&["reconstruct", "--image", apple, "--out", out], None);
     assert!(!output.status.success(), "a caption is required");
 
-    for minutes in ["0", "-3", "NaN"] {
+    for (trainer, minutes) in [("dit", "0"), ("dit", "-3"), ("tokenizer", "NaN")] {
         let limit = format!("--max-minutes={minutes}");
         let output = studio(
             &[
                 "train",
-                "dit",
+                trainer,
                 "--data",
                 "/no/such/folder",
                 "--steps",

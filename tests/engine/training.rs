@@ -50,6 +50,7 @@ fn train(
         run,
         config,
         resume,
+        None,
         &cpu(),
         &models(),
         &Losses::default(),
@@ -99,6 +100,7 @@ fn loss_decreases_when_overfitting_a_tiny_set() {
         &dir.path().join("run"),
         &config,
         false,
+        None,
         &cpu(),
         &models(),
         &losses,
@@ -135,6 +137,7 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
         &run,
         &tiny_config(&data, 2, true),
         false,
+        None,
         &cpu(),
         &encoder,
         &Losses::default(),
@@ -145,6 +148,7 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
         &run,
         &tiny_config(&data, 2, true),
         false,
+        None,
         &cpu(),
         &encoder,
         &Losses::default(),
@@ -161,6 +165,7 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
         &run,
         &tiny_config(&data, 4, true),
         true,
+        None,
         &cpu(),
         &encoder,
         &Losses::default(),
@@ -168,11 +173,25 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     )
     .unwrap();
     assert_eq!(outcome.step, 4);
+    // A session whose time limit has passed trains one step and ends its schedule there.
+    let outcome = train_tokenizer(
+        &run,
+        &tiny_config(&data, 50, true),
+        true,
+        Some(std::time::Duration::ZERO),
+        &cpu(),
+        &encoder,
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!((outcome.step, outcome.finished), (5, true));
     let nothing = dir.path().join("empty-run");
     let err = train_tokenizer(
         &nothing,
         &tiny_config(&data, 2, true),
         true,
+        None,
         &cpu(),
         &encoder,
         &Losses::default(),
@@ -200,6 +219,7 @@ fn cancelled_training_saves_and_resumes_to_the_same_weights() {
         &interrupted,
         &config,
         false,
+        None,
         &cpu(),
         &encoder,
         &StopAt(3, cancel.clone()),
@@ -478,6 +498,7 @@ fn adversarial_training_runs_and_resumes_with_its_discriminator() {
         &run,
         &config,
         false,
+        None,
         &cpu(),
         &models(),
         &StopAt(4, cancel.clone()),
@@ -631,6 +652,7 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
             &dir.path().join(run),
             &config,
             false,
+            None,
             &cpu(),
             &models(),
             &losses,

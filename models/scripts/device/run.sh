@@ -44,7 +44,7 @@ start)
   xz -dc $P/$twin/latents.xz > $R/run/latents.bin
   xz -dc $P/$twin/dit.xz > $R/dit.safetensors
   setsid nohup $W/bin train dit --data $W/corpus --preset small --steps ${STEPS:-100000} \
-    --warmup-steps 100 --max-minutes $minutes --batch $batch --lr $lr --min-budget 32 \
+    --warmup 100 --max-minutes $minutes --batch $batch --lr $lr --min-budget 32 \
     --max-budget 96 --checkpoint-minutes 2 --seed 2 --device $device \
     --tokenizer $R/tokenizer.safetensors --init-from $R/dit.safetensors --out $R/run \
     > $R/train.log 2>&1 < /dev/null &
