@@ -22,7 +22,7 @@ use super::tokenizer::{
     TrainingState, ema_decay_at, load_state, new_optimizer_with, pixels_to_tensor, save_state,
     update_ema,
 };
-use super::{Eta, SplitMix64, TimeLimit, learning_rate};
+use super::{Eta, SplitMix64, StepTarget, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
 use crate::data::dataset::{DatasetItem, Split};
 use crate::jobs::CancelToken;
@@ -455,8 +455,7 @@ pub fn train_dit(
     };
     let started = Instant::now();
     // The limit counts from here: caption encoding and model loading are not training time.
-    let limit = time_limit.map(|limit| TimeLimit::new(limit, started));
-    let first_step = progress.step;
+    let step_target = StepTarget::new(config.steps, progress.step, time_limit, started);
     let mut total_steps = config.steps;
     let elapsed_before = progress.elapsed_seconds;
     let mut eta = Eta::new();
@@ -537,15 +536,7 @@ pub fn train_dit(
         )?;
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
-        if let Some(limit) = &limit {
-            total_steps = limit.fit(
-                progress.step,
-                config.steps,
-                progress.step - first_step,
-                eta.rate(),
-                Instant::now(),
-            );
-        }
+        total_steps = step_target.after(progress.step, &eta);
         let numbers = StepReport::new(progress.step, total_steps, loss_value, k, lr);
         super::report_step(
             &mut eta,

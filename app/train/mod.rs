@@ -134,6 +134,44 @@ impl TimeLimit {
     }
 }
 
+/// The step count a training session aims for, re-read after every step: the requested count,
+/// or under a time limit the steps that fit (`TimeLimit::fit`).
+pub struct StepTarget {
+    limit: Option<TimeLimit>,
+    requested: usize,
+    first_step: usize,
+}
+
+impl StepTarget {
+    /// A session starting at `first_step` now, its limit (if any) counted from `now`.
+    pub fn new(
+        requested: usize,
+        first_step: usize,
+        time_limit: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        Self {
+            limit: time_limit.map(|limit| TimeLimit::new(limit, now)),
+            requested,
+            first_step,
+        }
+    }
+
+    /// The target after `step` steps, at the speed `eta` measured.
+    pub fn after(&self, step: usize, eta: &Eta) -> usize {
+        match &self.limit {
+            Some(limit) => limit.fit(
+                step,
+                self.requested,
+                step - self.first_step,
+                eta.rate(),
+                Instant::now(),
+            ),
+            None => self.requested,
+        }
+    }
+}
+
 /// "1h02m", "4m05s", "12s".
 pub fn format_duration(duration: Duration) -> String {
     let s = duration.as_secs();

@@ -27,7 +27,7 @@ use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use image::Rgb32FImage;
 use serde::{Deserialize, Serialize};
 
-use super::{Eta, SplitMix64, TimeLimit, append_jsonl, learning_rate};
+use super::{Eta, SplitMix64, StepTarget, append_jsonl, learning_rate};
 use crate::checkpoint::{
     CheckpointFile, HostTensor, PARAM_IDS_KEY, StoredPrecision, expected_parameters,
     host_to_module, module_to_host, save_host_tensors, serialize_host_tensors,
@@ -483,8 +483,7 @@ pub fn train_tokenizer(
 
     let started = Instant::now();
     // The limit counts from here: data loading and caption encoding are not training time.
-    let limit = time_limit.map(|limit| TimeLimit::new(limit, started));
-    let first_step = progress.step;
+    let step_target = StepTarget::new(config.steps, progress.step, time_limit, started);
     let mut total_steps = config.steps;
     let elapsed_before = progress.elapsed_seconds;
     let mut eta = Eta::new();
@@ -594,15 +593,7 @@ pub fn train_tokenizer(
         progress.step += 1;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
 
-        if let Some(limit) = &limit {
-            total_steps = limit.fit(
-                progress.step,
-                config.steps,
-                progress.step - first_step,
-                eta.rate(),
-                Instant::now(),
-            );
-        }
+        total_steps = step_target.after(progress.step, &eta);
         let numbers = StepReport::new(progress.step, total_steps, loss_value, budget, lr);
         super::report_step(
             &mut eta,
