@@ -1246,13 +1246,13 @@ fn cancel_on_ctrl_c() -> CancelToken {
 
 /// `--max-minutes` as a duration: a positive, finite number of minutes.
 fn time_limit(minutes: Option<f64>) -> anyhow::Result<Option<std::time::Duration>> {
-    match minutes {
-        Some(minutes) if !(minutes.is_finite() && minutes > 0.0) => {
-            anyhow::bail!("--max-minutes must be a positive number of minutes, got {minutes}")
-        }
-        Some(minutes) => Ok(Some(std::time::Duration::from_secs_f64(minutes * 60.0))),
-        None => Ok(None),
-    }
+    minutes
+        .map(|minutes| {
+            crate::train::TimeLimit::duration_from_minutes(minutes).ok_or_else(|| {
+                anyhow::anyhow!("--max-minutes must be a positive number of minutes, got {minutes}")
+            })
+        })
+        .transpose()
 }
 
 fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {

@@ -60,8 +60,7 @@ pub struct FineTuneForm {
 impl FineTuneForm {
     /// The trainers' time limit: `None` for 0 (or anything not a positive number).
     pub fn time_limit(&self) -> Option<Duration> {
-        (self.time_limit_minutes.is_finite() && self.time_limit_minutes > 0.0)
-            .then(|| Duration::from_secs_f64(self.time_limit_minutes * 60.0))
+        crate::train::TimeLimit::duration_from_minutes(self.time_limit_minutes)
     }
 }
 

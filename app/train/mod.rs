@@ -109,6 +109,11 @@ impl TimeLimit {
         }
     }
 
+    /// A limit of `minutes`: `None` unless it is a positive, finite number.
+    pub fn duration_from_minutes(minutes: f64) -> Option<Duration> {
+        (minutes.is_finite() && minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0))
+    }
+
     /// The step count to aim for after `step` steps (`session_steps` of them in this session)
     /// at `rate` steps per second: `requested` until the speed is known, then at most what
     /// fits before the deadline, and `step` (stop now) once it has passed.
