@@ -287,6 +287,10 @@ pub struct TrainDitArgs {
     /// the learning rate still decays to its floor (--steps becomes an upper bound).
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Update the EMA weights every this many steps, with the decay of all of them: each
+    /// update reads every weight back from the device, which a GPU has to stop for.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ema_every: u32,
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
@@ -1277,6 +1281,7 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.latent_norm = args.latent_norm;
     config.position_init = args.position_init;
     config.pooled_caption = args.pooled_caption;
+    config.ema_every = args.ema_every as usize;
     if let Some(warmup) = args.warmup {
         config.warmup_steps = warmup;
     }

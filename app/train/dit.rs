@@ -18,9 +18,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::tokenizer::{
-    CaptionRow, CaptionStore, Progress, StateExtras, StepReport, TrainObserver, TrainOutcome,
-    TrainingState, ema_decay_at, load_state, new_optimizer_with, pixels_to_tensor, save_state,
-    update_ema,
+    CaptionRow, CaptionStore, HostEma, Progress, StateExtras, StepReport, TrainObserver,
+    TrainOutcome, TrainingState, load_state, new_optimizer_with, pixels_to_tensor, save_state,
 };
 use super::{Eta, SplitMix64, StepTarget, learning_rate};
 use crate::checkpoint::{StoredPrecision, module_to_host, save_host_tensors};
@@ -46,6 +45,10 @@ pub struct DitTrainConfig {
     pub weight_decay: f64,
     pub grad_clip_norm: f64,
     pub ema_decay: f64,
+    /// Update the EMA weights every this many steps ([`HostEma`]); runs from before this option
+    /// existed updated every step.
+    #[serde(default = "every_step")]
+    pub ema_every: usize,
     /// Fraction of captions replaced by the null caption (classifier-free guidance).
     pub caption_dropout: f64,
     pub min_budget: usize,
@@ -68,6 +71,10 @@ pub struct DitTrainConfig {
     /// fine-tuning, which keeps the checkpoint's architecture).
     #[serde(default)]
     pub pooled_caption: bool,
+}
+
+fn every_step() -> usize {
+    1
 }
 
 /// The start of a new DiT's learned positional embeddings.
@@ -129,6 +136,7 @@ impl DitTrainConfig {
             weight_decay: 1e-4,
             grad_clip_norm: 1.0,
             ema_decay: 0.999,
+            ema_every: 1,
             caption_dropout: 0.1,
             min_budget: MIN_BUDGET,
             max_budget: 256,
@@ -308,6 +316,10 @@ pub fn train_dit(
         "steps and batch must be positive"
     );
     ensure!(
+        config.ema_every > 0,
+        "the EMA must be updated every 1 or more steps"
+    );
+    ensure!(
         (0.0..1.0).contains(&config.caption_dropout),
         "caption dropout must be in [0, 1)"
     );
@@ -428,6 +440,7 @@ pub fn train_dit(
         (model, optimizer, ema, progress) = load_state(&state_path, &model, optimizer)?;
         observer.on_message(&format!("resumed at step {}", progress.step));
     }
+    let mut ema = HostEma::new(ema, config.ema_decay, config.ema_every);
     let schedule = Schedule::default();
     let ema_path = run_dir.join("ema.safetensors");
     let save = |model: &_, optimizer: &_, ema: &[_], progress: &Progress| -> anyhow::Result<()> {
@@ -529,12 +542,8 @@ pub fn train_dit(
             config.min_lr_ratio,
         );
         model = optimizer.step(lr, model, grads);
-        update_ema(
-            &mut ema,
-            &model,
-            ema_decay_at(config.ema_decay, progress.step),
-        )?;
         progress.step += 1;
+        ema.after_step(&model, progress.step)?;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
         total_steps = step_target.after(progress.step, &eta);
         let numbers = StepReport::new(progress.step, total_steps, loss_value, k, lr);
@@ -547,11 +556,13 @@ pub fn train_dit(
             &log_path,
         )?;
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
-            save(&model, &optimizer, &ema, &progress)?;
+            ema.catch_up(&model, progress.step)?;
+            save(&model, &optimizer, &ema.weights, &progress)?;
             last_save = Instant::now();
         }
     }
-    save(&model, &optimizer, &ema, &progress)?;
+    ema.catch_up(&model, progress.step)?;
+    save(&model, &optimizer, &ema.weights, &progress)?;
     observer.on_message(&format!(
         "saved step {} to {}",
         progress.step,

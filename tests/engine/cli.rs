@@ -305,6 +305,27 @@ fn user_errors_exit_non_zero_with_one_line() {
         );
         assert_one_line_error(&output, "--max-minutes");
     }
+    let output = studio(
+        &[
+            "train",
+            "dit",
+            "--data",
+            "/no/such/folder",
+            "--steps",
+            "10",
+            "--ema-every",
+            "0",
+            "--out",
+            out,
+        ],
+        None,
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--ema-every"),
+        "{}",
+        stderr(&output)
+    );
     let _ = textok;
 }
 

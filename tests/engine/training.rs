@@ -367,6 +367,125 @@ fn schedule_and_rng_behave() {
 }
 
 #[test]
+fn an_ema_updated_every_few_steps_equals_single_updates_of_unchanged_weights() {
+    use textok_studio::train::tokenizer::{HostEma, ema_decay_at, ema_decay_over, update_ema};
+    let expected = ema_decay_at(0.999, 0) * ema_decay_at(0.999, 1) * ema_decay_at(0.999, 2);
+    assert!((ema_decay_over(0.999, 0, 3) - expected).abs() < 1e-15);
+    assert_eq!(ema_decay_over(0.999, 7, 0), 1.0, "no steps, no decay");
+
+    let start = module_to_host(&tiny(true, 1).0).unwrap();
+    let (model, _) = tiny(true, 2);
+    let mut single = start.clone();
+    for step in 0..3 {
+        update_ema(&mut single, &model, ema_decay_at(0.999, step)).unwrap();
+    }
+    let mut every_three = HostEma::new(start.clone(), 0.999, 3);
+    every_three.after_step(&model, 1).unwrap();
+    every_three.after_step(&model, 2).unwrap();
+    assert_eq!(
+        every_three.weights, start,
+        "no update before the third step"
+    );
+    every_three.after_step(&model, 3).unwrap();
+    let largest_gap = |a: &[textok_studio::checkpoint::HostTensor],
+                       b: &[textok_studio::checkpoint::HostTensor]| {
+        a.iter()
+            .zip(b)
+            .flat_map(|(a, b)| a.values.iter().zip(&b.values).map(|(x, y)| (x - y).abs()))
+            .fold(0.0f32, f32::max)
+    };
+    assert!(largest_gap(&every_three.weights, &single) < 1e-6);
+    assert!(
+        largest_gap(&every_three.weights, &start) > 1e-3,
+        "the update happened"
+    );
+
+    // Catching up early (before a save) applies just the steps taken so far.
+    let mut caught_up = HostEma::new(start.clone(), 0.999, 3);
+    caught_up.after_step(&model, 1).unwrap();
+    caught_up.catch_up(&model, 1).unwrap();
+    let mut one = start.clone();
+    update_ema(&mut one, &model, ema_decay_at(0.999, 0)).unwrap();
+    assert!(largest_gap(&caught_up.weights, &one) < 1e-6);
+}
+
+#[test]
+fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
+    use textok_studio::train::dit::{DitTrainConfig, train_dit};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let tokenizer = dir.path().join("tokenizer.safetensors");
+    let (model, config) = tiny(true, 9);
+    model
+        .save(
+            &config,
+            &tokenizer,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+    let mut run_config = DitTrainConfig::new(data, tokenizer, "tiny", 3, 4);
+    run_config.learning_rate = 2e-3;
+    run_config.validation_percent = 0;
+    // With no decay the average is the latest weights, so an update left pending shows: the
+    // saved state's EMA must equal its model, tensor by tensor.
+    run_config.ema_decay = 0.0;
+    for every in [2, 4] {
+        let run = dir.path().join(format!("every-{every}"));
+        let config = DitTrainConfig {
+            ema_every: every,
+            ..run_config.clone()
+        };
+        let encoder = repo_path("models/text-encoder");
+        let cancel = CancelToken::new();
+        train_dit(
+            &run,
+            &config,
+            false,
+            None,
+            &cpu(),
+            &encoder,
+            &Losses::default(),
+            &cancel,
+        )
+        .unwrap();
+        let bytes = std::fs::read(run.join("state.safetensors")).unwrap();
+        let state = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut compared = 0;
+        for (name, average) in state.tensors() {
+            if let Some(param) = name.strip_prefix("ema.") {
+                let weights = state.tensor(&format!("model.{param}")).unwrap();
+                assert_eq!(
+                    average.data(),
+                    weights.data(),
+                    "{param}: three steps, an update every {every}: the save catches up"
+                );
+                compared += 1;
+            }
+        }
+        assert!(compared > 10, "{compared} EMA tensors in the state");
+    }
+    let error = train_dit(
+        &dir.path().join("never"),
+        &DitTrainConfig {
+            ema_every: 0,
+            ..run_config.clone()
+        },
+        false,
+        None,
+        &cpu(),
+        &repo_path("models/text-encoder"),
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("every 1 or more"),
+        "{error:#}"
+    );
+}
+
+#[test]
 fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
     use textok_studio::model::dit::Dit;
     use textok_studio::train::dit::{DitTrainConfig, train_dit};

@@ -7,6 +7,10 @@
 #                                         running after SECONDS: it saves), export each EMA as
 #                                         f16 with its log into $OUT
 #   run.sh bench                          `bench` on the GPU and the CPU (textok's pack)
+#   run.sh speed MODEL                    training speed with the EMA read back every step and
+#                                         every 8th (--ema-every; 45 s of training each, about
+#                                         2.5 minutes in all): run before `start`, pass the faster
+#                                         as EMA_EVERY
 #
 # How the shipped round ran, through a tool that sends at most 64 MiB per call and keeps the
 # machine for 30 s between calls: call 1 carried common + baseline and ran `start baseline 7.5
@@ -32,22 +36,43 @@ export TEXTOK_MODELS_DIR=$W/models RAYON_NUM_THREADS=4
 if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
   export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
-case $1 in
-start)
-  twin=$2 minutes=$3 batch=$4 lr=$5 device=${DEVICE:-gpu}
+# Checks the adapter and unpacks MODEL's files into $W/MODEL (latents into RUN_DIR).
+unpack_twin() {
+  local twin=$1 run=$2
   $W/bin devices > $W/devices.txt 2>&1; tail -4 $W/devices.txt
   if [ "$device" = gpu ] && ! grep -qi nvidia $W/devices.txt; then
     echo "ERROR: wgpu sees no NVIDIA adapter"; ldconfig -p | grep -i vulkan; ls /usr/local/nvidia/share/vulkan/icd.d/ /usr/share/vulkan/icd.d/ 2>&1; nvidia-smi -L; exit 1
   fi
-  R=$W/$twin; mkdir -p $R/run
-  xz -dc $P/$twin/tokenizer.xz > $R/tokenizer.safetensors
-  xz -dc $P/$twin/latents.xz > $R/run/latents.bin
-  xz -dc $P/$twin/dit.xz > $R/dit.safetensors
-  setsid nohup $W/bin train dit --data $W/corpus --preset small --steps ${STEPS:-100000} \
-    --warmup 100 --max-minutes $minutes --batch $batch --lr $lr --min-budget 32 \
-    --max-budget 96 --checkpoint-minutes 2 --seed 2 --device $device \
-    --tokenizer $R/tokenizer.safetensors --init-from $R/dit.safetensors --out $R/run \
-    > $R/train.log 2>&1 < /dev/null &
+  mkdir -p $run
+  xz -dc $P/$twin/tokenizer.xz > $W/$twin/tokenizer.safetensors
+  xz -dc $P/$twin/latents.xz > $run/latents.bin
+  xz -dc $P/$twin/dit.xz > $W/$twin/dit.safetensors
+}
+# dit_command MODEL RUN_DIR MINUTES BATCH LR: sets CMD to the GPU stage's command (EMA_EVERY,
+# default 1).
+dit_command() {
+  local R=$W/$1
+  CMD=($W/bin train dit --data $W/corpus --preset small --steps ${STEPS:-100000}
+    --warmup 100 --max-minutes $3 --batch $4 --lr $5 --min-budget 32
+    --max-budget 96 --checkpoint-minutes 2 --seed 2 --device $device --ema-every ${EMA_EVERY:-1}
+    --tokenizer $R/tokenizer.safetensors --init-from $R/dit.safetensors --out $2)
+}
+device=${DEVICE:-gpu}
+case $1 in
+speed)
+  twin=$2
+  for every in 1 8; do
+    run=$W/$twin/speed-$every; rm -rf $run; unpack_twin $twin $run
+    EMA_EVERY=$every dit_command $twin $run 0.75 ${BATCH:-256} 3e-4
+    timeout 150 "${CMD[@]}" > $run.log 2>&1
+    echo "--ema-every $every: $(grep '"step"' $run/log.jsonl | tail -1)"
+  done
+  ;;
+start)
+  twin=$2 minutes=$3 batch=$4 lr=$5
+  R=$W/$twin; unpack_twin $twin $R/run
+  dit_command $twin $R/run $minutes $batch $lr
+  setsid nohup "${CMD[@]}" > $R/train.log 2>&1 < /dev/null &
   echo $! > $R/pid
   # Wait for the first steps so a broken start shows in this call's output.
   for i in $(seq 1 ${START_WAIT:-90}); do
