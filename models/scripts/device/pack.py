@@ -1,7 +1,10 @@
 """Packs a GPU stage of the DiT (`train_dit_shipped.sh`'s GPU_MINUTES) for a machine that is
 reached through a narrow channel (here: a lent GPU whose tool sends at most 64 MiB per call).
 
-    python3 models/scripts/device/pack.py CORPUS RUNS OUT
+    python3 models/scripts/device/pack.py CORPUS RUNS OUT [MODELS]
+
+MODELS: the twins to pack, comma-separated (default textok,baseline). The binary packed is
+target/release/textok-studio, or the one TEXTOK_STUDIO names.
 
 OUT/common: the release binary (stripped, xz), the text encoder with the word-embedding rows no
 corpus caption uses and the positions past 32 zeroed (the captions encode bit for bit as with the
@@ -16,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 corpus, runs, out = sys.argv[1:4]
+twins = sys.argv[4].split(",") if len(sys.argv) > 4 else ["textok", "baseline"]
 repo = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../.."))
 models = os.path.join(repo, "models")
 MAX_BUDGET = 96  # the stage trains budgets 32..96 (the focus stage's)
@@ -52,10 +56,9 @@ os.makedirs(work, exist_ok=True)
 
 # The images every twin's latents cover: the packed corpus lists exactly these, so the trainer
 # accepts the cached latents (an image it would have to encode has no pixels there).
-headers = {m: latents_header(os.path.join(runs, f"focus-{m}", "latents.bin"))
-           for m in ("textok", "baseline")}
-paths = set(headers["textok"][0]["paths"])
-assert paths == set(headers["baseline"][0]["paths"]), "the twins' latents cover different images"
+headers = {m: latents_header(os.path.join(runs, f"focus-{m}", "latents.bin")) for m in twins}
+paths = set(headers[twins[0]][0]["paths"])
+assert all(paths == set(h[0]["paths"]) for h in headers.values()), "the twins' latents cover different images"
 lines = [l for l in open(os.path.join(corpus, "captions.jsonl"))
          if l.strip() and json.loads(l)["file"] in paths]
 open(os.path.join(work, "captions.jsonl"), "w").writelines(lines)
@@ -81,7 +84,7 @@ xz(os.path.join(work, "text-encoder.safetensors"), os.path.join(common, "te.xz")
 xz(os.path.join(models, "text-encoder", "tokenizer.json"), os.path.join(common, "tokenizer.json.xz"))
 shutil.copy(os.path.join(models, "text-encoder", "config.json"), common)
 binary = os.path.join(work, "textok-studio")
-shutil.copy(os.path.join(repo, "target", "release", "textok-studio"), binary)
+shutil.copy(os.environ.get("TEXTOK_STUDIO", os.path.join(repo, "target", "release", "textok-studio")), binary)
 subprocess.run(["strip", binary], check=True)
 xz(binary, os.path.join(common, "bin.xz"))
 here = os.path.dirname(os.path.abspath(__file__))
@@ -90,7 +93,7 @@ for script in ("run.sh", "placeholders.py"):
 vocabulary = header["word_embeddings.weight"]["shape"][0]
 print(f"common: {len(lines)} captions, {len(used)} of {vocabulary} word rows kept")
 
-for model in ("textok", "baseline"):
+for model in twins:
     twin = os.path.join(out, model)
     os.makedirs(twin, exist_ok=True)
     checkpoint = os.path.join(models, f"{model}-small.safetensors")

@@ -64,7 +64,7 @@ speed)
   for every in 1 8; do
     run=$W/$twin/speed-$every; rm -rf $run; unpack_twin $twin $run
     EMA_EVERY=$every dit_command $twin $run 0.75 ${BATCH:-256} 3e-4
-    timeout 150 "${CMD[@]}" > $run.log 2>&1
+    timeout ${SPEED_TIMEOUT:-240} "${CMD[@]}" > $run.log 2>&1
     echo "--ema-every $every: $(grep '"step"' $run/log.jsonl | tail -1)"
   done
   ;;
