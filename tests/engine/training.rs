@@ -409,13 +409,18 @@ fn an_ema_updated_every_few_steps_equals_single_updates_of_unchanged_weights() {
     assert!(largest_gap(&caught_up.weights, &one) < 1e-6);
 }
 
-#[test]
-fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
-    use textok_studio::train::dit::{DitTrainConfig, train_dit};
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// A DiT run on a 4-image dataset in `dir` over a tiny TexTok saved there (its config returned).
+fn tiny_dit_run(
+    dir: &Path,
+    steps: usize,
+    batch: usize,
+) -> (
+    textok_studio::train::dit::DitTrainConfig,
+    textok_studio::model::textok::TexTokConfig,
+) {
+    let data = dir.join("data");
     tiny_dataset(&data, 4);
-    let tokenizer = dir.path().join("tokenizer.safetensors");
+    let tokenizer = dir.join("tokenizer.safetensors");
     let (model, config) = tiny(true, 9);
     model
         .save(
@@ -424,9 +429,18 @@ fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
             textok_studio::checkpoint::StoredPrecision::F32,
         )
         .unwrap();
-    let mut run_config = DitTrainConfig::new(data, tokenizer, "tiny", 3, 4);
+    let mut run_config =
+        textok_studio::train::dit::DitTrainConfig::new(data, tokenizer, "tiny", steps, batch);
     run_config.learning_rate = 2e-3;
     run_config.validation_percent = 0;
+    (run_config, config)
+}
+
+#[test]
+fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
+    use textok_studio::train::dit::{DitTrainConfig, train_dit};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut run_config, _) = tiny_dit_run(dir.path(), 3, 4);
     // With no decay the average is the latest weights, so an update left pending shows: the
     // saved state's EMA must equal its model, tensor by tensor.
     run_config.ema_decay = 0.0;
@@ -490,21 +504,8 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
     use textok_studio::model::dit::Dit;
     use textok_studio::train::dit::{DitTrainConfig, train_dit};
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    tiny_dataset(&data, 4);
-    let tokenizer = dir.path().join("tokenizer.safetensors");
-    let (model, config) = tiny(true, 9);
-    model
-        .save(
-            &config,
-            &tokenizer,
-            textok_studio::checkpoint::StoredPrecision::F32,
-        )
-        .unwrap();
-    let mut run_config = DitTrainConfig::new(data.clone(), tokenizer.clone(), "tiny", 120, 8);
-    run_config.learning_rate = 2e-3;
+    let (mut run_config, config) = tiny_dit_run(dir.path(), 120, 8);
     run_config.warmup_steps = 5;
-    run_config.validation_percent = 0;
     let run = dir.path().join("dit-run");
     let losses = Losses::default();
     let encoder = repo_path("models/text-encoder");
@@ -791,8 +792,13 @@ fn dit_runs_from_before_latent_norm_keep_per_channel_statistics() {
     assert_eq!(config.latent_norm, LatentNorm::Position, "new runs");
     let mut stored = serde_json::to_value(&config).unwrap();
     stored.as_object_mut().unwrap().remove("latent_norm");
+    stored.as_object_mut().unwrap().remove("ema_every");
     let old: DitTrainConfig = serde_json::from_value(stored).unwrap();
     assert_eq!(old.latent_norm, LatentNorm::Channel);
+    assert_eq!(
+        old.ema_every, 1,
+        "runs from before --ema-every updated every step"
+    );
 }
 
 #[test]
