@@ -480,6 +480,7 @@ pub fn train_tokenizer(
     if config.freeze_encoder {
         model = model.with_frozen_encoder();
     }
+    let mut ema = HostEma::new(ema, config.ema_decay, 1);
 
     let started = Instant::now();
     // The limit counts from here: data loading and caption encoding are not training time.
@@ -589,8 +590,8 @@ pub fn train_tokenizer(
                 progress.rng.next_u64(),
             )?;
         }
-        update_ema(&mut ema, &model, ema_decay_at(config.ema_decay, step))?;
         progress.step += 1;
+        ema.after_step(&model, progress.step)?;
         progress.elapsed_seconds = elapsed_before + started.elapsed().as_secs_f64();
 
         total_steps = step_target.after(progress.step, &eta);
@@ -608,7 +609,8 @@ pub fn train_tokenizer(
             progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == total_steps;
         if eval_due && !validation.is_empty() {
             let fresh = crate::device::init_module(&plain, None, || model_config.init(&plain));
-            let ema_model = host_to_module(fresh, ema.clone()).map_err(anyhow::Error::msg)?;
+            let ema_model =
+                host_to_module(fresh, ema.weights.clone()).map_err(anyhow::Error::msg)?;
             let report = evaluate(
                 &ema_model,
                 &validation,
@@ -625,7 +627,7 @@ pub fn train_tokenizer(
             if report.mean_psnr > progress.best_psnr {
                 progress.best_psnr = report.mean_psnr;
                 save_host_tensors(
-                    &ema,
+                    &ema.weights,
                     &paths.best_ema(),
                     KIND_TEXTOK,
                     &model_config,
@@ -636,11 +638,11 @@ pub fn train_tokenizer(
             last_eval = Some(report);
         }
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
-            save(&model, &optimizer, &ema, &progress, &gan)?;
+            save(&model, &optimizer, &ema.weights, &progress, &gan)?;
             last_save = Instant::now();
         }
     }
-    save(&model, &optimizer, &ema, &progress, &gan)?;
+    save(&model, &optimizer, &ema.weights, &progress, &gan)?;
     let finished = progress.step >= total_steps;
     observer.on_message(&format!(
         "saved step {} to {}",
