@@ -444,16 +444,15 @@ fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
     // With no decay the average is the latest weights, so an update left pending shows: the
     // saved state's EMA must equal its model, tensor by tensor.
     run_config.ema_decay = 0.0;
-    for every in [2, 4] {
-        let run = dir.path().join(format!("every-{every}"));
+    let encoder = repo_path("models/text-encoder");
+    let train_every = |every: usize, run: &Path| {
         let config = DitTrainConfig {
             ema_every: every,
             ..run_config.clone()
         };
-        let encoder = repo_path("models/text-encoder");
         let cancel = CancelToken::new();
         train_dit(
-            &run,
+            run,
             &config,
             false,
             None,
@@ -462,7 +461,10 @@ fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
             &Losses::default(),
             &cancel,
         )
-        .unwrap();
+    };
+    for every in [2, 4] {
+        let run = dir.path().join(format!("every-{every}"));
+        train_every(every, &run).unwrap();
         let bytes = std::fs::read(run.join("state.safetensors")).unwrap();
         let state = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut compared = 0;
@@ -479,20 +481,7 @@ fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
         }
         assert!(compared > 10, "{compared} EMA tensors in the state");
     }
-    let error = train_dit(
-        &dir.path().join("never"),
-        &DitTrainConfig {
-            ema_every: 0,
-            ..run_config.clone()
-        },
-        false,
-        None,
-        &cpu(),
-        &repo_path("models/text-encoder"),
-        &Losses::default(),
-        &CancelToken::new(),
-    )
-    .unwrap_err();
+    let error = train_every(0, &dir.path().join("never")).unwrap_err();
     assert!(
         format!("{error:#}").contains("every 1 or more"),
         "{error:#}"
