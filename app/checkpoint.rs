@@ -98,16 +98,27 @@ pub struct StoredTensor {
     pub shape: Vec<usize>,
 }
 
+/// The largest safetensors header read (the format's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 impl CheckpointFile {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
         let not_safetensors = |reason: String| CheckpointError::NotSafetensors {
             path: path.to_owned(),
             reason,
         };
+        // The header first: a file we did not write (say, a multi-GB Stable Diffusion
+        // checkpoint picked by mistake) is refused before its tensors are read into memory.
+        if !Self::header_metadata(path)?.contains_key(KIND_KEY) {
+            return Err(CheckpointError::MissingMetadata {
+                path: path.to_owned(),
+                key: KIND_KEY,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         // `deserialize` checks the header, every offset and the total length, so a truncated
         // or foreign file fails here instead of later inside a tensor.
         SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(e.to_string()))?;
@@ -119,6 +130,40 @@ impl CheckpointFile {
             bytes,
             metadata,
         })
+    }
+
+    /// The metadata of a safetensors file, read from its header alone.
+    fn header_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+        use std::io::Read;
+        let read_error = |source| CheckpointError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let not_safetensors = |reason: &str| CheckpointError::NotSafetensors {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut file = std::fs::File::open(path).map_err(read_error)?;
+        let file_len = file.metadata().map_err(read_error)?.len();
+        let mut prefix = [0u8; 8];
+        file.read_exact(&mut prefix)
+            .map_err(|_| not_safetensors("shorter than a safetensors header"))?;
+        let header_len = u64::from_le_bytes(prefix);
+        if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+            return Err(not_safetensors(
+                "the header length is past the end of the file",
+            ));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).map_err(read_error)?;
+        #[derive(serde::Deserialize)]
+        struct Header {
+            #[serde(rename = "__metadata__", default)]
+            metadata: HashMap<String, String>,
+        }
+        serde_json::from_slice::<Header>(&header)
+            .map(|header| header.metadata)
+            .map_err(|_| not_safetensors("the header is not safetensors JSON"))
     }
 
     pub fn path(&self) -> &Path {

@@ -128,7 +128,8 @@ pub struct GenerateArgs {
     pub baseline: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Output folder (created if missing).
+    /// Output folder (created if missing); images are named gen-SEED-kTOKENS.png, with -2, -3,
+    /// ... added where that name is taken (nothing is overwritten).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -904,7 +905,8 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     );
     for generated in &images {
         let s = &generated.settings;
-        let path = args.out.join(format!("gen-{}-k{}.png", s.seed, s.tokens));
+        let stem = format!("gen-{}-k{}", s.seed, s.tokens);
+        let path = crate::files::unused_path(&args.out, &stem, "png");
         crate::pipeline::save_generated(generated, &path, &textok_id, &dit_id)?;
         println!("{}", path.display());
     }
@@ -1253,7 +1255,11 @@ fn time_limit(minutes: Option<f64>) -> anyhow::Result<Option<std::time::Duration
     minutes
         .map(|minutes| {
             crate::train::TimeLimit::duration_from_minutes(minutes).ok_or_else(|| {
-                anyhow::anyhow!("--max-minutes must be a positive number of minutes, got {minutes}")
+                anyhow::anyhow!(
+                    "--max-minutes must be a positive number of minutes, at most {} (a year), \
+                     got {minutes}",
+                    crate::train::TimeLimit::MAX_MINUTES
+                )
             })
         })
         .transpose()

@@ -44,3 +44,16 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         .map(|b| format!("{b:02x}"))
         .collect())
 }
+
+/// `dir/STEM.EXT`, or `dir/STEM-2.EXT`, `-3`, ... : the first name not taken, so a new output
+/// never replaces an earlier one (say, the same seed with another caption).
+pub fn unused_path(dir: &Path, stem: &str, extension: &str) -> std::path::PathBuf {
+    let first = dir.join(format!("{stem}.{extension}"));
+    if !first.exists() {
+        return first;
+    }
+    (2..)
+        .map(|n| dir.join(format!("{stem}-{n}.{extension}")))
+        .find(|path| !path.exists())
+        .expect("some numbered name is free")
+}

@@ -391,7 +391,7 @@ impl GenerateEngine {
             text_encoder.name(),
             text_encoder.width()
         );
-        Ok(Self {
+        let engine = Self {
             device,
             text_encoder,
             textok,
@@ -399,7 +399,18 @@ impl GenerateEngine {
             dit_config,
             dit_source,
             schedule: Schedule::default(),
-        })
+        };
+        // A one-budget DiT needs a TexTok that holds that many tokens.
+        let trained = engine.dit_config.trained_budgets();
+        ensure!(
+            !engine.budgets().is_empty(),
+            "the DiT was trained on {}..={} tokens, which this TexTok model (at most {} tokens) \
+             cannot decode",
+            trained.start(),
+            trained.end(),
+            engine.textok.config.max_tokens
+        );
+        Ok(engine)
     }
 
     /// Largest token budget both models support.

@@ -92,13 +92,23 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
     if jsonl.is_file() {
         let file = std::fs::File::open(&jsonl).map_err(read_error)?;
         let mut seen = std::collections::HashSet::new();
-        for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+        // Split on bytes, so one line in another encoding skips that record, not the folder.
+        for (number, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
             let line = line.map_err(read_error)?;
+            let where_ = format!("{CAPTIONS_JSONL}:{}", number + 1);
+            let Ok(line) = String::from_utf8(line) else {
+                skipped.push(SkippedFile {
+                    relative: where_,
+                    reason: "not UTF-8 text".into(),
+                });
+                continue;
+            };
+            // Notepad starts a UTF-8 file with a byte-order mark.
+            let line = without_bom(&line);
             if line.trim().is_empty() {
                 continue;
             }
-            let where_ = format!("{CAPTIONS_JSONL}:{}", number + 1);
-            match serde_json::from_str::<JsonlRecord>(&line) {
+            match serde_json::from_str::<JsonlRecord>(line) {
                 Err(e) => skipped.push(SkippedFile {
                     relative: where_,
                     reason: format!("not a {{file, caption}} record: {e}"),
@@ -167,7 +177,12 @@ pub fn read_sidecar_caption(image: &Path) -> Result<Option<String>, String> {
         .and_then(|f| f.take(1 << 20).read_to_end(&mut bytes))
         .map_err(|e| format!("cannot read caption: {e}"))?;
     let text = String::from_utf8(bytes).map_err(|_| "caption file is not UTF-8".to_owned())?;
-    Ok(Some(text.trim().to_owned()))
+    Ok(Some(without_bom(&text).trim().to_owned()))
+}
+
+/// `text` without a leading UTF-8 byte-order mark (which `trim` keeps).
+fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 /// Relative paths of all files below `dir`, sorted, skipping hidden entries (our cache is hidden).

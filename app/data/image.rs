@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::{
-    DynamicImage, ImageFormat, ImageReader, Limits, Rgb, Rgb32FImage, RgbImage,
+    DynamicImage, GenericImageView, ImageFormat, ImageReader, Limits, Rgb, Rgb32FImage, RgbImage,
     imageops::FilterType,
 };
 
@@ -148,8 +148,21 @@ fn decode_error(path: &Path, error: image::ImageError) -> ImageLoadError {
     }
 }
 
+/// Above this side `preprocess` first shrinks the centre square to [`PRESHRINK_TO`] in 8 bits:
+/// as f32 RGBA a 16384-pixel image (which the decode limits allow) would take 4 GiB, and its
+/// square another 3 GiB.
+pub const PRESHRINK_ABOVE: u32 = 4096;
+pub const PRESHRINK_TO: u32 = 2048;
+
 /// Alpha composited on white, largest centred square, resized to `size`x`size`; values in [0, 1].
 pub fn preprocess(image: &DynamicImage, size: u32) -> Rgb32FImage {
+    let (width, height) = image.dimensions();
+    let side = width.min(height);
+    if side > PRESHRINK_ABOVE && size <= PRESHRINK_TO {
+        let square = image.view((width - side) / 2, (height - side) / 2, side, side);
+        let shrunk = image::imageops::thumbnail(&*square, PRESHRINK_TO, PRESHRINK_TO);
+        return preprocess(&DynamicImage::ImageRgba8(shrunk), size);
+    }
     let rgba = image.to_rgba32f();
     let (width, height) = rgba.dimensions();
     let side = width.min(height);
@@ -225,7 +238,9 @@ pub fn to_rgb8(image: &Rgb32FImage) -> RgbImage {
     })
 }
 
-/// Writes an 8-bit PNG atomically, with optional `tEXt` chunks (key, value).
+/// Writes an 8-bit PNG atomically, with optional text chunks (key, value): `tEXt` where the
+/// value is Latin-1 (what every PNG reader shows), `iTXt` (UTF-8) where it is not, since `tEXt`
+/// cannot hold a caption with "’", "—", an emoji or CJK text and the encoder refuses it.
 pub fn save_png(
     image: &Rgb32FImage,
     path: &Path,
@@ -238,12 +253,17 @@ pub fn save_png(
         encoder.set_color(png::ColorType::Rgb);
         encoder.set_depth(png::BitDepth::Eight);
         for (key, value) in text {
-            encoder
-                .add_text_chunk((*key).to_owned(), (*value).to_owned())
-                .map_err(|e| ImageSaveError::Encode {
-                    path: path.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let latin1 = value.chars().all(|c| u32::from(c) <= 0xFF);
+            let (key, value) = ((*key).to_owned(), (*value).to_owned());
+            let added = if latin1 {
+                encoder.add_text_chunk(key, value)
+            } else {
+                encoder.add_itxt_chunk(key, value)
+            };
+            added.map_err(|e| ImageSaveError::Encode {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
         }
         let mut writer = encoder.write_header().map_err(|e| ImageSaveError::Encode {
             path: path.to_owned(),

@@ -58,7 +58,7 @@ pub struct FineTuneForm {
 }
 
 impl FineTuneForm {
-    /// The trainers' time limit: `None` for 0 (or anything not a positive number).
+    /// The trainers' time limit: `None` for 0 (or anything not a positive number up to a year).
     pub fn time_limit(&self) -> Option<Duration> {
         crate::train::TimeLimit::duration_from_minutes(self.time_limit_minutes)
     }

@@ -554,7 +554,7 @@ pub fn train_dit(
             progress.elapsed_seconds,
             observer,
             &log_path,
-        )?;
+        );
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
             ema.catch_up(&model, progress.step)?;
             save(&model, &optimizer, &ema.weights, &progress)?;

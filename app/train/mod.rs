@@ -109,9 +109,13 @@ impl TimeLimit {
         }
     }
 
-    /// A limit of `minutes`: `None` unless it is a positive, finite number.
+    /// The longest limit: a year. (`Instant + Duration` panics past what the clock can hold.)
+    pub const MAX_MINUTES: f64 = 365.0 * 24.0 * 60.0;
+
+    /// A limit of `minutes`: `None` unless it is a positive number up to [`Self::MAX_MINUTES`].
     pub fn duration_from_minutes(minutes: f64) -> Option<Duration> {
-        (minutes.is_finite() && minutes > 0.0).then(|| Duration::from_secs_f64(minutes * 60.0))
+        (minutes > 0.0 && minutes <= Self::MAX_MINUTES)
+            .then(|| Duration::from_secs_f64(minutes * 60.0))
     }
 
     /// The step count to aim for after `step` steps (`session_steps` of them in this session)
@@ -190,7 +194,7 @@ pub fn format_duration(duration: Duration) -> String {
 }
 
 /// Appends one JSON object as a line to `path` (the run's log).
-pub fn append_jsonl(path: &Path, record: &serde_json::Value) -> std::io::Result<()> {
+fn append_jsonl(path: &Path, record: &serde_json::Value) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -310,7 +314,7 @@ pub fn report_step(
     elapsed_seconds: f64,
     observer: &dyn tokenizer::TrainObserver,
     log: &Path,
-) -> std::io::Result<()> {
+) {
     eta.record(numbers.step);
     let report = tokenizer::StepReport {
         images_per_second: eta.rate().map(|r| r * batch as f64),
@@ -321,11 +325,22 @@ pub fn report_step(
     };
     observer.on_step(&report);
     if report.step.is_multiple_of(10) || report.step == 1 {
-        append_jsonl(
+        log_event(
             log,
             &serde_json::json!({"event": "step", "step": report.step, "loss": report.loss, "budget": report.budget,
                 "lr": report.lr, "images_per_second": report.images_per_second, "elapsed_s": elapsed_seconds}),
-        )?;
+        );
     }
-    Ok(())
+}
+
+/// Appends an event to a run's JSONL log; a failed write is a warning, not an error: the log is
+/// for reading along (a spreadsheet may hold it locked on Windows), and stopping the run over it
+/// would lose every step since the last checkpoint.
+pub fn log_event(log: &Path, record: &serde_json::Value) {
+    if let Err(error) = append_jsonl(log, record) {
+        tracing::warn!(
+            "{}: cannot append to the training log: {error}",
+            log.display()
+        );
+    }
 }

@@ -27,7 +27,7 @@ use burn::tensor::{Bytes, Device, Tensor, TensorData};
 use image::Rgb32FImage;
 use serde::{Deserialize, Serialize};
 
-use super::{Eta, SplitMix64, StepTarget, append_jsonl, learning_rate};
+use super::{Eta, SplitMix64, StepTarget, learning_rate};
 use crate::checkpoint::{
     CheckpointFile, HostTensor, PARAM_IDS_KEY, StoredPrecision, expected_parameters,
     host_to_module, module_to_host, save_host_tensors, serialize_host_tensors,
@@ -603,7 +603,7 @@ pub fn train_tokenizer(
             progress.elapsed_seconds,
             observer,
             &paths.log(),
-        )?;
+        );
 
         let eval_due =
             progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == total_steps;
@@ -618,11 +618,11 @@ pub fn train_tokenizer(
                 progress.step,
                 &plain,
             );
-            append_jsonl(
+            super::log_event(
                 &paths.log(),
                 &serde_json::json!({"event": "eval", "step": report.step, "psnr": report.psnr,
                 "mean_psnr": report.mean_psnr, "images": report.images}),
-            )?;
+            );
             observer.on_eval(&report);
             if report.mean_psnr > progress.best_psnr {
                 progress.best_psnr = report.mean_psnr;

@@ -287,7 +287,12 @@ fn user_errors_exit_non_zero_with_one_line() {
     let output = studio(&["reconstruct", "--image", apple, "--out", out], None);
     assert!(!output.status.success(), "a caption is required");
 
-    for (trainer, minutes) in [("dit", "0"), ("dit", "-3"), ("tokenizer", "NaN")] {
+    for (trainer, minutes) in [
+        ("dit", "0"),
+        ("dit", "-3"),
+        ("tokenizer", "NaN"),
+        ("tokenizer", "1e300"),
+    ] {
         let limit = format!("--max-minutes={minutes}");
         let output = studio(
             &[
@@ -418,12 +423,16 @@ fn eval_prints_the_table_and_writes_json_records() {
 fn png_text(path: &Path) -> std::collections::HashMap<String, String> {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
     let reader = decoder.read_info().unwrap();
-    reader
-        .info()
+    let info = reader.info();
+    let latin1 = info
         .uncompressed_latin1_text
         .iter()
-        .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()))
-        .collect()
+        .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()));
+    let utf8 = info
+        .utf8_text
+        .iter()
+        .map(|chunk| (chunk.keyword.clone(), chunk.get_text().unwrap()));
+    latin1.chain(utf8).collect()
 }
 
 #[test]
@@ -444,12 +453,14 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     drop(seeded);
     dit.save(&config, &dit_path, StoredPrecision::F16).unwrap();
     let dit_arg = dit_path.to_str().unwrap();
+    // Not Latin-1, so it cannot go in a `tEXt` chunk: the image must still be saved.
+    const CAPTION: &str = "a red apple — “café” 🍎 林檎";
     let run = |out: &Path, seed: &str, count: &str| {
         studio(
             &[
                 "generate",
                 "--caption",
-                "a red apple",
+                CAPTION,
                 "--tokens",
                 "48",
                 "--steps",
@@ -478,7 +489,7 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     let a = first.join("gen-10-k48.png");
     let b = first.join("gen-11-k48.png");
     let meta = png_text(&b);
-    assert_eq!(meta["caption"], "a red apple");
+    assert_eq!(meta["caption"], CAPTION);
     assert_eq!(
         (
             meta["seed"].as_str(),
@@ -499,6 +510,18 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     let pixels = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
     assert_eq!(pixels(&b), pixels(&again.join("gen-11-k48.png")));
     assert_ne!(pixels(&a), pixels(&b), "different seeds, different images");
+    // Generating into the same folder again keeps what is there: the new image gets a free name.
+    let before = std::fs::read(&a).unwrap();
+    let output = run(&first, "10", "1");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let second = first.join("gen-10-k48-2.png");
+    assert_eq!(stdout(&output).trim(), second.display().to_string());
+    assert_eq!(std::fs::read(&a).unwrap(), before);
+    assert_eq!(
+        pixels(&second),
+        pixels(&a),
+        "same seed and caption, same image"
+    );
 
     let output = run(&dir.path().join("bad"), "1", "0");
     assert_one_line_error(&output, "count");
@@ -975,6 +998,7 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
 #[test]
 fn a_one_budget_dit_generates_its_budget_and_refuses_the_others() {
     use textok_studio::model::dit::{Dit, DitConfig};
+    use textok_studio::model::textok::{TexTok, TexTokConfig};
     let dir = tempfile::tempdir().unwrap();
     let (textok, _) = save_tiny_pair(dir.path());
     let device = cpu();
@@ -1022,6 +1046,47 @@ fn a_one_budget_dit_generates_its_budget_and_refuses_the_others() {
         .collect();
     assert_eq!(errors.len(), 1, "{}", stderr(&output));
     assert!(errors[0].contains("trained to generate 48..=48 tokens, not 40"));
+    // With a TexTok that holds fewer tokens than the DiT makes, loading is refused (the GUI's
+    // budget slider would otherwise get an empty range).
+    let short = dir.path().join("short-textok.safetensors");
+    let mut short_config = TexTokConfig::tiny(true);
+    short_config.max_tokens = 40;
+    let model: TexTok =
+        textok_studio::device::init_module(&device, Some(6), || short_config.init(&device));
+    model
+        .save(&short_config, &short, StoredPrecision::F16)
+        .unwrap();
+    let output = studio(
+        &[
+            "generate",
+            "--caption",
+            "a red apple",
+            "--tokens",
+            "48",
+            "--model",
+            short.to_str().unwrap(),
+            "--dit",
+            dit_path.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--out",
+            dir.path().join("out-short").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert_eq!(
+        error.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{error}"
+    );
+    assert!(error.contains("trained on 48..=48 tokens"), "{error}");
+    assert!(
+        stderr(&output).contains("at most 40 tokens"),
+        "{}",
+        stderr(&output)
+    );
     // A checkpoint from before the field existed generates every budget.
     let mut json: serde_json::Value = serde_json::to_value(&config).unwrap();
     let object = json.as_object_mut().unwrap();

@@ -16,7 +16,7 @@ fn sidecar_folder_loads_and_skips_bad_files_with_reasons() {
     let root = dir.path();
     std::fs::create_dir_all(root.join("sub")).unwrap();
     picture(&root.join("a.png"), 1);
-    std::fs::write(root.join("a.txt"), "  a gradient square \n").unwrap();
+    std::fs::write(root.join("a.txt"), "\u{feff}  a gradient square \n").unwrap();
     picture(&root.join("sub/b.png"), 2);
     std::fs::write(root.join("sub/b.txt"), "another gradient").unwrap();
     picture(&root.join("no-caption.png"), 3);
@@ -88,11 +88,21 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
         r#"this is not json"#,
         "",
     ];
-    std::fs::write(root.join("captions.jsonl"), lines.join("\n")).unwrap();
+    // A byte-order mark first (Notepad) and one line in cp1252 ("café" with 0xE9), CRLF ends.
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend_from_slice(lines.join("\r\n").as_bytes());
+    bytes.extend_from_slice(b"{\"file\": \"one.png\", \"caption\": \"caf\xE9\"}\r\n");
+    std::fs::write(root.join("captions.jsonl"), bytes).unwrap();
     let (entries, skipped) = scan(root).unwrap();
-    assert_eq!(entries.len(), 3);
+    assert_eq!(entries.len(), 3, "{skipped:?}");
+    assert_eq!(entries[0].relative, "dots..png", "the first line is read");
     assert_eq!(entries[2].caption, "the second picture");
-    assert_eq!(skipped.len(), 4, "{skipped:?}");
+    assert_eq!(skipped.len(), 5, "{skipped:?}");
+    let not_utf8 = skipped.last().unwrap();
+    assert_eq!(
+        (not_utf8.relative.as_str(), not_utf8.reason.as_str()),
+        ("captions.jsonl:8", "not UTF-8 text")
+    );
     let dataset = Dataset::load(root, 16, 5, None, &NoProgress, &CancelToken::new()).unwrap();
     assert_eq!(dataset.items.len(), 3);
 }

@@ -153,6 +153,39 @@ fn alpha_is_composited_on_white_and_the_centre_is_cropped() {
 }
 
 #[test]
+fn huge_images_are_shrunk_first_and_come_out_like_small_ones() {
+    // The same picture at two sizes: a wide frame (cropped away) around a centre square of
+    // four coloured quadrants with a transparent top-left one (white after compositing).
+    let picture = |side: u32| {
+        let (width, border) = (side + side / 2, side / 4);
+        let image = RgbaImage::from_fn(width, side, |x, y| {
+            if x < border || x >= border + side {
+                return Rgba([0, 255, 0, 255]);
+            }
+            match ((x - border) * 2 / side, y * 2 / side) {
+                (0, 0) => Rgba([0, 0, 0, 0]),
+                (1, 0) => Rgba([200, 30, 30, 255]),
+                (0, _) => Rgba([30, 30, 200, 255]),
+                _ => Rgba([240, 220, 40, 255]),
+            }
+        });
+        image::DynamicImage::ImageRgba8(image)
+    };
+    let side = imageio::PRESHRINK_ABOVE + 104;
+    let huge = imageio::preprocess(&picture(side), 16);
+    let small = imageio::preprocess(&picture(side / 8), 16);
+    assert_eq!(huge.dimensions(), (16, 16));
+    let worst = huge
+        .pixels()
+        .zip(small.pixels())
+        .flat_map(|(a, b)| a.0.into_iter().zip(b.0).map(|(a, b)| (a - b).abs()))
+        .fold(0.0f32, f32::max);
+    assert!(worst < 0.02, "largest difference {worst}");
+    assert!(huge.get_pixel(3, 3).0.iter().all(|v| *v > 0.99), "white");
+    assert!((huge.get_pixel(12, 3).0[0] - 200.0 / 255.0).abs() < 0.01);
+}
+
+#[test]
 fn tensor_conversion_round_trips_and_pngs_are_written() {
     let image =
         image::Rgb32FImage::from_fn(32, 32, |x, y| Rgb([x as f32 / 31.0, y as f32 / 31.0, 0.5]));

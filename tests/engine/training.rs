@@ -127,6 +127,22 @@ fn loss_decreases_when_overfitting_a_tiny_set() {
 }
 
 #[test]
+fn a_log_that_cannot_be_written_does_not_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let run = dir.path().join("run");
+    // A folder where the log file should be: every append fails (as a locked file would).
+    std::fs::create_dir_all(run.join("log.jsonl")).unwrap();
+    let mut config = tiny_config(&data, 12, true);
+    config.validation_percent = 50;
+    config.eval_every = 5;
+    let outcome = train(&run, &config, false).unwrap();
+    assert_eq!((outcome.step, outcome.finished), (12, true));
+    TexTok::load(&run.join("ema.safetensors"), &cpu()).unwrap();
+}
+
+#[test]
 fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
