@@ -346,6 +346,8 @@ pub struct StudioApp {
     pub settings: settings::SettingsPane,
     shipped: ShippedModels,
     saver: StateSaver,
+    /// Held for the window's life: no other window saves state into this data folder.
+    _data_dir_claim: Option<std::fs::File>,
     token_counter_job: Option<Job<CaptionTokenCounter>>,
     automation: Option<Automation>,
     sidecars_written: Instant,
@@ -361,7 +363,14 @@ impl StudioApp {
             notices.error(problem);
         }
         let mut state = loaded.state;
-        let saver = StateSaver::new(options.data_dir.clone(), &state, loaded.may_save);
+        let (data_dir_claim, may_save) = match state::claim_data_dir(&options.data_dir) {
+            Ok(claim) => (claim, loaded.may_save),
+            Err(problem) => {
+                notices.error(problem);
+                (None, false)
+            }
+        };
+        let saver = StateSaver::new(options.data_dir.clone(), &state, may_save);
         let key = engine_key(&state, &options.shipped);
         let engines = Engines::new(key, notify.clone());
         let text_encoder_dir = options.shipped.text_encoder_dir.clone();
@@ -423,6 +432,7 @@ impl StudioApp {
             settings: Default::default(),
             shipped: options.shipped,
             saver,
+            _data_dir_claim: data_dir_claim,
             token_counter_job,
             automation,
             sidecars_written: Instant::now(),
@@ -498,6 +508,20 @@ impl StudioApp {
         for path in std::mem::take(&mut app.sidecars) {
             if let Some(item) = app.state.library.iter().find(|item| item.path == path) {
                 let sidecar = path.with_extension("txt");
+                // `photo.png` and `photo.jpg` would each overwrite the other's caption.
+                let sharing = app.state.library.iter().find(|other| {
+                    other.path != path && other.path.with_extension("txt") == sidecar
+                });
+                if let Some(other) = sharing {
+                    app.notices.error(format!(
+                        "Not written: {} is the caption file of both {} and {}; rename one of \
+                         them to keep their captions apart",
+                        sidecar.display(),
+                        path.display(),
+                        other.path.display()
+                    ));
+                    continue;
+                }
                 if let Err(error) = crate::files::write_atomic(&sidecar, item.caption.as_bytes()) {
                     app.notices
                         .error(format!("Cannot write {}: {error}", sidecar.display()));

@@ -208,6 +208,43 @@ pub fn load(dir: &Path) -> LoadedState {
     }
 }
 
+/// The file a window locks to claim its data folder.
+pub const LOCK_FILE: &str = "studio.lock";
+
+/// Claims `dir` for this window, so that two windows (say, a second one started by "Open with")
+/// never save over each other's library and gallery. The lock is the operating system's, so it
+/// goes when the process does, even by a crash. `Ok(Some(file))`: hold `file` while saving;
+/// `Ok(None)`: the file system cannot lock, save as before; `Err`: another window holds it.
+pub fn claim_data_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
+    let path = dir.join(LOCK_FILE);
+    let opened = std::fs::create_dir_all(dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+    });
+    let file = match opened {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!("{}: cannot open the lock file: {error}", path.display());
+            return Ok(None);
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "Another TexTok Studio window uses {}: this one will not save its library, gallery \
+             or settings (close the other window, then reopen this one to keep changes)",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(error)) => {
+            tracing::warn!("{}: cannot lock: {error}", path.display());
+            Ok(None)
+        }
+    }
+}
+
 /// Writes `state` to `dir/state.json` atomically.
 pub fn save(dir: &Path, state: &PersistedState) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;

@@ -281,6 +281,44 @@ fn library_caption_edits_show_token_counts_and_survive_a_restart() {
 }
 
 #[test]
+fn a_second_window_on_the_same_data_folder_says_so_and_saves_nothing() {
+    let fixture = fixture();
+    let mut first = harness(fixture.options());
+    first.step();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple")];
+    let mut second = harness(options);
+    second.step();
+    let errors: Vec<String> = second
+        .state()
+        .app
+        .notices
+        .errors()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("Another TexTok Studio window")),
+        "{errors:?}"
+    );
+    assert_eq!(second.state().app.state.library.len(), 1, "it still works");
+    std::thread::sleep(Duration::from_millis(1100));
+    second.step();
+    drop(second);
+    assert!(
+        state::load(&fixture.data_dir()).state.library.is_empty(),
+        "the second window did not save over the first one's state"
+    );
+    assert_eq!(first.state().app.notices.errors().count(), 0);
+    // Once the first window is gone, the folder is free again.
+    drop(first);
+    let mut third = harness(fixture.options());
+    third.step();
+    assert_eq!(third.state().app.notices.errors().count(), 0);
+}
+
+#[test]
 fn sidecar_captions_are_written_when_asked_for() {
     let fixture = fixture();
     let image = fixture.dir.path().join("pear.png");
@@ -306,6 +344,38 @@ fn sidecar_captions_are_written_when_asked_for() {
     assert_eq!(
         std::fs::read_to_string(image.with_extension("txt")).unwrap(),
         "a green pear"
+    );
+
+    // pear.jpg next to pear.png would share pear.txt: neither edit is written, and it says why.
+    let jpeg = fixture.dir.path().join("pear.jpg");
+    image::open(sample("apple"))
+        .unwrap()
+        .to_rgb8()
+        .save(&jpeg)
+        .unwrap();
+    let app = &mut harness.state_mut().app;
+    let report = textok_studio::gui::library::import_paths(
+        &mut app.state.library,
+        std::slice::from_ref(&jpeg),
+    );
+    assert_eq!(report.added, 1);
+    let item = app.state.library.iter_mut().find(|i| i.path == jpeg);
+    item.expect("imported").caption = "a yellow pear".into();
+    app.caption_edited(&jpeg);
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    assert_eq!(
+        std::fs::read_to_string(image.with_extension("txt")).unwrap(),
+        "a green pear"
+    );
+    assert!(
+        harness
+            .state()
+            .app
+            .notices
+            .errors()
+            .any(|e| e.contains("caption file of both")),
+        "the clash is reported"
     );
 }
 
