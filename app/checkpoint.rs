@@ -144,12 +144,19 @@ impl CheckpointFile {
             reason: reason.to_owned(),
         };
         let mut file = std::fs::File::open(path).map_err(read_error)?;
-        let file_len = file.metadata().map_err(read_error)?.len();
+        let metadata = file.metadata().map_err(read_error)?;
+        if metadata.is_dir() {
+            return Err(read_error(std::io::Error::other("a folder, not a file")));
+        }
         let mut prefix = [0u8; 8];
-        file.read_exact(&mut prefix)
-            .map_err(|_| not_safetensors("shorter than a safetensors header"))?;
+        file.read_exact(&mut prefix).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                not_safetensors("shorter than a safetensors header")
+            }
+            _ => read_error(e),
+        })?;
         let header_len = u64::from_le_bytes(prefix);
-        if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+        if header_len > MAX_HEADER_BYTES || header_len + 8 > metadata.len() {
             return Err(not_safetensors(
                 "the header length is past the end of the file",
             ));

@@ -906,8 +906,12 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     for generated in &images {
         let s = &generated.settings;
         let stem = format!("gen-{}-k{}", s.seed, s.tokens);
-        let path = crate::files::unused_path(&args.out, &stem, "png");
-        crate::pipeline::save_generated(generated, &path, &textok_id, &dit_id)?;
+        let path = crate::files::claim_unused_path(&args.out, &stem, "png")
+            .with_context(|| format!("{}: cannot create an image file", args.out.display()))?;
+        if let Err(error) = crate::pipeline::save_generated(generated, &path, &textok_id, &dit_id) {
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
         println!("{}", path.display());
     }
     Ok(())
@@ -1250,7 +1254,7 @@ fn cancel_on_ctrl_c() -> CancelToken {
     cancel
 }
 
-/// `--max-minutes` as a duration: a positive, finite number of minutes.
+/// `--max-minutes` as a duration: a positive number of minutes, at most a year.
 fn time_limit(minutes: Option<f64>) -> anyhow::Result<Option<std::time::Duration>> {
     minutes
         .map(|minutes| {

@@ -45,15 +45,30 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         .collect())
 }
 
-/// `dir/STEM.EXT`, or `dir/STEM-2.EXT`, `-3`, ... : the first name not taken, so a new output
-/// never replaces an earlier one (say, the same seed with another caption).
-pub fn unused_path(dir: &Path, stem: &str, extension: &str) -> std::path::PathBuf {
-    let first = dir.join(format!("{stem}.{extension}"));
-    if !first.exists() {
-        return first;
+/// Claims `dir/STEM.EXT`, or `dir/STEM-2.EXT`, `-3`, ...: the first name not taken, created
+/// empty here so that another writer at the same moment takes the next one. The caller then
+/// writes the file (atomically, replacing the placeholder), or removes it if that fails. So a
+/// new output never replaces an earlier one (say, the same seed with another caption).
+pub fn claim_unused_path(
+    dir: &Path,
+    stem: &str,
+    extension: &str,
+) -> std::io::Result<std::path::PathBuf> {
+    for n in 1u32.. {
+        let name = match n {
+            1 => format!("{stem}.{extension}"),
+            n => format!("{stem}-{n}.{extension}"),
+        };
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => return Ok(path),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
     }
-    (2..)
-        .map(|n| dir.join(format!("{stem}-{n}.{extension}")))
-        .find(|path| !path.exists())
-        .expect("some numbered name is free")
+    Err(std::io::Error::other("every numbered name is taken"))
 }

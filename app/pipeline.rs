@@ -533,8 +533,9 @@ pub fn generate_for_captions(
     Ok(imageio::from_tensor(decoded))
 }
 
-/// Saves a generated image as PNG (atomically) with everything that regenerates it in `tEXt`
-/// chunks: caption, seed, steps, cfg, tokens and both models' identities.
+/// Saves a generated image as PNG (atomically) with everything that regenerates it in text
+/// chunks (`iTXt` for a caption outside Latin-1): caption, seed, steps, cfg, tokens and both
+/// models' identities.
 pub fn save_generated(
     generated: &GeneratedImage,
     path: &Path,

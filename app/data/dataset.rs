@@ -180,6 +180,38 @@ pub fn read_sidecar_caption(image: &Path) -> Result<Option<String>, String> {
     Ok(Some(without_bom(&text).trim().to_owned()))
 }
 
+/// Another image in `image`'s folder whose caption sidecar is the same `NAME.txt` (`photo.jpg`
+/// for `photo.png`; `PHOTO.JPG` too where file names ignore case), so that writing one's
+/// caption would overwrite the other's.
+pub fn sidecar_shared_with(image: &Path) -> Option<PathBuf> {
+    let folder = image.parent()?;
+    let name = image.file_name()?;
+    let stem = image.file_stem()?.to_str()?;
+    let same_stem = |other: &str| {
+        if cfg!(any(windows, target_os = "macos")) {
+            other.eq_ignore_ascii_case(stem)
+        } else {
+            other == stem
+        }
+    };
+    std::fs::read_dir(folder)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|other| {
+            other.file_name() != Some(name)
+                && other
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .is_some_and(same_stem)
+                && other
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                && other.is_file()
+        })
+}
+
 /// `text` without a leading UTF-8 byte-order mark (which `trim` keeps).
 fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)

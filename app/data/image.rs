@@ -148,28 +148,61 @@ fn decode_error(path: &Path, error: image::ImageError) -> ImageLoadError {
     }
 }
 
-/// Above this side `preprocess` first shrinks the centre square to [`PRESHRINK_TO`] in 8 bits:
-/// as f32 RGBA a 16384-pixel image (which the decode limits allow) would take 4 GiB, and its
-/// square another 3 GiB.
+/// Above this side (of the centre square) `preprocess` first shrinks the square to
+/// [`PRESHRINK_TO`] in 8 bits, unless the model wants more pixels than that: as f32 a
+/// 16384-pixel square (which the decode limits allow) would take 4 GiB, and its RGB copy 3 GiB.
 pub const PRESHRINK_ABOVE: u32 = 4096;
 pub const PRESHRINK_TO: u32 = 2048;
+
+/// An image's centre square with its alpha composited on white, in 8 bits, read pixel by pixel:
+/// what `thumbnail` shrinks without a full-size copy. (Averaging RGBA first and compositing
+/// after would darken thin strokes on a transparent background.)
+struct SquareOverWhite<'a> {
+    image: &'a DynamicImage,
+    x0: u32,
+    y0: u32,
+    side: u32,
+}
+
+impl GenericImageView for SquareOverWhite<'_> {
+    type Pixel = Rgb<u8>;
+
+    fn dimensions(&self) -> (u32, u32) {
+        (self.side, self.side)
+    }
+
+    fn get_pixel(&self, x: u32, y: u32) -> Rgb<u8> {
+        let [r, g, b, a] = self.image.get_pixel(self.x0 + x, self.y0 + y).0;
+        let a = u32::from(a);
+        let over_white = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        Rgb([over_white(r), over_white(g), over_white(b)])
+    }
+}
 
 /// Alpha composited on white, largest centred square, resized to `size`x`size`; values in [0, 1].
 pub fn preprocess(image: &DynamicImage, size: u32) -> Rgb32FImage {
     let (width, height) = image.dimensions();
     let side = width.min(height);
-    if side > PRESHRINK_ABOVE && size <= PRESHRINK_TO {
-        let square = image.view((width - side) / 2, (height - side) / 2, side, side);
-        let shrunk = image::imageops::thumbnail(&*square, PRESHRINK_TO, PRESHRINK_TO);
-        return preprocess(&DynamicImage::ImageRgba8(shrunk), size);
-    }
-    let rgba = image.to_rgba32f();
-    let (width, height) = rgba.dimensions();
-    let side = width.min(height);
     let (x0, y0) = ((width - side) / 2, (height - side) / 2);
+    if side > PRESHRINK_ABOVE && size <= PRESHRINK_TO {
+        let square = SquareOverWhite {
+            image,
+            x0,
+            y0,
+            side,
+        };
+        let shrunk = image::imageops::thumbnail(&square, PRESHRINK_TO, PRESHRINK_TO);
+        return preprocess(&DynamicImage::ImageRgb8(shrunk), size);
+    }
+    // Crop before converting: a panorama's f32 copy would be mostly cropped away.
+    let rgba = if width == height {
+        image.to_rgba32f()
+    } else {
+        image.crop_imm(x0, y0, side, side).to_rgba32f()
+    };
     let mut square = Rgb32FImage::new(side, side);
     for (x, y, pixel) in square.enumerate_pixels_mut() {
-        let [r, g, b, a] = rgba.get_pixel(x0 + x, y0 + y).0;
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
         let a = a.clamp(0.0, 1.0);
         let over_white = |c: f32| c.clamp(0.0, 1.0) * a + (1.0 - a);
         *pixel = Rgb([over_white(r), over_white(g), over_white(b)]);

@@ -357,13 +357,19 @@ impl StudioApp {
     pub fn new(cc: &eframe::CreationContext<'_>, options: StartOptions) -> Self {
         let ctx = cc.egui_ctx.clone();
         let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || ctx.request_repaint());
-        let loaded = state::load(&options.data_dir);
         let mut notices = Notices::default();
+        // Claimed before loading: only the window that owns the folder may set a damaged
+        // state file aside.
+        let claim = state::claim_data_dir(&options.data_dir);
+        let loaded = match claim {
+            Ok(_) => state::load(&options.data_dir),
+            Err(_) => state::peek(&options.data_dir),
+        };
         if let Some(problem) = loaded.problem {
             notices.error(problem);
         }
         let mut state = loaded.state;
-        let (data_dir_claim, may_save) = match state::claim_data_dir(&options.data_dir) {
+        let (data_dir_claim, may_save) = match claim {
             Ok(claim) => (claim, loaded.may_save),
             Err(problem) => {
                 notices.error(problem);
@@ -509,16 +515,13 @@ impl StudioApp {
             if let Some(item) = app.state.library.iter().find(|item| item.path == path) {
                 let sidecar = path.with_extension("txt");
                 // `photo.png` and `photo.jpg` would each overwrite the other's caption.
-                let sharing = app.state.library.iter().find(|other| {
-                    other.path != path && other.path.with_extension("txt") == sidecar
-                });
-                if let Some(other) = sharing {
+                if let Some(other) = crate::data::dataset::sidecar_shared_with(&path) {
                     app.notices.error(format!(
                         "Not written: {} is the caption file of both {} and {}; rename one of \
                          them to keep their captions apart",
                         sidecar.display(),
                         path.display(),
-                        other.path.display()
+                        other.display()
                     ));
                     continue;
                 }

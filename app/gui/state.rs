@@ -156,6 +156,16 @@ pub struct LoadedState {
 /// Reads `dir/state.json`. A missing file is a fresh start; a corrupt one is renamed to
 /// `state.json.unreadable-<seconds>` (never overwritten) and the app starts fresh with a message.
 pub fn load(dir: &Path) -> LoadedState {
+    read_state(dir, true)
+}
+
+/// Reads `dir/state.json` like [`load`] but changes nothing on disk (a damaged file stays where
+/// it is): for a window that does not own the folder.
+pub fn peek(dir: &Path) -> LoadedState {
+    read_state(dir, false)
+}
+
+fn read_state(dir: &Path, may_repair: bool) -> LoadedState {
     let path = dir.join(STATE_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
@@ -183,6 +193,14 @@ pub fn load(dir: &Path) -> LoadedState {
             state,
             problem: None,
             may_save: true,
+        },
+        Err(error) if !may_repair => LoadedState {
+            state: PersistedState::default(),
+            problem: Some(format!(
+                "{}: the saved state is damaged ({error}); starting fresh",
+                path.display()
+            )),
+            may_save: false,
         },
         Err(error) => {
             let stamp = std::time::SystemTime::now()

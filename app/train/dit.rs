@@ -310,6 +310,7 @@ pub fn train_dit(
 ) -> anyhow::Result<TrainOutcome> {
     let state_path = run_dir.join("state.safetensors");
     let log_path = run_dir.join("log.jsonl");
+    let _run_claim = super::claim_run_dir(run_dir)?;
     let config = super::resolve_run_config(run_dir, requested, resume)?;
     ensure!(
         config.steps > 0 && config.batch > 0,

@@ -230,6 +230,35 @@ pub trait RunConfig: Clone + PartialEq + serde::Serialize + serde::de::Deseriali
     }
 }
 
+/// Claims `run_dir` for one training at a time (an OS file lock on `train.lock`, released when
+/// the trainer ends, even by a crash): two trainers on one run, say the same fine-tune resumed
+/// in two windows, would write over each other's checkpoints. `None` where the file system
+/// cannot lock. Hold the file for the whole run.
+pub fn claim_run_dir(run_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
+    use anyhow::Context;
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+    let path = run_dir.join("train.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{}: another training is running in this run folder (in this window, another \
+             window or a terminal); wait for it to end or choose another folder",
+            run_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            tracing::warn!("{}: cannot lock: {error}", path.display());
+            Ok(None)
+        }
+    }
+}
+
 /// The settings a run in `run_dir` continues with: `requested` for a new run (refusing a folder
 /// that already holds one), or the stored ones when resuming (refusing changed settings; the
 /// step count may only grow). Writes them to `config.json`.
@@ -337,10 +366,18 @@ pub fn report_step(
 /// for reading along (a spreadsheet may hold it locked on Windows), and stopping the run over it
 /// would lose every step since the last checkpoint.
 pub fn log_event(log: &Path, record: &serde_json::Value) {
+    // Once per log file, not every tenth step.
+    static WARNED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
     if let Err(error) = append_jsonl(log, record) {
-        tracing::warn!(
-            "{}: cannot append to the training log: {error}",
-            log.display()
-        );
+        let mut warned = WARNED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !warned.iter().any(|path| path == log) {
+            warned.push(log.to_owned());
+            tracing::warn!(
+                "{}: cannot append to the training log ({error}); training goes on without it",
+                log.display()
+            );
+        }
     }
 }

@@ -385,8 +385,7 @@ pub fn train_tokenizer(
     let paths = RunPaths {
         dir: run_dir.to_owned(),
     };
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
+    let _run_claim = super::claim_run_dir(run_dir)?;
     let config = super::resolve_run_config(run_dir, requested, resume)?;
     config.check()?;
     let model_config = config.model_config()?;

@@ -72,6 +72,27 @@ fn sidecar_folder_loads_and_skips_bad_files_with_reasons() {
 }
 
 #[test]
+fn images_that_share_a_caption_sidecar_are_found() {
+    use textok_studio::data::dataset::sidecar_shared_with;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    picture(&root.join("photo.png"), 1);
+    std::fs::write(root.join("photo.txt"), "a caption").unwrap();
+    std::fs::write(root.join("photo.md"), "not an image").unwrap();
+    picture(&root.join("photos.png"), 2);
+    assert_eq!(sidecar_shared_with(&root.join("photo.png")), None);
+    std::fs::copy(root.join("photo.png"), root.join("photo.jpg")).unwrap();
+    assert_eq!(
+        sidecar_shared_with(&root.join("photo.png")),
+        Some(root.join("photo.jpg"))
+    );
+    assert_eq!(
+        sidecar_shared_with(&root.join("photo.jpg")),
+        Some(root.join("photo.png"))
+    );
+}
+
+#[test]
 fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();

@@ -4,6 +4,7 @@ use image::{ImageBuffer, Rgb, Rgba, RgbaImage};
 use textok_studio::data::image::{self as imageio, ImageLoadError, MAX_IMAGE_SIDE};
 
 use crate::common::*;
+use crate::memory::peak_bytes;
 
 fn write_png_rgba(path: &Path, image: &RgbaImage) {
     image.save(path).unwrap();
@@ -172,7 +173,11 @@ fn huge_images_are_shrunk_first_and_come_out_like_small_ones() {
         image::DynamicImage::ImageRgba8(image)
     };
     let side = imageio::PRESHRINK_ABOVE + 104;
-    let huge = imageio::preprocess(&picture(side), 16);
+    let huge_picture = picture(side);
+    let (huge, peak) = peak_bytes(|| imageio::preprocess(&huge_picture, 16));
+    // Shrunk to 2048, its f32 copies take 64 + 48 MiB; unshrunk, the 4200-pixel square's
+    // would take 269 + 202 MiB.
+    assert!(peak < 160 << 20, "{} MiB at once", peak >> 20);
     let small = imageio::preprocess(&picture(side / 8), 16);
     assert_eq!(huge.dimensions(), (16, 16));
     let worst = huge
@@ -183,6 +188,36 @@ fn huge_images_are_shrunk_first_and_come_out_like_small_ones() {
     assert!(worst < 0.02, "largest difference {worst}");
     assert!(huge.get_pixel(3, 3).0.iter().all(|v| *v > 0.99), "white");
     assert!((huge.get_pixel(12, 3).0[0] - 200.0 / 255.0).abs() < 0.01);
+
+    // Thin red strokes on transparent black: composited before shrinking they average to pink
+    // (1, 0.5, 0.5); shrunk first, the transparent black would darken them to (0.75, 0.5, 0.5).
+    let strokes = |side: u32| {
+        image::DynamicImage::ImageRgba8(RgbaImage::from_fn(side, side, |x, _| {
+            if x % 2 == 0 {
+                Rgba([255, 0, 0, 255])
+            } else {
+                Rgba([0, 0, 0, 0])
+            }
+        }))
+    };
+    for side in [side, 400] {
+        let image = imageio::preprocess(&strokes(side), 16);
+        let [r, g, b] = image.get_pixel(8, 8).0;
+        assert!(
+            (r - 1.0).abs() < 0.02 && (g - 0.5).abs() < 0.02 && (b - 0.5).abs() < 0.02,
+            "side {side}: {r} {g} {b}"
+        );
+    }
+
+    // A panorama whose square is small enough not to be shrunk is cropped before any f32 copy.
+    let panorama = image::DynamicImage::ImageRgba8(RgbaImage::from_pixel(
+        16384,
+        2048,
+        Rgba([10, 20, 30, 255]),
+    ));
+    let (_, peak) = peak_bytes(|| imageio::preprocess(&panorama, 16));
+    // The f32 copy of the whole frame would be 512 MiB; of its square, 64 MiB.
+    assert!(peak < 200 << 20, "{} MiB at once", peak >> 20);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod diffusion;
 mod effnet;
 mod images;
 mod jobs;
+mod memory;
 mod metrics;
 mod text_encoder;
 mod textok_model;

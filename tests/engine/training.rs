@@ -149,6 +149,13 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     tiny_dataset(&data, 3);
     let encoder = models();
     let run = dir.path().join("run");
+    // While another trainer holds the folder, a second one is refused before it writes.
+    let held = textok_studio::train::claim_run_dir(&run).unwrap();
+    assert!(held.is_some(), "this file system locks");
+    let err = train(&run, &tiny_config(&data, 2, true), false).unwrap_err();
+    assert!(err.to_string().contains("another training"), "{err}");
+    assert!(!run.join("config.json").exists());
+    drop(held);
     train_tokenizer(
         &run,
         &tiny_config(&data, 2, true),
