@@ -92,6 +92,11 @@ fn wgpu_harness(options: StartOptions) -> Harness<'static, StudioApp> {
         .build_eframe(move |cc| StudioApp::new(cc, options))
 }
 
+/// The error notices the app shows.
+fn error_notices(app: &StudioApp) -> Vec<String> {
+    app.app.notices.errors().map(str::to_owned).collect()
+}
+
 /// Steps frames (with real time passing, since jobs run on threads) until `done`.
 fn wait_until(
     harness: &mut Harness<'_, StudioApp>,
@@ -105,13 +110,7 @@ fn wait_until(
         if done(harness.state()) {
             return;
         }
-        let errors: Vec<String> = harness
-            .state()
-            .app
-            .notices
-            .errors()
-            .map(str::to_owned)
-            .collect();
+        let errors = error_notices(harness.state());
         assert!(
             started.elapsed() < timeout,
             "timed out waiting for {what}; errors: {errors:?}"
@@ -289,13 +288,7 @@ fn a_second_window_on_the_same_data_folder_says_so_and_saves_nothing() {
     options.open = vec![sample("apple")];
     let mut second = harness(options);
     second.step();
-    let errors: Vec<String> = second
-        .state()
-        .app
-        .notices
-        .errors()
-        .map(str::to_owned)
-        .collect();
+    let errors = error_notices(second.state());
     assert!(
         errors
             .iter()
