@@ -72,3 +72,33 @@ pub fn claim_unused_path(
     }
     Err(std::io::Error::other("every numbered name is taken"))
 }
+
+/// Another window or process (or another handle in this one) holds the lock.
+#[derive(Debug)]
+pub struct LockBusy;
+
+/// Opens (creating) `path` and takes an exclusive lock of the operating system on it, released
+/// when the returned file is dropped or the process ends, even by a crash. `Ok(None)` where the
+/// file cannot be opened or its file system cannot lock (logged): the caller goes on unguarded.
+pub fn try_lock_file(path: &Path) -> Result<Option<std::fs::File>, LockBusy> {
+    let opened = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path);
+    let file = match opened {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::warn!("{}: cannot open the lock file: {error}", path.display());
+            return Ok(None);
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockBusy),
+        Err(std::fs::TryLockError::Error(error)) => {
+            tracing::warn!("{}: cannot lock: {error}", path.display());
+            Ok(None)
+        }
+    }
+}

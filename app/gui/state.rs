@@ -234,33 +234,17 @@ pub const LOCK_FILE: &str = "studio.lock";
 /// goes when the process does, even by a crash. `Ok(Some(file))`: hold `file` while saving;
 /// `Ok(None)`: the file system cannot lock, save as before; `Err`: another window holds it.
 pub fn claim_data_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
-    let path = dir.join(LOCK_FILE);
-    let opened = std::fs::create_dir_all(dir).and_then(|()| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-    });
-    let file = match opened {
-        Ok(file) => file,
-        Err(error) => {
-            tracing::warn!("{}: cannot open the lock file: {error}", path.display());
-            return Ok(None);
-        }
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+    if let Err(error) = std::fs::create_dir_all(dir) {
+        tracing::warn!("{}: cannot create the data folder: {error}", dir.display());
+        return Ok(None);
+    }
+    crate::files::try_lock_file(&dir.join(LOCK_FILE)).map_err(|crate::files::LockBusy| {
+        format!(
             "Another TexTok Studio window uses {}: this one will not save its library, gallery \
              or settings (close the other window, then reopen this one to keep changes)",
             dir.display()
-        )),
-        Err(std::fs::TryLockError::Error(error)) => {
-            tracing::warn!("{}: cannot lock: {error}", path.display());
-            Ok(None)
-        }
-    }
+        )
+    })
 }
 
 /// Writes `state` to `dir/state.json` atomically.

@@ -238,25 +238,13 @@ pub fn claim_run_dir(run_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
     use anyhow::Context;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
-    let path = run_dir.join("train.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("{}: cannot open", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+    crate::files::try_lock_file(&run_dir.join("train.lock")).map_err(|crate::files::LockBusy| {
+        anyhow::anyhow!(
             "{}: another training is running in this run folder (in this window, another \
              window or a terminal); wait for it to end or choose another folder",
             run_dir.display()
-        ),
-        Err(std::fs::TryLockError::Error(error)) => {
-            tracing::warn!("{}: cannot lock: {error}", path.display());
-            Ok(None)
-        }
-    }
+        )
+    })
 }
 
 /// The settings a run in `run_dir` continues with: `requested` for a new run (refusing a folder
