@@ -1008,7 +1008,8 @@ fn a_one_budget_dit_generates_its_budget_and_refuses_the_others() {
     let dit: Dit = textok_studio::device::init_module(&device, Some(5), || config.init(&device));
     let dit_path = dir.path().join("one-budget.safetensors");
     dit.save(&config, &dit_path, StoredPrecision::F16).unwrap();
-    let run = |tokens: &str| {
+    let run_with = |model: &str, tokens: &str| {
+        let stem = Path::new(model).file_stem().unwrap().to_string_lossy();
         studio(
             &[
                 "generate",
@@ -1023,17 +1024,21 @@ fn a_one_budget_dit_generates_its_budget_and_refuses_the_others() {
                 "--count",
                 "1",
                 "--model",
-                &textok,
+                model,
                 "--dit",
                 dit_path.to_str().unwrap(),
                 "--device",
                 "cpu",
                 "--out",
-                dir.path().join(format!("out-{tokens}")).to_str().unwrap(),
+                dir.path()
+                    .join(format!("out-{stem}-{tokens}"))
+                    .to_str()
+                    .unwrap(),
             ],
             None,
         )
     };
+    let run = |tokens: &str| run_with(&textok, tokens);
     let output = run("48");
     assert!(output.status.success(), "{}", stderr(&output));
     // Refused once the DiT is loaded (its file says what it was trained on), with one error line.
@@ -1056,24 +1061,7 @@ fn a_one_budget_dit_generates_its_budget_and_refuses_the_others() {
     model
         .save(&short_config, &short, StoredPrecision::F16)
         .unwrap();
-    let output = studio(
-        &[
-            "generate",
-            "--caption",
-            "a red apple",
-            "--tokens",
-            "48",
-            "--model",
-            short.to_str().unwrap(),
-            "--dit",
-            dit_path.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--out",
-            dir.path().join("out-short").to_str().unwrap(),
-        ],
-        None,
-    );
+    let output = run_with(short.to_str().unwrap(), "48");
     assert!(!output.status.success());
     let error = stderr(&output);
     assert_eq!(
