@@ -253,6 +253,29 @@ impl CheckpointFile {
             .sum()
     }
 
+    /// Refuses a config that needs more weights than this file stores (`needed`: the
+    /// config's `weight_parameters`), from the header alone, before the model is built: a
+    /// config within its limits can still describe a model of hundreds of GB, and building it
+    /// first would fail by running out of memory instead of with this error.
+    pub fn expect_parameters_for_config(
+        &self,
+        needed: usize,
+        expected: &str,
+    ) -> Result<(), CheckpointError> {
+        let stored = self.parameter_count();
+        if stored >= needed {
+            return Ok(());
+        }
+        Err(CheckpointError::BadConfig {
+            path: self.path.clone(),
+            expected: expected.to_owned(),
+            reason: format!(
+                "it describes a model of at least {needed} parameters, but the file stores \
+                 {stored} (config and weights disagree)"
+            ),
+        })
+    }
+
     /// Validates every stored tensor against `module`'s parameters (names, shapes, dtype,
     /// finiteness) and only then loads them into it.
     pub fn load_into<M: Module + ModuleSnapshot>(&self, module: M) -> Result<M, CheckpointError> {

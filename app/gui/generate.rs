@@ -1,7 +1,7 @@
 //! Generate pane: caption -> DiT -> TexTok detokenizer -> image. Every result is saved as a PNG
 //! with its settings in the data folder the moment it exists, then shown in the gallery.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
@@ -19,8 +19,51 @@ use crate::pipeline::{model_identity, validate_sample_settings};
 /// Where generated images are written.
 pub const GENERATED_DIR: &str = "generated";
 
+/// What a Generate job made: the saved images, and the ones that could not be saved (why).
+pub struct GenerateOutcome {
+    pub entries: Vec<GalleryEntry>,
+    pub unsaved: Vec<String>,
+}
+
+/// Saves a Generate job's images as `{stamp}-seed{S}-k{K}.png` in `out_dir`, each with its
+/// settings and the model identities. One image that cannot be saved does not cost the others:
+/// it is listed with the reason and the rest are saved. The folder is created again first in
+/// case it was removed while the sampler ran.
+pub fn save_generation(
+    images: Vec<crate::pipeline::GeneratedImage>,
+    out_dir: &Path,
+    textok_id: &str,
+    dit_id: &str,
+    stamp: u128,
+) -> GenerateOutcome {
+    let mut entries = Vec::new();
+    let mut unsaved = Vec::new();
+    for generated in images {
+        let s = &generated.settings;
+        let file = out_dir.join(format!("{stamp}-seed{}-k{}.png", s.seed, s.tokens));
+        let saved = std::fs::create_dir_all(out_dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| crate::pipeline::save_generated(&generated, &file, textok_id, dit_id));
+        if let Err(error) = saved {
+            unsaved.push(format!("{}: {error:#}", file.display()));
+            continue;
+        }
+        entries.push(GalleryEntry {
+            file,
+            settings: GenerationSettings {
+                caption: generated.caption.clone(),
+                tokens: s.tokens,
+                steps: s.steps,
+                cfg: s.cfg,
+                seed: s.seed,
+            },
+        });
+    }
+    GenerateOutcome { entries, unsaved }
+}
+
 struct Running {
-    job: Job<Vec<GalleryEntry>>,
+    job: Job<GenerateOutcome>,
     started: Instant,
     count: usize,
 }
@@ -105,24 +148,13 @@ impl GeneratePane {
             let images = crate::pipeline::generate(&engine, &caption, &settings, progress, cancel)?;
             let textok_id = model_identity(&engine.textok.source);
             let dit_id = model_identity(&engine.dit_source);
-            let stamp = now_millis();
-            let mut entries = Vec::new();
-            for generated in images {
-                let s = &generated.settings;
-                let file = out_dir.join(format!("{stamp}-seed{}-k{}.png", s.seed, s.tokens));
-                crate::pipeline::save_generated(&generated, &file, &textok_id, &dit_id)?;
-                entries.push(GalleryEntry {
-                    file,
-                    settings: GenerationSettings {
-                        caption: generated.caption.clone(),
-                        tokens: s.tokens,
-                        steps: s.steps,
-                        cfg: s.cfg,
-                        seed: s.seed,
-                    },
-                });
-            }
-            Ok(entries)
+            Ok(save_generation(
+                images,
+                &out_dir,
+                &textok_id,
+                &dit_id,
+                now_millis(),
+            ))
         });
         self.last_error = None;
         self.running = Some(Running {
@@ -137,9 +169,19 @@ impl GeneratePane {
         let running = self.running.as_mut()?;
         match running.job.poll() {
             JobState::Running(progress) => return Some(progress),
-            JobState::Finished(Ok(entries)) => {
-                for entry in entries.into_iter().rev() {
+            JobState::Finished(Ok(outcome)) => {
+                let total = outcome.entries.len() + outcome.unsaved.len();
+                for entry in outcome.entries.into_iter().rev() {
                     app.state.gallery.insert(0, entry);
+                }
+                if let Some(first) = outcome.unsaved.first() {
+                    let message = format!(
+                        "{} of {total} generated images could not be saved (the others are in \
+                         the gallery): {first}",
+                        outcome.unsaved.len()
+                    );
+                    app.notices.error(message.clone());
+                    self.last_error = Some(message);
                 }
             }
             JobState::Finished(Err(error)) => {

@@ -168,6 +168,26 @@ impl DitConfig {
             ..=self.trained_max_budget.unwrap_or(self.max_tokens)
     }
 
+    /// Parameters in the weight matrices and embeddings this config builds (biases and norms
+    /// left out); see `TexTokConfig::weight_parameters` for why loading checks it first.
+    pub fn weight_parameters(&self) -> usize {
+        let w = self.width;
+        let pooled = if self.has_pooled_caption() {
+            self.text_dim * w
+        } else {
+            0
+        };
+        // Self-attention 4, cross-attention query and output 2, adaLN modulation 6 (w x w).
+        let block = 12 * w * w + 2 * self.text_dim * w + 2 * w * self.mlp_hidden;
+        2 * self.token_dim * w
+            + self.max_tokens * w
+            + self.time_features * w
+            + w * w
+            + pooled
+            + self.depth * block
+            + 2 * w * w
+    }
+
     pub fn init(&self, device: &Device) -> Dit {
         let w = self.width;
         let zero = |i: usize, o: usize| {
@@ -265,6 +285,7 @@ impl Dit {
                 expected: "DiT".into(),
                 reason,
             })?;
+        file.expect_parameters_for_config(config.weight_parameters(), "DiT")?;
         let fresh = crate::device::init_module(device, None, || config.init(device));
         let dit = file.load_into(fresh)?;
         Ok((dit, config))

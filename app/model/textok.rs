@@ -162,6 +162,27 @@ impl TexTokConfig {
         }
     }
 
+    /// Parameters in the weight matrices and embeddings this config builds (biases and norms
+    /// left out): a file holding fewer cannot be this model, and a checkpoint whose config says
+    /// otherwise is refused before the model is allocated (a crafted config of width 8192 and
+    /// 64 layers per half is within [`Self::validate`]'s limits but would need ~300 GB).
+    pub fn weight_parameters(&self) -> usize {
+        let d = self.width;
+        let pixels = self.patch_size * self.patch_size * 3;
+        let block = 4 * d * d + 2 * d * self.mlp_hidden;
+        let text = if self.text_conditioning {
+            2 * self.text_dim * d
+        } else {
+            0
+        };
+        2 * pixels * d
+            + 2 * self.num_patches() * d
+            + 2 * self.max_tokens * d
+            + 2 * self.token_dim * d
+            + text
+            + (self.encoder_layers + self.decoder_layers) * block
+    }
+
     /// Builds a randomly initialised model. Call [`Self::validate`] first on untrusted configs.
     pub fn init(&self, device: &Device) -> TexTok {
         let d = self.width;
@@ -491,6 +512,7 @@ impl TexTok {
                 expected: "TexTok".into(),
                 reason,
             })?;
+        checkpoint.expect_parameters_for_config(config.weight_parameters(), "TexTok")?;
         let fresh = crate::device::init_module(device, None, || config.init(device));
         let model = checkpoint.load_into(fresh)?;
         Ok((model, config))

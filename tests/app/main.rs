@@ -12,10 +12,12 @@ use textok_studio::checkpoint::StoredPrecision;
 use textok_studio::device::DeviceChoice;
 use textok_studio::gui::engines::ShippedModels;
 use textok_studio::gui::finetune::list_runs;
-use textok_studio::gui::generate::GalleryAction;
+use textok_studio::gui::generate::{GalleryAction, save_generation};
 use textok_studio::gui::library::import_paths;
 use textok_studio::gui::state::{self, LibraryItem, PersistedState};
 use textok_studio::gui::{Pane, StartOptions, StudioApp};
+use textok_studio::model::dit::SampleSettings;
+use textok_studio::pipeline::GeneratedImage;
 
 fn repo_path(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -534,6 +536,41 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     app.generate.act(1, GalleryAction::Delete, &mut app.app);
     assert_eq!(app.app.state.gallery.len(), 1);
     assert!(!gallery[1].file.exists());
+}
+
+#[test]
+fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("generated");
+    let image = |seed| GeneratedImage {
+        image: image::Rgb32FImage::from_pixel(8, 8, image::Rgb([0.9, 0.1, 0.1])),
+        caption: "a red apple".into(),
+        settings: SampleSettings {
+            tokens: 32,
+            steps: 3,
+            cfg: 2.0,
+            seed,
+            count: 3,
+        },
+    };
+    // A folder where the second image goes: that one save fails, the other two must not.
+    std::fs::create_dir_all(out.join("7-seed2-k32.png")).unwrap();
+    let outcome = save_generation(vec![image(1), image(2), image(3)], &out, "t", "d", 7);
+    let seeds: Vec<u64> = outcome.entries.iter().map(|e| e.settings.seed).collect();
+    assert_eq!(seeds, [1, 3]);
+    assert!(outcome.entries.iter().all(|e| e.file.is_file()));
+    assert_eq!(outcome.unsaved.len(), 1, "{:?}", outcome.unsaved);
+    assert!(
+        outcome.unsaved[0].contains("7-seed2-k32.png"),
+        "names the file: {}",
+        outcome.unsaved[0]
+    );
+
+    // The folder removed while the sampler ran: made again, nothing lost.
+    std::fs::remove_dir_all(&out).unwrap();
+    let outcome = save_generation(vec![image(4)], &out, "t", "d", 8);
+    assert!(outcome.unsaved.is_empty(), "{:?}", outcome.unsaved);
+    assert!(out.join("8-seed4-k32.png").is_file());
 }
 
 #[test]

@@ -1,12 +1,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use burn::module::Module;
 use burn::store::ModuleSnapshot;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use textok_studio::checkpoint::{CheckpointError, StoredPrecision};
-use textok_studio::model::textok::TexTok;
+use textok_studio::model::dit::DitConfig;
+use textok_studio::model::textok::{TexTok, TexTokConfig};
 
 use crate::common::*;
+use crate::memory::peak_bytes;
 
 struct Stored {
     name: String,
@@ -205,14 +208,69 @@ fn non_finite_values_are_refused() {
 fn config_that_disagrees_with_the_weights_is_refused() {
     let (err, message) = load_error_after(|_, metadata| {
         let mut config: serde_json::Value = serde_json::from_str(&metadata["config"]).unwrap();
-        config["width"] = 64.into();
-        config["mlp_hidden"] = 128.into();
+        // Narrower than the stored weights (a wider config is refused earlier, below).
+        config["width"] = 16.into();
+        config["mlp_hidden"] = 32.into();
         metadata.insert("config".into(), config.to_string());
     });
     assert!(
         matches!(err, CheckpointError::WrongShape { .. }),
         "{message}"
     );
+}
+
+#[test]
+fn a_config_larger_than_its_weights_is_refused_before_the_model_is_built() {
+    // 201 M parameters (805 MB of f32) in a file holding the tiny model's 0.03 M: within the
+    // config limits, so without the check the model is allocated and filled first and only
+    // its first tensor's shape then disagrees.
+    let ((err, message), peak) = peak_bytes(|| {
+        load_error_after(|_, metadata| {
+            let mut config: serde_json::Value = serde_json::from_str(&metadata["config"]).unwrap();
+            config["width"] = 1024.into();
+            config["heads"] = 8.into();
+            config["mlp_hidden"] = 4096.into();
+            config["encoder_layers"] = 8.into();
+            config["decoder_layers"] = 8.into();
+            metadata.insert("config".into(), config.to_string());
+        })
+    });
+    assert!(
+        matches!(err, CheckpointError::BadConfig { .. }),
+        "{message}"
+    );
+    assert!(message.contains("config and weights disagree"), "{message}");
+    assert!(
+        peak < 64 << 20,
+        "refused after allocating {} MiB",
+        peak >> 20
+    );
+}
+
+#[test]
+fn weight_parameter_counts_track_the_models() {
+    // The load check above relies on `weight_parameters` never exceeding what a model really
+    // has; counting only matrices and embeddings, it should also be most of it.
+    let within = |counted: usize, actual: usize, what: &str| {
+        assert!(
+            counted <= actual && counted * 100 >= actual * 95,
+            "{what}: counted {counted}, the model has {actual}"
+        );
+    };
+    for text in [true, false] {
+        for config in [TexTokConfig::tiny(text), TexTokConfig::small(text)] {
+            let actual = config.init(&cpu()).num_params();
+            within(config.weight_parameters(), actual, &format!("{config:?}"));
+        }
+    }
+    for config in [
+        DitConfig::tiny(),
+        DitConfig::small(),
+        DitConfig::small().with_pooled_caption(Some(true)),
+    ] {
+        let actual = config.init(&cpu()).num_params();
+        within(config.weight_parameters(), actual, &format!("{config:?}"));
+    }
 }
 
 #[test]
