@@ -264,7 +264,12 @@ impl GeneratePane {
             .show(ui, |ui| {
                 let label = ui.label("Tokens");
                 ui.add(egui::Slider::new(&mut form.tokens, budgets))
-                    .labelled_by(label.id);
+                    .labelled_by(label.id)
+                    .on_hover_text(
+                        "Tokens the generator samples. With the shipped models, 96 or more give \
+                         every 16-pixel patch its own token: the lower rows come out whole, and \
+                         the generations score better (model card). 64 is the paper's budget.",
+                    );
                 ui.end_row();
                 let label = ui.label("Steps");
                 ui.add(egui::DragValue::new(&mut form.steps).range(1..=1000))
