@@ -170,15 +170,20 @@ impl GeneratePane {
         match running.job.poll() {
             JobState::Running(progress) => return Some(progress),
             JobState::Finished(Ok(outcome)) => {
-                let total = outcome.entries.len() + outcome.unsaved.len();
+                let saved = outcome.entries.len();
                 for entry in outcome.entries.into_iter().rev() {
                     app.state.gallery.insert(0, entry);
                 }
                 if let Some(first) = outcome.unsaved.first() {
+                    let others = if saved > 0 {
+                        " (the others are in the gallery)"
+                    } else {
+                        ""
+                    };
                     let message = format!(
-                        "{} of {total} generated images could not be saved (the others are in \
-                         the gallery): {first}",
-                        outcome.unsaved.len()
+                        "{} of {} generated images could not be saved{others}: {first}",
+                        outcome.unsaved.len(),
+                        saved + outcome.unsaved.len()
                     );
                     app.notices.error(message.clone());
                     self.last_error = Some(message);
