@@ -28,17 +28,19 @@ pub enum StoredPrecision {
     F32,
 }
 
+/// I/O failures keep their error in a field named `cause`, not `source`: the message already shows
+/// it, and a `source` would be printed a second time by `{:#}` (the CLI's and the GUI's format).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: cannot read checkpoint: {source}")]
+    #[error("{path}: cannot read checkpoint: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("{path}: cannot write checkpoint: {source}")]
+    #[error("{path}: cannot write checkpoint: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: not a valid safetensors file ({reason})")]
     NotSafetensors { path: PathBuf, reason: String },
@@ -115,9 +117,9 @@ impl CheckpointFile {
                 key: KIND_KEY,
             });
         }
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Read {
+        let bytes = std::fs::read(path).map_err(|cause| CheckpointError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         // `deserialize` checks the header, every offset and the total length, so a truncated
         // or foreign file fails here instead of later inside a tensor.
@@ -135,9 +137,9 @@ impl CheckpointFile {
     /// The metadata of a safetensors file, read from its header alone.
     fn header_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
         use std::io::Read;
-        let read_error = |source| CheckpointError::Read {
+        let read_error = |cause| CheckpointError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         };
         let not_safetensors = |reason: &str| CheckpointError::NotSafetensors {
             path: path.to_owned(),
@@ -480,7 +482,7 @@ pub fn save_module<M: Module + ModuleSnapshot, C: Serialize>(
 ) -> Result<(), CheckpointError> {
     let tensors = module_to_host(module).map_err(|e| CheckpointError::Write {
         path: path.to_owned(),
-        source: std::io::Error::other(e),
+        cause: std::io::Error::other(e),
     })?;
     save_host_tensors(&tensors, path, kind, config, precision, HashMap::new())
 }
@@ -499,12 +501,12 @@ pub fn save_host_tensors<C: Serialize>(
         serialize_host_tensors(tensors, kind, config, precision, extra, &[]).map_err(|e| {
             CheckpointError::Write {
                 path: path.to_owned(),
-                source: std::io::Error::other(e),
+                cause: std::io::Error::other(e),
             }
         })?;
-    crate::files::write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
+    crate::files::write_atomic(path, &bytes).map_err(|cause| CheckpointError::Write {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }
 

@@ -61,12 +61,14 @@ pub fn split_of(relative: &str, validation_percent: u32) -> Split {
     }
 }
 
+/// I/O failures keep their error in a field named `cause`, not `source`: the message already shows
+/// it, and a `source` would be printed a second time by `{:#}` (the CLI's and the GUI's format).
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    #[error("{path}: cannot read dataset folder: {source}")]
+    #[error("{path}: cannot read dataset folder: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: no usable captioned images found ({skipped} files skipped)")]
     Empty { path: PathBuf, skipped: usize },
@@ -82,9 +84,9 @@ struct JsonlRecord {
 
 /// Lists the captioned images of a dataset folder (no decoding). Entries are sorted by path.
 pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), DatasetError> {
-    let read_error = |source| DatasetError::Read {
+    let read_error = |cause| DatasetError::Read {
         path: root.to_owned(),
-        source,
+        cause,
     };
     let mut skipped = Vec::new();
     let jsonl = root.join(CAPTIONS_JSONL);

@@ -21,12 +21,14 @@ pub const MAX_DECODE_BYTES: u64 = 1 << 30;
 /// Smallest width or height accepted: below this there is nothing to tokenize.
 pub const MIN_IMAGE_SIDE: u32 = 8;
 
+/// I/O failures keep their error in a field named `cause`, not `source`: the message already shows
+/// it, and a `source` would be printed a second time by `{:#}` (the CLI's and the GUI's format).
 #[derive(Debug, thiserror::Error)]
 pub enum ImageLoadError {
-    #[error("{path}: cannot open image: {source}")]
+    #[error("{path}: cannot open image: {cause}")]
     Open {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{path}: the file is empty")]
     Empty { path: PathBuf },
@@ -58,10 +60,10 @@ pub enum ImageLoadError {
 pub enum ImageSaveError {
     #[error("{path}: cannot encode PNG: {reason}")]
     Encode { path: PathBuf, reason: String },
-    #[error("{path}: cannot write image: {source}")]
+    #[error("{path}: cannot write image: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -69,14 +71,14 @@ pub enum ImageSaveError {
 pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageLoadError> {
     let p = || path.to_owned();
     let metadata =
-        std::fs::metadata(path).map_err(|source| ImageLoadError::Open { path: p(), source })?;
+        std::fs::metadata(path).map_err(|cause| ImageLoadError::Open { path: p(), cause })?;
     if metadata.len() == 0 {
         return Err(ImageLoadError::Empty { path: p() });
     }
     let open = || -> Result<ImageReader<_>, ImageLoadError> {
         let reader = ImageReader::open(path)
             .and_then(|r| r.with_guessed_format())
-            .map_err(|source| ImageLoadError::Open { path: p(), source })?;
+            .map_err(|cause| ImageLoadError::Open { path: p(), cause })?;
         match reader.format() {
             None => Err(ImageLoadError::UnknownFormat { path: p() }),
             // Every supported format but TGA starts with a signature; a file whose content
@@ -309,8 +311,8 @@ pub fn save_png(
                 reason: e.to_string(),
             })?;
     }
-    crate::files::write_atomic(path, &bytes).map_err(|source| ImageSaveError::Write {
+    crate::files::write_atomic(path, &bytes).map_err(|cause| ImageSaveError::Write {
         path: path.to_owned(),
-        source,
+        cause,
     })
 }

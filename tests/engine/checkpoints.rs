@@ -382,3 +382,17 @@ fn saving_is_atomic_and_leaves_no_temp_files() {
         .unwrap_err();
     assert!(err.to_string().contains("x.safetensors"), "{err}");
 }
+
+#[test]
+fn a_missing_file_names_the_path_and_the_os_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gone.safetensors");
+    let err = TexTok::load(&path, &cpu()).unwrap_err();
+    assert!(matches!(err, CheckpointError::Read { .. }), "{err}");
+    // The CLI and the GUI print errors as anyhow's `{:#}`, which appends every `source()`:
+    // the OS's reason must appear once, not repeated after the message that already holds it.
+    let printed = format!("{:#}", anyhow::Error::new(err));
+    assert!(printed.contains("gone.safetensors"), "{printed}");
+    let os_reason = std::fs::read(&path).unwrap_err().to_string();
+    assert_eq!(printed.matches(&os_reason).count(), 1, "{printed}");
+}
