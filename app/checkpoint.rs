@@ -69,7 +69,7 @@ pub enum CheckpointError {
         found: Vec<usize>,
         expected: Vec<usize>,
     },
-    #[error("{path}: tensor `{tensor}` is stored as {found}; only F16 and F32 are supported")]
+    #[error("{path}: tensor `{tensor}` is stored as {found}; only F16, BF16 and F32 are supported")]
     WrongDtype {
         path: PathBuf,
         tensor: String,
@@ -77,12 +77,8 @@ pub enum CheckpointError {
     },
     #[error("{path}: tensor `{tensor}` contains NaN or infinite values")]
     NonFinite { path: PathBuf, tensor: String },
-    #[error("{path}: tensor `{tensor}` could not be applied to the model: {reason}")]
-    Apply {
-        path: PathBuf,
-        tensor: String,
-        reason: String,
-    },
+    #[error("{path}: the tensors could not be applied to the model: {reason}")]
+    Apply { path: PathBuf, reason: String },
 }
 
 /// A checkpoint file read into memory and checked to be well-formed safetensors.
@@ -285,7 +281,6 @@ impl CheckpointFile {
         let tensors = self.validated_tensors(&expected, "", &[])?;
         host_to_module(module, tensors).map_err(|reason| CheckpointError::Apply {
             path: self.path.clone(),
-            tensor: "(see reason)".into(),
             reason,
         })
     }

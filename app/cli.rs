@@ -750,6 +750,8 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(baseline) = &engine.baseline {
         eprintln!("Baseline: {}", baseline.source);
     }
+    // A checkpoint may hold fewer than 256 tokens: check again against what was loaded.
+    pipeline::validate_budgets(&args.tokens, engine.max_tokens())?;
     let effnet = crate::model::effnet::EfficientNet::load(
         &crate::paths::effnet_checkpoint(),
         &engine.device.device,

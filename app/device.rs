@@ -55,7 +55,7 @@ pub struct SelectedDevice {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("no GPU adapter was found (wgpu saw none); use --device cpu")]
+    #[error("no GPU adapter was found (wgpu saw none); choose the CPU device (--device cpu)")]
     NoGpu,
 }
 

@@ -147,7 +147,10 @@ impl<T: Send + 'static> Job<T> {
     pub fn poll(&mut self) -> JobState<T> {
         let mut shared = lock(&self.shared);
         let state = match shared.outcome.take() {
-            Some(Err(error)) if error.is::<Cancelled>() => JobState::Cancelled,
+            // Anywhere in the chain: a step may wrap the cancellation in its own error.
+            Some(Err(error)) if error.chain().any(|cause| cause.is::<Cancelled>()) => {
+                JobState::Cancelled
+            }
             Some(outcome) => JobState::Finished(outcome),
             None if self.taken => return JobState::Collected,
             None => return JobState::Running(shared.progress.clone()),

@@ -194,6 +194,13 @@ impl ReconstructEngine {
     pub fn image_size(&self) -> u32 {
         self.textok.config.image_size as u32
     }
+
+    /// The largest budget every loaded tokenizer can decode.
+    pub fn max_tokens(&self) -> usize {
+        let baseline = self.baseline.as_ref().map(|b| b.config.max_tokens);
+        let textok = self.textok.config.max_tokens;
+        baseline.map_or(textok, |baseline| baseline.min(textok))
+    }
 }
 
 /// Which tokenizer produced a reconstruction.
@@ -258,11 +265,7 @@ pub fn reconstruct(
         original.width(),
         original.height()
     );
-    let mut max_tokens = engine.textok.config.max_tokens;
-    if let Some(baseline) = &engine.baseline {
-        max_tokens = max_tokens.min(baseline.config.max_tokens);
-    }
-    validate_budgets(budgets, max_tokens)?;
+    validate_budgets(budgets, engine.max_tokens())?;
 
     let device = &engine.device.device;
     let models: Vec<(Tokenizer, &LoadedTokenizer)> =

@@ -70,10 +70,39 @@ pub enum DatasetError {
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("{path}: no usable captioned images found ({skipped} files skipped)")]
-    Empty { path: PathBuf, skipped: usize },
-    #[error(transparent)]
+    #[error(
+        "{path}: no usable captioned images found ({skipped} files skipped{})",
+        first_reasons_suffix(first_reasons)
+    )]
+    Empty {
+        path: PathBuf,
+        skipped: usize,
+        /// `file: reason` of the first few skipped files, so the error says what was wrong.
+        first_reasons: Vec<String>,
+    },
+    /// Not transparent: the job runner finds the [`Cancelled`] among the error's sources.
+    #[error("loading the dataset was cancelled")]
     Cancelled(#[from] Cancelled),
+}
+
+/// `error`'s message without its leading `path: `, for reports that name the file already.
+pub fn reason_without_path(error: &dyn std::fmt::Display, path: &Path) -> String {
+    let message = error.to_string();
+    match message.strip_prefix(&format!("{}: ", path.display())) {
+        Some(reason) => reason.to_owned(),
+        None => message,
+    }
+}
+
+/// How many skip reasons a [`DatasetError::Empty`] quotes.
+const QUOTED_REASONS: usize = 3;
+
+fn first_reasons_suffix(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", reasons.join("; "))
+    }
 }
 
 #[derive(Deserialize)]
@@ -309,7 +338,7 @@ impl Dataset {
                     Err(error) => {
                         skipped.push(SkippedFile {
                             relative: entry.relative,
-                            reason: error.to_string(),
+                            reason: reason_without_path(&error, &path),
                         });
                         continue;
                     }
@@ -339,6 +368,11 @@ impl Dataset {
             return Err(DatasetError::Empty {
                 path: root.to_owned(),
                 skipped: skipped.len(),
+                first_reasons: skipped
+                    .iter()
+                    .take(QUOTED_REASONS)
+                    .map(|file| format!("{}: {}", file.relative, file.reason))
+                    .collect(),
             });
         }
         Ok(Self {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use eframe::egui;
 use egui_plot::{Line, Plot};
 use image::Rgb32FImage;
@@ -167,7 +168,7 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
 /// Copies the Library's captioned images into `dir` with a `captions.jsonl`, so the run keeps
 /// its data even if the originals move. Returns how many images were written.
 pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut lines = String::new();
     let mut written = 0;
     for (index, item) in items.iter().enumerate() {
@@ -180,7 +181,10 @@ pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow
             .and_then(|e| e.to_str())
             .unwrap_or("png");
         let name = format!("{index:05}.{extension}");
-        std::fs::copy(&item.path, dir.join(&name))?;
+        let copy = dir.join(&name);
+        std::fs::copy(&item.path, &copy).with_context(|| {
+            format!("cannot copy {} to {}", item.path.display(), copy.display())
+        })?;
         lines.push_str(&serde_json::to_string(
             &serde_json::json!({"file": name, "caption": item.caption.trim()}),
         )?);
@@ -191,10 +195,9 @@ pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow
         written > 0,
         "the Library has no captioned images to train on; add images and write their captions first"
     );
-    crate::files::write_atomic(
-        &dir.join(crate::data::dataset::CAPTIONS_JSONL),
-        lines.as_bytes(),
-    )?;
+    let captions = dir.join(crate::data::dataset::CAPTIONS_JSONL);
+    crate::files::write_atomic(&captions, lines.as_bytes())
+        .with_context(|| format!("{}: cannot write", captions.display()))?;
     Ok(written)
 }
 
@@ -306,7 +309,9 @@ impl FineTunePane {
         let device_choice = key.device;
         let (run, target, config_json) = match resume {
             Some(info) => {
-                let config = std::fs::read(info.dir.join("config.json"))?;
+                let path = info.dir.join("config.json");
+                let config = std::fs::read(&path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
                 (info.dir, info.target, Some(config))
             }
             None => {
@@ -362,7 +367,11 @@ impl FineTunePane {
                 match target {
                     Target::Tokenizer => {
                         let config = match config_json {
-                            Some(bytes) => serde_json::from_slice::<TokenizerTrainConfig>(&bytes)?,
+                            Some(bytes) => serde_json::from_slice::<TokenizerTrainConfig>(&bytes)
+                                .with_context(|| {
+                                let path = job_run.join("config.json");
+                                format!("{}: not a valid run config", path.display())
+                            })?,
                             None => {
                                 let mut config = TokenizerTrainConfig::new(
                                     data, "small", true, form.steps, form.batch,
@@ -382,7 +391,11 @@ impl FineTunePane {
                     }
                     Target::Dit => {
                         let config = match config_json {
-                            Some(bytes) => serde_json::from_slice::<DitTrainConfig>(&bytes)?,
+                            Some(bytes) => serde_json::from_slice::<DitTrainConfig>(&bytes)
+                                .with_context(|| {
+                                    let path = job_run.join("config.json");
+                                    format!("{}: not a valid run config", path.display())
+                                })?,
                             None => {
                                 anyhow::ensure!(
                                     textok.is_file(),
@@ -427,6 +440,9 @@ impl FineTunePane {
         };
         let state = running.job.poll();
         let run = running.run.display().to_string();
+        // A cancel before the first checkpoint (while captions or latents are encoded) leaves
+        // nothing to resume from.
+        let resumable = running.run.join("state.safetensors").is_file();
         match state {
             JobState::Running(_) => return,
             JobState::Finished(Ok(outcome)) if outcome.finished => {
@@ -444,9 +460,12 @@ impl FineTunePane {
             JobState::Finished(Err(error)) => {
                 app.notices.error(format!("Fine-tuning failed: {error:#}"))
             }
-            JobState::Cancelled => app
+            JobState::Cancelled if resumable => app
                 .notices
                 .info("Fine-tuning stopped; Resume continues it."),
+            JobState::Cancelled => app.notices.info(
+                "Fine-tuning stopped before its first checkpoint; there is nothing to resume.",
+            ),
             JobState::Collected => {}
         }
         self.running = None;

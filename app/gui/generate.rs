@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
+use anyhow::Context;
 use eframe::egui;
 
 use super::AppContext;
@@ -42,10 +43,11 @@ pub fn save_generation(
         let s = &generated.settings;
         let file = out_dir.join(format!("{stamp}-seed{}-k{}.png", s.seed, s.tokens));
         let saved = std::fs::create_dir_all(out_dir)
-            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{}: cannot create the folder", out_dir.display()))
             .and_then(|()| crate::pipeline::save_generated(&generated, &file, textok_id, dit_id));
         if let Err(error) = saved {
-            unsaved.push(format!("{}: {error:#}", file.display()));
+            // Both errors name their path already.
+            unsaved.push(format!("{error:#}"));
             continue;
         }
         entries.push(GalleryEntry {
@@ -144,7 +146,8 @@ impl GeneratePane {
         let caption = form.caption.clone();
         let count = settings.count;
         let job = Job::spawn("generate", app.notify.clone(), move |progress, cancel| {
-            std::fs::create_dir_all(&out_dir)?;
+            std::fs::create_dir_all(&out_dir)
+                .with_context(|| format!("{}: cannot create the folder", out_dir.display()))?;
             let images = crate::pipeline::generate(&engine, &caption, &settings, progress, cancel)?;
             let textok_id = model_identity(&engine.textok.source);
             let dit_id = model_identity(&engine.dit_source);
@@ -208,12 +211,14 @@ impl GeneratePane {
         {
             if let Some(target) = picked.first() {
                 let result = std::fs::read(source)
-                    .and_then(|bytes| crate::files::write_atomic(target, &bytes));
+                    .with_context(|| format!("cannot read {}", source.display()))
+                    .and_then(|bytes| {
+                        crate::files::write_atomic(target, &bytes)
+                            .with_context(|| format!("cannot write {}", target.display()))
+                    });
                 match result {
                     Ok(()) => app.notices.info(format!("Saved {}", target.display())),
-                    Err(error) => app
-                        .notices
-                        .error(format!("Cannot save {}: {error}", target.display())),
+                    Err(error) => app.notices.error(format!("Cannot save: {error:#}")),
                 }
             }
             self.save_dialog = None;

@@ -83,7 +83,10 @@ pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> Import
                         }
                     }
                 }
-                Err(error) => report.skipped.push((path, error.to_string())),
+                Err(error) => {
+                    let reason = dataset::reason_without_path(&error, &path);
+                    report.skipped.push((path, reason));
+                }
             }
         } else if !path.is_file() {
             report.skipped.push((path, "no such file".into()));

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceChoice;
@@ -249,9 +250,11 @@ pub fn claim_data_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
 
 /// Writes `state` to `dir/state.json` atomically.
 pub fn save(dir: &Path, state: &PersistedState) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let json = serde_json::to_vec_pretty(state)?;
-    crate::files::write_atomic(&dir.join(STATE_FILE), &json)?;
+    let path = dir.join(STATE_FILE);
+    crate::files::write_atomic(&path, &json)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
 

@@ -64,6 +64,10 @@ pub fn evaluate_models(
         "FD-EffNet needs at least 2 images, got {}",
         items.len()
     );
+    for named in models {
+        crate::pipeline::validate_budgets(budgets, named.model.max_tokens)
+            .map_err(|error| anyhow::anyhow!("{}: {error}", named.name))?;
+    }
     let total = items.len().div_ceil(BATCH) * (1 + models.len());
     let mut done = 0;
     let mut step = |message: &str| {

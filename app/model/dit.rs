@@ -81,6 +81,9 @@ impl DitConfig {
         Self::new(1152, 28, 16, 4608)
     }
 
+    /// The names [`Self::preset`] knows.
+    pub const PRESETS: [&'static str; 4] = ["tiny", "small", "dit-l", "dit-xl"];
+
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "tiny" => Some(Self::tiny()),

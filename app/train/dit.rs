@@ -163,29 +163,37 @@ impl LatentCache {
         run_dir.join("latents.bin")
     }
 
-    /// Reads the cache if it was made by the same tokenizer (same file hash) for these images.
-    fn read(path: &Path, tokenizer_hash: &str, items: &[&DatasetItem]) -> Option<Self> {
+    /// Reads the cache if it was made by the same tokenizer (same file hash) for these images,
+    /// with `tokens x dim` latents each. Anything else (an older or damaged file) reads as no
+    /// cache, and the latents are encoded again.
+    fn read(
+        path: &Path,
+        tokenizer_hash: &str,
+        (tokens, dim): (usize, usize),
+        items: &[&DatasetItem],
+    ) -> Option<Self> {
         let bytes = std::fs::read(path).ok()?;
-        let header_len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
-        let header: serde_json::Value =
-            serde_json::from_slice(bytes.get(8..8 + header_len)?).ok()?;
-        if header["tokenizer_sha256"] != tokenizer_hash {
+        let header_len =
+            usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+        let mut at = header_len.checked_add(8)?;
+        let header: serde_json::Value = serde_json::from_slice(bytes.get(8..at)?).ok()?;
+        let stored_shape = (header["tokens"].as_u64()?, header["dim"].as_u64()?);
+        if header["tokenizer_sha256"] != tokenizer_hash
+            || stored_shape != (tokens as u64, dim as u64)
+        {
             return None;
         }
-        let (tokens, dim) = (
-            header["tokens"].as_u64()? as usize,
-            header["dim"].as_u64()? as usize,
-        );
+        let row_bytes = tokens.checked_mul(dim)?.checked_mul(4)?;
         let paths: Vec<String> = serde_json::from_value(header["paths"].clone()).ok()?;
-        let mut at = 8 + header_len;
         let mut by_path = HashMap::new();
         for path in paths {
+            let end = at.checked_add(row_bytes)?;
             let values = bytes
-                .get(at..at + tokens * dim * 4)?
+                .get(at..end)?
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            at += tokens * dim * 4;
+            at = end;
             by_path.insert(path, values);
         }
         items
@@ -324,6 +332,13 @@ pub fn train_dit(
         (0.0..1.0).contains(&config.caption_dropout),
         "caption dropout must be in [0, 1)"
     );
+    // Checked before the minutes of loading below; a run from a checkpoint takes its shape.
+    ensure!(
+        config.init_from.is_some() || DitConfig::preset(&config.preset).is_some(),
+        "unknown DiT preset `{}`; choose one of {:?}",
+        config.preset,
+        DitConfig::PRESETS
+    );
 
     let (tokenizer, tokenizer_config) = TexTok::load(&config.tokenizer, device)?;
     let slot_cells = tokenizer.slot_cells();
@@ -339,7 +354,8 @@ pub fn train_dit(
         "budgets must satisfy 32 <= min <= max <= {}",
         tokenizer_config.max_tokens
     );
-    let tokenizer_hash = crate::files::sha256_file(&config.tokenizer)?;
+    let tokenizer_hash = crate::files::sha256_file(&config.tokenizer)
+        .with_context(|| format!("{}: cannot read", config.tokenizer.display()))?;
     let size = tokenizer_config.image_size as u32;
     let dataset = super::load_training_data(&config.data, size, config.validation_percent, cancel)?;
     let train: Vec<&DatasetItem> = dataset.split(Split::Train);
@@ -394,13 +410,17 @@ pub fn train_dit(
     let captions = CaptionStore::build(&encoder, &train, cancel)?;
     let null_caption = CaptionStore::encode_one(&encoder, "")?;
 
-    let latents = match LatentCache::read(&LatentCache::path(run_dir), &tokenizer_hash, &train) {
+    let cache_path = LatentCache::path(run_dir);
+    let latent_shape = (tokenizer_config.max_tokens, tokenizer_config.token_dim);
+    let latents = match LatentCache::read(&cache_path, &tokenizer_hash, latent_shape, &train) {
         Some(cache) => cache,
         None => {
             observer.on_message("encoding the latents once");
             let cache =
                 LatentCache::encode(&tokenizer, &train, &captions, device, cancel, observer)?;
-            cache.write(&LatentCache::path(run_dir), &tokenizer_hash)?;
+            cache
+                .write(&cache_path, &tokenizer_hash)
+                .with_context(|| format!("{}: cannot write the latents", cache_path.display()))?;
             cache
         }
     };

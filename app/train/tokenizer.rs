@@ -389,6 +389,15 @@ pub fn train_tokenizer(
     let config = super::resolve_run_config(run_dir, requested, resume)?;
     config.check()?;
     let model_config = config.model_config()?;
+    // A checkpoint to start from may hold fewer than the default 256 tokens: train the
+    // budgets it has.
+    let max_budget = config.max_budget.min(model_config.max_tokens);
+    ensure!(
+        config.min_budget <= max_budget,
+        "the smallest budget, {}, is more than the model's {} tokens",
+        config.min_budget,
+        model_config.max_tokens
+    );
 
     // Data.
     let size = model_config.image_size as u32;
@@ -527,7 +536,7 @@ pub fn train_tokenizer(
             break;
         }
         let step = progress.step;
-        let budget = progress.rng.range(config.min_budget, config.max_budget);
+        let budget = progress.rng.range(config.min_budget, max_budget);
         let batch: Vec<&DatasetItem> = (0..config.batch)
             .map(|_| train[progress.rng.range(0, train.len() - 1)])
             .collect();
@@ -840,7 +849,7 @@ impl CaptionStore {
 /// One caption's embedding on the host: (real tokens, token-major values).
 pub type CaptionRow = (usize, Vec<f32>);
 
-/// Mean PSNR of `model` over `items` at each of [`EVAL_BUDGETS`].
+/// Mean PSNR of `model` over `items` at each of [`EVAL_BUDGETS`] the model holds.
 pub fn evaluate(
     model: &TexTok,
     items: &[&DatasetItem],
@@ -848,28 +857,32 @@ pub fn evaluate(
     step: usize,
     device: &Device,
 ) -> EvalReport {
-    let mut sums = vec![0.0f64; EVAL_BUDGETS.len()];
+    let budgets: Vec<usize> = EVAL_BUDGETS
+        .into_iter()
+        .filter(|&budget| budget <= model.max_tokens)
+        .collect();
+    let mut sums = vec![0.0f64; budgets.len()];
     let mut samples = Vec::new();
     for chunk in items.chunks(16) {
         let images = pixels_to_tensor(chunk, device);
         let text = captions.map(|store| store.batch(chunk, device));
         let tokens = model.encode(images, text.as_ref());
         let originals: Vec<_> = chunk.iter().map(|item| item.image()).collect();
-        for (b, &budget) in EVAL_BUDGETS.iter().enumerate() {
+        for (b, &budget) in budgets.iter().enumerate() {
             let decoded = model.decode(tokens.clone().narrow(1, 0, budget), text.as_ref());
             for (original, reconstruction) in originals
                 .iter()
                 .zip(crate::data::image::from_tensor(decoded))
             {
                 sums[b] += metrics::psnr(original, &reconstruction).min(100.0);
-                if b + 1 == EVAL_BUDGETS.len() && samples.len() < EVAL_SAMPLES {
+                if b + 1 == budgets.len() && samples.len() < EVAL_SAMPLES {
                     samples.push((original.clone(), reconstruction));
                 }
             }
         }
     }
     let n = items.len().max(1) as f64;
-    let psnr: Vec<(usize, f64)> = EVAL_BUDGETS
+    let psnr: Vec<(usize, f64)> = budgets
         .iter()
         .zip(&sums)
         .map(|(k, s)| (*k, s / n))
@@ -947,6 +960,21 @@ pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
         .with_context(|| format!("{}: cannot write training state", path.display()))
 }
 
+/// The number a training state stores under metadata `key`; errors name the file and the key.
+fn state_number<T>(file: &CheckpointFile, key: &str) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let path = file.path().display();
+    let text = file
+        .metadata()
+        .get(key)
+        .with_context(|| format!("{path}: no `{key}` in the state"))?;
+    text.parse()
+        .map_err(|error| anyhow::anyhow!("{path}: `{key}` is `{text}`, not a number: {error}"))
+}
+
 /// Reads a training state written by [`save_state`] into `model`'s structure.
 pub fn load_state<M: Module + ModuleSnapshot>(
     path: &Path,
@@ -965,17 +993,11 @@ pub fn load_state<M: Module + ModuleSnapshot>(
     let optimizer = optimizer
         .from_bytes(Bytes::from_bytes_vec(blob))
         .map_err(|e| anyhow::anyhow!("{}: bad optimizer state: {e:?}", path.display()))?;
-    let number = |key: &str| -> anyhow::Result<&str> {
-        file.metadata()
-            .get(key)
-            .map(String::as_str)
-            .with_context(|| format!("{}: no `{key}` in the state", path.display()))
-    };
     let progress = Progress {
-        step: number("step")?.parse()?,
-        rng: SplitMix64::new(number("rng")?.parse()?),
-        best_psnr: number("best_psnr")?.parse()?,
-        elapsed_seconds: number("elapsed_seconds")?.parse()?,
+        step: state_number(&file, "step")?,
+        rng: SplitMix64::new(state_number(&file, "rng")?),
+        best_psnr: state_number(&file, "best_psnr")?,
+        elapsed_seconds: state_number(&file, "elapsed_seconds")?,
     };
     // Keep the EMA in module order, like `module_to_host` produces it.
     let order: Vec<String> = module_to_host(&model)

@@ -1180,3 +1180,88 @@ fn eval_with_token_noise_scores_perturbed_tokens_reproducibly() {
         "--token-noise",
     );
 }
+
+#[test]
+fn budgets_beyond_a_checkpoints_tokens_are_refused_not_a_crash() {
+    // A valid checkpoint may hold fewer than 256 tokens; asking for more must be a user error.
+    let dir = tempfile::tempdir().unwrap();
+    let device = cpu();
+    let mut paths = Vec::new();
+    for text in [true, false] {
+        let mut config = textok_studio::model::textok::TexTokConfig::tiny(text);
+        config.max_tokens = 64;
+        let model = config.init(&device);
+        let path = dir.path().join(format!("tiny64-{text}.safetensors"));
+        model.save(&config, &path, StoredPrecision::F16).unwrap();
+        paths.push(path.to_string_lossy().into_owned());
+    }
+    let data = sample_dataset(dir.path(), &["apple", "penguin"]);
+    let data = data.to_str().unwrap();
+    let output = studio(
+        &[
+            "eval",
+            "--data",
+            data,
+            "--model",
+            &paths[0],
+            "--baseline",
+            &paths[1],
+            "--tokens",
+            "32,128",
+            "--split",
+            "all",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    // After the loading lines, the error and no panic.
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        err.trim_end().lines().last(),
+        Some("error: token budget 128 is outside 32..=64"),
+        "{err}"
+    );
+
+    // Training from it samples budgets up to its 64 tokens, and validates at 32 and 64 only.
+    let run = dir.path().join("run");
+    let output = studio(
+        &[
+            "train",
+            "tokenizer",
+            "--data",
+            data,
+            "--init-from",
+            &paths[0],
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--eval-every",
+            "2",
+            "--eval-images",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let eval: serde_json::Value = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|event| event["event"] == "eval")
+        .unwrap_or_else(|| panic!("no eval event in {log}"));
+    let budgets: Vec<u64> = eval["psnr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(budgets, [32, 64], "{eval}");
+}

@@ -138,6 +138,10 @@ fn an_all_bad_folder_is_an_error_and_the_split_is_stable() {
         matches!(err, DatasetError::Empty { skipped: 1, .. }),
         "{err}"
     );
+    // The error quotes why the file was skipped, naming it once (relative to the folder).
+    let message = err.to_string();
+    assert!(message.contains("; x.png: not an image"), "{message}");
+    assert_eq!(message.matches("x.png").count(), 1, "{message}");
     // The split depends only on the path, and roughly honours the percentage.
     let validation = (0..2000)
         .filter(|i| split_of(&format!("img/{i}.png"), 10) == Split::Validation)

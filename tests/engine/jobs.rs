@@ -69,3 +69,26 @@ fn cancelling_stops_the_job_and_panics_become_errors() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn a_cancellation_wrapped_by_a_step_still_reads_as_cancelled() {
+    use textok_studio::data::dataset::Dataset;
+    use textok_studio::jobs::NoProgress;
+    let dir = tempfile::tempdir().unwrap();
+    image::RgbaImage::new(16, 16)
+        .save(dir.path().join("a.png"))
+        .unwrap();
+    std::fs::write(dir.path().join("a.txt"), "a black square").unwrap();
+    let root = dir.path().to_owned();
+    let (_, notify) = counter();
+    // Loading a dataset wraps the cancellation in its own error type, and the caller adds
+    // context: neither may turn a cancel into "failed: cancelled".
+    let job: Job<()> = Job::spawn("load", notify, move |_, cancel| {
+        cancel.cancel();
+        Dataset::load(&root, 16, 5, None, &NoProgress, cancel)
+            .map_err(anyhow::Error::from)
+            .map_err(|error| error.context("loading the training images"))?;
+        Ok(())
+    });
+    assert!(matches!(job.wait(), JobState::Cancelled));
+}
