@@ -65,7 +65,7 @@ pub fn split_of(relative: &str, validation_percent: u32) -> Split {
 /// it, and a `source` would be printed a second time by `{:#}` (the CLI's and the GUI's format).
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    #[error("{path}: cannot read dataset folder: {cause}")]
+    #[error("{path}: cannot read: {cause}")]
     Read {
         path: PathBuf,
         cause: std::io::Error,
@@ -121,6 +121,10 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
     let jsonl = root.join(CAPTIONS_JSONL);
     let mut entries = Vec::new();
     if jsonl.is_file() {
+        let read_error = |cause| DatasetError::Read {
+            path: jsonl.clone(),
+            cause,
+        };
         let file = std::fs::File::open(&jsonl).map_err(read_error)?;
         let mut seen = std::collections::HashSet::new();
         // Split on bytes, so one line in another encoding skips that record, not the folder.

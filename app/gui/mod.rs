@@ -666,7 +666,7 @@ fn save_screenshot(image: &egui::ColorImage, path: &Path) -> Result<(), String> 
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
     crate::files::write_atomic(path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
 }

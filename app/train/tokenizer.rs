@@ -168,7 +168,10 @@ impl TokenizerTrainConfig {
     /// The model config this run trains: the preset's, or the `init_from` checkpoint's.
     pub fn model_config(&self) -> anyhow::Result<TexTokConfig> {
         if let Some(path) = &self.init_from {
-            let config: TexTokConfig = CheckpointFile::read(path)?.config("TexTok")?;
+            // The kind first: a DiT file should say so, not fail as a bad TexTok config.
+            let file = CheckpointFile::read(path)?;
+            file.expect_kind(crate::model::textok::KIND_TEXTOK)?;
+            let config: TexTokConfig = file.config("TexTok")?;
             ensure!(
                 config.text_conditioning == self.text_conditioning,
                 "{}: is a {} model, but this run trains a {} model",
@@ -184,7 +187,9 @@ impl TokenizerTrainConfig {
                     "Baseline"
                 }
             );
-            config.validate().map_err(anyhow::Error::msg)?;
+            config
+                .validate()
+                .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
             return Ok(config);
         }
         let mut config =

@@ -1265,3 +1265,35 @@ fn budgets_beyond_a_checkpoints_tokens_are_refused_not_a_crash() {
         .collect();
     assert_eq!(budgets, [32, 64], "{eval}");
 }
+
+#[test]
+fn training_a_tokenizer_from_a_dit_file_says_what_the_file_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let dit = dir.path().join("dit.safetensors");
+    save_tiny_dit(&dit, 1);
+    let data = sample_dataset(dir.path(), &["apple"]);
+    let run = dir.path().join("run");
+    let output = studio(
+        &[
+            "train",
+            "tokenizer",
+            "--data",
+            data.to_str().unwrap(),
+            "--init-from",
+            dit.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            run.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("dit.safetensors: holds a `textok-dit` model"),
+        "{err}"
+    );
+}
