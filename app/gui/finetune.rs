@@ -180,7 +180,13 @@ pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow
             .extension()
             .and_then(|e| e.to_str())
             .unwrap_or("png");
-        let name = format!("{index:05}.{extension}");
+        // The index keeps names unique; the original name lets skip reasons be recognised.
+        let stem = item
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("image");
+        let name = format!("{index:05}-{stem}.{extension}");
         let copy = dir.join(&name);
         std::fs::copy(&item.path, &copy).with_context(|| {
             format!("cannot copy {} to {}", item.path.display(), copy.display())

@@ -1089,3 +1089,40 @@ fn a_library_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
         app.app.frame_times.quantile_ms(0.5)
     );
 }
+
+#[test]
+fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
+    use textok_studio::data::dataset::scan;
+    use textok_studio::gui::finetune::export_library;
+    let dir = tempfile::tempdir().unwrap();
+    let originals = dir.path().join("mine");
+    std::fs::create_dir_all(&originals).unwrap();
+    let mut items = Vec::new();
+    for (name, caption) in [("cat", "a cat"), ("dog", "  "), ("cat-2", "another cat")] {
+        let path = originals.join(format!("{name}.png"));
+        image::RgbImage::new(16, 16).save(&path).unwrap();
+        items.push(LibraryItem {
+            path,
+            caption: caption.into(),
+        });
+    }
+    let data = dir.path().join("data");
+    assert_eq!(
+        export_library(&items, &data).unwrap(),
+        2,
+        "the uncaptioned dog is left out"
+    );
+    let (entries, skipped) = scan(&data).unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let listed: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e.relative.as_str(), e.caption.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("00000-cat.png", "a cat"),
+            ("00002-cat-2.png", "another cat")
+        ]
+    );
+}
