@@ -164,12 +164,14 @@ impl LatentCache {
     }
 
     /// Reads the cache if it was made by the same tokenizer (same file hash) for these images,
-    /// with `tokens x dim` latents each. Anything else (an older or damaged file) reads as no
-    /// cache, and the latents are encoded again.
+    /// with latents of `dim` channels and between `needed` and `max_tokens` tokens each (a
+    /// cache may hold only the first tokens: `models/scripts/device/pack.py` cuts it to the
+    /// budgets trained). Anything else (an older or damaged file) reads as no cache, and the
+    /// latents are encoded again.
     fn read(
         path: &Path,
         tokenizer_hash: &str,
-        (tokens, dim): (usize, usize),
+        (needed, max_tokens, dim): (usize, usize, usize),
         items: &[&DatasetItem],
     ) -> Option<Self> {
         let bytes = std::fs::read(path).ok()?;
@@ -177,9 +179,10 @@ impl LatentCache {
             usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
         let mut at = header_len.checked_add(8)?;
         let header: serde_json::Value = serde_json::from_slice(bytes.get(8..at)?).ok()?;
-        let stored_shape = (header["tokens"].as_u64()?, header["dim"].as_u64()?);
+        let tokens = usize::try_from(header["tokens"].as_u64()?).ok()?;
         if header["tokenizer_sha256"] != tokenizer_hash
-            || stored_shape != (tokens as u64, dim as u64)
+            || header["dim"].as_u64()? != dim as u64
+            || !(needed..=max_tokens).contains(&tokens)
         {
             return None;
         }
@@ -411,7 +414,18 @@ pub fn train_dit(
     let null_caption = CaptionStore::encode_one(&encoder, "")?;
 
     let cache_path = LatentCache::path(run_dir);
-    let latent_shape = (tokenizer_config.max_tokens, tokenizer_config.token_dim);
+    // A new run's per-position statistics cover every token; otherwise the budgets trained
+    // are all the cache must hold.
+    let needed = if initial.is_none() && config.latent_norm == LatentNorm::Position {
+        tokenizer_config.max_tokens
+    } else {
+        config.max_budget
+    };
+    let latent_shape = (
+        needed,
+        tokenizer_config.max_tokens,
+        tokenizer_config.token_dim,
+    );
     let latents = match LatentCache::read(&cache_path, &tokenizer_hash, latent_shape, &train) {
         Some(cache) => cache,
         None => {

@@ -887,3 +887,76 @@ fn a_run_continues_with_more_steps_keeping_its_derived_warmup() {
         2400
     );
 }
+
+/// The `tokens` a DiT run's latent cache holds per image, from its header.
+fn cached_tokens(run: &Path) -> u64 {
+    let bytes = std::fs::read(run.join("latents.bin")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    header["tokens"].as_u64().unwrap()
+}
+
+#[test]
+fn a_latent_cache_cut_to_the_trained_budgets_is_used_and_a_too_short_one_is_encoded_again() {
+    use textok_studio::train::dit::{DitTrainConfig, train_dit};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut run_config, config) = tiny_dit_run(dir.path(), 1, 2);
+    run_config.max_budget = 40;
+    let encoder = repo_path("models/text-encoder");
+    let train = |run: &Path, run_config: &DitTrainConfig| {
+        train_dit(
+            run,
+            run_config,
+            false,
+            None,
+            &cpu(),
+            &encoder,
+            &Losses::default(),
+            &CancelToken::new(),
+        )
+    };
+    let full = dir.path().join("full");
+    train(&full, &run_config).unwrap();
+    assert_eq!(cached_tokens(&full), config.max_tokens as u64);
+
+    // Cut the cache to each image's first 40 tokens, as `models/scripts/device/pack.py` does.
+    let bytes = std::fs::read(full.join("latents.bin")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (tokens, dim) = (config.max_tokens, config.token_dim);
+    let rows = bytes[8 + header_len..].chunks_exact(tokens * dim * 4);
+    let cut_values: Vec<u8> = rows.flat_map(|row| row[..40 * dim * 4].to_vec()).collect();
+    header["tokens"] = 40.into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut cut = (header.len() as u64).to_le_bytes().to_vec();
+    cut.extend(header);
+    cut.extend(cut_values);
+    for name in ["cut", "short"] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("latents.bin"), &cut).unwrap();
+    }
+
+    // Budgets up to 40 train from the cut cache as it is (with per-channel statistics; a new
+    // run's per-position ones need every token) ...
+    run_config.latent_norm = textok_studio::train::dit::LatentNorm::Channel;
+    let run = dir.path().join("cut");
+    train(&run, &run_config).unwrap();
+    assert_eq!(
+        cached_tokens(&run),
+        40,
+        "the cut cache was used, not encoded again"
+    );
+    // ... larger ones need the tokens it lacks: encoded again, not an index out of bounds.
+    let run = dir.path().join("short");
+    run_config.max_budget = 48;
+    train(&run, &run_config).unwrap();
+    assert_eq!(cached_tokens(&run), config.max_tokens as u64);
+    // So do a new run's per-position statistics.
+    let run = dir.path().join("position");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("latents.bin"), &cut).unwrap();
+    run_config.max_budget = 40;
+    run_config.latent_norm = textok_studio::train::dit::LatentNorm::Position;
+    train(&run, &run_config).unwrap();
+    assert_eq!(cached_tokens(&run), config.max_tokens as u64);
+}
