@@ -888,12 +888,17 @@ fn a_run_continues_with_more_steps_keeping_its_derived_warmup() {
     );
 }
 
-/// The `tokens` a DiT run's latent cache holds per image, from its header.
-fn cached_tokens(run: &Path) -> u64 {
+/// A DiT run's latent cache: its JSON header and the latents' bytes.
+fn read_latent_cache(run: &Path) -> (serde_json::Value, Vec<u8>) {
     let bytes = std::fs::read(run.join("latents.bin")).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    header["tokens"].as_u64().unwrap()
+    let header = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    (header, bytes[8 + header_len..].to_vec())
+}
+
+/// The `tokens` a DiT run's latent cache holds per image.
+fn cached_tokens(run: &Path) -> u64 {
+    read_latent_cache(run).0["tokens"].as_u64().unwrap()
 }
 
 #[test]
@@ -920,11 +925,9 @@ fn a_latent_cache_cut_to_the_trained_budgets_is_used_and_a_too_short_one_is_enco
     assert_eq!(cached_tokens(&full), config.max_tokens as u64);
 
     // Cut the cache to each image's first 40 tokens, as `models/scripts/device/pack.py` does.
-    let bytes = std::fs::read(full.join("latents.bin")).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let (mut header, values) = read_latent_cache(&full);
     let (tokens, dim) = (config.max_tokens, config.token_dim);
-    let rows = bytes[8 + header_len..].chunks_exact(tokens * dim * 4);
+    let rows = values.chunks_exact(tokens * dim * 4);
     let cut_values: Vec<u8> = rows.flat_map(|row| row[..40 * dim * 4].to_vec()).collect();
     header["tokens"] = 40.into();
     let header = serde_json::to_vec(&header).unwrap();
