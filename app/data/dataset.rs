@@ -7,7 +7,7 @@
 //! image's relative path, so it never changes when files are added or removed elsewhere. Bad files
 //! are skipped and reported, never fatal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -126,7 +126,7 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
             cause,
         };
         let file = std::fs::File::open(&jsonl).map_err(read_error)?;
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         // Split on bytes, so one line in another encoding skips that record, not the folder.
         for (number, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
             let line = line.map_err(read_error)?;
@@ -168,7 +168,7 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
         }
     } else {
         let mut files = Vec::new();
-        walk(root, root, &mut files).map_err(read_error)?;
+        walk(root, root, &mut HashSet::new(), &mut files).map_err(read_error)?;
         for relative in files {
             let path = root.join(&relative);
             let is_image = path
@@ -253,7 +253,17 @@ fn without_bom(text: &str) -> &str {
 }
 
 /// Relative paths of all files below `dir`, sorted, skipping hidden entries (our cache is hidden).
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+fn walk(
+    root: &Path,
+    dir: &Path,
+    visited: &mut HashSet<PathBuf>,
+    out: &mut Vec<String>,
+) -> std::io::Result<()> {
+    // Linked folders are followed, each real folder once: a link to an ancestor would loop,
+    // and a second link to one folder would list its images twice.
+    if !visited.insert(dir.canonicalize()?) {
+        return Ok(());
+    }
     let mut children: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     children.sort_by_key(|e| e.file_name());
     for child in children {
@@ -262,16 +272,18 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
             continue;
         }
         let path = child.path();
-        let kind = child.file_type()?;
-        if kind.is_dir() {
-            walk(root, &path, out)?;
-        } else if kind.is_file() {
-            let relative = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .replace('\\', "/");
-            out.push(relative);
+        // `metadata` follows symbolic links, so a linked image counts like a copied one; a
+        // broken link is listed as a file, and decoding it says what is wrong.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => walk(root, &path, visited, out)?,
+            // Pipes, sockets, devices: never images, and reading a pipe could wait forever.
+            Ok(meta) if !meta.is_file() => {}
+            _ => out.push(
+                path.strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/"),
+            ),
         }
     }
     Ok(())

@@ -178,3 +178,35 @@ fn decoded_pixels_are_cached_and_stale_entries_redecoded() {
     std::fs::write(&cache, b"garbage").unwrap();
     Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn linked_images_and_folders_count_once_and_a_link_loop_ends() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(root.join("real")).unwrap();
+    picture(&root.join("real/a.png"), 1);
+    std::fs::write(root.join("real/a.txt"), "a linked-to picture").unwrap();
+    picture(&outside.join("b.png"), 2);
+    symlink(outside.join("b.png"), root.join("b.png")).unwrap();
+    std::fs::write(root.join("b.txt"), "a linked picture").unwrap();
+    symlink(root.join("real"), root.join("again")).unwrap(); // the same folder twice
+    symlink(&root, root.join("real/up")).unwrap(); // a loop
+    symlink(outside.join("gone.png"), root.join("gone.png")).unwrap(); // broken
+    std::fs::write(root.join("gone.txt"), "a broken link").unwrap();
+
+    let (entries, _) = scan(&root).unwrap();
+    let listed: Vec<&str> = entries.iter().map(|e| e.relative.as_str()).collect();
+    assert_eq!(listed, ["again/a.png", "b.png", "gone.png"]);
+    let dataset = Dataset::load(&root, 16, 0, None, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(dataset.items.len(), 2);
+    let gone = dataset.skipped.iter().find(|s| s.relative == "gone.png");
+    assert!(
+        gone.is_some_and(|s| s.reason.contains("cannot open image")),
+        "{:?}",
+        dataset.skipped
+    );
+}
