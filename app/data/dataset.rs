@@ -167,9 +167,17 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
             }
         }
     } else {
-        let mut files = Vec::new();
-        walk(root, root, &mut HashSet::new(), &mut files).map_err(read_error)?;
-        for relative in files {
+        let mut state = Walk {
+            root,
+            // Where links cannot be resolved (some Windows drives), none point inside.
+            canonical_root: root.canonicalize().unwrap_or_else(|_| root.to_owned()),
+            followed: HashSet::new(),
+            files: Vec::new(),
+            skipped: Vec::new(),
+        };
+        walk(&mut state, root).map_err(read_error)?;
+        skipped.append(&mut state.skipped);
+        for relative in state.files {
             let path = root.join(&relative);
             let is_image = path
                 .extension()
@@ -252,38 +260,68 @@ fn without_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
-/// Relative paths of all files below `dir`, sorted, skipping hidden entries (our cache is hidden).
-fn walk(
-    root: &Path,
-    dir: &Path,
-    visited: &mut HashSet<PathBuf>,
-    out: &mut Vec<String>,
-) -> std::io::Result<()> {
-    // Linked folders are followed, each real folder once: a link to an ancestor would loop,
-    // and a second link to one folder would list its images twice.
-    if !visited.insert(dir.canonicalize()?) {
-        return Ok(());
+/// What [`walk`] carries down the tree.
+struct Walk<'a> {
+    root: &'a Path,
+    /// The root with links resolved: links to inside it are not followed.
+    canonical_root: PathBuf,
+    /// Link targets already listed (a loop, or two links to one place, ends there).
+    followed: HashSet<PathBuf>,
+    files: Vec<String>,
+    skipped: Vec<SkippedFile>,
+}
+
+impl Walk<'_> {
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .replace('\\', "/")
     }
+}
+
+/// Lists the files below `dir` into `walk.files` in name order, skipping hidden entries (our
+/// cache is hidden). A subfolder that cannot be read is skipped with its reason; only `dir`'s
+/// own failure is an error.
+fn walk(state: &mut Walk<'_>, dir: &Path) -> std::io::Result<()> {
     let mut children: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     children.sort_by_key(|e| e.file_name());
     for child in children {
-        let name = child.file_name();
-        if name.to_string_lossy().starts_with('.') {
+        if child.file_name().to_string_lossy().starts_with('.') {
             continue;
         }
         let path = child.path();
-        // `metadata` follows symbolic links, so a linked image counts like a copied one; a
-        // broken link is listed as a file, and decoding it says what is wrong.
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => walk(root, &path, visited, out)?,
-            // Pipes, sockets, devices: never images, and reading a pipe could wait forever.
-            Ok(meta) if !meta.is_file() => {}
-            _ => out.push(
-                path.strip_prefix(root)
-                    .unwrap_or(&path)
-                    .to_string_lossy()
-                    .replace('\\', "/"),
-            ),
+        let kind = child.file_type()?;
+        let is_dir = if kind.is_symlink() {
+            // A link to a file or folder outside the dataset folder counts like a copy of it.
+            // Links to inside it are not followed: the real path lists their target already,
+            // and a file must have one name (the split and the caches are keyed by it).
+            match path.canonicalize() {
+                Ok(target) if target.starts_with(&state.canonical_root) => continue,
+                Ok(target) if !state.followed.insert(target.clone()) => continue,
+                Ok(target) => match std::fs::metadata(&target) {
+                    Ok(meta) if meta.is_dir() => true,
+                    // Pipes, sockets, devices: never images, and reading a pipe could block.
+                    Ok(meta) if !meta.is_file() => continue,
+                    _ => false,
+                },
+                // A broken link: listed, so that decoding it says what is wrong.
+                Err(_) => false,
+            }
+        } else if kind.is_dir() || kind.is_file() {
+            kind.is_dir()
+        } else {
+            continue;
+        };
+        if !is_dir {
+            let relative = state.relative(&path);
+            state.files.push(relative);
+        } else if let Err(error) = walk(state, &path) {
+            let relative = format!("{}/", state.relative(&path));
+            state.skipped.push(SkippedFile {
+                relative,
+                reason: format!("cannot read this folder: {error}"),
+            });
         }
     }
     Ok(())

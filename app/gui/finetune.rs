@@ -165,6 +165,22 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
     runs
 }
 
+/// `stem` as a safe part of a file name: letters, digits, `-`, `_` and `.` kept (others, path
+/// separators included, become `_`), at most 64 characters, so no name grows past a file
+/// system's limit.
+fn readable_stem(stem: &str) -> String {
+    stem.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Copies the Library's captioned images into `dir` with a `captions.jsonl`, so the run keeps
 /// its data even if the originals move. Returns how many images were written.
 pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow::Result<usize> {
@@ -184,8 +200,8 @@ pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow
         let stem = item
             .path
             .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("image");
+            .map(|s| readable_stem(&s.to_string_lossy()))
+            .unwrap_or_default();
         let name = format!("{index:05}-{stem}.{extension}");
         let copy = dir.join(&name);
         std::fs::copy(&item.path, &copy).with_context(|| {
@@ -446,9 +462,6 @@ impl FineTunePane {
         };
         let state = running.job.poll();
         let run = running.run.display().to_string();
-        // A cancel before the first checkpoint (while captions or latents are encoded) leaves
-        // nothing to resume from.
-        let resumable = running.run.join("state.safetensors").is_file();
         match state {
             JobState::Running(_) => return,
             JobState::Finished(Ok(outcome)) if outcome.finished => {
@@ -466,7 +479,9 @@ impl FineTunePane {
             JobState::Finished(Err(error)) => {
                 app.notices.error(format!("Fine-tuning failed: {error:#}"))
             }
-            JobState::Cancelled if resumable => app
+            // A cancel before the first checkpoint (while captions or latents are encoded)
+            // leaves nothing to resume from.
+            JobState::Cancelled if running.run.join("state.safetensors").is_file() => app
                 .notices
                 .info("Fine-tuning stopped; Resume continues it."),
             JobState::Cancelled => app.notices.info(

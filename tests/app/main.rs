@@ -1098,7 +1098,14 @@ fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
     let originals = dir.path().join("mine");
     std::fs::create_dir_all(&originals).unwrap();
     let mut items = Vec::new();
-    for (name, caption) in [("cat", "a cat"), ("dog", "  "), ("cat-2", "another cat")] {
+    // 254 bytes with ".png": with the index added, longer than a file name may be.
+    let long = "n".repeat(250);
+    for (name, caption) in [
+        ("cat", "a cat"),
+        ("dog", "  "),
+        ("cat 2\\b", "another cat"),
+        (long.as_str(), "a long name"),
+    ] {
         let path = originals.join(format!("{name}.png"));
         image::RgbImage::new(16, 16).save(&path).unwrap();
         items.push(LibraryItem {
@@ -1109,7 +1116,7 @@ fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
     let data = dir.path().join("data");
     assert_eq!(
         export_library(&items, &data).unwrap(),
-        2,
+        3,
         "the uncaptioned dog is left out"
     );
     let (entries, skipped) = scan(&data).unwrap();
@@ -1118,11 +1125,13 @@ fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
         .iter()
         .map(|e| (e.relative.as_str(), e.caption.as_str()))
         .collect();
+    let long_copy = format!("00003-{}.png", "n".repeat(64));
     assert_eq!(
         listed,
         [
             ("00000-cat.png", "a cat"),
-            ("00002-cat-2.png", "another cat")
+            ("00002-cat_2_b.png", "another cat"),
+            (long_copy.as_str(), "a long name"),
         ]
     );
 }

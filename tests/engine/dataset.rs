@@ -181,28 +181,37 @@ fn decoded_pixels_are_cached_and_stale_entries_redecoded() {
 
 #[cfg(unix)]
 #[test]
-fn linked_images_and_folders_count_once_and_a_link_loop_ends() {
+fn links_to_outside_the_folder_count_once_and_links_inside_it_are_not_followed() {
     use std::os::unix::fs::symlink;
     let dir = tempfile::tempdir().unwrap();
     let outside = dir.path().join("outside");
     let root = dir.path().join("data");
-    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(outside.join("more")).unwrap();
     std::fs::create_dir_all(root.join("real")).unwrap();
     picture(&root.join("real/a.png"), 1);
-    std::fs::write(root.join("real/a.txt"), "a linked-to picture").unwrap();
+    std::fs::write(root.join("real/a.txt"), "a picture in the folder").unwrap();
     picture(&outside.join("b.png"), 2);
-    symlink(outside.join("b.png"), root.join("b.png")).unwrap();
     std::fs::write(root.join("b.txt"), "a linked picture").unwrap();
-    symlink(root.join("real"), root.join("again")).unwrap(); // the same folder twice
+    std::fs::write(root.join("b2.txt"), "the same picture linked again").unwrap();
+    picture(&outside.join("more/c.png"), 3);
+    std::fs::write(outside.join("more/c.txt"), "in a linked folder").unwrap();
+    symlink(outside.join("b.png"), root.join("b.png")).unwrap();
+    symlink(outside.join("b.png"), root.join("b2.png")).unwrap(); // listed once
+    symlink(outside.join("more"), root.join("more")).unwrap();
+    symlink(outside.join("more"), root.join("real/more-again")).unwrap(); // listed once
+    symlink(root.join("real"), root.join("again")).unwrap(); // inside: real/ lists it
     symlink(&root, root.join("real/up")).unwrap(); // a loop
+    symlink(root.join("real/a.png"), root.join("a-again.png")).unwrap(); // inside
+    std::fs::write(root.join("a-again.txt"), "a second name").unwrap();
     symlink(outside.join("gone.png"), root.join("gone.png")).unwrap(); // broken
     std::fs::write(root.join("gone.txt"), "a broken link").unwrap();
 
-    let (entries, _) = scan(&root).unwrap();
+    let (entries, skipped) = scan(&root).unwrap();
     let listed: Vec<&str> = entries.iter().map(|e| e.relative.as_str()).collect();
-    assert_eq!(listed, ["again/a.png", "b.png", "gone.png"]);
+    assert_eq!(listed, ["b.png", "gone.png", "more/c.png", "real/a.png"]);
+    assert!(skipped.is_empty(), "{skipped:?}");
     let dataset = Dataset::load(&root, 16, 0, None, &NoProgress, &CancelToken::new()).unwrap();
-    assert_eq!(dataset.items.len(), 2);
+    assert_eq!(dataset.items.len(), 3);
     let gone = dataset.skipped.iter().find(|s| s.relative == "gone.png");
     assert!(
         gone.is_some_and(|s| s.reason.contains("cannot open image")),
