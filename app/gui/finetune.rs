@@ -148,7 +148,7 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
             };
             Some(RunInfo {
                 steps: config.get("steps")?.as_u64()? as usize,
-                resumable: dir.join("state.safetensors").exists(),
+                resumable: dir.join(crate::train::TRAINING_STATE_FILE).exists(),
                 has_weights: dir.join("ema.safetensors").exists(),
                 target,
                 dir,
@@ -163,6 +163,15 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
     };
     runs.sort_by_key(|run| std::cmp::Reverse(modified(run)));
     runs
+}
+
+/// A run's `config.json` (read when Resume was pressed) as its trainer's config.
+fn parse_run_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes)
+        .with_context(|| format!("{}: not a valid run config", path.display()))
 }
 
 /// `stem` as a safe part of a file name: letters, digits, `-`, `_` and `.` kept (others, path
@@ -329,12 +338,12 @@ impl FineTunePane {
             effnet: key.shipped.effnet.clone(),
         };
         let device_choice = key.device;
-        let (run, target, config_json) = match resume {
+        let (run, target, saved_config) = match resume {
             Some(info) => {
                 let path = info.dir.join("config.json");
-                let config = std::fs::read(&path)
+                let bytes = std::fs::read(&path)
                     .with_context(|| format!("{}: cannot read", path.display()))?;
-                (info.dir, info.target, Some(config))
+                (info.dir, info.target, Some((path, bytes)))
             }
             None => {
                 let target = self.form.target;
@@ -349,7 +358,7 @@ impl FineTunePane {
                 (run, target, None)
             }
         };
-        let resume = config_json.is_some();
+        let resume = saved_config.is_some();
         // The Library's images are copied inside the job (hundreds of photos take a while).
         let export = (!resume && self.form.use_library).then(|| app.state.library.clone());
         let data = if resume {
@@ -388,12 +397,8 @@ impl FineTunePane {
                 let time_limit = form.time_limit();
                 match target {
                     Target::Tokenizer => {
-                        let config = match config_json {
-                            Some(bytes) => serde_json::from_slice::<TokenizerTrainConfig>(&bytes)
-                                .with_context(|| {
-                                let path = job_run.join("config.json");
-                                format!("{}: not a valid run config", path.display())
-                            })?,
+                        let config = match saved_config {
+                            Some((path, bytes)) => parse_run_config(&path, &bytes)?,
                             None => {
                                 let mut config = TokenizerTrainConfig::new(
                                     data, "small", true, form.steps, form.batch,
@@ -412,12 +417,8 @@ impl FineTunePane {
                         )
                     }
                     Target::Dit => {
-                        let config = match config_json {
-                            Some(bytes) => serde_json::from_slice::<DitTrainConfig>(&bytes)
-                                .with_context(|| {
-                                    let path = job_run.join("config.json");
-                                    format!("{}: not a valid run config", path.display())
-                                })?,
+                        let config = match saved_config {
+                            Some((path, bytes)) => parse_run_config(&path, &bytes)?,
                             None => {
                                 anyhow::ensure!(
                                     textok.is_file(),
@@ -481,9 +482,15 @@ impl FineTunePane {
             }
             // A cancel before the first checkpoint (while captions or latents are encoded)
             // leaves nothing to resume from.
-            JobState::Cancelled if running.run.join("state.safetensors").is_file() => app
-                .notices
-                .info("Fine-tuning stopped; Resume continues it."),
+            JobState::Cancelled
+                if running
+                    .run
+                    .join(crate::train::TRAINING_STATE_FILE)
+                    .is_file() =>
+            {
+                app.notices
+                    .info("Fine-tuning stopped; Resume continues it.")
+            }
             JobState::Cancelled => app.notices.info(
                 "Fine-tuning stopped before its first checkpoint; there is nothing to resume.",
             ),

@@ -319,7 +319,7 @@ pub fn train_dit(
     observer: &dyn TrainObserver,
     cancel: &CancelToken,
 ) -> anyhow::Result<TrainOutcome> {
-    let state_path = run_dir.join("state.safetensors");
+    let state_path = run_dir.join(super::TRAINING_STATE_FILE);
     let log_path = run_dir.join("log.jsonl");
     let _run_claim = super::claim_run_dir(run_dir)?;
     let config = super::resolve_run_config(run_dir, requested, resume)?;

@@ -247,6 +247,9 @@ pub fn claim_run_dir(run_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
     })
 }
 
+/// A run folder's training state (model, EMA, optimizer, RNG): what `--resume` continues.
+pub const TRAINING_STATE_FILE: &str = "state.safetensors";
+
 /// The settings a run in `run_dir` continues with: `requested` for a new run (refusing a folder
 /// that already holds one), or the stored ones when resuming (refusing changed settings; the
 /// step count may only grow). Writes them to `config.json`.
@@ -257,7 +260,7 @@ pub fn resolve_run_config<C: RunConfig>(
 ) -> anyhow::Result<C> {
     use anyhow::Context;
     let (state, config_path) = (
-        run_dir.join("state.safetensors"),
+        run_dir.join(TRAINING_STATE_FILE),
         run_dir.join("config.json"),
     );
     std::fs::create_dir_all(run_dir)

@@ -320,7 +320,7 @@ impl RunPaths {
         self.dir.join("config.json")
     }
     pub fn state(&self) -> PathBuf {
-        self.dir.join("state.safetensors")
+        self.dir.join(super::TRAINING_STATE_FILE)
     }
     pub fn log(&self) -> PathBuf {
         self.dir.join("log.jsonl")
