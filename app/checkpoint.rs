@@ -243,6 +243,45 @@ impl CheckpointFile {
         list
     }
 
+    /// SHA-256 over this file's kind and config and the stored
+    /// tensors whose names `include` selects (each one's name, dtype, shape and bytes, in name
+    /// order). Two files that agree on these compute the same function with those tensors,
+    /// whatever else in them differs: a tokenizer whose detokenizer alone was fine-tuned still
+    /// makes the same tokens, and a cache of them stays valid.
+    pub fn selected_tensors_sha256(&self, include: impl Fn(&str) -> bool) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let mut update = |part: &[u8]| {
+            // Length-prefixed, so no two different sequences of parts hash alike.
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        };
+        for key in [KIND_KEY, CONFIG_KEY] {
+            update(
+                self.metadata
+                    .get(key)
+                    .map_or(&b""[..], |value| value.as_bytes()),
+            );
+        }
+        let tensors = self.tensors();
+        let mut selected: Vec<(String, TensorView<'_>)> = tensors
+            .iter()
+            .filter(|(name, _)| include(name))
+            .map(|(name, view)| (name.to_owned(), view))
+            .collect();
+        selected.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, view) in selected {
+            update(name.as_bytes());
+            update(format!("{:?} {:?}", view.dtype(), view.shape()).as_bytes());
+            update(view.data());
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Total number of stored scalar parameters.
     pub fn parameter_count(&self) -> usize {
         self.tensors()

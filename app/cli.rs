@@ -55,7 +55,8 @@ pub struct AppArgs {
 pub enum Command {
     /// Tokenize an image at several budgets with TexTok (and the Baseline) and score the results.
     Reconstruct(ReconstructArgs),
-    /// Show a checkpoint's kind, config, parameter count and dtype.
+    /// Show a checkpoint's kind, config, parameter count and dtype (and a tokenizer's encoder
+    /// hash: files that share it make the same tokens).
     Info {
         /// A .safetensors checkpoint written by TexTok Studio.
         path: PathBuf,
@@ -593,6 +594,13 @@ fn run_info(path: &Path) -> anyhow::Result<()> {
         tensors.len()
     );
     println!("dtype:      {}", dtypes.join(", "));
+    if kind == crate::model::textok::KIND_TEXTOK {
+        // Two tokenizer files with the same encoder hash make the same tokens (a DiT's latent
+        // cache is keyed by it), though their detokenizers may differ.
+        let encoder =
+            checkpoint.selected_tensors_sha256(crate::model::textok::TexTok::is_encoder_tensor);
+        println!("encoder:    sha256 {encoder}");
+    }
     println!("config:     {}", serde_json::to_string_pretty(&config)?);
     Ok(())
 }

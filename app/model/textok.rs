@@ -498,6 +498,33 @@ impl TexTok {
         Self::from_checkpoint(&CheckpointFile::read(path)?, device)
     }
 
+    /// The fields of the tokenizer half (the ones [`Self::with_frozen_encoder`] freezes): a
+    /// stored tensor belongs to it when its name starts with one of these and a dot, or is one.
+    pub const ENCODER_FIELDS: [&str; 7] = [
+        "patch_embed",
+        "encoder_patch_pos",
+        "latent_tokens",
+        "encoder_text_proj",
+        "encoder_blocks",
+        "encoder_norm",
+        "to_tokens",
+    ];
+
+    /// Whether the stored tensor `name` is part of the tokenizer half.
+    pub fn is_encoder_tensor(name: &str) -> bool {
+        let field = name.split('.').next().unwrap_or(name);
+        Self::ENCODER_FIELDS.contains(&field)
+    }
+
+    /// A hash of what a checkpoint's tokens depend on: its config and its tokenizer half.
+    /// Equal for two files whose detokenizers alone differ (`train tokenizer
+    /// --freeze-encoder`), so tokens cached for one serve the other.
+    pub fn encoder_sha256(path: &Path) -> Result<String, CheckpointError> {
+        let checkpoint = CheckpointFile::read(path)?;
+        checkpoint.expect_kind(KIND_TEXTOK)?;
+        Ok(checkpoint.selected_tensors_sha256(Self::is_encoder_tensor))
+    }
+
     /// [`Self::load`] from a checkpoint already read.
     pub fn from_checkpoint(
         checkpoint: &CheckpointFile,

@@ -151,6 +151,14 @@ impl DitTrainConfig {
     }
 }
 
+/// What a latent cache records of the tokenizer that made it.
+struct TokenizerIdentity {
+    /// SHA-256 of the checkpoint file.
+    file_sha256: String,
+    /// [`TexTok::encoder_sha256`]: the same for every file that makes the same tokens.
+    encoder_sha256: String,
+}
+
 /// Latents of every training image, `[max_tokens x token_dim]` each, row-major.
 struct LatentCache {
     tokens: usize,
@@ -163,14 +171,16 @@ impl LatentCache {
         run_dir.join("latents.bin")
     }
 
-    /// Reads the cache if it was made by the same tokenizer (same file hash) for these images,
-    /// with latents of `dim` channels and between `needed` and `max_tokens` tokens each (a
-    /// cache may hold only the first tokens: `models/scripts/device/pack.py` cuts it to the
-    /// budgets trained). Anything else (an older or damaged file) reads as no cache, and the
-    /// latents are encoded again.
+    /// Reads the cache if it was made for these images by the same tokenizer (the same file,
+    /// or one with the same config and tokenizer half: a detokenizer fine-tuned with
+    /// `--freeze-encoder` makes the same tokens), with latents of `dim` channels and between
+    /// `needed` and `max_tokens` tokens each (a cache may hold only the first tokens:
+    /// `models/scripts/device/pack.py` cuts it to the budgets trained). Anything else (another
+    /// tokenizer, an older or damaged file) reads as no cache, and the latents are encoded
+    /// again.
     fn read(
         path: &Path,
-        tokenizer_hash: &str,
+        tokenizer: &TokenizerIdentity,
         (needed, max_tokens, dim): (usize, usize, usize),
         items: &[&DatasetItem],
     ) -> Option<Self> {
@@ -180,7 +190,9 @@ impl LatentCache {
         let mut at = header_len.checked_add(8)?;
         let header: serde_json::Value = serde_json::from_slice(bytes.get(8..at)?).ok()?;
         let tokens = usize::try_from(header["tokens"].as_u64()?).ok()?;
-        if header["tokenizer_sha256"] != tokenizer_hash
+        let same_tokenizer = header["tokenizer_sha256"] == tokenizer.file_sha256.as_str()
+            || header["encoder_sha256"] == tokenizer.encoder_sha256.as_str();
+        if !same_tokenizer
             || header["dim"].as_u64()? != dim as u64
             || !(needed..=max_tokens).contains(&tokens)
         {
@@ -209,10 +221,16 @@ impl LatentCache {
             })
     }
 
-    fn write(&self, path: &Path, tokenizer_hash: &str) -> std::io::Result<()> {
+    fn write(&self, path: &Path, tokenizer: &TokenizerIdentity) -> std::io::Result<()> {
         let mut paths: Vec<&String> = self.by_path.keys().collect();
         paths.sort();
-        let header = serde_json::json!({"tokenizer_sha256": tokenizer_hash, "tokens": self.tokens, "dim": self.dim, "paths": paths});
+        let header = serde_json::json!({
+            "tokenizer_sha256": tokenizer.file_sha256,
+            "encoder_sha256": tokenizer.encoder_sha256,
+            "tokens": self.tokens,
+            "dim": self.dim,
+            "paths": paths,
+        });
         let header = serde_json::to_vec(&header)?;
         let mut out = (header.len() as u64).to_le_bytes().to_vec();
         out.extend(header);
@@ -357,8 +375,11 @@ pub fn train_dit(
         "budgets must satisfy 32 <= min <= max <= {}",
         tokenizer_config.max_tokens
     );
-    let tokenizer_hash = crate::files::sha256_file(&config.tokenizer)
-        .with_context(|| format!("{}: cannot read", config.tokenizer.display()))?;
+    let tokenizer_identity = TokenizerIdentity {
+        file_sha256: crate::files::sha256_file(&config.tokenizer)
+            .with_context(|| format!("{}: cannot read", config.tokenizer.display()))?,
+        encoder_sha256: TexTok::encoder_sha256(&config.tokenizer)?,
+    };
     let size = tokenizer_config.image_size as u32;
     let dataset = super::load_training_data(&config.data, size, config.validation_percent, cancel)?;
     let train: Vec<&DatasetItem> = dataset.split(Split::Train);
@@ -426,14 +447,14 @@ pub fn train_dit(
         tokenizer_config.max_tokens,
         tokenizer_config.token_dim,
     );
-    let latents = match LatentCache::read(&cache_path, &tokenizer_hash, latent_shape, &train) {
+    let latents = match LatentCache::read(&cache_path, &tokenizer_identity, latent_shape, &train) {
         Some(cache) => cache,
         None => {
             observer.on_message("encoding the latents once");
             let cache =
                 LatentCache::encode(&tokenizer, &train, &captions, device, cancel, observer)?;
             cache
-                .write(&cache_path, &tokenizer_hash)
+                .write(&cache_path, &tokenizer_identity)
                 .with_context(|| format!("{}: cannot write the latents", cache_path.display()))?;
             cache
         }

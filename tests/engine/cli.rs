@@ -355,6 +355,11 @@ fn info_describes_a_checkpoint() {
         .unwrap();
     let (model, _) = tiny(true, 31);
     assert_eq!(params, burn::module::Module::num_params(&model));
+    let encoder = textok_studio::model::textok::TexTok::encoder_sha256(Path::new(&textok)).unwrap();
+    assert!(
+        text.contains(&format!("encoder:    sha256 {encoder}")),
+        "{text}"
+    );
 }
 
 #[test]

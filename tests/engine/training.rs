@@ -731,20 +731,12 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
     let error = train(&dir.path().join("no-start"), &config, false).unwrap_err();
     assert!(format!("{error:#}").contains("init_from"), "{error:#}");
 
-    config.init_from = Some(checkpoint);
+    config.init_from = Some(checkpoint.clone());
     config.token_noise = 0.5;
     config.ema_decay = 0.0; // the EMA is the last weights: any change shows
     train(&dir.path().join("frozen"), &config, false).unwrap();
-    let (tuned, _) = TexTok::load(&dir.path().join("frozen/ema.safetensors"), &cpu()).unwrap();
-    let encoder_parts = [
-        "patch_embed",
-        "encoder_patch_pos",
-        "latent_tokens",
-        "encoder_text_proj",
-        "encoder_blocks",
-        "encoder_norm",
-        "to_tokens",
-    ];
+    let tuned_file = dir.path().join("frozen/ema.safetensors");
+    let (tuned, _) = TexTok::load(&tuned_file, &cpu()).unwrap();
     let (mut encoder_moved, mut decoder_moved) = (0.0f32, 0.0f32);
     for (a, b) in module_to_host(&start)
         .unwrap()
@@ -758,7 +750,7 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
             .zip(&b.values)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0f32, f32::max);
-        if encoder_parts.iter().any(|part| a.name.starts_with(part)) {
+        if TexTok::is_encoder_tensor(&a.name) {
             encoder_moved = encoder_moved.max(moved);
         } else {
             decoder_moved = decoder_moved.max(moved);
@@ -771,6 +763,16 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
     assert!(
         decoder_moved > 1e-4,
         "the decoder did not train ({decoder_moved})"
+    );
+    // So the run's file makes the tokens the start made: the same encoder hash (what a DiT's
+    // latent cache is keyed by), though the files differ.
+    assert_eq!(
+        TexTok::encoder_sha256(&checkpoint).unwrap(),
+        TexTok::encoder_sha256(&tuned_file).unwrap()
+    );
+    assert_ne!(
+        textok_studio::files::sha256_file(&checkpoint).unwrap(),
+        textok_studio::files::sha256_file(&tuned_file).unwrap()
     );
 
     // The noise reaches the decoder: with no learning, the first loss differs from a noiseless run.
@@ -962,4 +964,91 @@ fn a_latent_cache_cut_to_the_trained_budgets_is_used_and_a_too_short_one_is_enco
     run_config.latent_norm = textok_studio::train::dit::LatentNorm::Position;
     train(&run, &run_config).unwrap();
     assert_eq!(cached_tokens(&run), config.max_tokens as u64);
+}
+
+/// `tokenizer` saved again as `out` with one tensor's values shifted: `to_pixels.bias` (a
+/// detokenizer tensor) or `to_tokens.bias` (a tokenizer one).
+fn save_with_shifted_tensor(tokenizer: &Path, tensor: &str, out: &Path) {
+    use textok_studio::checkpoint::{StoredPrecision, save_host_tensors};
+    let (model, config) = TexTok::load(tokenizer, &cpu()).unwrap();
+    let mut tensors = module_to_host(&model).unwrap();
+    let shifted = tensors.iter_mut().find(|t| t.name == tensor).unwrap();
+    shifted.values.iter_mut().for_each(|v| *v += 0.25);
+    save_host_tensors(
+        &tensors,
+        out,
+        textok_studio::model::textok::KIND_TEXTOK,
+        &config,
+        StoredPrecision::F32,
+        Default::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
+    use textok_studio::train::dit::train_dit;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut run_config, _) = tiny_dit_run(dir.path(), 1, 2);
+    run_config.latent_norm = textok_studio::train::dit::LatentNorm::Channel;
+    let encoder = repo_path("models/text-encoder");
+    let original = run_config.tokenizer.clone();
+    let new_decoder = dir.path().join("new-decoder.safetensors");
+    let new_encoder = dir.path().join("new-encoder.safetensors");
+    save_with_shifted_tensor(&original, "to_pixels.bias", &new_decoder);
+    save_with_shifted_tensor(&original, "to_tokens.bias", &new_encoder);
+    let encoder_hash = |path: &Path| TexTok::encoder_sha256(path).unwrap();
+    assert_eq!(encoder_hash(&original), encoder_hash(&new_decoder));
+    assert_ne!(encoder_hash(&original), encoder_hash(&new_encoder));
+
+    let first = dir.path().join("first");
+    let train = |run: &Path, tokenizer: &Path| {
+        let config = textok_studio::train::dit::DitTrainConfig {
+            tokenizer: tokenizer.to_owned(),
+            ..run_config.clone()
+        };
+        train_dit(
+            run,
+            &config,
+            false,
+            None,
+            &cpu(),
+            &encoder,
+            &Losses::default(),
+            &CancelToken::new(),
+        )
+        .unwrap();
+    };
+    train(&first, &original);
+    let (header, values) = read_latent_cache(&first);
+    let original_file_hash = textok_studio::files::sha256_file(&original).unwrap();
+    assert_eq!(header["tokenizer_sha256"], original_file_hash.as_str());
+    assert_eq!(header["encoder_sha256"], encoder_hash(&original).as_str());
+
+    // Each new run starts with a copy of the first run's cache.
+    for (name, tokenizer, reused) in [
+        ("same-encoder", &new_decoder, true),
+        ("other-encoder", &new_encoder, false),
+    ] {
+        let run = dir.path().join(name);
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::copy(first.join("latents.bin"), run.join("latents.bin")).unwrap();
+        train(&run, tokenizer);
+        let (header, new_values) = read_latent_cache(&run);
+        let file_hash = textok_studio::files::sha256_file(tokenizer).unwrap();
+        if reused {
+            assert_eq!(
+                header["tokenizer_sha256"],
+                original_file_hash.as_str(),
+                "{name}"
+            );
+            assert_eq!(new_values, values, "{name}");
+        } else {
+            assert_eq!(header["tokenizer_sha256"], file_hash.as_str(), "{name}");
+            assert_ne!(
+                new_values, values,
+                "{name}: the tokens were not encoded again"
+            );
+        }
+    }
 }

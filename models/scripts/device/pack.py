@@ -101,8 +101,12 @@ for model in twins:
     zeroed = os.path.join(work, f"{model}-tokenizer.safetensors")
     write_safetensors(zeroed, header, bytes(len(data)))
     h, values = headers[model]
-    assert h["tokenizer_sha256"] == hashlib.sha256(open(checkpoint, "rb").read()).hexdigest(), \
-        f"{model}: the cached latents were made by another tokenizer"
+    # The cache was made by this file, or by one with the same encoder (only the detokenizer
+    # fine-tuned since): `textok-studio info` prints that hash.
+    info = subprocess.run([binary, "info", checkpoint], check=True, capture_output=True, text=True).stdout
+    encoder = next(line.split()[-1] for line in info.splitlines() if line.startswith("encoder:"))
+    assert h["tokenizer_sha256"] == hashlib.sha256(open(checkpoint, "rb").read()).hexdigest() \
+        or h.get("encoder_sha256") == encoder, f"{model}: the cached latents were made by another tokenizer"
     tokens, dim = h["tokens"], h["dim"]
     v = np.frombuffer(values, dtype="<f4").reshape(len(h["paths"]), tokens, dim)[:, :MAX_BUDGET, :]
     v = v.astype(np.float16).astype("<f4")
