@@ -107,7 +107,7 @@ impl CheckpointFile {
         };
         // The header first: a file we did not write (say, a multi-GB Stable Diffusion
         // checkpoint picked by mistake) is refused before its tensors are read into memory.
-        if !Self::header_metadata(path)?.contains_key(KIND_KEY) {
+        if !Self::read_metadata(path)?.contains_key(KIND_KEY) {
             return Err(CheckpointError::MissingMetadata {
                 path: path.to_owned(),
                 key: KIND_KEY,
@@ -130,8 +130,8 @@ impl CheckpointFile {
         })
     }
 
-    /// The metadata of a safetensors file, read from its header alone.
-    fn header_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+    /// The metadata of a safetensors file, read from its header alone (no tensor is read).
+    pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
         use std::io::Read;
         let read_error = |cause| CheckpointError::Read {
             path: path.to_owned(),

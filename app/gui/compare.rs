@@ -350,7 +350,7 @@ impl ComparePane {
             && super::library::caption_editor(
                 ui,
                 &mut item.caption,
-                counter.as_ref(),
+                counter.as_deref(),
                 "compare-caption",
             )
         {

@@ -125,9 +125,25 @@ impl TrainObserver for Observer {
 pub struct RunInfo {
     pub dir: PathBuf,
     pub target: Target,
+    /// The schedule's length (the saved one: a time limit shortens the config's).
     pub steps: usize,
+    /// The step of the saved training state; `None` before the first save.
+    pub saved_step: Option<usize>,
+    /// Saved at its last step: nothing left to resume.
+    pub finished: bool,
     pub resumable: bool,
     pub has_weights: bool,
+}
+
+impl RunInfo {
+    /// "step 37 of 200", "finished, 200 steps" or "200 steps, nothing saved yet".
+    pub fn progress_label(&self) -> String {
+        match self.saved_step {
+            Some(step) if self.finished => format!("finished, {step} steps"),
+            Some(step) => format!("step {step} of {}", self.steps),
+            None => format!("{} steps, nothing saved yet", self.steps),
+        }
+    }
 }
 
 /// Lists fine-tuning runs, newest first.
@@ -146,9 +162,20 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
             } else {
                 Target::Tokenizer
             };
+            let config_steps = config.get("steps")?.as_u64()? as usize;
+            // An unreadable state counts as none: Resume would fail on it with its reason.
+            let saved = crate::train::tokenizer::saved_progress(
+                &dir.join(crate::train::TRAINING_STATE_FILE),
+            )
+            .ok();
+            let steps = saved.and_then(|(_, total)| total).unwrap_or(config_steps);
+            let saved_step = saved.map(|(step, _)| step);
+            let finished = saved_step.is_some_and(|step| step >= steps);
             Some(RunInfo {
-                steps: config.get("steps")?.as_u64()? as usize,
-                resumable: dir.join(crate::train::TRAINING_STATE_FILE).exists(),
+                steps,
+                saved_step,
+                finished,
+                resumable: saved_step.is_some() && !finished,
                 has_weights: dir.join("ema.safetensors").exists(),
                 target,
                 dir,
@@ -606,7 +633,8 @@ impl FineTunePane {
         }
         ui.separator();
         ui.heading("Runs");
-        let in_use: Vec<PathBuf> = [&app.state.settings.textok, &app.state.settings.dit]
+        let settings = &app.state.settings;
+        let in_use: Vec<PathBuf> = [&settings.textok, &settings.baseline, &settings.dit]
             .into_iter()
             .flatten()
             .cloned()
@@ -618,6 +646,7 @@ impl FineTunePane {
             }
             if ui.button("Revert to the shipped models").clicked() {
                 app.state.settings.textok = None;
+                app.state.settings.baseline = None;
                 app.state.settings.dit = None;
             }
         }
@@ -634,9 +663,9 @@ impl FineTunePane {
                     .unwrap_or_default();
                 ui.horizontal_wrapped(|ui| {
                     ui.label(format!(
-                        "{name} · {} · {} steps",
+                        "{name} · {} · {}",
                         run.target.label(),
-                        run.steps
+                        run.progress_label()
                     ));
                     if run.resumable && ui.add_enabled(idle, egui::Button::new("Resume")).clicked()
                     {

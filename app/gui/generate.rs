@@ -243,7 +243,7 @@ impl GeneratePane {
         super::library::caption_editor(
             ui,
             &mut app.state.generate.caption,
-            counter.as_ref(),
+            counter.as_deref(),
             "generate-caption",
         );
         if !app.state.recent_prompts.is_empty() {
@@ -301,6 +301,13 @@ impl GeneratePane {
                     .labelled_by(label.id);
                 ui.end_row();
             });
+        if ui
+            .button("Reset tokens, steps and guidance")
+            .on_hover_text("To the defaults in Settings")
+            .clicked()
+        {
+            app.state.apply_default_generation_settings();
+        }
         ui.add_space(6.0);
         match progress {
             Some(progress) => {

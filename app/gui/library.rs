@@ -238,11 +238,23 @@ impl LibraryPane {
                 }));
             }
             ui.separator();
-            ui.checkbox(
-                &mut app.state.settings.save_sidecars,
-                "Save captions as sidecar .txt",
-            )
-            .on_hover_text("Each caption you edit is also written to NAME.txt beside its image");
+            let toggled = ui
+                .checkbox(
+                    &mut app.state.settings.save_sidecars,
+                    "Save captions as sidecar .txt",
+                )
+                .on_hover_text(
+                    "Writes each image's caption to NAME.txt beside it: when turned on, every \
+                     caption its file does not hold yet; then each edit",
+                )
+                .changed();
+            if toggled && app.state.settings.save_sidecars {
+                let queued = app.queue_sidecars_that_differ();
+                if queued > 0 {
+                    app.notices
+                        .info(format!("Writing {queued} caption(s) to NAME.txt sidecars"));
+                }
+            }
             ui.separator();
             ui.label(format!("{} images", app.state.library.len()));
         });
@@ -366,7 +378,7 @@ impl LibraryPane {
         ui.label("Caption");
         let counter = app.token_counter.clone();
         let item = &mut app.state.library[index];
-        if caption_editor(ui, &mut item.caption, counter.as_ref(), "library-caption") {
+        if caption_editor(ui, &mut item.caption, counter.as_deref(), "library-caption") {
             app.caption_edited(&path);
         }
         ui.horizontal(|ui| {

@@ -205,7 +205,9 @@ pub struct AppContext {
     pub engines: Engines,
     pub thumbnails: images::Thumbnails,
     pub notices: Notices,
-    pub token_counter: Option<CaptionTokenCounter>,
+    /// Shared, not cloned: each pane takes a handle every frame, and a copy of the tokenizer
+    /// (its 30k-word vocabulary) per frame would cost milliseconds.
+    pub token_counter: Option<std::sync::Arc<CaptionTokenCounter>>,
     pub data_dir: PathBuf,
     pub notify: Arc<dyn Fn() + Send + Sync>,
     /// A pane asks to switch panes by setting this.
@@ -264,6 +266,23 @@ impl AppContext {
         } else {
             self.notices.info(summary);
         }
+    }
+
+    /// Queues every Library caption that its `NAME.txt` sidecar does not hold yet (so turning
+    /// sidecars on also writes the edits made while they were off); returns how many.
+    pub fn queue_sidecars_that_differ(&mut self) -> usize {
+        let mut queued = 0;
+        for item in &self.state.library {
+            if item.caption.trim().is_empty() {
+                continue;
+            }
+            let on_disk = std::fs::read_to_string(item.path.with_extension("txt")).ok();
+            if on_disk.as_deref().map(str::trim) != Some(item.caption.trim()) {
+                self.sidecars.insert(item.path.clone());
+                queued += 1;
+            }
+        }
+        queued
     }
 
     /// Records a caption edit (sidecar write, Compare recompute).
@@ -461,7 +480,7 @@ impl StudioApp {
             match job.poll() {
                 JobState::Running(_) => {}
                 JobState::Finished(Ok(counter)) => {
-                    self.app.token_counter = Some(counter);
+                    self.app.token_counter = Some(std::sync::Arc::new(counter));
                     self.token_counter_job = None;
                 }
                 JobState::Finished(Err(error)) => {
@@ -636,6 +655,11 @@ impl StudioApp {
         if self.busy() {
             // Progress arrives through request_repaint; this only keeps spinners turning.
             ctx.request_repaint_after(Duration::from_millis(250));
+        } else if self.saver.pending(&self.app.state) || !self.app.sidecars.is_empty() {
+            // Saves wait a second between writes; without another frame a change made in the
+            // last one (the gallery entry of the image that just finished) would wait for the
+            // next mouse move.
+            ctx.request_repaint_after(Duration::from_millis(500));
         }
         self.app.frame_times.record(started.elapsed().as_secs_f64());
     }

@@ -157,6 +157,10 @@ impl SettingsPane {
 
             ui.separator();
             ui.heading("Defaults");
+            ui.weak(
+                "For a new Generate form, Generate's Reset button and the Compare slider until \
+                 it is moved; Apply sets them now.",
+            );
             let settings = &mut app.state.settings;
             egui::Grid::new("defaults").num_columns(2).show(ui, |ui| {
                 let label = ui.label("Token budget");
@@ -169,6 +173,14 @@ impl SettingsPane {
                 ui.add(egui::Slider::new(&mut settings.default_cfg, 0.0..=15.0)).labelled_by(label.id);
                 ui.end_row();
             });
+            if ui
+                .button("Apply to Generate and Compare")
+                .on_hover_text("Sets Generate's tokens, steps and guidance and Compare's budget to these")
+                .clicked()
+            {
+                app.state.apply_default_generation_settings();
+                app.state.compare_budget = None;
+            }
             ui.separator();
             ui.label(format!("Data folder (library, gallery, fine-tuning runs): {}", app.data_dir.display()));
         });

@@ -121,6 +121,15 @@ pub struct PersistedState {
 }
 
 impl PersistedState {
+    /// Sets the Generate form's tokens, steps and guidance to the Settings defaults (the
+    /// caption, seed and image count stay).
+    pub fn apply_default_generation_settings(&mut self) {
+        let defaults = GenerateForm::from_settings(&self.settings);
+        self.generate.tokens = defaults.tokens;
+        self.generate.steps = defaults.steps;
+        self.generate.cfg = defaults.cfg;
+    }
+
     pub fn selected_item(&self) -> Option<&LibraryItem> {
         let selected = self.selected.as_ref()?;
         self.library.iter().find(|item| &item.path == selected)
@@ -277,6 +286,11 @@ impl StateSaver {
             last_check: None,
             interval: Duration::from_secs(1),
         }
+    }
+
+    /// Whether `state` has changes not written yet (that a later tick will write).
+    pub fn pending(&self, state: &PersistedState) -> bool {
+        self.enabled && self.last_written.as_ref() != Some(state)
     }
 
     /// Saves if due and changed; `force` saves any change now (exit).

@@ -246,8 +246,8 @@ impl MiniLmTextEncoder {
 }
 
 /// Counts a caption's tokens without loading the encoder network: the caption editor shows the
-/// count on every keystroke, so it keeps one untruncated tokenizer instead of cloning one per call.
-#[derive(Clone)]
+/// count on every keystroke, so it keeps one untruncated tokenizer instead of cloning one per call
+/// (and is not `Clone`: share it).
 pub struct CaptionTokenCounter {
     tokenizer: Tokenizer,
     max_tokens: usize,

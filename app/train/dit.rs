@@ -499,7 +499,12 @@ pub fn train_dit(
     let mut ema = HostEma::new(ema, config.ema_decay, config.ema_every);
     let schedule = Schedule::default();
     let ema_path = run_dir.join("ema.safetensors");
-    let save = |model: &_, optimizer: &_, ema: &[_], progress: &Progress| -> anyhow::Result<()> {
+    let save = |model: &_,
+                optimizer: &_,
+                ema: &[_],
+                progress: &Progress,
+                total_steps: usize|
+     -> anyhow::Result<()> {
         save_state(
             &state_path,
             &model_config,
@@ -509,6 +514,7 @@ pub fn train_dit(
                 optimizer,
                 ema,
                 progress,
+                total_steps,
             },
             &StateExtras::default(),
         )?;
@@ -613,12 +619,12 @@ pub fn train_dit(
         );
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
             ema.catch_up(&model, progress.step)?;
-            save(&model, &optimizer, &ema.weights, &progress)?;
+            save(&model, &optimizer, &ema.weights, &progress, total_steps)?;
             last_save = Instant::now();
         }
     }
     ema.catch_up(&model, progress.step)?;
-    save(&model, &optimizer, &ema.weights, &progress)?;
+    save(&model, &optimizer, &ema.weights, &progress, total_steps)?;
     observer.on_message(&format!(
         "saved step {} to {}",
         progress.step,

@@ -507,6 +507,7 @@ pub fn train_tokenizer(
                 optimizer: &ModuleOptimizer,
                 ema: &[HostTensor],
                 progress: &Progress,
+                total_steps: usize,
                 gan: &Option<Adversary>|
      -> anyhow::Result<()> {
         let extras = match gan {
@@ -522,6 +523,7 @@ pub fn train_tokenizer(
                 optimizer,
                 ema,
                 progress,
+                total_steps,
             },
             &extras,
         )?;
@@ -651,11 +653,25 @@ pub fn train_tokenizer(
             last_eval = Some(report);
         }
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
-            save(&model, &optimizer, &ema.weights, &progress, &gan)?;
+            save(
+                &model,
+                &optimizer,
+                &ema.weights,
+                &progress,
+                total_steps,
+                &gan,
+            )?;
             last_save = Instant::now();
         }
     }
-    save(&model, &optimizer, &ema.weights, &progress, &gan)?;
+    save(
+        &model,
+        &optimizer,
+        &ema.weights,
+        &progress,
+        total_steps,
+        &gan,
+    )?;
     let finished = progress.step >= total_steps;
     observer.on_message(&format!(
         "saved step {} to {}",
@@ -915,6 +931,7 @@ pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
         optimizer,
         ema,
         progress,
+        total_steps,
     } = state;
     let mut tensors = module_to_host(model).map_err(anyhow::Error::msg)?;
     for tensor in &mut tensors {
@@ -939,6 +956,7 @@ pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
     metadata.insert(PARAM_IDS_KEY.to_owned(), serde_json::to_string(&param_ids)?);
     metadata.insert("train_config".to_owned(), serde_json::to_string(config)?);
     metadata.insert("step".to_owned(), progress.step.to_string());
+    metadata.insert(TOTAL_STEPS_KEY.to_owned(), total_steps.to_string());
     metadata.insert("rng".to_owned(), progress.rng.state.to_string());
     metadata.insert("best_psnr".to_owned(), progress.best_psnr.to_string());
     metadata.insert(
@@ -963,6 +981,28 @@ pub fn save_state<M: Module + ModuleSnapshot, C: Serialize, T: Serialize>(
     .map_err(anyhow::Error::msg)?;
     crate::files::write_atomic(path, &bytes)
         .with_context(|| format!("{}: cannot write training state", path.display()))
+}
+
+/// The metadata key of a training state's schedule length ([`TrainingState::total_steps`]).
+pub const TOTAL_STEPS_KEY: &str = "total_steps";
+
+/// How far a run's saved training state got: `(step, total_steps)`, read from the file's
+/// header alone. `total_steps` is `None` in states saved before it was recorded.
+pub fn saved_progress(path: &Path) -> anyhow::Result<(usize, Option<usize>)> {
+    let metadata = CheckpointFile::read_metadata(path)?;
+    let number = |key: &str| -> anyhow::Result<Option<usize>> {
+        metadata
+            .get(key)
+            .map(|text| {
+                text.parse().map_err(|error| {
+                    anyhow::anyhow!("{}: `{key}` is `{text}`: {error}", path.display())
+                })
+            })
+            .transpose()
+    };
+    let step =
+        number("step")?.with_context(|| format!("{}: no `step` in the state", path.display()))?;
+    Ok((step, number(TOTAL_STEPS_KEY)?))
 }
 
 /// The number a training state stores under metadata `key`; errors name the file and the key.
@@ -1029,6 +1069,9 @@ pub struct TrainingState<'a, M> {
     pub optimizer: &'a ModuleOptimizer,
     pub ema: &'a [HostTensor],
     pub progress: &'a Progress,
+    /// The schedule's length when saved: the run is finished once `progress.step` reaches it
+    /// (a time limit shortens it below the config's `steps`).
+    pub total_steps: usize,
 }
 
 /// Extra modules, blobs and metadata stored in a training state (the GAN's discriminator).

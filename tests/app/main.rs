@@ -323,11 +323,26 @@ fn sidecar_captions_are_written_when_asked_for() {
     options.pane = Some(Pane::Library);
     let mut harness = harness(options);
     harness.step();
+    // An edit while sidecars are off is not written ...
+    let app = &mut harness.state_mut().app;
+    app.state.library[0].caption = "a ripe pear".into();
+    app.caption_edited(&image);
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    assert!(!image.with_extension("txt").exists());
+    // ... until they are turned on.
     harness
         .get_by_label("Save captions as sidecar .txt")
         .click();
     harness.step();
     assert!(harness.state().app.state.settings.save_sidecars);
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    assert_eq!(
+        std::fs::read_to_string(image.with_extension("txt")).unwrap(),
+        "a ripe pear"
+    );
+    harness.state_mut().app.state.library[0].caption.clear();
     harness.get_by_role(Role::MultilineTextInput).focus();
     harness.step();
     harness
@@ -662,6 +677,22 @@ fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
         last.step == last.total && last.total < 1000,
         "a 0.6 s limit ends the run after a few steps: {last:?}"
     );
+    // The run list says it is done and offers no Resume.
+    let runs = list_runs(&fixture.data_dir());
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].saved_step, Some(last.step), "{runs:?}");
+    assert_eq!(
+        runs[0].steps, last.total,
+        "the shortened schedule, not 100,000"
+    );
+    assert!(runs[0].finished && !runs[0].resumable, "{runs:?}");
+    harness.step();
+    assert!(harness.query_by_label("Resume").is_none());
+    assert!(
+        harness
+            .query_by_label_contains(&format!("finished, {} steps", last.step))
+            .is_some()
+    );
 }
 
 #[test]
@@ -707,6 +738,14 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     assert_eq!(runs.len(), 1);
     assert!(runs[0].resumable && runs[0].has_weights, "{runs:?}");
     let stopped_at = live.lock().unwrap().losses.len();
+    let saved_step = runs[0].saved_step.expect("a saved step");
+    assert!(!runs[0].finished && saved_step < 100_000, "{runs:?}");
+    harness.step();
+    assert!(
+        harness
+            .query_by_label_contains(&format!("step {saved_step} of 100000"))
+            .is_some()
+    );
 
     // Resume continues from the saved step.
     harness.step();
@@ -782,6 +821,77 @@ fn settings_switch_the_device_and_the_models_follow() {
                     .is_some_and(|d| d.starts_with("CPU"))
         },
     );
+}
+
+#[test]
+fn settings_defaults_apply_to_generate_and_compare_and_generate_resets_to_them() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Settings);
+    let mut harness = harness(options);
+    harness.step();
+    {
+        let state = &mut harness.state_mut().app.state;
+        state.settings.default_budget = 96;
+        state.settings.default_steps = 25;
+        state.settings.default_cfg = 2.0;
+        state.compare_budget = Some(128);
+        state.generate.caption = "a red apple".into();
+        state.generate.count = 3;
+    }
+    harness
+        .get_by_label("Apply to Generate and Compare")
+        .click();
+    harness.step();
+    let state = &harness.state().app.state;
+    let form = &state.generate;
+    assert_eq!((form.tokens, form.steps, form.cfg), (96, 25, 2.0));
+    assert_eq!((form.caption.as_str(), form.count), ("a red apple", 3));
+    assert_eq!(
+        state.compare_budget, None,
+        "Compare follows the default again"
+    );
+
+    // Generate's Reset returns a changed form to the defaults.
+    let form = &mut harness.state_mut().app.state.generate;
+    (form.tokens, form.steps, form.cfg) = (256, 100, 7.5);
+    harness.get_by_label("Generate").click();
+    harness.step();
+    harness
+        .get_by_label("Reset tokens, steps and guidance")
+        .click();
+    harness.step();
+    let form = &harness.state().app.state.generate;
+    assert_eq!((form.tokens, form.steps, form.cfg), (96, 25, 2.0));
+}
+
+#[test]
+fn a_change_waiting_for_its_save_keeps_a_frame_scheduled_until_it_is_written() {
+    let fixture = fixture();
+    let mut harness = harness(fixture.options());
+    wait_until(&mut harness, "the start", Duration::from_secs(60), idle);
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    let repaint_delay = |harness: &Harness<'static, StudioApp>| {
+        harness.output().viewport_output[&egui::ViewportId::ROOT].repaint_delay
+    };
+    let saved_prompts = || state::load(&fixture.data_dir()).state.recent_prompts;
+    // A change right after a save waits for the next one, with a frame scheduled for it ...
+    harness
+        .state_mut()
+        .app
+        .state
+        .recent_prompts
+        .push("a blue whale".into());
+    harness.step();
+    assert!(saved_prompts().is_empty(), "saved within the second");
+    assert!(repaint_delay(&harness) <= Duration::from_secs(1));
+    // ... which writes it; then nothing more is scheduled.
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    assert_eq!(saved_prompts(), ["a blue whale"]);
+    harness.step();
+    assert!(repaint_delay(&harness) > Duration::from_secs(60));
 }
 
 #[test]

@@ -286,6 +286,7 @@ fn cancelled_training_saves_and_resumes_to_the_same_weights() {
         optimizer: &restored.1,
         ema: &restored.2,
         progress: &restored.3,
+        total_steps: config.steps,
     };
     save_state(
         &copy.join("state.safetensors"),
