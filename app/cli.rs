@@ -888,6 +888,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         engine.textok.source
     );
     eprintln!("DiT:    {}", engine.dit_source);
+    if let Some(warning) = &engine.token_mismatch {
+        eprintln!("warning: {warning}");
+    }
     let started = std::time::Instant::now();
     let progress = |p: crate::jobs::Progress| {
         let elapsed = started.elapsed().as_secs_f64();
@@ -983,6 +986,9 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             "{name}: tokenizer {}, DiT {}",
             engine.textok.source, engine.dit_source
         );
+        if let Some(warning) = &engine.token_mismatch {
+            eprintln!("warning: {name}: {warning}");
+        }
         let size = engine.textok.config.image_size as u32;
         if references.is_none() {
             let dataset = Dataset::load(

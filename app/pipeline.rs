@@ -321,6 +321,9 @@ pub struct GenerateEngine {
     pub dit_config: DitConfig,
     pub dit_source: ModelSource,
     pub schedule: Schedule,
+    /// Set when the DiT was trained on the tokens of another tokenizer than `textok` (its
+    /// samples would decode to noise): what to do about it.
+    pub token_mismatch: Option<String>,
 }
 
 /// What to load for a [`GenerateEngine`].
@@ -347,6 +350,37 @@ impl GenerateSpec {
             default_dit: crate::paths::default_dit_checkpoint(),
         }
     }
+}
+
+/// Whether the DiT was trained on the tokens `textok` makes: `Some(message)` when it was not.
+/// A DiT records its tokenizer's encoder hash; one from before that (the shipped one) counts as
+/// trained on the shipped TexTok when it is the shipped DiT. Unknown pairs (or a file that
+/// cannot be read again) pass: this check warns, it never stops a load.
+fn token_mismatch(
+    spec: &GenerateSpec,
+    textok: &ModelSource,
+    dit_config: &DitConfig,
+) -> Option<String> {
+    let ModelSource::File(textok_path) = textok else {
+        return None;
+    };
+    let shipped_dit = spec.dit.is_none() && spec.default_dit.exists();
+    let expected = match &dit_config.tokenizer_encoder_sha256 {
+        Some(hash) => hash.clone(),
+        None if shipped_dit && !spec.baseline => {
+            TexTok::encoder_sha256(&spec.default_textok).ok()?
+        }
+        None => return None,
+    };
+    if TexTok::encoder_sha256(textok_path).ok()? == expected {
+        return None;
+    }
+    Some(format!(
+        "The generator was trained on the tokens of another tokenizer than {}: its images \
+         will be noise. Fine-tune the DiT on this tokenizer, or use the tokenizer it was \
+         trained on (a detokenizer fine-tuned with the tokens kept is fine).",
+        textok_path.display()
+    ))
 }
 
 impl GenerateEngine {
@@ -394,6 +428,7 @@ impl GenerateEngine {
             text_encoder.name(),
             text_encoder.width()
         );
+        let token_mismatch = token_mismatch(spec, &textok.source, &dit_config);
         let engine = Self {
             device,
             text_encoder,
@@ -402,6 +437,7 @@ impl GenerateEngine {
             dit_config,
             dit_source,
             schedule: Schedule::default(),
+            token_mismatch,
         };
         // A one-budget DiT needs a TexTok that holds that many tokens.
         let trained = engine.dit_config.trained_budgets();

@@ -56,6 +56,9 @@ pub struct FineTuneForm {
     pub batch: usize,
     /// Stop after this many minutes, the schedule shortened to fit (0: no limit).
     pub time_limit_minutes: f64,
+    /// Tokenizer runs: train the detokenizer alone, so the tokens (and the generator trained
+    /// on them) stay valid.
+    pub keep_tokens: bool,
 }
 
 impl FineTuneForm {
@@ -75,6 +78,7 @@ impl Default for FineTuneForm {
             learning_rate: 5e-5,
             batch: 4,
             time_limit_minutes: 0.0,
+            keep_tokens: true,
         }
     }
 }
@@ -435,6 +439,9 @@ impl FineTunePane {
                                 config.eval_images = 16;
                                 config.checkpoint_minutes = 1.0;
                                 config.init_from = textok.is_file().then_some(textok);
+                                // Freezing needs weights to keep; a first run trains both.
+                                config.freeze_encoder =
+                                    form.keep_tokens && config.init_from.is_some();
                                 config
                             }
                         };
@@ -617,6 +624,17 @@ impl FineTunePane {
                     .labelled_by(label.id);
                     ui.end_row();
                 });
+            if self.form.target == Target::Tokenizer {
+                ui.checkbox(
+                    &mut self.form.keep_tokens,
+                    "Keep the tokens (train the detokenizer only)",
+                )
+                .on_hover_text(
+                    "The generator was trained on this tokenizer's tokens: keeping them keeps \
+                     it working with the fine-tuned model. Off, both halves learn your images \
+                     and the generator needs fine-tuning on the new tokens too.",
+                );
+            }
             if ui.button("Start").clicked() {
                 self.start(app, None);
             }

@@ -357,6 +357,9 @@ impl GeneratePane {
                             format!("DiT: {}", engine.dit_source),
                         );
                     }
+                    if let Some(warning) = &engine.token_mismatch {
+                        ui.colored_label(ui.visuals().warn_fg_color, warning);
+                    }
                     ui.weak(super::device_label(&engine.device.description));
                 }
             }

@@ -60,6 +60,10 @@ pub struct DitConfig {
     /// by default. Absent in older checkpoints, which means off (an `Option` because burn
     /// configs only tolerate a missing key for those).
     pub pooled_caption: Option<bool>,
+    /// [`crate::model::textok::TexTok::encoder_sha256`] of the tokenizer whose tokens this DiT
+    /// was trained on, so generation can say when it is paired with a tokenizer that makes
+    /// other tokens (its images would be noise). Absent in older checkpoints.
+    pub tokenizer_encoder_sha256: Option<String>,
 }
 
 impl DitConfig {

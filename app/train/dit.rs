@@ -428,6 +428,8 @@ pub fn train_dit(
         }
         None => (config.min_budget, config.max_budget),
     };
+    // This run trains on these tokens (a fine-tune from a DiT of another tokenizer, too).
+    model_config.tokenizer_encoder_sha256 = Some(tokenizer_identity.encoder_sha256.clone());
     model_config.trained_min_budget = Some(low);
     model_config.trained_max_budget = Some(high.min(model_config.max_tokens));
     observer.on_message("encoding captions");

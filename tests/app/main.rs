@@ -737,6 +737,10 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     let runs = list_runs(&fixture.data_dir());
     assert_eq!(runs.len(), 1);
     assert!(runs[0].resumable && runs[0].has_weights, "{runs:?}");
+    // By default the run keeps the tokens, so the generator stays valid.
+    let run_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(run_config["freeze_encoder"], true, "{run_config}");
     let stopped_at = live.lock().unwrap().losses.len();
     let saved_step = runs[0].saved_step.expect("a saved step");
     assert!(!runs[0].finished && saved_step < 100_000, "{runs:?}");

@@ -1302,3 +1302,59 @@ fn training_a_tokenizer_from_a_dit_file_says_what_the_file_holds() {
         "{err}"
     );
 }
+
+#[test]
+fn a_generator_paired_with_a_tokenizer_of_other_tokens_says_so() {
+    use textok_studio::model::textok::TexTok;
+    use textok_studio::pipeline::{GenerateEngine, GenerateSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let device = cpu();
+    // Two tokenizers with different encoders, and a copy of the first with another decoder.
+    let (textok, _) = save_tiny_pair(dir.path());
+    let (model, config) = tiny(true, 57);
+    let other = dir.path().join("other.safetensors");
+    model.save(&config, &other, StoredPrecision::F16).unwrap();
+    let (mut same_tokens, config) = TexTok::load(Path::new(&textok), &device).unwrap();
+    same_tokens.to_pixels.bias = same_tokens
+        .to_pixels
+        .bias
+        .map(|bias| bias.map(|b| b.add_scalar(0.5)));
+    let same_tokens_file = dir.path().join("new-decoder.safetensors");
+    same_tokens
+        .save(&config, &same_tokens_file, StoredPrecision::F16)
+        .unwrap();
+
+    // A DiT that records the tokenizer it was trained on.
+    let dit_config = textok_studio::model::dit::DitConfig::tiny()
+        .with_tokenizer_encoder_sha256(Some(TexTok::encoder_sha256(Path::new(&textok)).unwrap()));
+    let dit = textok_studio::device::init_module(&device, Some(5), || dit_config.init(&device));
+    let recorded = dir.path().join("recorded-dit.safetensors");
+    dit.save(&dit_config, &recorded, StoredPrecision::F16)
+        .unwrap();
+    // One from before DiTs recorded it.
+    let unrecorded = dir.path().join("unrecorded-dit.safetensors");
+    save_tiny_dit(&unrecorded, 5);
+
+    let mismatch = |tokenizer: &Path, dit: Option<&Path>, default_textok: &str| {
+        let mut spec = GenerateSpec::shipped();
+        spec.textok = Some(tokenizer.to_owned());
+        spec.default_textok = default_textok.into();
+        match dit {
+            Some(dit) => spec.dit = Some(dit.to_owned()),
+            None => spec.default_dit = unrecorded.clone(),
+        }
+        GenerateEngine::load(&spec, textok_studio::device::cpu())
+            .unwrap()
+            .token_mismatch
+    };
+    let textok_path = Path::new(&textok);
+    assert_eq!(mismatch(textok_path, Some(&recorded), &textok), None);
+    assert_eq!(mismatch(&same_tokens_file, Some(&recorded), &textok), None);
+    let warning = mismatch(&other, Some(&recorded), &textok).expect("other tokens");
+    assert!(warning.contains("other.safetensors"), "{warning}");
+    // An unrecorded DiT chosen by hand: not known, no warning ...
+    assert_eq!(mismatch(&other, Some(&unrecorded), &textok), None);
+    // ... the shipped (default) one was trained on the shipped (default) tokenizer.
+    assert_eq!(mismatch(&same_tokens_file, None, &textok), None);
+    assert!(mismatch(&other, None, &textok).is_some());
+}

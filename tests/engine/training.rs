@@ -557,6 +557,11 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
         "new runs normalise per position"
     );
     assert_eq!(
+        dit_config.tokenizer_encoder_sha256,
+        Some(TexTok::encoder_sha256(&run_config.tokenizer).unwrap()),
+        "the DiT records whose tokens it learned"
+    );
+    assert_eq!(
         dit_config.trained_budgets(),
         run_config.min_budget..=run_config.max_budget.min(config.max_tokens),
         "the checkpoint records the budgets it was trained on"
