@@ -166,26 +166,24 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
                 }),
             }
         }
-    } else {
-        let mut state = Walk {
-            root,
-            // Where links cannot be resolved (some Windows drives), none point inside.
-            canonical_root: root.canonicalize().unwrap_or_else(|_| root.to_owned()),
-            followed: HashSet::new(),
-            files: Vec::new(),
-            skipped: Vec::new(),
-        };
-        walk(&mut state, root).map_err(read_error)?;
-        skipped.append(&mut state.skipped);
-        for relative in state.files {
-            let path = root.join(&relative);
-            let is_image = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-            if !is_image {
-                continue;
+        // The folder's other images are reported, not silently left out (the Library adds
+        // them uncaptioned, as it does a sidecar folder's).
+        let listed: HashSet<&str> = entries.iter().map(|e| e.relative.as_str()).collect();
+        let (images, mut walk_skipped) = image_files(root).map_err(read_error)?;
+        skipped.append(&mut walk_skipped);
+        for relative in images {
+            if !listed.contains(relative.as_str()) {
+                skipped.push(SkippedFile {
+                    relative,
+                    reason: "no caption (not listed in captions.jsonl)".into(),
+                });
             }
+        }
+    } else {
+        let (images, mut walk_skipped) = image_files(root).map_err(read_error)?;
+        skipped.append(&mut walk_skipped);
+        for relative in images {
+            let path = root.join(&relative);
             match read_sidecar_caption(&path) {
                 Ok(Some(caption)) => entries.push(DatasetEntry { relative, caption }),
                 Ok(None) => skipped.push(SkippedFile {
@@ -198,6 +196,31 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
     }
     entries.sort_by(|a, b| a.relative.cmp(&b.relative));
     Ok((entries, skipped))
+}
+
+/// The image files under `root` (by extension; relative paths with `/`), and the entries the
+/// walk could not use (broken links, unreadable folders).
+fn image_files(root: &Path) -> std::io::Result<(Vec<String>, Vec<SkippedFile>)> {
+    let mut state = Walk {
+        root,
+        // Where links cannot be resolved (some Windows drives), none point inside.
+        canonical_root: root.canonicalize().unwrap_or_else(|_| root.to_owned()),
+        followed: HashSet::new(),
+        files: Vec::new(),
+        skipped: Vec::new(),
+    };
+    walk(&mut state, root)?;
+    let images = state
+        .files
+        .into_iter()
+        .filter(|relative| {
+            Path::new(relative)
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect();
+    Ok((images, state.skipped))
 }
 
 /// True for absolute paths and paths with a `..` component (not for names like `a..png`).

@@ -766,8 +766,17 @@ impl FineTunePane {
                 .iter()
                 .map(|(k, p)| format!("{k}: {p:.2} dB"))
                 .collect();
+            // With no held-out image in the split the trainer scores training images: say so.
+            let (kind, note) = if report.held_out {
+                ("Validation", "validation image")
+            } else {
+                (
+                    "Training-image PSNR (no held-out images in the split)",
+                    "training image (no held-out images)",
+                )
+            };
             ui.label(format!(
-                "Validation at step {} ({} images): PSNR {}",
+                "{kind} at step {} ({} images): PSNR {}",
                 report.step,
                 report.images,
                 psnr.join(", ")
@@ -803,7 +812,9 @@ impl FineTunePane {
                     });
                 }
             });
-            ui.weak("Top: validation image; bottom: its reconstruction at 256 tokens with the EMA weights.");
+            ui.weak(format!(
+                "Top: {note}; bottom: its reconstruction at the largest budget with the EMA weights."
+            ));
         }
         if let Some(message) = live.messages.last() {
             ui.weak(message);

@@ -80,11 +80,21 @@ pub enum GalleryAction {
     Delete,
 }
 
+/// A gallery entry deleted this session, for Undo: its place, and the file's bytes (`None`
+/// when the file was kept because the Library uses it).
+struct Deleted {
+    index: usize,
+    entry: super::state::GalleryEntry,
+    bytes: Option<Vec<u8>>,
+}
+
 #[derive(Default)]
 pub struct GeneratePane {
     running: Option<Running>,
     save_dialog: Option<(Receiver<Vec<PathBuf>>, PathBuf)>,
     last_error: Option<String>,
+    /// Newest last; kept in memory until the app closes.
+    deleted: Vec<Deleted>,
 }
 
 /// "12/50 steps, ETA 4 s" from a progress report and the time since the job started.
@@ -382,57 +392,108 @@ impl GeneratePane {
         ));
         let side = 160.0;
         let mut action: Option<(usize, GalleryAction)> = None;
-        egui::ScrollArea::vertical().show(ui, |ui| {
-            ui.horizontal_wrapped(|ui| {
-                for (index, entry) in app.state.gallery.iter().enumerate() {
-                    ui.vertical(|ui| {
-                        ui.set_width(side);
-                        match app.thumbnails.get(&entry.file) {
-                            ThumbnailState::Ready(texture) => {
-                                ui.add(egui::Image::from_texture((
-                                    texture.id(),
-                                    egui::vec2(side, side),
-                                )));
+        if let Some(deleted) = self.deleted.last() {
+            let name = deleted
+                .entry
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if ui.button(format!("Undo delete ({name})")).clicked() {
+                self.undo_delete(app);
+            }
+        }
+        let spacing = ui.spacing().item_spacing;
+        let columns = ((ui.available_width() + spacing.x) / (side + spacing.x))
+            .floor()
+            .max(1.0) as usize;
+        let rows = app.state.gallery.len().div_ceil(columns);
+        // The picture, two lines of text and two rows of small buttons (they wrap in 160 px).
+        let text = ui.text_style_height(&egui::TextStyle::Body);
+        let cell_height = side + 2.0 * text + 2.0 * ui.spacing().interact_size.y + 5.0 * spacing.y;
+        // Only the visible rows are laid out (and their thumbnails decoded), as in the
+        // Library: a gallery of thousands scrolls like one of ten.
+        egui::ScrollArea::vertical().show_rows(ui, cell_height + spacing.y, rows, |ui, visible| {
+            for row in visible {
+                let first = row * columns;
+                let last = (first + columns).min(app.state.gallery.len());
+                ui.horizontal(|ui| {
+                    for index in first..last {
+                        let entry = &app.state.gallery[index];
+                        let layout = egui::Layout::top_down(egui::Align::Min);
+                        ui.allocate_ui_with_layout(egui::vec2(side, cell_height), layout, |ui| {
+                            ui.set_width(side);
+                            ui.set_min_height(cell_height);
+                            match app.thumbnails.get(&entry.file) {
+                                ThumbnailState::Ready(texture) => {
+                                    ui.add(egui::Image::from_texture((
+                                        texture.id(),
+                                        egui::vec2(side, side),
+                                    )));
+                                }
+                                ThumbnailState::Pending => {
+                                    ui.add_sized([side, side], egui::Spinner::new());
+                                }
+                                ThumbnailState::Failed(reason) => {
+                                    ui.add_sized(
+                                        [side, side],
+                                        egui::Label::new(format!("unreadable: {reason}")),
+                                    );
+                                }
                             }
-                            ThumbnailState::Pending => {
-                                ui.add_sized([side, side], egui::Spinner::new());
-                            }
-                            ThumbnailState::Failed(reason) => {
-                                ui.add_sized(
-                                    [side, side],
-                                    egui::Label::new(format!("unreadable: {reason}")),
-                                );
-                            }
-                        }
-                        let s = &entry.settings;
-                        ui.add(
-                            egui::Label::new(egui::RichText::new(&s.caption).small()).truncate(),
-                        );
-                        ui.weak(format!(
-                            "k={} · {} steps · cfg {} · seed {}",
-                            s.tokens, s.steps, s.cfg, s.seed
-                        ));
-                        ui.horizontal_wrapped(|ui| {
-                            if ui.small_button("Reuse settings").clicked() {
-                                action = Some((index, GalleryAction::Reuse));
-                            }
-                            if ui.small_button("Save as…").clicked() {
-                                action = Some((index, GalleryAction::SaveAs));
-                            }
-                            if ui.small_button("To Library").clicked() {
-                                action = Some((index, GalleryAction::ToLibrary));
-                            }
-                            if ui.small_button("Delete").clicked() {
-                                action = Some((index, GalleryAction::Delete));
-                            }
+                            let s = &entry.settings;
+                            ui.add(
+                                egui::Label::new(egui::RichText::new(&s.caption).small())
+                                    .truncate(),
+                            );
+                            ui.weak(format!(
+                                "k={} · {} steps · cfg {} · seed {}",
+                                s.tokens, s.steps, s.cfg, s.seed
+                            ));
+                            ui.horizontal_wrapped(|ui| {
+                                if ui.small_button("Reuse settings").clicked() {
+                                    action = Some((index, GalleryAction::Reuse));
+                                }
+                                if ui.small_button("Save as…").clicked() {
+                                    action = Some((index, GalleryAction::SaveAs));
+                                }
+                                if ui.small_button("To Library").clicked() {
+                                    action = Some((index, GalleryAction::ToLibrary));
+                                }
+                                if ui.small_button("Delete").clicked() {
+                                    action = Some((index, GalleryAction::Delete));
+                                }
+                            });
                         });
-                    });
-                }
-            });
+                    }
+                });
+            }
         });
         if let Some((index, what)) = action {
             self.act(index, what, app);
         }
+    }
+
+    /// Brings back the last deleted gallery entry, and its file.
+    pub fn undo_delete(&mut self, app: &mut AppContext) {
+        let Some(Deleted {
+            index,
+            entry,
+            bytes,
+        }) = self.deleted.pop()
+        else {
+            return;
+        };
+        if let Some(bytes) = bytes
+            && !entry.file.exists()
+            && let Err(error) = crate::files::write_atomic(&entry.file, &bytes)
+        {
+            app.notices
+                .error(format!("Cannot restore {}: {error}", entry.file.display()));
+            return;
+        }
+        let index = index.min(app.state.gallery.len());
+        app.state.gallery.insert(index, entry);
     }
 
     /// A gallery button (also used by tests).
@@ -452,6 +513,12 @@ impl GeneratePane {
                 form.count = 1;
             }
             GalleryAction::SaveAs => {
+                // A second dialog would replace the first one's answer, which would be lost.
+                if self.save_dialog.is_some() {
+                    app.notices
+                        .info("A Save dialog is already open; finish that one first.");
+                    return;
+                }
                 let name = entry
                     .file
                     .file_name()
@@ -492,8 +559,15 @@ impl GeneratePane {
                     app.notices.info(
                         "Removed from the gallery; the file stays because the Library uses it.",
                     );
+                    self.deleted.push(Deleted {
+                        index,
+                        entry,
+                        bytes: None,
+                    });
                     return;
                 }
+                // Keep the bytes, so Undo can write the file back.
+                let bytes = std::fs::read(&entry.file).ok();
                 if let Err(error) = std::fs::remove_file(&entry.file)
                     && error.kind() != std::io::ErrorKind::NotFound
                 {
@@ -501,6 +575,11 @@ impl GeneratePane {
                         .error(format!("Cannot delete {}: {error}", entry.file.display()));
                 }
                 app.thumbnails.forget(&entry.file);
+                self.deleted.push(Deleted {
+                    index,
+                    entry,
+                    bytes,
+                });
             }
         }
     }

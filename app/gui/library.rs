@@ -201,9 +201,30 @@ pub fn caption_editor(
 #[derive(Default)]
 pub struct LibraryPane {
     dialog: Option<std::sync::mpsc::Receiver<Vec<PathBuf>>>,
+    /// Items removed this session, newest last, with their places: Undo puts them back (a
+    /// caption typed in the app may exist nowhere else).
+    removed: Vec<(usize, LibraryItem)>,
 }
 
 impl LibraryPane {
+    /// Puts the last removed item back where it was (unless it was added again meanwhile).
+    pub fn undo_remove(&mut self, app: &mut AppContext) {
+        let Some((index, item)) = self.removed.pop() else {
+            return;
+        };
+        if app
+            .state
+            .library
+            .iter()
+            .any(|other| other.path == item.path)
+        {
+            return;
+        }
+        let index = index.min(app.state.library.len());
+        app.state.selected = Some(item.path.clone());
+        app.state.library.insert(index, item);
+    }
+
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         if let Some(receiver) = &self.dialog
             && let Ok(paths) = receiver.try_recv()
@@ -257,6 +278,16 @@ impl LibraryPane {
             }
             ui.separator();
             ui.label(format!("{} images", app.state.library.len()));
+            if let Some((_, item)) = self.removed.last() {
+                let name = item
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if ui.button(format!("Undo remove ({name})")).clicked() {
+                    self.undo_remove(app);
+                }
+            }
         });
         ui.weak("Drop image files or folders anywhere on the window to add them.");
         ui.separator();
@@ -385,8 +416,13 @@ impl LibraryPane {
             if ui.button("Open in Compare").clicked() {
                 app.switch_to = Some(Pane::Compare);
             }
-            if ui.button("Remove from library").clicked() {
-                app.state.library.remove(index);
+            if ui
+                .button("Remove from library")
+                .on_hover_text("The file stays on disk; Undo brings the item and its caption back")
+                .clicked()
+            {
+                let item = app.state.library.remove(index);
+                self.removed.push((index, item));
                 app.state.selected = None;
             }
         });

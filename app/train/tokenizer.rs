@@ -271,6 +271,9 @@ pub struct EvalReport {
     /// Mean PSNR (dB) per budget, in `EVAL_BUDGETS` order.
     pub psnr: Vec<(usize, f64)>,
     pub mean_psnr: f64,
+    /// False when the split had no validation images and training images were scored
+    /// instead (a handful of the user's own pictures): then this is not a held-out score.
+    pub held_out: bool,
     /// The first few validation images with their reconstructions at the largest budget, for
     /// the GUI's "validation reconstructions" (not logged).
     #[serde(skip)]
@@ -414,7 +417,8 @@ pub fn train_tokenizer(
         .into_iter()
         .take(config.eval_images)
         .collect();
-    if validation.is_empty() {
+    let held_out = !validation.is_empty();
+    if !held_out {
         // A handful of the user's own pictures can hash entirely into the training split; the
         // progress reconstructions then show training images rather than nothing.
         observer.on_message("no validation images in the split; evaluating on training images");
@@ -631,12 +635,13 @@ pub fn train_tokenizer(
                 &validation,
                 captions.as_ref(),
                 progress.step,
+                held_out,
                 &plain,
             );
             super::log_event(
                 &paths.log(),
                 &serde_json::json!({"event": "eval", "step": report.step, "psnr": report.psnr,
-                "mean_psnr": report.mean_psnr, "images": report.images}),
+                "mean_psnr": report.mean_psnr, "images": report.images, "held_out": held_out}),
             );
             observer.on_eval(&report);
             if report.mean_psnr > progress.best_psnr {
@@ -870,12 +875,14 @@ impl CaptionStore {
 /// One caption's embedding on the host: (real tokens, token-major values).
 pub type CaptionRow = (usize, Vec<f32>);
 
-/// Mean PSNR of `model` over `items` at each of [`EVAL_BUDGETS`] the model holds.
+/// Mean PSNR of `model` over `items` at each of [`EVAL_BUDGETS`] the model holds; `held_out`:
+/// whether `items` are validation images (else training images stand in).
 pub fn evaluate(
     model: &TexTok,
     items: &[&DatasetItem],
     captions: Option<&CaptionStore>,
     step: usize,
+    held_out: bool,
     device: &Device,
 ) -> EvalReport {
     let budgets: Vec<usize> = EVAL_BUDGETS
@@ -914,6 +921,7 @@ pub fn evaluate(
         images: items.len(),
         psnr,
         mean_psnr,
+        held_out,
         samples,
     }
 }

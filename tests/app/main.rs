@@ -184,11 +184,15 @@ fn import_takes_files_and_folders_with_their_captions_and_reports_the_rest() {
         "{\"file\": \"x.png\", \"caption\": \"from the index\"}\n",
     )
     .unwrap();
-    import_paths(&mut library, &[indexed]);
+    // An image the index does not list comes in uncaptioned, like a sidecar folder's.
+    std::fs::copy(sample("apple"), indexed.join("unlisted.png")).unwrap();
+    let report = import_paths(&mut library, &[indexed]);
+    assert_eq!(report.added, 2, "{:?}", report.skipped);
     assert_eq!(
         caption_of(&library, "x.png").as_deref(),
         Some("from the index")
     );
+    assert_eq!(caption_of(&library, "unlisted.png").as_deref(), Some(""));
 }
 
 #[test]
@@ -311,6 +315,38 @@ fn a_second_window_on_the_same_data_folder_says_so_and_saves_nothing() {
     let mut third = harness(fixture.options());
     third.step();
     assert_eq!(third.state().app.notices.errors().count(), 0);
+}
+
+#[test]
+fn a_removed_library_item_comes_back_with_its_caption_on_undo() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    let items: Vec<LibraryItem> = ["apple", "penguin", "lizard"]
+        .into_iter()
+        .map(|name| LibraryItem {
+            path: sample(name),
+            caption: format!("a typed caption for the {name}"),
+        })
+        .collect();
+    harness.state_mut().app.state.library = items.clone();
+    harness.state_mut().app.state.selected = Some(sample("penguin"));
+    harness.step();
+    harness.get_by_label("Remove from library").click();
+    harness.step();
+    assert_eq!(harness.state().app.state.library.len(), 2);
+    harness.step();
+    harness.get_by_label_contains("Undo remove").click();
+    harness.step();
+    assert_eq!(
+        harness.state().app.state.library,
+        items,
+        "back in its place"
+    );
+    assert_eq!(harness.state().app.state.selected, Some(sample("penguin")));
+    harness.step();
+    assert!(harness.query_by_label_contains("Undo remove").is_none());
 }
 
 #[test]
@@ -548,9 +584,51 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     app.generate.act(0, GalleryAction::ToLibrary, &mut app.app);
     assert_eq!(app.app.state.library.len(), 1);
     assert_eq!(app.app.state.library[0].caption, "a red apple");
+    let bytes = std::fs::read(&gallery[1].file).unwrap();
     app.generate.act(1, GalleryAction::Delete, &mut app.app);
     assert_eq!(app.app.state.gallery.len(), 1);
     assert!(!gallery[1].file.exists());
+    // Undo brings back the entry, in its place, and the file as it was.
+    harness.step();
+    harness.get_by_label_contains("Undo delete").click();
+    harness.step();
+    assert_eq!(harness.state().app.state.gallery, gallery);
+    assert_eq!(std::fs::read(&gallery[1].file).unwrap(), bytes);
+    harness.step();
+    assert!(harness.query_by_label_contains("Undo delete").is_none());
+}
+
+#[test]
+fn a_gallery_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Generate);
+    let mut harness = harness(options);
+    let entry = |i: usize| textok_studio::gui::state::GalleryEntry {
+        file: fixture.dir.path().join(format!("missing-{i:05}.png")),
+        settings: textok_studio::gui::state::GenerationSettings {
+            caption: format!("picture number {i}"),
+            tokens: 64,
+            steps: 50,
+            cfg: 3.0,
+            seed: i as u64,
+        },
+    };
+    harness.state_mut().app.state.gallery = (0..5000).map(entry).collect();
+    for _ in 0..10 {
+        harness.step();
+    }
+    let app = harness.state();
+    assert!(
+        app.app.thumbnails.len() < 200,
+        "{} thumbnails requested for one screen",
+        app.app.thumbnails.len()
+    );
+    assert!(
+        app.app.frame_times.quantile_ms(0.5) < 50.0,
+        "median frame {:.1} ms",
+        app.app.frame_times.quantile_ms(0.5)
+    );
 }
 
 #[test]

@@ -99,6 +99,9 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     picture(&root.join("one.png"), 1);
     picture(&root.join("two.png"), 2);
     picture(&root.join("dots..png"), 3);
+    // An image the file does not list, in a subfolder.
+    std::fs::create_dir(root.join("more")).unwrap();
+    picture(&root.join("more/unlisted.png"), 4);
     let lines = [
         r#"{"file": "dots..png", "caption": "two dots in the name are not a parent folder"}"#,
         r#"{"file": "one.png", "caption": "the first picture"}"#,
@@ -118,11 +121,20 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     assert_eq!(entries.len(), 3, "{skipped:?}");
     assert_eq!(entries[0].relative, "dots..png", "the first line is read");
     assert_eq!(entries[2].caption, "the second picture");
-    assert_eq!(skipped.len(), 5, "{skipped:?}");
-    let not_utf8 = skipped.last().unwrap();
+    assert_eq!(skipped.len(), 6, "{skipped:?}");
+    let not_utf8 = &skipped[4];
     assert_eq!(
         (not_utf8.relative.as_str(), not_utf8.reason.as_str()),
         ("captions.jsonl:8", "not UTF-8 text")
+    );
+    // The image the file does not list is reported, not silently left out.
+    let unlisted = skipped.last().unwrap();
+    assert_eq!(
+        (unlisted.relative.as_str(), unlisted.reason.as_str()),
+        (
+            "more/unlisted.png",
+            "no caption (not listed in captions.jsonl)"
+        )
     );
     let dataset = Dataset::load(root, 16, 5, None, &NoProgress, &CancelToken::new()).unwrap();
     assert_eq!(dataset.items.len(), 3);

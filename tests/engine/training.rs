@@ -1058,3 +1058,41 @@ fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
         }
     }
 }
+
+/// Records whether each evaluation scored held-out images.
+struct HeldOut(Mutex<Vec<bool>>);
+
+impl TrainObserver for HeldOut {
+    fn on_eval(&self, report: &textok_studio::train::tokenizer::EvalReport) {
+        self.0.lock().unwrap().push(report.held_out);
+    }
+}
+
+#[test]
+fn an_evaluation_on_training_images_says_it_is_not_held_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 8);
+    for (percent, held_out) in [(0, false), (50, true)] {
+        let mut config = tiny_config(&data, 2, true);
+        config.eval_every = 1;
+        config.validation_percent = percent;
+        let observer = HeldOut(Mutex::new(Vec::new()));
+        train_tokenizer(
+            &dir.path().join(format!("run-{percent}")),
+            &config,
+            false,
+            None,
+            &cpu(),
+            &models(),
+            &observer,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            observer.0.into_inner().unwrap(),
+            [held_out, held_out],
+            "{percent} % held out"
+        );
+    }
+}
