@@ -243,11 +243,12 @@ impl CheckpointFile {
         list
     }
 
-    /// SHA-256 over this file's kind and config and the stored
-    /// tensors whose names `include` selects (each one's name, dtype, shape and bytes, in name
-    /// order). Two files that agree on these compute the same function with those tensors,
-    /// whatever else in them differs: a tokenizer whose detokenizer alone was fine-tuned still
-    /// makes the same tokens, and a cache of them stays valid.
+    /// SHA-256 over this file's kind and config and the stored tensors whose names `include`
+    /// selects (each one's name, shape and values, in name order). Two files that agree on
+    /// these compute the same function with those tensors, whatever else in them differs: a
+    /// tokenizer whose detokenizer alone was fine-tuned still makes the same tokens, and a
+    /// cache of them stays valid. Float values are hashed as f32 and the config as parsed JSON,
+    /// so a run's f32 `ema.safetensors` and an f16 file of the same weights agree.
     pub fn selected_tensors_sha256(&self, include: impl Fn(&str) -> bool) -> String {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
@@ -256,13 +257,17 @@ impl CheckpointFile {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part);
         };
-        for key in [KIND_KEY, CONFIG_KEY] {
-            update(
-                self.metadata
-                    .get(key)
-                    .map_or(&b""[..], |value| value.as_bytes()),
-            );
-        }
+        update(
+            self.metadata
+                .get(KIND_KEY)
+                .map_or(&b""[..], |kind| kind.as_bytes()),
+        );
+        let config = self.metadata.get(CONFIG_KEY).map(|json| {
+            // Key order and spacing do not change the config (serde_json's maps sort keys).
+            serde_json::from_str::<serde_json::Value>(json)
+                .map_or_else(|_| json.clone(), |value| value.to_string())
+        });
+        update(config.as_deref().unwrap_or("").as_bytes());
         let tensors = self.tensors();
         let mut selected: Vec<(String, TensorView<'_>)> = tensors
             .iter()
@@ -272,8 +277,17 @@ impl CheckpointFile {
         selected.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, view) in selected {
             update(name.as_bytes());
-            update(format!("{:?} {:?}", view.dtype(), view.shape()).as_bytes());
-            update(view.data());
+            update(format!("{:?}", view.shape()).as_bytes());
+            match decode_f32(&view) {
+                Some(values) => {
+                    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    update(&bytes);
+                }
+                None => {
+                    update(format!("{:?}", view.dtype()).as_bytes());
+                    update(view.data());
+                }
+            }
         }
         hasher
             .finalize()

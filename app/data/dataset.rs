@@ -168,11 +168,20 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
         }
         // The folder's other images are reported, not silently left out (the Library adds
         // them uncaptioned, as it does a sidecar folder's).
-        let listed: HashSet<&str> = entries.iter().map(|e| e.relative.as_str()).collect();
+        // Compared by path components: `./a.png` and `sub//a.png` list `a.png`, `sub/a.png`.
+        let components = |relative: &str| -> Vec<String> {
+            Path::new(relative)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect()
+        };
+        let listed: HashSet<Vec<String>> =
+            entries.iter().map(|e| components(&e.relative)).collect();
         let (images, mut walk_skipped) = image_files(root).map_err(read_error)?;
         skipped.append(&mut walk_skipped);
         for relative in images {
-            if !listed.contains(relative.as_str()) {
+            if !listed.contains(&components(&relative)) {
                 skipped.push(SkippedFile {
                     relative,
                     reason: "no caption (not listed in captions.jsonl)".into(),

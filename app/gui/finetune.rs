@@ -135,6 +135,8 @@ pub struct RunInfo {
     pub saved_step: Option<usize>,
     /// Saved at its last step: nothing left to resume.
     pub finished: bool,
+    /// Why its training state could not be read (a damaged file): shown, and no Resume.
+    pub state_error: Option<String>,
     pub resumable: bool,
     pub has_weights: bool,
 }
@@ -142,6 +144,12 @@ pub struct RunInfo {
 impl RunInfo {
     /// "step 37 of 200", "finished, 200 steps" or "200 steps, nothing saved yet".
     pub fn progress_label(&self) -> String {
+        if let Some(error) = &self.state_error {
+            return format!(
+                "{} steps, its training state cannot be read: {error}",
+                self.steps
+            );
+        }
         match self.saved_step {
             Some(step) if self.finished => format!("finished, {step} steps"),
             Some(step) => format!("step {step} of {}", self.steps),
@@ -167,11 +175,15 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
                 Target::Tokenizer
             };
             let config_steps = config.get("steps")?.as_u64()? as usize;
-            // An unreadable state counts as none: Resume would fail on it with its reason.
-            let saved = crate::train::tokenizer::saved_progress(
-                &dir.join(crate::train::TRAINING_STATE_FILE),
-            )
-            .ok();
+            let state = dir.join(crate::train::TRAINING_STATE_FILE);
+            let (saved, state_error) = if state.exists() {
+                match crate::train::tokenizer::saved_progress(&state) {
+                    Ok(saved) => (Some(saved), None),
+                    Err(error) => (None, Some(format!("{error:#}"))),
+                }
+            } else {
+                (None, None)
+            };
             let steps = saved.and_then(|(_, total)| total).unwrap_or(config_steps);
             let saved_step = saved.map(|(step, _)| step);
             let finished = saved_step.is_some_and(|step| step >= steps);
@@ -179,6 +191,7 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
                 steps,
                 saved_step,
                 finished,
+                state_error,
                 resumable: saved_step.is_some() && !finished,
                 has_weights: dir.join("ema.safetensors").exists(),
                 target,

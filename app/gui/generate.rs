@@ -214,24 +214,37 @@ impl GeneratePane {
         None
     }
 
+    /// Copies `source` to the file the Save dialog picked (none: cancelled).
+    fn save_picked(picked: &[PathBuf], source: &Path, app: &mut AppContext) {
+        let Some(target) = picked.first() else {
+            return;
+        };
+        let result = std::fs::read(source)
+            .with_context(|| format!("cannot read {}", source.display()))
+            .and_then(|bytes| {
+                crate::files::write_atomic(target, &bytes)
+                    .with_context(|| format!("cannot write {}", target.display()))
+            });
+        match result {
+            Ok(()) => app.notices.info(format!("Saved {}", target.display())),
+            Err(error) => app.notices.error(format!("Cannot save: {error:#}")),
+        }
+    }
+
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         let progress = self.poll(app);
-        if let Some((receiver, source)) = &self.save_dialog
-            && let Ok(picked) = receiver.try_recv()
-        {
-            if let Some(target) = picked.first() {
-                let result = std::fs::read(source)
-                    .with_context(|| format!("cannot read {}", source.display()))
-                    .and_then(|bytes| {
-                        crate::files::write_atomic(target, &bytes)
-                            .with_context(|| format!("cannot write {}", target.display()))
-                    });
-                match result {
-                    Ok(()) => app.notices.info(format!("Saved {}", target.display())),
-                    Err(error) => app.notices.error(format!("Cannot save: {error:#}")),
-                }
+        if let Some((receiver, source)) = &self.save_dialog {
+            // A dialog thread that ended without an answer (it failed) counts as cancelled,
+            // or the guard against a second dialog would hold for good.
+            let picked = match receiver.try_recv() {
+                Ok(picked) => Some(picked),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Vec::new()),
+                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            };
+            if let Some(picked) = picked {
+                Self::save_picked(&picked, source, app);
+                self.save_dialog = None;
             }
-            self.save_dialog = None;
         }
 
         egui::Panel::left("generate-form")
@@ -380,6 +393,18 @@ impl GeneratePane {
     }
 
     fn gallery(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        // First, so the last picture's delete can be undone from an empty gallery too.
+        if let Some(deleted) = self.deleted.last() {
+            let name = deleted
+                .entry
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if ui.button(format!("Undo delete ({name})")).clicked() {
+                self.undo_delete(app);
+            }
+        }
         if app.state.gallery.is_empty() {
             ui.centered_and_justified(|ui| {
                 ui.label("Generated images appear here, each with the settings that made it.");
@@ -392,17 +417,6 @@ impl GeneratePane {
         ));
         let side = 160.0;
         let mut action: Option<(usize, GalleryAction)> = None;
-        if let Some(deleted) = self.deleted.last() {
-            let name = deleted
-                .entry
-                .file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if ui.button(format!("Undo delete ({name})")).clicked() {
-                self.undo_delete(app);
-            }
-        }
         let spacing = ui.spacing().item_spacing;
         let columns = ((ui.available_width() + spacing.x) / (side + spacing.x))
             .floor()
@@ -413,7 +427,7 @@ impl GeneratePane {
         let cell_height = side + 2.0 * text + 2.0 * ui.spacing().interact_size.y + 5.0 * spacing.y;
         // Only the visible rows are laid out (and their thumbnails decoded), as in the
         // Library: a gallery of thousands scrolls like one of ten.
-        egui::ScrollArea::vertical().show_rows(ui, cell_height + spacing.y, rows, |ui, visible| {
+        egui::ScrollArea::vertical().show_rows(ui, cell_height, rows, |ui, visible| {
             for row in visible {
                 let first = row * columns;
                 let last = (first + columns).min(app.state.gallery.len());
@@ -484,12 +498,18 @@ impl GeneratePane {
         else {
             return;
         };
-        if let Some(bytes) = bytes
+        if let Some(content) = &bytes
             && !entry.file.exists()
-            && let Err(error) = crate::files::write_atomic(&entry.file, &bytes)
+            && let Err(error) = crate::files::write_atomic(&entry.file, content)
         {
             app.notices
                 .error(format!("Cannot restore {}: {error}", entry.file.display()));
+            // Kept, so Undo can be tried again (say, once the disk has room).
+            self.deleted.push(Deleted {
+                index,
+                entry,
+                bytes,
+            });
             return;
         }
         let index = index.min(app.state.gallery.len());

@@ -274,6 +274,9 @@ pub struct StateSaver {
     last_written: Option<PersistedState>,
     last_check: Option<Instant>,
     interval: Duration,
+    /// The state whose write failed last: not pending again until it changes (a read-only
+    /// folder would otherwise wake the idle app to fail every second).
+    failed: Option<PersistedState>,
 }
 
 impl StateSaver {
@@ -285,12 +288,15 @@ impl StateSaver {
             last_written: Some(loaded.clone()),
             last_check: None,
             interval: Duration::from_secs(1),
+            failed: None,
         }
     }
 
     /// Whether `state` has changes not written yet (that a later tick will write).
     pub fn pending(&self, state: &PersistedState) -> bool {
-        self.enabled && self.last_written.as_ref() != Some(state)
+        self.enabled
+            && self.last_written.as_ref() != Some(state)
+            && self.failed.as_ref() != Some(state)
     }
 
     /// Saves if due and changed; `force` saves any change now (exit).
@@ -306,10 +312,16 @@ impl StateSaver {
             return Ok(false);
         }
         self.last_check = Some(Instant::now());
-        if self.last_written.as_ref() == Some(state) {
+        // A state that failed is tried again when it changes, or at exit (`force`).
+        let failed_before = !force && self.failed.as_ref() == Some(state);
+        if self.last_written.as_ref() == Some(state) || failed_before {
             return Ok(false);
         }
-        save(&self.dir, state)?;
+        if let Err(error) = save(&self.dir, state) {
+            self.failed = Some(state.clone());
+            return Err(error);
+        }
+        self.failed = None;
         self.last_written = Some(state.clone());
         Ok(true)
     }

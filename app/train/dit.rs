@@ -164,6 +164,10 @@ struct LatentCache {
     tokens: usize,
     dim: usize,
     by_path: HashMap<String, Vec<f32>>,
+    /// The encoder hash of the tokenizer that made these tokens, where the file says (a cache
+    /// packed for another machine is paired with a stand-in tokenizer file whose own hash is
+    /// not the real encoder's; caches from before the field do not say).
+    encoder_sha256: Option<String>,
 }
 
 impl LatentCache {
@@ -218,6 +222,7 @@ impl LatentCache {
                 tokens,
                 dim,
                 by_path,
+                encoder_sha256: header["encoder_sha256"].as_str().map(str::to_owned),
             })
     }
 
@@ -279,6 +284,7 @@ impl LatentCache {
             tokens,
             dim,
             by_path,
+            encoder_sha256: None,
         })
     }
 
@@ -428,8 +434,6 @@ pub fn train_dit(
         }
         None => (config.min_budget, config.max_budget),
     };
-    // This run trains on these tokens (a fine-tune from a DiT of another tokenizer, too).
-    model_config.tokenizer_encoder_sha256 = Some(tokenizer_identity.encoder_sha256.clone());
     model_config.trained_min_budget = Some(low);
     model_config.trained_max_budget = Some(high.min(model_config.max_tokens));
     observer.on_message("encoding captions");
@@ -461,6 +465,13 @@ pub fn train_dit(
             cache
         }
     };
+    // This run trains on these tokens (a fine-tune from a DiT of another tokenizer, too).
+    model_config.tokenizer_encoder_sha256 = Some(
+        latents
+            .encoder_sha256
+            .clone()
+            .unwrap_or_else(|| tokenizer_identity.encoder_sha256.clone()),
+    );
     if initial.is_none() {
         model_config.pooled_caption = Some(config.pooled_caption);
         let (mean, std) = latents.statistics(config.latent_norm);

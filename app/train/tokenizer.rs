@@ -707,7 +707,11 @@ pub fn update_ema<M: Module + ModuleSnapshot>(
     for (average, current) in ema.iter_mut().zip(params) {
         debug_assert_eq!(average.name, current.name);
         for (a, c) in average.values.iter_mut().zip(current.values) {
-            *a = d * *a + one_minus * c;
+            // A weight equal to its average stays exactly so: `d*a + (1-d)*a` can round a few
+            // ulps away, and a frozen encoder must keep its bits (its hash keys the tokens).
+            if *a != c {
+                *a = d * *a + one_minus * c;
+            }
         }
     }
     Ok(())

@@ -231,6 +231,18 @@ fn state_round_trips_and_a_damaged_file_is_kept_aside() {
     let mut saver = state::StateSaver::new(odd.path().to_owned(), &unreadable.state, false);
     assert!(!saver.tick(&saved, true).unwrap(), "nothing is written");
     assert!(odd.path().join(state::STATE_FILE).join("keep").exists());
+
+    // A write that fails (a file where the data folder should be) is reported once and not
+    // pending again until the state changes, so an idle app does not retry every second.
+    let blocked = dir.path().join("not-a-folder");
+    std::fs::write(&blocked, b"x").unwrap();
+    let mut saver = state::StateSaver::new(blocked, &PersistedState::default(), true);
+    assert!(saver.pending(&saved));
+    assert!(saver.tick(&saved, false).is_err());
+    assert!(!saver.pending(&saved));
+    let mut changed = saved.clone();
+    changed.remember_prompt("a cat on a mat");
+    assert!(saver.pending(&changed));
 }
 
 #[test]
@@ -588,10 +600,15 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     app.generate.act(1, GalleryAction::Delete, &mut app.app);
     assert_eq!(app.app.state.gallery.len(), 1);
     assert!(!gallery[1].file.exists());
-    // Undo brings back the entry, in its place, and the file as it was.
-    harness.step();
-    harness.get_by_label_contains("Undo delete").click();
-    harness.step();
+    app.generate.act(0, GalleryAction::Delete, &mut app.app);
+    assert!(app.app.state.gallery.is_empty());
+    // Undo (offered in the empty gallery too) brings back each entry, in its place, and the
+    // file as it was.
+    for _ in 0..2 {
+        harness.step();
+        harness.get_by_label_contains("Undo delete").click();
+        harness.step();
+    }
     assert_eq!(harness.state().app.state.gallery, gallery);
     assert_eq!(std::fs::read(&gallery[1].file).unwrap(), bytes);
     harness.step();
@@ -855,6 +872,26 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     harness.get_by_label("Revert to the shipped models").click();
     harness.step();
     assert_eq!(harness.state().app.state.settings.textok, None);
+}
+
+#[test]
+fn a_run_with_a_damaged_training_state_says_so_and_offers_no_resume() {
+    let fixture = fixture();
+    let run = fixture
+        .data_dir()
+        .join(textok_studio::gui::finetune::FINETUNE_DIR)
+        .join("textok-1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.json"), br#"{"steps": 40}"#).unwrap();
+    std::fs::write(run.join("state.safetensors"), b"not a checkpoint").unwrap();
+    let runs = list_runs(&fixture.data_dir());
+    assert_eq!(runs.len(), 1);
+    assert!(!runs[0].resumable, "{runs:?}");
+    let label = runs[0].progress_label();
+    assert!(
+        label.contains("cannot be read") && label.contains("state.safetensors"),
+        "{label}"
+    );
 }
 
 #[test]

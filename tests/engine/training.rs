@@ -780,6 +780,25 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
         textok_studio::files::sha256_file(&checkpoint).unwrap(),
         textok_studio::files::sha256_file(&tuned_file).unwrap()
     );
+    // The same from an f16 file (as shipped) with a decaying EMA (as the app fine-tunes): the
+    // run's f32 EMA keeps the frozen weights' exact values, and the hash reads values, not bytes.
+    let (start_config, half) = (tiny(true, 31).1, dir.path().join("start-f16.safetensors"));
+    start
+        .save(
+            &start_config,
+            &half,
+            textok_studio::checkpoint::StoredPrecision::F16,
+        )
+        .unwrap();
+    let mut from_half = config.clone();
+    from_half.init_from = Some(half.clone());
+    from_half.ema_decay = 0.999;
+    from_half.steps = 3;
+    train(&dir.path().join("frozen-f16"), &from_half, false).unwrap();
+    assert_eq!(
+        TexTok::encoder_sha256(&half).unwrap(),
+        TexTok::encoder_sha256(&dir.path().join("frozen-f16/ema.safetensors")).unwrap()
+    );
 
     // The noise reaches the decoder: with no learning, the first loss differs from a noiseless run.
     let first_loss = |noise: f64, run: &str| {
@@ -1057,6 +1076,32 @@ fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
             );
         }
     }
+
+    // A cache keyed to a stand-in tokenizer file (pack.py's zeroed one; here the other
+    // encoder's) that names the real encoder: used, and the DiT records the real encoder.
+    let (mut header, values) = read_latent_cache(&first);
+    header["tokenizer_sha256"] = textok_studio::files::sha256_file(&new_encoder)
+        .unwrap()
+        .into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut packed = (header.len() as u64).to_le_bytes().to_vec();
+    packed.extend(header);
+    packed.extend(&values);
+    let run = dir.path().join("packed");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("latents.bin"), &packed).unwrap();
+    train(&run, &new_encoder);
+    assert_eq!(
+        read_latent_cache(&run).1,
+        values,
+        "the packed cache was used"
+    );
+    let (_, dit_config) =
+        textok_studio::model::dit::Dit::load(&run.join("ema.safetensors"), &cpu()).unwrap();
+    assert_eq!(
+        dit_config.tokenizer_encoder_sha256,
+        Some(encoder_hash(&original))
+    );
 }
 
 /// Records whether each evaluation scored held-out images.
@@ -1095,4 +1140,18 @@ fn an_evaluation_on_training_images_says_it_is_not_held_out() {
             "{percent} % held out"
         );
     }
+}
+
+#[test]
+fn an_ema_of_weights_that_do_not_change_keeps_their_exact_values() {
+    use textok_studio::train::tokenizer::update_ema;
+    let (model, _) = tiny(true, 13);
+    let weights = module_to_host(&model).unwrap();
+    let mut ema = weights.clone();
+    for decay in [0.9, 0.999, 0.37, 0.5] {
+        update_ema(&mut ema, &model, decay).unwrap();
+    }
+    // `d*a + (1-d)*a` rounds away from `a` for some values; a frozen encoder's must not move
+    // (its hash keys the tokens cached for a DiT).
+    assert!(ema == weights, "the average of unchanged weights drifted");
 }
