@@ -113,6 +113,14 @@ impl Thumbnails {
         }
     }
 
+    /// Whether `path`'s thumbnail was requested and has arrived (decoded or failed).
+    pub fn arrived(&self, path: &Path) -> bool {
+        matches!(
+            self.cache.get(path),
+            Some(Thumbnail::Ready(_) | Thumbnail::Failed(_))
+        )
+    }
+
     /// Thumbnails requested so far.
     pub fn len(&self) -> usize {
         self.cache.len()

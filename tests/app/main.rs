@@ -344,6 +344,24 @@ fn a_removed_library_item_comes_back_with_its_caption_on_undo() {
         .collect();
     harness.state_mut().app.state.library = items.clone();
     harness.state_mut().app.state.selected = Some(sample("penguin"));
+    // Let the token counter and the thumbnails arrive first: each moves the details panel's
+    // buttons, and a click is delivered where the button was in the previous frame.
+    wait_until(
+        &mut harness,
+        "the token counter",
+        Duration::from_secs(60),
+        |app| app.app.token_counter.is_some(),
+    );
+    wait_until(
+        &mut harness,
+        "the thumbnails",
+        Duration::from_secs(60),
+        |app| {
+            items
+                .iter()
+                .all(|item| app.app.thumbnails.arrived(&item.path))
+        },
+    );
     harness.step();
     harness.get_by_label("Remove from library").click();
     harness.step();
