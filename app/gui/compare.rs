@@ -380,10 +380,7 @@ impl ComparePane {
                         .on_hover_text(source.to_string());
                     }
                     Some(crate::pipeline::ModelSource::File(path)) => {
-                        let name = path
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default();
+                        let name = super::file_name_of(path);
                         ui.weak(format!("{label}: {name}"))
                             .on_hover_text(path.display().to_string());
                     }

@@ -687,11 +687,7 @@ impl FineTunePane {
                 ui.weak("No fine-tuning runs yet.");
             }
             for run in runs {
-                let name = run
-                    .dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name = super::file_name_of(&run.dir);
                 ui.horizontal_wrapped(|ui| {
                     ui.label(format!(
                         "{name} · {} · {}",

@@ -395,12 +395,7 @@ impl GeneratePane {
     fn gallery(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         // First, so the last picture's delete can be undone from an empty gallery too.
         if let Some(deleted) = self.deleted.last() {
-            let name = deleted
-                .entry
-                .file
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let name = super::file_name_of(&deleted.entry.file);
             if ui.button(format!("Undo delete ({name})")).clicked() {
                 self.undo_delete(app);
             }

@@ -279,11 +279,7 @@ impl LibraryPane {
             ui.separator();
             ui.label(format!("{} images", app.state.library.len()));
             if let Some((_, item)) = self.removed.last() {
-                let name = item
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name = super::file_name_of(&item.path);
                 if ui.button(format!("Undo remove ({name})")).clicked() {
                     self.undo_remove(app);
                 }
@@ -393,11 +389,7 @@ impl LibraryPane {
             ui.label("Select an image to edit its caption.");
             return;
         };
-        ui.heading(
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
+        ui.heading(super::file_name_of(&path));
         ui.weak(path.display().to_string());
         if let ThumbnailState::Ready(texture) = app.thumbnails.get(&path) {
             let side = ui.available_width().min(256.0);

@@ -294,6 +294,13 @@ impl AppContext {
     }
 }
 
+/// The last component of `path`, for labels ("" for a path that has none).
+pub fn file_name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// Shows "loading" with a spinner, or the load failure with Retry; returns the engine once it is
 /// ready. `what` names the models in messages ("models", "the generator").
 pub fn engine_status<T>(

@@ -460,6 +460,23 @@ fn tiny_dit_run(
     (run_config, config)
 }
 
+/// Trains a new DiT run (no resume, no time limit) on the CPU with the shipped text encoder.
+fn new_dit_run(
+    run: &Path,
+    config: &textok_studio::train::dit::DitTrainConfig,
+) -> anyhow::Result<textok_studio::train::tokenizer::TrainOutcome> {
+    textok_studio::train::dit::train_dit(
+        run,
+        config,
+        false,
+        None,
+        &cpu(),
+        &repo_path("models/text-encoder"),
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+}
+
 #[test]
 fn dit_training_with_a_sparse_ema_saves_the_caught_up_average() {
     use textok_studio::train::dit::{DitTrainConfig, train_dit};
@@ -843,11 +860,10 @@ fn dit_runs_from_before_latent_norm_keep_per_channel_statistics() {
 #[test]
 fn geometry_positions_need_a_pyramid_tokenizer() {
     use textok_studio::model::textok::TexTokConfig;
-    use textok_studio::train::dit::{DitTrainConfig, PositionInit, train_dit};
+    use textok_studio::train::dit::{DitTrainConfig, PositionInit};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     tiny_dataset(&data, 4);
-    let encoder = repo_path("models/text-encoder");
     let run = |tokenizer_config: TexTokConfig, name: &str| {
         let tokenizer = dir.path().join(format!("{name}.safetensors"));
         tokenizer_config
@@ -861,16 +877,7 @@ fn geometry_positions_need_a_pyramid_tokenizer() {
         let mut config = DitTrainConfig::new(data.clone(), tokenizer, "tiny", 2, 2);
         config.validation_percent = 0;
         config.position_init = PositionInit::Geometry;
-        train_dit(
-            &dir.path().join(name),
-            &config,
-            false,
-            None,
-            &cpu(),
-            &encoder,
-            &Losses::default(),
-            &CancelToken::new(),
-        )
+        new_dit_run(&dir.path().join(name), &config)
     };
     assert!(run(TexTokConfig::tiny(true), "pyramid").unwrap().finished);
     let error = run(TexTokConfig::tiny(true).with_pyramid(None), "plain").unwrap_err();
@@ -930,23 +937,10 @@ fn cached_tokens(run: &Path) -> u64 {
 
 #[test]
 fn a_latent_cache_cut_to_the_trained_budgets_is_used_and_a_too_short_one_is_encoded_again() {
-    use textok_studio::train::dit::{DitTrainConfig, train_dit};
     let dir = tempfile::tempdir().unwrap();
     let (mut run_config, config) = tiny_dit_run(dir.path(), 1, 2);
     run_config.max_budget = 40;
-    let encoder = repo_path("models/text-encoder");
-    let train = |run: &Path, run_config: &DitTrainConfig| {
-        train_dit(
-            run,
-            run_config,
-            false,
-            None,
-            &cpu(),
-            &encoder,
-            &Losses::default(),
-            &CancelToken::new(),
-        )
-    };
+    let train = new_dit_run;
     let full = dir.path().join("full");
     train(&full, &run_config).unwrap();
     assert_eq!(cached_tokens(&full), config.max_tokens as u64);
@@ -1012,11 +1006,9 @@ fn save_with_shifted_tensor(tokenizer: &Path, tensor: &str, out: &Path) {
 
 #[test]
 fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
-    use textok_studio::train::dit::train_dit;
     let dir = tempfile::tempdir().unwrap();
     let (mut run_config, _) = tiny_dit_run(dir.path(), 1, 2);
     run_config.latent_norm = textok_studio::train::dit::LatentNorm::Channel;
-    let encoder = repo_path("models/text-encoder");
     let original = run_config.tokenizer.clone();
     let new_decoder = dir.path().join("new-decoder.safetensors");
     let new_encoder = dir.path().join("new-encoder.safetensors");
@@ -1032,17 +1024,7 @@ fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
             tokenizer: tokenizer.to_owned(),
             ..run_config.clone()
         };
-        train_dit(
-            run,
-            &config,
-            false,
-            None,
-            &cpu(),
-            &encoder,
-            &Losses::default(),
-            &CancelToken::new(),
-        )
-        .unwrap();
+        new_dit_run(run, &config).unwrap();
     };
     train(&first, &original);
     let (header, values) = read_latent_cache(&first);
