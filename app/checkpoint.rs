@@ -243,6 +243,15 @@ impl CheckpointFile {
         list
     }
 
+    /// SHA-256 of the whole file (what [`crate::files::sha256_file`] gives for it).
+    pub fn sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(&self.bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// SHA-256 over this file's kind and config and the stored tensors whose names `include`
     /// selects (each one's name, shape and values, in name order). Two files that agree on
     /// these compute the same function with those tensors, whatever else in them differs: a

@@ -597,8 +597,7 @@ fn run_info(path: &Path) -> anyhow::Result<()> {
     if kind == crate::model::textok::KIND_TEXTOK {
         // Two tokenizer files with the same encoder hash make the same tokens (a DiT's latent
         // cache is keyed by it), though their detokenizers may differ.
-        let encoder =
-            checkpoint.selected_tensors_sha256(crate::model::textok::TexTok::is_encoder_tensor);
+        let encoder = crate::model::textok::TexTok::encoder_sha256_of(&checkpoint)?;
         println!("encoder:    sha256 {encoder}");
     }
     println!("config:     {}", serde_json::to_string_pretty(&config)?);

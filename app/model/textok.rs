@@ -520,7 +520,11 @@ impl TexTok {
     /// Equal for two files whose detokenizers alone differ (`train tokenizer
     /// --freeze-encoder`), so tokens cached for one serve the other.
     pub fn encoder_sha256(path: &Path) -> Result<String, CheckpointError> {
-        let checkpoint = CheckpointFile::read(path)?;
+        Self::encoder_sha256_of(&CheckpointFile::read(path)?)
+    }
+
+    /// [`Self::encoder_sha256`] of a checkpoint already read.
+    pub fn encoder_sha256_of(checkpoint: &CheckpointFile) -> Result<String, CheckpointError> {
         checkpoint.expect_kind(KIND_TEXTOK)?;
         Ok(checkpoint.selected_tensors_sha256(Self::is_encoder_tensor))
     }

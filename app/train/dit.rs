@@ -367,7 +367,9 @@ pub fn train_dit(
         DitConfig::PRESETS
     );
 
-    let (tokenizer, tokenizer_config) = TexTok::load(&config.tokenizer, device)?;
+    // Read once: the model, its file hash and its encoder hash come from the same bytes.
+    let tokenizer_file = crate::checkpoint::CheckpointFile::read(&config.tokenizer)?;
+    let (tokenizer, tokenizer_config) = TexTok::from_checkpoint(&tokenizer_file, device)?;
     let slot_cells = tokenizer.slot_cells();
     ensure!(
         config.position_init == PositionInit::Random || !slot_cells.is_empty(),
@@ -382,10 +384,10 @@ pub fn train_dit(
         tokenizer_config.max_tokens
     );
     let tokenizer_identity = TokenizerIdentity {
-        file_sha256: crate::files::sha256_file(&config.tokenizer)
-            .with_context(|| format!("{}: cannot read", config.tokenizer.display()))?,
-        encoder_sha256: TexTok::encoder_sha256(&config.tokenizer)?,
+        file_sha256: tokenizer_file.sha256(),
+        encoder_sha256: TexTok::encoder_sha256_of(&tokenizer_file)?,
     };
+    drop(tokenizer_file);
     let size = tokenizer_config.image_size as u32;
     let dataset = super::load_training_data(&config.data, size, config.validation_percent, cancel)?;
     let train: Vec<&DatasetItem> = dataset.split(Split::Train);
