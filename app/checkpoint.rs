@@ -246,10 +246,7 @@ impl CheckpointFile {
     /// SHA-256 of the whole file (what [`crate::files::sha256_file`] gives for it).
     pub fn sha256(&self) -> String {
         use sha2::{Digest, Sha256};
-        Sha256::digest(&self.bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::files::to_hex(&Sha256::digest(&self.bytes))
     }
 
     /// SHA-256 over this file's kind and config and the stored tensors whose names `include`
@@ -298,11 +295,7 @@ impl CheckpointFile {
                 }
             }
         }
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::files::to_hex(&hasher.finalize())
     }
 
     /// Total number of stored scalar parameters.

@@ -38,11 +38,12 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut file = std::fs::File::open(path)?;
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(to_hex(&hasher.finalize()))
+}
+
+/// Lower-case hex of `bytes` (how digests are written everywhere in the project).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Claims `dir/STEM.EXT`, or `dir/STEM-2.EXT`, `-3`, ...: the first name not taken, created

@@ -22,6 +22,13 @@ pub const IMAGE_EXTENSIONS: [&str; 12] = [
     "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ico", "pnm", "tga", "qoi",
 ];
 
+/// Whether `path` names an image file by its extension (any case).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Name of the JSON-lines caption index at a dataset's root.
 pub const CAPTIONS_JSONL: &str = "captions.jsonl";
 
@@ -222,12 +229,7 @@ fn image_files(root: &Path) -> std::io::Result<(Vec<String>, Vec<SkippedFile>)> 
     let images = state
         .files
         .into_iter()
-        .filter(|relative| {
-            Path::new(relative)
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        })
+        .filter(|relative| has_image_extension(Path::new(relative)))
         .collect();
     Ok((images, state.skipped))
 }
@@ -279,10 +281,7 @@ pub fn sidecar_shared_with(image: &Path) -> Option<PathBuf> {
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .is_some_and(same_stem)
-                && other
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                && has_image_extension(other)
                 && other.is_file()
         })
 }

@@ -2,7 +2,7 @@
 //! "Add folder…" or drag-and-drop; folders bring their `NAME.txt` sidecars or `captions.jsonl`.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use eframe::egui;
 
@@ -43,12 +43,6 @@ impl ImportReport {
     }
 }
 
-pub fn is_image_path(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 /// Adds image files and folders to `library`. A file's caption comes from its `NAME.txt`
 /// sidecar; a folder's from its `captions.jsonl` or sidecars (uncaptioned images come in with an
 /// empty caption). Paths are stored absolute, so the library survives a change of directory.
@@ -73,7 +67,7 @@ pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> Import
                     }
                     for file in skipped {
                         let image = path.join(&file.relative);
-                        if is_image_path(&image)
+                        if dataset::has_image_extension(&image)
                             && image.is_file()
                             && file.reason.contains("no caption")
                         {
@@ -90,7 +84,7 @@ pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> Import
             }
         } else if !path.is_file() {
             report.skipped.push((path, "no such file".into()));
-        } else if !is_image_path(&path) {
+        } else if !dataset::has_image_extension(&path) {
             report
                 .skipped
                 .push((path, "not an image file (by its extension)".into()));

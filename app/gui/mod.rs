@@ -276,8 +276,10 @@ impl AppContext {
             if item.caption.trim().is_empty() {
                 continue;
             }
-            let on_disk = std::fs::read_to_string(item.path.with_extension("txt")).ok();
-            if on_disk.as_deref().map(str::trim) != Some(item.caption.trim()) {
+            // The reader imports use (trimmed, byte-order mark dropped), so a file that would
+            // import as this caption counts as holding it.
+            let on_disk = crate::data::dataset::read_sidecar_caption(&item.path);
+            if on_disk.ok().flatten().as_deref() != Some(item.caption.trim()) {
                 self.sidecars.insert(item.path.clone());
                 queued += 1;
             }

@@ -1002,19 +1002,12 @@ pub const TOTAL_STEPS_KEY: &str = "total_steps";
 /// header alone. `total_steps` is `None` in states saved before it was recorded.
 pub fn saved_progress(path: &Path) -> anyhow::Result<(usize, Option<usize>)> {
     let metadata = CheckpointFile::read_metadata(path)?;
-    let number = |key: &str| -> anyhow::Result<Option<usize>> {
-        metadata
-            .get(key)
-            .map(|text| {
-                text.parse().map_err(|error| {
-                    anyhow::anyhow!("{}: `{key}` is `{text}`: {error}", path.display())
-                })
-            })
-            .transpose()
-    };
-    let step =
-        number("step")?.with_context(|| format!("{}: no `step` in the state", path.display()))?;
-    Ok((step, number(TOTAL_STEPS_KEY)?))
+    let step = metadata_number(&metadata, path, "step")?;
+    let total = metadata
+        .contains_key(TOTAL_STEPS_KEY)
+        .then(|| metadata_number(&metadata, path, TOTAL_STEPS_KEY))
+        .transpose()?;
+    Ok((step, total))
 }
 
 /// The number a training state stores under metadata `key`; errors name the file and the key.
@@ -1023,9 +1016,21 @@ where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,
 {
-    let path = file.path().display();
-    let text = file
-        .metadata()
+    metadata_number(file.metadata(), file.path(), key)
+}
+
+/// [`state_number`] from metadata read on its own (`path` names the file in errors).
+fn metadata_number<T>(
+    metadata: &HashMap<String, String>,
+    path: &Path,
+    key: &str,
+) -> anyhow::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let path = path.display();
+    let text = metadata
         .get(key)
         .with_context(|| format!("{path}: no `{key}` in the state"))?;
     text.parse()
