@@ -154,15 +154,63 @@ impl EngineSpec {
     }
 }
 
+/// Reports each model as its loading starts ("2 of 3: the Baseline") and stops between models
+/// once cancelled: a load the user no longer wants (they switched models or devices) gives back
+/// its memory and CPU at the next model instead of finishing in the background.
+struct LoadSteps<'a> {
+    progress: &'a dyn ProgressSink,
+    cancel: &'a CancelToken,
+    started: usize,
+    total: usize,
+}
+
+impl<'a> LoadSteps<'a> {
+    fn new(progress: &'a dyn ProgressSink, cancel: &'a CancelToken, total: usize) -> Self {
+        Self {
+            progress,
+            cancel,
+            started: 0,
+            total,
+        }
+    }
+
+    /// Call before loading `what`; `Err(Cancelled)` if the load is no longer wanted.
+    fn start(&mut self, what: &str) -> Result<(), crate::jobs::Cancelled> {
+        self.cancel.check()?;
+        self.progress.report(Progress {
+            done: self.started,
+            total: self.total,
+            message: what.to_owned(),
+        });
+        self.started += 1;
+        Ok(())
+    }
+}
+
 impl ReconstructEngine {
     pub fn load(spec: &EngineSpec, device: SelectedDevice) -> anyhow::Result<Self> {
+        Self::load_reporting(spec, device, &crate::jobs::NoProgress, &CancelToken::new())
+    }
+
+    /// [`Self::load`], reporting each model as it starts loading and stopping between models
+    /// once `cancel` is set.
+    pub fn load_reporting(
+        spec: &EngineSpec,
+        device: SelectedDevice,
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> anyhow::Result<Self> {
+        let with_baseline = spec.with_baseline || spec.baseline.is_some();
+        let mut steps = LoadSteps::new(progress, cancel, if with_baseline { 3 } else { 2 });
+        steps.start("TexTok")?;
         let textok = LoadedTokenizer::load_or_stand_in(
             spec.textok.as_deref(),
             &spec.default_textok,
             true,
             &device.device,
         )?;
-        let baseline = if spec.with_baseline || spec.baseline.is_some() {
+        let baseline = if with_baseline {
+            steps.start("the Baseline")?;
             Some(LoadedTokenizer::load_or_stand_in(
                 spec.baseline.as_deref(),
                 &spec.default_baseline,
@@ -180,6 +228,7 @@ impl ReconstructEngine {
                 baseline.config.image_size
             );
         }
+        steps.start("the text encoder")?;
         let text_encoder =
             load_text_encoder(&spec.text_encoder_dir, &textok.config, &device.device)?;
         Ok(Self {
@@ -385,12 +434,30 @@ fn token_mismatch(
 
 impl GenerateEngine {
     pub fn load(spec: &GenerateSpec, device: SelectedDevice) -> anyhow::Result<Self> {
+        Self::load_reporting(spec, device, &crate::jobs::NoProgress, &CancelToken::new())
+    }
+
+    /// [`Self::load`], reporting each model as it starts loading and stopping between models
+    /// once `cancel` is set.
+    pub fn load_reporting(
+        spec: &GenerateSpec,
+        device: SelectedDevice,
+        progress: &dyn ProgressSink,
+        cancel: &CancelToken,
+    ) -> anyhow::Result<Self> {
+        let mut steps = LoadSteps::new(progress, cancel, 3);
+        steps.start(if spec.baseline {
+            "the Baseline"
+        } else {
+            "TexTok"
+        })?;
         let textok = LoadedTokenizer::load_or_stand_in(
             spec.textok.as_deref(),
             &spec.default_textok,
             !spec.baseline,
             &device.device,
         )?;
+        steps.start("the DiT")?;
         let (dit, dit_config, dit_source) = match spec.dit.as_deref() {
             Some(path) => {
                 let (dit, config) = Dit::load(path, &device.device)?;
@@ -419,6 +486,7 @@ impl GenerateEngine {
             dit_config.token_dim,
             textok.config.token_dim
         );
+        steps.start("the text encoder")?;
         let text_encoder =
             load_text_encoder(&spec.text_encoder_dir, &textok.config, &device.device)?;
         ensure!(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::device::{self, DeviceChoice};
-use crate::jobs::{Job, JobState};
+use crate::jobs::{Job, JobState, Progress, ProgressSink};
 use crate::pipeline::{EngineSpec, GenerateEngine, GenerateSpec, ReconstructEngine};
 
 /// Where the shipped models are (tests point these at tiny models).
@@ -84,7 +84,8 @@ enum Slot<T> {
 
 /// What a pane sees when it asks for an engine.
 pub enum EngineStatus<T> {
-    Loading,
+    /// Still loading; which model it is on, once the load has said.
+    Loading(Option<Progress>),
     Ready(Arc<T>),
     Failed(String),
 }
@@ -166,7 +167,10 @@ impl Engines {
             &mut self.reconstruct,
             &self.notify,
             "load models",
-            move || ReconstructEngine::load(&spec, device::select(choice)?),
+            move |progress, cancel| {
+                let device = open_device(choice, progress)?;
+                ReconstructEngine::load_reporting(&spec, device, progress, cancel)
+            },
         )
     }
 
@@ -178,7 +182,10 @@ impl Engines {
             &mut self.generate,
             &self.notify,
             "load generator",
-            move || GenerateEngine::load(&spec, device::select(choice)?),
+            move |progress, cancel| {
+                let device = open_device(choice, progress)?;
+                GenerateEngine::load_reporting(&spec, device, progress, cancel)
+            },
         )
     }
 }
@@ -187,25 +194,41 @@ fn poll_slot<T: Send + Sync + 'static>(
     slot: &mut Slot<T>,
     notify: &Arc<dyn Fn() + Send + Sync>,
     name: &str,
-    load: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    load: impl FnOnce(&dyn ProgressSink, &crate::jobs::CancelToken) -> anyhow::Result<T>
+    + Send
+    + 'static,
 ) -> EngineStatus<T> {
     if let Slot::Idle = slot {
-        *slot = Slot::Loading(Job::spawn(name, notify.clone(), move |_, _| {
-            load().map(Arc::new)
+        *slot = Slot::Loading(Job::spawn(name, notify.clone(), move |progress, cancel| {
+            load(progress, cancel).map(Arc::new)
         }));
     }
-    finish_loading(slot);
+    let progress = finish_loading(slot);
     match slot {
         Slot::Ready(engine) => EngineStatus::Ready(engine.clone()),
         Slot::Failed(message) => EngineStatus::Failed(message.clone()),
-        Slot::Idle | Slot::Loading(_) => EngineStatus::Loading,
+        Slot::Idle | Slot::Loading(_) => EngineStatus::Loading(progress),
     }
 }
 
-fn finish_loading<T: Send + Sync + 'static>(slot: &mut Slot<T>) {
+/// Opens the chosen device, saying so first: finding a GPU adapter can take a moment.
+fn open_device(
+    choice: DeviceChoice,
+    progress: &dyn ProgressSink,
+) -> anyhow::Result<device::SelectedDevice> {
+    progress.report(Progress {
+        done: 0,
+        total: 0,
+        message: "opening the device".into(),
+    });
+    Ok(device::select(choice)?)
+}
+
+/// Moves a finished load into its slot; while it runs, answers its latest progress report.
+fn finish_loading<T: Send + Sync + 'static>(slot: &mut Slot<T>) -> Option<Progress> {
     if let Slot::Loading(job) = slot {
         match job.poll() {
-            JobState::Running(_) => {}
+            JobState::Running(progress) => return progress,
             JobState::Finished(Ok(engine)) => *slot = Slot::Ready(engine),
             JobState::Finished(Err(error)) => *slot = Slot::Failed(format!("{error:#}")),
             JobState::Cancelled | JobState::Collected => {
@@ -213,4 +236,5 @@ fn finish_loading<T: Send + Sync + 'static>(slot: &mut Slot<T>) {
             }
         }
     }
+    None
 }

@@ -313,10 +313,10 @@ pub fn engine_status<T>(
     engines: &mut Engines,
 ) -> Option<Arc<T>> {
     match status {
-        engines::EngineStatus::Loading => {
+        engines::EngineStatus::Loading(progress) => {
             ui.horizontal(|ui| {
                 ui.spinner();
-                ui.label(loading);
+                ui.label(loading_label(loading, progress.as_ref()));
             });
             None
         }
@@ -328,6 +328,20 @@ pub fn engine_status<T>(
             None
         }
         engines::EngineStatus::Ready(engine) => Some(engine),
+    }
+}
+
+/// "loading models… (2 of 3: the Baseline)": which model a load is on, when it has said.
+fn loading_label(loading: &str, progress: Option<&crate::jobs::Progress>) -> String {
+    match progress {
+        Some(progress) if progress.total > 0 => format!(
+            "{loading} ({} of {}: {})",
+            progress.done + 1,
+            progress.total,
+            progress.message
+        ),
+        Some(progress) => format!("{loading} ({})", progress.message),
+        None => loading.to_owned(),
     }
 }
 
@@ -751,4 +765,28 @@ pub fn run(options: StartOptions) -> anyhow::Result<()> {
         Box::new(move |cc| Ok(Box::new(StudioApp::new(cc, options)))),
     )
     .map_err(|e| anyhow::anyhow!("the window could not be opened: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loading_label;
+    use crate::jobs::Progress;
+
+    #[test]
+    fn the_loading_label_names_the_model_being_loaded() {
+        let step = |done, total, message: &str| Progress {
+            done,
+            total,
+            message: message.into(),
+        };
+        assert_eq!(loading_label("loading models…", None), "loading models…");
+        assert_eq!(
+            loading_label("loading models…", Some(&step(1, 3, "the Baseline"))),
+            "loading models… (2 of 3: the Baseline)"
+        );
+        assert_eq!(
+            loading_label("loading models…", Some(&step(0, 0, "opening the device"))),
+            "loading models… (opening the device)"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use textok_studio::checkpoint::StoredPrecision;
 
@@ -762,6 +763,100 @@ fn tiny_engine(
     spec.textok = Some(tokenizer.into());
     spec.dit = Some(dit.to_owned());
     textok_studio::pipeline::GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap()
+}
+
+#[test]
+fn engine_loads_name_each_model_as_it_starts_and_stop_between_models_once_cancelled() {
+    use std::sync::Mutex;
+    use textok_studio::jobs::{CancelToken, Cancelled, Progress};
+    use textok_studio::pipeline::{EngineSpec, GenerateEngine, GenerateSpec, ReconstructEngine};
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, baseline) = save_tiny_pair(dir.path());
+    let dit = dir.path().join("dit.safetensors");
+    save_tiny_dit(&dit, 3);
+    let mut generate_spec = GenerateSpec::shipped();
+    generate_spec.textok = Some(textok.clone().into());
+    generate_spec.dit = Some(dit.clone());
+    let mut reconstruct_spec = EngineSpec::shipped();
+    reconstruct_spec.textok = Some(textok.into());
+    reconstruct_spec.baseline = Some(baseline.into());
+
+    // Records every report; cancels the load when one names `cancel_at`.
+    let recorder = |cancel_at: &'static str| {
+        let reports = Arc::new(Mutex::new(Vec::<Progress>::new()));
+        let cancel = CancelToken::new();
+        let (seen, stop) = (reports.clone(), cancel.clone());
+        let sink = move |progress: Progress| {
+            if progress.message == cancel_at {
+                stop.cancel();
+            }
+            seen.lock().unwrap().push(progress);
+        };
+        (reports, cancel, sink)
+    };
+    let steps = |reports: &Arc<Mutex<Vec<Progress>>>| {
+        let reports = reports.lock().unwrap();
+        reports
+            .iter()
+            .map(|p| format!("{} of {}: {}", p.done + 1, p.total, p.message))
+            .collect::<Vec<_>>()
+    };
+
+    let (reports, cancel, sink) = recorder("never");
+    GenerateEngine::load_reporting(&generate_spec, textok_studio::device::cpu(), &sink, &cancel)
+        .unwrap();
+    assert_eq!(
+        steps(&reports),
+        [
+            "1 of 3: TexTok",
+            "2 of 3: the DiT",
+            "3 of 3: the text encoder"
+        ]
+    );
+    let (reports, cancel, sink) = recorder("never");
+    ReconstructEngine::load_reporting(
+        &reconstruct_spec,
+        textok_studio::device::cpu(),
+        &sink,
+        &cancel,
+    )
+    .unwrap();
+    assert_eq!(
+        steps(&reports),
+        [
+            "1 of 3: TexTok",
+            "2 of 3: the Baseline",
+            "3 of 3: the text encoder"
+        ]
+    );
+
+    // Cancelled while the DiT loads: the text encoder is never started, and the error says
+    // "cancelled" (which the job runner shows as stopped, not failed).
+    let (reports, cancel, sink) = recorder("the DiT");
+    let error = GenerateEngine::load_reporting(
+        &generate_spec,
+        textok_studio::device::cpu(),
+        &sink,
+        &cancel,
+    )
+    .err()
+    .expect("a cancelled load");
+    assert!(
+        error.chain().any(|cause| cause.is::<Cancelled>()),
+        "{error:#}"
+    );
+    assert_eq!(steps(&reports), ["1 of 3: TexTok", "2 of 3: the DiT"]);
+    let (reports, cancel, sink) = recorder("TexTok");
+    assert!(
+        ReconstructEngine::load_reporting(
+            &reconstruct_spec,
+            textok_studio::device::cpu(),
+            &sink,
+            &cancel
+        )
+        .is_err()
+    );
+    assert_eq!(steps(&reports), ["1 of 3: TexTok"]);
 }
 
 #[test]
