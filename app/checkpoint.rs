@@ -575,6 +575,20 @@ pub fn serialize_host_tensors<C: Serialize>(
         CONFIG_KEY.to_owned(),
         serde_json::to_string(config).map_err(|e| e.to_string())?,
     );
+    if precision == StoredPrecision::F16 {
+        // A value past f16's range would be stored as infinity: a file that writes fine but
+        // that no load accepts. Refuse it here, naming the tensor.
+        let largest = f32::from(half::f16::MAX);
+        for tensor in tensors {
+            if let Some(value) = tensor.values.iter().find(|v| v.abs() > largest) {
+                return Err(format!(
+                    "tensor {} holds {value}, beyond f16's range (±{largest}); keep this \
+                     checkpoint in f32",
+                    tensor.name
+                ));
+            }
+        }
+    }
     let encoded: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|t| {

@@ -92,9 +92,9 @@ pub struct BenchArgs {
     /// DDIM steps per generated image.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// Timed repetitions per measurement (after one untimed warm-up).
-    #[arg(long, default_value_t = 3)]
-    pub repeats: usize,
+    /// Timed repetitions per measurement (after one untimed warm-up), 1..=1000.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeats: u32,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
@@ -140,11 +140,11 @@ pub struct GenEvalArgs {
     /// Dataset folder: captions to generate from and the reference images (validation split).
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub validation_percent: u32,
-    /// Images to generate per model (the validation captions, repeated as needed).
-    #[arg(long, default_value_t = 500)]
-    pub images: usize,
+    /// Images to generate per model (the validation captions, repeated as needed), 2..=100000.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub images: u32,
     /// Take the captions evenly spaced through the validation split instead of the first
     /// `--images` (the split starts with flags; a short run with a sheet then shows every kind).
     #[arg(long)]
@@ -209,7 +209,7 @@ pub struct EvalArgs {
     #[arg(long, value_enum, default_value_t = SplitChoice::Validation)]
     pub split: SplitChoice,
     /// Percentage of the dataset in the validation split (as used for training).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub validation_percent: u32,
     /// Evaluate at most this many images (the first ones by path).
     #[arg(long)]
@@ -221,8 +221,9 @@ pub struct EvalArgs {
     /// each budget) of the first --sheet-rows images.
     #[arg(long)]
     pub sheet: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
-    pub sheet_rows: usize,
+    /// 1..=1000.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub sheet_rows: u32,
     /// Robustness: score reconstructions from tokens perturbed by this fraction of their
     /// per-channel spread, as a generator's inexact tokens are (the sheet stays noiseless).
     #[arg(long, default_value_t = 0.0)]
@@ -396,9 +397,13 @@ pub struct ReconstructArgs {
     pub no_baseline: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Output folder (created if missing).
+    /// Output folder (created if missing): original.png, textok-K.png and baseline-K.png for
+    /// each budget K. A folder that already holds any of them is refused unless --overwrite.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace files of an earlier run in --out (others of that run stay).
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 /// Entry point of the binary.
@@ -472,12 +477,18 @@ fn run_app(args: AppArgs) -> anyhow::Result<()> {
     crate::gui::run(options)
 }
 
+/// Warnings and errors on stderr (`TEXTOK_LOG` sets another filter). wgpu's hardware layer is
+/// silent by default: probing for adapters logs an error for every driver that is missing or
+/// fails (EGL, Vulkan ICDs) even when another adapter, or the CPU, then works, and where none
+/// does the app says so in one line of its own.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TEXTOK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wgpu_hal=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -490,6 +501,14 @@ fn read_caption(args: &ReconstructArgs) -> anyhow::Result<String> {
             // whole (4 bytes per character at most in UTF-8).
             use std::io::Read;
             let limit = (crate::model::text_encoder::MAX_CAPTION_CHARS * 4) as u64;
+            // A pipe or device would be read until it ends, which may be never.
+            let metadata = std::fs::metadata(path)
+                .with_context(|| format!("{}: cannot read caption file", path.display()))?;
+            anyhow::ensure!(
+                metadata.is_file(),
+                "{}: not a regular file; --caption-file needs a text file",
+                path.display()
+            );
             let mut bytes = Vec::new();
             std::fs::File::open(path)
                 .and_then(|file| file.take(limit).read_to_end(&mut bytes))
@@ -503,6 +522,13 @@ fn read_caption(args: &ReconstructArgs) -> anyhow::Result<String> {
                 }
                 Err(_) => anyhow::bail!("{}: caption file is not UTF-8 text", path.display()),
             };
+            anyhow::ensure!(
+                !text.contains('\0'),
+                "{}: caption file holds NUL bytes; it is not text",
+                path.display()
+            );
+            // A byte-order mark is not part of the caption (the dataset's sidecars drop it too).
+            let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
             Ok(text.trim_end_matches(['\n', '\r']).to_owned())
         }
         (None, None) => bail!("give --caption or --caption-file"),
@@ -511,9 +537,27 @@ fn read_caption(args: &ReconstructArgs) -> anyhow::Result<String> {
 
 fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     let caption = read_caption(&args)?;
+    if let Some(note) = pipeline::blank_caption_note(&caption) {
+        eprintln!("note: {note}");
+    }
     pipeline::validate_budgets(&args.tokens, 256)?;
     // Check the cheap things (image, output folder) before loading any model.
     let decoded = imageio::decode_file(&args.image)?;
+    let mut tokenizers = vec![pipeline::Tokenizer::TexTok];
+    if !args.no_baseline {
+        tokenizers.push(pipeline::Tokenizer::Baseline);
+    }
+    let taken = reconstruction_file_names(&tokenizers, &args.tokens)
+        .into_iter()
+        .filter(|name| args.out.join(name).exists())
+        .collect::<Vec<_>>();
+    anyhow::ensure!(
+        taken.is_empty() || args.overwrite,
+        "{} already holds {} from an earlier run; choose another --out, or pass --overwrite \
+         to replace them",
+        args.out.display(),
+        taken.join(", ")
+    );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
 
@@ -546,20 +590,7 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
         &CancelToken::new(),
     )?;
 
-    imageio::save_png(
-        &original,
-        &args.out.join("original.png"),
-        &[("caption", &caption)],
-    )?;
-    for result in &results {
-        let name = format!("{}-{}.png", result.tokenizer.file_stem(), result.budget);
-        let tokens = result.budget.to_string();
-        imageio::save_png(
-            &result.image,
-            &args.out.join(name),
-            &[("caption", &caption), ("tokens", &tokens)],
-        )?;
-    }
+    // The scores first: they are not lost if a write fails.
     println!(
         "{:<9} {:>6} {:>9} {:>7}",
         "model", "tokens", "PSNR dB", "SSIM"
@@ -573,8 +604,43 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
             result.ssim
         );
     }
+    imageio::save_png(
+        &original,
+        &args.out.join(ORIGINAL_FILE_NAME),
+        &[("caption", &caption)],
+    )?;
+    for result in &results {
+        let name = reconstruction_file_name(result.tokenizer, result.budget);
+        let tokens = result.budget.to_string();
+        imageio::save_png(
+            &result.image,
+            &args.out.join(name),
+            &[("caption", &caption), ("tokens", &tokens)],
+        )?;
+    }
     println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// What `reconstruct` names the input image in its output folder.
+const ORIGINAL_FILE_NAME: &str = "original.png";
+
+/// What `reconstruct` names one reconstruction: `textok-64.png`.
+fn reconstruction_file_name(tokenizer: pipeline::Tokenizer, budget: usize) -> String {
+    format!("{}-{budget}.png", tokenizer.file_stem())
+}
+
+/// Every file a `reconstruct` of these tokenizers and budgets writes.
+fn reconstruction_file_names(tokenizers: &[pipeline::Tokenizer], budgets: &[usize]) -> Vec<String> {
+    let mut names = vec![ORIGINAL_FILE_NAME.to_owned()];
+    for &tokenizer in tokenizers {
+        names.extend(
+            budgets
+                .iter()
+                .map(|&budget| reconstruction_file_name(tokenizer, budget)),
+        );
+    }
+    names
 }
 
 fn run_info(path: &Path) -> anyhow::Result<()> {
@@ -724,6 +790,7 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.freeze_encoder = args.freeze_encoder;
     config.init_from = args.init_from;
     let time_limit = time_limit(args.max_minutes)?;
+    config.check()?;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let models = crate::train::tokenizer::TrainingModels::shipped();
         train_tokenizer(
@@ -747,6 +814,8 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         "--token-noise must be between 0 and 10"
     );
     pipeline::validate_budgets(&args.tokens, 256)?;
+    check_output_file(args.json.as_deref(), "--json")?;
+    check_output_file(args.sheet.as_deref(), "--sheet")?;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
     let mut spec = EngineSpec::shipped();
@@ -817,7 +886,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.sheet {
         let mut rows = Vec::new();
-        for item in items.iter().take(args.sheet_rows) {
+        for item in items.iter().take(args.sheet_rows as usize) {
             let original = item.image();
             let results = pipeline::reconstruct(
                 &engine,
@@ -864,6 +933,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         count: args.count,
     };
     validate_sample_settings(&settings, MIN_BUDGET..=256)?;
+    if let Some(note) = pipeline::blank_caption_note(&args.caption) {
+        eprintln!("note: {note}");
+    }
     // The shipped DiT generates TexTok's tokens, which the Baseline cannot decode.
     anyhow::ensure!(
         !args.baseline || args.dit.is_some(),
@@ -937,7 +1009,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     };
     use crate::model::dit::SampleSettings;
     use crate::pipeline::{GenerateEngine, GenerateSpec};
-    anyhow::ensure!(args.images >= 2, "--images must be at least 2");
+    check_output_file(args.json.as_deref(), "--json")?;
+    check_output_file(args.sheet.as_deref(), "--sheet")?;
     let settings = SampleSettings {
         tokens: args.tokens,
         steps: args.steps,
@@ -1007,7 +1080,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             );
             let chosen = crate::metrics::evaluation::caption_indices(
                 validation.len(),
-                args.images,
+                args.images as usize,
                 args.spread,
             );
             let captions: Vec<String> = chosen
@@ -1193,6 +1266,12 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     use crate::model::dit::SampleSettings;
     use crate::pipeline::{GenerateEngine, GenerateSpec};
     pipeline::validate_budgets(&args.tokens, 256)?;
+    // The DiT's own budgets are checked once it is loaded; the steps now, before the warm-up.
+    anyhow::ensure!(
+        (1..=1000).contains(&args.steps),
+        "--steps must be 1..=1000, got {}",
+        args.steps
+    );
     let selected = device::select(args.device)?;
     println!("device: {}", selected.description);
     let mut spec = EngineSpec::shipped();
@@ -1222,7 +1301,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         format!("generate s/img ({} steps)", args.steps)
     );
     for &budget in &args.tokens {
-        let reconstruct = median_seconds(args.repeats, || {
+        let reconstruct = median_seconds(args.repeats as usize, || {
             pipeline::reconstruct(
                 &engine,
                 &image,
@@ -1240,7 +1319,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             seed: 0,
             count: 1,
         };
-        let generate = median_seconds(args.repeats, || {
+        let generate = median_seconds(args.repeats as usize, || {
             pipeline::generate(
                 &generator,
                 caption,
@@ -1252,6 +1331,30 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         })?;
         println!("{budget:>6} {reconstruct:>16.3} {generate:>22.3}");
     }
+    Ok(())
+}
+
+/// Refuses an output file that cannot be written before the work that fills it runs: a folder
+/// in its place, or a parent folder that does not exist.
+fn check_output_file(path: Option<&Path>, flag: &str) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        !path.is_dir(),
+        "{flag} {}: is a folder; give a file name",
+        path.display()
+    );
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    anyhow::ensure!(
+        parent.is_dir(),
+        "{flag} {}: the folder {} does not exist",
+        path.display(),
+        parent.display()
+    );
     Ok(())
 }
 
@@ -1311,6 +1414,7 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
         config.warmup_steps = warmup;
     }
     let time_limit = time_limit(args.max_minutes)?;
+    config.check()?;
     run_training(&args.out, args.device, |device, observer, cancel| {
         let text_encoder = crate::paths::text_encoder_dir();
         train_dit(

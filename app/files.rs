@@ -41,6 +41,15 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(to_hex(&hasher.finalize()))
 }
 
+/// Whether two paths name the same existing file (after resolving links and `..`); false if
+/// either cannot be resolved.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// Lower-case hex of `bytes` (how digests are written everywhere in the project).
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -285,6 +285,16 @@ pub struct Reconstruction {
     pub ssim: f64,
 }
 
+/// A word for a caption that is empty or only whitespace: allowed (it encodes as the null
+/// caption, the one classifier-free guidance trains with, so a generator draws
+/// unconditionally), but rarely what was meant. `None` for a caption with words.
+pub fn blank_caption_note(caption: &str) -> Option<&'static str> {
+    caption.trim().is_empty().then_some(
+        "the caption is empty: TexTok gets no text to lean on, and the generator draws \
+         without a subject",
+    )
+}
+
 /// Checks every budget is one the models can decode.
 pub fn validate_budgets(budgets: &[usize], max_tokens: usize) -> anyhow::Result<()> {
     ensure!(!budgets.is_empty(), "no token budgets given");
@@ -403,8 +413,9 @@ impl GenerateSpec {
 
 /// Whether the DiT was trained on the tokens `textok` makes: `Some(message)` when it was not.
 /// A DiT records its tokenizer's encoder hash; one from before that (the shipped one) counts as
-/// trained on the shipped TexTok when it is the shipped DiT. Unknown pairs (or a file that
-/// cannot be read again) pass: this check warns, it never stops a load.
+/// trained on the shipped TexTok when it is the shipped DiT (by default or named by its path),
+/// whichever tokenizer decodes. Unknown pairs (or a file that cannot be read again) pass: this
+/// check warns, it never stops a load.
 fn token_mismatch(
     spec: &GenerateSpec,
     textok: &ModelSource,
@@ -413,12 +424,13 @@ fn token_mismatch(
     let ModelSource::File(textok_path) = textok else {
         return None;
     };
-    let shipped_dit = spec.dit.is_none() && spec.default_dit.exists();
+    let shipped_dit = match &spec.dit {
+        None => spec.default_dit.exists(),
+        Some(dit) => crate::files::same_file(dit, &spec.default_dit),
+    };
     let expected = match &dit_config.tokenizer_encoder_sha256 {
         Some(hash) => hash.clone(),
-        None if shipped_dit && !spec.baseline => {
-            TexTok::encoder_sha256(&spec.default_textok).ok()?
-        }
+        None if shipped_dit => TexTok::encoder_sha256(&spec.default_textok).ok()?,
         None => return None,
     };
     if TexTok::encoder_sha256(textok_path).ok()? == expected {

@@ -151,6 +151,9 @@ impl GeneratePane {
             // Show the seed that was used, so "fixed" reproduces it.
             app.state.generate.seed = seed;
         }
+        if let Some(note) = crate::pipeline::blank_caption_note(&form.caption) {
+            app.notices.info(format!("Note: {note}."));
+        }
         app.state.remember_prompt(&form.caption);
         let out_dir = app.data_dir.join(GENERATED_DIR);
         let caption = form.caption.clone();

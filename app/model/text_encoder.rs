@@ -105,6 +105,48 @@ impl MiniLmConfig {
         Self::new(30522, 384, 6, 12, 1536, 512, 2, 1e-12)
     }
 
+    /// Checks a config read from an (untrusted) checkpoint describes a sane model.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 5] = [
+            (
+                (1..=1_000_000).contains(&self.vocab_size)
+                    && (1..=16).contains(&self.type_vocab_size),
+                "vocab_size must be 1..=1000000 and type_vocab_size 1..=16",
+            ),
+            (
+                (1..=8192).contains(&self.hidden_size),
+                "hidden_size must be 1..=8192",
+            ),
+            (
+                self.num_heads > 0 && self.hidden_size.is_multiple_of(self.num_heads),
+                "hidden_size must be a multiple of num_heads",
+            ),
+            (
+                (1..=64).contains(&self.num_layers)
+                    && (1..=65536).contains(&self.intermediate_size)
+                    && (2..=8192).contains(&self.max_position_embeddings),
+                "num_layers 1..=64, intermediate_size 1..=65536, max_position_embeddings 2..=8192",
+            ),
+            (
+                self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0,
+                "layer_norm_eps must be a positive number",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, message)) => Err((*message).to_owned()),
+            None => Ok(()),
+        }
+    }
+
+    /// The weight matrices' scalars (biases and norms left out): a lower bound on what a file
+    /// for this config stores, checked before the model is built (call after [`Self::validate`]).
+    pub fn weight_parameters(&self) -> usize {
+        let h = self.hidden_size;
+        let embeddings =
+            (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h;
+        embeddings + self.num_layers * (4 * h * h + 2 * h * self.intermediate_size)
+    }
+
     pub fn init(&self, device: &Device) -> MiniLm {
         let norm = || {
             LayerNormConfig::new(self.hidden_size)
@@ -219,6 +261,14 @@ impl MiniLmTextEncoder {
         let checkpoint = CheckpointFile::read(&dir.join("model.safetensors"))?;
         checkpoint.expect_kind(KIND_MINILM)?;
         let config: MiniLmConfig = checkpoint.config("MiniLM")?;
+        config
+            .validate()
+            .map_err(|reason| CheckpointError::BadConfig {
+                path: checkpoint.path().to_owned(),
+                expected: "MiniLM".into(),
+                reason,
+            })?;
+        checkpoint.expect_parameters_for_config(config.weight_parameters(), "MiniLM")?;
         if !(2..=config.max_position_embeddings).contains(&max_tokens) {
             return Err(TextEncoderError::BadMaxTokens {
                 got: max_tokens,
@@ -229,6 +279,20 @@ impl MiniLmTextEncoder {
         let model = checkpoint.load_into(fresh)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = load_tokenizer(&tokenizer_path, max_tokens)?;
+        // An id past the embedding table would fail deep inside the backend on the first caption
+        // that uses it; say which files disagree now.
+        if let Some(largest) = tokenizer.get_vocab(true).into_values().max()
+            && largest as usize >= config.vocab_size
+        {
+            return Err(TextEncoderError::Tokenizer {
+                path: tokenizer_path,
+                reason: format!(
+                    "it has token id {largest}, but the text encoder's vocabulary holds {} \
+                     (tokenizer.json and model.safetensors are from different models)",
+                    config.vocab_size
+                ),
+            });
+        }
         let counter = CaptionTokenCounter::load(dir, max_tokens)?;
         Ok(Self {
             model,

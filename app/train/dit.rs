@@ -117,6 +117,34 @@ impl super::RunConfig for DitTrainConfig {
 }
 
 impl DitTrainConfig {
+    /// Checks the settings alone (no files read): the command line calls it before it opens a
+    /// device, the trainer again on the config it resolved.
+    pub fn check(&self) -> anyhow::Result<()> {
+        ensure!(
+            self.steps > 0 && self.batch > 0,
+            "steps and batch must be positive"
+        );
+        ensure!(
+            self.ema_every > 0,
+            "the EMA must be updated every 1 or more steps"
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.caption_dropout),
+            "caption dropout must be in [0, 1)"
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.ema_decay),
+            "ema_decay must be in [0, 1)"
+        );
+        super::check_optimizer_settings(
+            self.learning_rate,
+            self.min_lr_ratio,
+            self.weight_decay,
+            self.grad_clip_norm,
+            self.checkpoint_minutes,
+        )
+    }
+
     pub fn new(
         data: PathBuf,
         tokenizer: PathBuf,
@@ -347,18 +375,7 @@ pub fn train_dit(
     let log_path = run_dir.join("log.jsonl");
     let _run_claim = super::claim_run_dir(run_dir)?;
     let config = super::resolve_run_config(run_dir, requested, resume)?;
-    ensure!(
-        config.steps > 0 && config.batch > 0,
-        "steps and batch must be positive"
-    );
-    ensure!(
-        config.ema_every > 0,
-        "the EMA must be updated every 1 or more steps"
-    );
-    ensure!(
-        (0.0..1.0).contains(&config.caption_dropout),
-        "caption dropout must be in [0, 1)"
-    );
+    config.check()?;
     // Checked before the minutes of loading below; a run from a checkpoint takes its shape.
     ensure!(
         config.init_from.is_some() || DitConfig::preset(&config.preset).is_some(),

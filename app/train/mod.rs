@@ -203,6 +203,42 @@ fn append_jsonl(path: &Path, record: &serde_json::Value) -> std::io::Result<()> 
     file.flush()
 }
 
+/// The optimiser and checkpoint settings every trainer shares, checked before any work: a NaN
+/// learning rate would only surface as a NaN loss ("lower the learning rate"), and a NaN or
+/// infinite checkpoint interval would never save, losing the whole run to a crash.
+pub fn check_optimizer_settings(
+    learning_rate: f64,
+    min_lr_ratio: f64,
+    weight_decay: f64,
+    grad_clip_norm: f64,
+    checkpoint_minutes: f64,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&learning_rate),
+        "the learning rate must be between 0 and 1, got {learning_rate}"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&min_lr_ratio),
+        "the final learning-rate ratio must be between 0 and 1, got {min_lr_ratio}"
+    );
+    anyhow::ensure!(
+        weight_decay.is_finite() && weight_decay >= 0.0,
+        "weight decay must be 0 or more, got {weight_decay}"
+    );
+    anyhow::ensure!(
+        grad_clip_norm.is_finite() && grad_clip_norm > 0.0,
+        "the gradient clipping norm must be above 0, got {grad_clip_norm}"
+    );
+    anyhow::ensure!(
+        checkpoint_minutes.is_finite()
+            && checkpoint_minutes > 0.0
+            && checkpoint_minutes <= TimeLimit::MAX_MINUTES,
+        "the checkpoint interval must be above 0 and at most {} minutes, got {checkpoint_minutes}",
+        TimeLimit::MAX_MINUTES
+    );
+    Ok(())
+}
+
 /// The warm-up a run of `steps` gets unless told otherwise: 5 % of it, 1..=1000 steps.
 pub fn default_warmup(steps: usize) -> usize {
     (steps / 20).clamp(1, 1000)

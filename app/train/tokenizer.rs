@@ -205,7 +205,9 @@ impl TokenizerTrainConfig {
         Ok(config)
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// Checks the settings alone (no files read): the command line calls it before it opens a
+    /// device, the trainer again on the config it resolved.
+    pub fn check(&self) -> anyhow::Result<()> {
         ensure!(
             self.steps > 0 && self.batch > 0,
             "steps and batch must be positive"
@@ -232,7 +234,24 @@ impl TokenizerTrainConfig {
             !self.freeze_encoder || self.init_from.is_some(),
             "freezing the encoder needs a trained model to start from (init_from)"
         );
-        Ok(())
+        ensure!(
+            [
+                self.l2_weight,
+                self.perceptual_weight,
+                self.adversarial_weight,
+                self.lecam_weight
+            ]
+            .iter()
+            .all(|weight| weight.is_finite() && *weight >= 0.0),
+            "loss weights must be 0 or more"
+        );
+        super::check_optimizer_settings(
+            self.learning_rate,
+            self.min_lr_ratio,
+            self.weight_decay,
+            self.grad_clip_norm,
+            self.checkpoint_minutes,
+        )
     }
 }
 

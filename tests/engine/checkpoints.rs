@@ -271,6 +271,9 @@ fn weight_parameter_counts_track_the_models() {
         let actual = config.init(&cpu()).num_params();
         within(config.weight_parameters(), actual, &format!("{config:?}"));
     }
+    let minilm = textok_studio::model::text_encoder::MiniLmConfig::all_minilm_l6_v2();
+    let actual = minilm.init(&cpu()).num_params();
+    within(minilm.weight_parameters(), actual, "MiniLM");
 }
 
 #[test]
@@ -395,4 +398,81 @@ fn a_missing_file_names_the_path_and_the_os_error_once() {
     assert!(printed.contains("gone.safetensors"), "{printed}");
     let os_reason = std::fs::read(&path).unwrap_err().to_string();
     assert_eq!(printed.matches(&os_reason).count(), 1, "{printed}");
+}
+
+#[test]
+fn a_text_encoder_with_a_bad_config_or_a_foreign_tokenizer_is_refused() {
+    use textok_studio::model::text_encoder::MiniLmTextEncoder;
+    let shipped = repo_path("models/text-encoder");
+    let copy_of_shipped = || {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(shipped.join(name), dir.path().join(name)).unwrap();
+        }
+        dir
+    };
+    let load_error = |dir: &Path| {
+        MiniLmTextEncoder::load(dir, 32, &cpu())
+            .expect_err("refused")
+            .to_string()
+    };
+    // Heads that do not divide the width, or none: refused with the reason, not a panic in
+    // the attention layer's constructor.
+    for heads in [7, 0] {
+        let dir = copy_of_shipped();
+        let path = dir.path().join("model.safetensors");
+        let (stored, mut metadata) = read_all(&path);
+        let mut config: serde_json::Value = serde_json::from_str(&metadata["config"]).unwrap();
+        config["num_heads"] = heads.into();
+        metadata.insert("config".into(), config.to_string());
+        write_all(&path, &stored, metadata);
+        let message = load_error(dir.path());
+        assert!(
+            message.contains("num_heads") && message.contains("model.safetensors"),
+            "{message}"
+        );
+    }
+    // A tokenizer whose ids run past the embedding table: refused at load, not on the first
+    // caption that uses the id.
+    let dir = copy_of_shipped();
+    let path = dir.path().join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    tokenizer["model"]["vocab"]["zzqq"] = 99_999.into();
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let message = load_error(dir.path());
+    assert!(
+        message.contains("99999") && message.contains("tokenizer.json"),
+        "{message}"
+    );
+    // The untouched copy loads.
+    MiniLmTextEncoder::load(copy_of_shipped().path(), 32, &cpu()).unwrap();
+}
+
+#[test]
+fn an_f16_save_refuses_values_beyond_f16s_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.safetensors");
+    let (model, config) = tiny(true, 13);
+    model.save(&config, &path, StoredPrecision::F32).unwrap();
+    let (mut stored, metadata) = read_all(&path);
+    let bias = stored
+        .iter_mut()
+        .find(|s| s.name == "to_pixels.bias")
+        .unwrap();
+    bias.data[0..4].copy_from_slice(&1e6f32.to_le_bytes());
+    write_all(&path, &stored, metadata);
+    // Fine in f32 ...
+    let (big, config) = TexTok::load(&path, &cpu()).unwrap();
+    // ... but f16 would store infinity, which no load accepts: refused, nothing written.
+    let half = dir.path().join("half.safetensors");
+    let message = big
+        .save(&config, &half, StoredPrecision::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("to_pixels.bias") && message.contains("f16"),
+        "{message}"
+    );
+    assert!(!half.exists());
 }

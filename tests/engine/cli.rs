@@ -159,6 +159,153 @@ fn missing_shipped_tokenizers_are_replaced_by_labelled_random_models() {
 }
 
 #[test]
+fn reconstruct_keeps_earlier_results_and_reads_only_text_caption_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _) = save_tiny_pair(dir.path());
+    let out = dir.path().join("out");
+    let apple = repo_path("assets/samples/apple.png");
+    let run = |caption_args: &[&str], extra: &[&str]| {
+        let mut args = vec![
+            "reconstruct",
+            "--image",
+            apple.to_str().unwrap(),
+            "--model",
+            &textok,
+            "--no-baseline",
+            "--tokens",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(caption_args);
+        args.extend_from_slice(extra);
+        studio(&args, None)
+    };
+    // A byte-order mark is not part of the caption.
+    let bom = dir.path().join("bom.txt");
+    std::fs::write(&bom, "\u{feff}a red apple\n").unwrap();
+    let output = run(&["--caption-file", bom.to_str().unwrap()], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let original = out.join("original.png");
+    assert_eq!(png_text(&original)["caption"], "a red apple");
+    let first = std::fs::read(out.join("textok-32.png")).unwrap();
+
+    // A second run into the same folder would replace the first one's files: refused, before
+    // any model loads, and nothing is touched.
+    let output = run(&["--caption", "a green pear"], &[]);
+    assert_one_line_error(&output, "original.png, textok-32.png");
+    assert!(
+        stderr(&output).contains("--overwrite"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(png_text(&original)["caption"], "a red apple");
+    assert_eq!(std::fs::read(out.join("textok-32.png")).unwrap(), first);
+    // Asked to, it replaces them; a blank caption is allowed but noted.
+    let output = run(&["--caption", "   "], &["--overwrite"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("note: the caption is empty"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(png_text(&original)["caption"], "   ");
+
+    // Caption files that are not text files: NUL bytes, a device (endless), a folder.
+    let nul = dir.path().join("nul.txt");
+    std::fs::write(&nul, [0u8; 64]).unwrap();
+    assert_one_line_error(&run(&["--caption-file", nul.to_str().unwrap()], &[]), "NUL");
+    #[cfg(unix)]
+    assert_one_line_error(
+        &run(&["--caption-file", "/dev/zero"], &[]),
+        "not a regular file",
+    );
+    let folder = dir.path().to_str().unwrap();
+    assert_one_line_error(&run(&["--caption-file", folder], &[]), "not a regular file");
+}
+
+#[test]
+fn out_of_range_counts_and_unwritable_outputs_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let huge = "1000000000000000";
+    // Counts that would ask for petabytes: refused by the argument parser.
+    for (args, flag) in [
+        (
+            vec!["gen-eval", "--data", folder, "--images", huge],
+            "--images",
+        ),
+        (vec!["bench", "--repeats", huge], "--repeats"),
+        (
+            vec!["eval", "--data", folder, "--validation-percent", "200"],
+            "--validation-percent",
+        ),
+        (
+            vec!["eval", "--data", folder, "--sheet-rows", "0"],
+            "--sheet-rows",
+        ),
+    ] {
+        let output = studio(&args, None);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr(&output).contains(flag), "{}", stderr(&output));
+    }
+    // Outputs that cannot be written: said before the evaluation, not after it.
+    let missing_parent = dir.path().join("no/such/sheet.png");
+    for args in [
+        vec!["eval", "--data", "/no/such/data", "--json", folder],
+        vec!["gen-eval", "--data", "/no/such/data", "--json", folder],
+        vec![
+            "gen-eval",
+            "--data",
+            "/no/such/data",
+            "--sheet",
+            missing_parent.to_str().unwrap(),
+        ],
+    ] {
+        let output = studio(&args, None);
+        let needle = if args.contains(&"--json") {
+            "is a folder"
+        } else {
+            "does not exist"
+        };
+        assert_one_line_error(&output, needle);
+    }
+    assert_one_line_error(&studio(&["bench", "--steps", "0"], None), "--steps");
+    // Training settings that are not numbers: refused before any data is read.
+    let out = dir.path().join("run");
+    for (trainer, flag, value, needle) in [
+        ("tokenizer", "--lr", "NaN", "learning rate"),
+        ("dit", "--lr", "inf", "learning rate"),
+        (
+            "tokenizer",
+            "--checkpoint-minutes",
+            "NaN",
+            "checkpoint interval",
+        ),
+        ("dit", "--checkpoint-minutes", "0", "checkpoint interval"),
+    ] {
+        let output = studio(
+            &[
+                "train",
+                trainer,
+                "--data",
+                "/no/such/data",
+                "--steps",
+                "10",
+                flag,
+                value,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert_one_line_error(&output, needle);
+    }
+}
+
+#[test]
 fn user_errors_exit_non_zero_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let (textok, _) = save_tiny_pair(dir.path());
@@ -594,6 +741,21 @@ fn listing_devices_prints_no_driver_noise_without_a_runtime_dir() {
         !stderr(&output).contains("XDG_RUNTIME_DIR"),
         "{}",
         stderr(&output)
+    );
+    // Without a working Vulkan driver the adapter probe fails inside wgpu, which logs an error
+    // per driver; the app's own line says what it picked, and stderr (a pipe here) carries no
+    // terminal colour codes.
+    let output = Command::new(env!("CARGO_BIN_EXE_textok-studio"))
+        .arg("devices")
+        .env("VK_ICD_FILENAMES", "/no/such/icd.json")
+        .env_remove("TEXTOK_LOG")
+        .output()
+        .expect("binary runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        !err.contains("wgpu_hal") && !err.contains('\u{1b}'),
+        "{err}"
     );
 }
 
@@ -1405,7 +1567,7 @@ fn a_generator_paired_with_a_tokenizer_of_other_tokens_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let device = cpu();
     // Two tokenizers with different encoders, and a copy of the first with another decoder.
-    let (textok, _) = save_tiny_pair(dir.path());
+    let (textok, baseline) = save_tiny_pair(dir.path());
     let (model, config) = tiny(true, 57);
     let other = dir.path().join("other.safetensors");
     model.save(&config, &other, StoredPrecision::F16).unwrap();
@@ -1426,21 +1588,23 @@ fn a_generator_paired_with_a_tokenizer_of_other_tokens_says_so() {
     let recorded = dir.path().join("recorded-dit.safetensors");
     dit.save(&dit_config, &recorded, StoredPrecision::F16)
         .unwrap();
-    // One from before DiTs recorded it.
+    // Two from before DiTs recorded it: one stands for the shipped DiT.
     let unrecorded = dir.path().join("unrecorded-dit.safetensors");
     save_tiny_dit(&unrecorded, 5);
+    let shipped_dit = dir.path().join("shipped-dit.safetensors");
+    save_tiny_dit(&shipped_dit, 5);
 
-    let mismatch = |tokenizer: &Path, dit: Option<&Path>, default_textok: &str| {
+    let load = |tokenizer: &Path, dit: Option<&Path>, default_textok: &str, baseline: bool| {
         let mut spec = GenerateSpec::shipped();
+        spec.baseline = baseline;
         spec.textok = Some(tokenizer.to_owned());
         spec.default_textok = default_textok.into();
-        match dit {
-            Some(dit) => spec.dit = Some(dit.to_owned()),
-            None => spec.default_dit = unrecorded.clone(),
-        }
-        GenerateEngine::load(&spec, textok_studio::device::cpu())
-            .unwrap()
-            .token_mismatch
+        spec.default_dit = shipped_dit.clone();
+        spec.dit = dit.map(Path::to_owned);
+        GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap()
+    };
+    let mismatch = |tokenizer: &Path, dit: Option<&Path>, default_textok: &str| {
+        load(tokenizer, dit, default_textok, false).token_mismatch
     };
     let textok_path = Path::new(&textok);
     assert_eq!(mismatch(textok_path, Some(&recorded), &textok), None);
@@ -1452,4 +1616,17 @@ fn a_generator_paired_with_a_tokenizer_of_other_tokens_says_so() {
     // ... the shipped (default) one was trained on the shipped (default) tokenizer.
     assert_eq!(mismatch(&same_tokens_file, None, &textok), None);
     assert!(mismatch(&other, None, &textok).is_some());
+    // The shipped DiT named by its path is still the shipped DiT ...
+    assert!(mismatch(&other, Some(&shipped_dit), &textok).is_some());
+    assert_eq!(
+        mismatch(&same_tokens_file, Some(&shipped_dit), &textok),
+        None
+    );
+    // ... and decoding its tokens with the Baseline is as wrong as with any other tokenizer.
+    let baseline = Path::new(&baseline);
+    assert!(
+        load(baseline, Some(&shipped_dit), &textok, true)
+            .token_mismatch
+            .is_some()
+    );
 }
