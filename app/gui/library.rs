@@ -189,6 +189,10 @@ pub fn caption_editor(
             ui.weak("counting tokens…");
         }
     }
+    if caption.trim().is_empty() {
+        // TexTok's advantage is the caption: say so where it is missing.
+        ui.weak("No caption yet: TexTok then has no text to lean on.");
+    }
     changed
 }
 

@@ -268,6 +268,11 @@ fn library_caption_edits_show_token_counts_and_survive_a_restart() {
     let caption = harness.state().app.state.library[0].caption.clone();
     assert!(caption.ends_with("with a long green leaf"), "{caption}");
     assert!(harness.query_by_label_contains("text tokens").is_some());
+    assert!(harness.query_by_label_contains("No caption yet").is_none());
+    // A blank one is pointed out.
+    harness.state_mut().app.state.library[0].caption = "  ".into();
+    harness.step();
+    assert!(harness.query_by_label_contains("No caption yet").is_some());
 
     // An endless caption is flagged as truncated.
     harness.state_mut().app.state.library[0].caption = "very ".repeat(100);

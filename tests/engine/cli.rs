@@ -914,6 +914,14 @@ fn export_f16_keeps_the_model_and_halves_the_file() {
     );
 }
 
+/// A tiny TexTok and Baseline (as [`save_tiny_pair`]) and a tiny DiT, `dir/dit.safetensors`.
+fn save_tiny_generator(dir: &Path) -> (String, String, std::path::PathBuf) {
+    let (textok, baseline) = save_tiny_pair(dir);
+    let dit = dir.join("dit.safetensors");
+    save_tiny_dit(&dit, 3);
+    (textok, baseline, dit)
+}
+
 /// A generator from saved tiny models (`baseline`: decode with a no-text tokenizer).
 fn tiny_engine(
     tokenizer: &str,
@@ -933,9 +941,7 @@ fn engine_loads_name_each_model_as_it_starts_and_stop_between_models_once_cancel
     use textok_studio::jobs::{CancelToken, Cancelled, Progress};
     use textok_studio::pipeline::{EngineSpec, GenerateEngine, GenerateSpec, ReconstructEngine};
     let dir = tempfile::tempdir().unwrap();
-    let (textok, baseline) = save_tiny_pair(dir.path());
-    let dit = dir.path().join("dit.safetensors");
-    save_tiny_dit(&dit, 3);
+    let (textok, baseline, dit) = save_tiny_generator(dir.path());
     let mut generate_spec = GenerateSpec::shipped();
     generate_spec.textok = Some(textok.clone().into());
     generate_spec.dit = Some(dit.clone());
@@ -1026,9 +1032,7 @@ fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
     use textok_studio::model::dit::SampleSettings;
     use textok_studio::pipeline::{generate, generate_for_captions};
     let dir = tempfile::tempdir().unwrap();
-    let (textok, baseline) = save_tiny_pair(dir.path());
-    let dit = dir.path().join("dit.safetensors");
-    save_tiny_dit(&dit, 3);
+    let (textok, baseline, dit) = save_tiny_generator(dir.path());
     for (is_baseline, tokenizer) in [(false, &textok), (true, &baseline)] {
         let engine = tiny_engine(tokenizer, &dit, is_baseline);
         assert_eq!(engine.textok.model.is_text_conditioned(), !is_baseline);
@@ -1087,9 +1091,7 @@ fn caption_contrast_scores_the_same_noise_with_each_caption() {
     use textok_studio::jobs::NoProgress;
     use textok_studio::metrics::evaluation::caption_contrast;
     let dir = tempfile::tempdir().unwrap();
-    let (textok, _) = save_tiny_pair(dir.path());
-    let dit = dir.path().join("dit.safetensors");
-    save_tiny_dit(&dit, 3);
+    let (textok, _, dit) = save_tiny_generator(dir.path());
     let engine = tiny_engine(&textok, &dit, false);
     let images: Vec<_> = ["apple", "penguin", "lizard"]
         .iter()
@@ -1137,9 +1139,7 @@ fn caption_contrast_scores_the_same_noise_with_each_caption() {
 #[test]
 fn gen_eval_contrast_only_measures_without_generating() {
     let dir = tempfile::tempdir().unwrap();
-    let (textok, _) = save_tiny_pair(dir.path());
-    let dit = dir.path().join("dit.safetensors");
-    save_tiny_dit(&dit, 3);
+    let (textok, _, dit) = save_tiny_generator(dir.path());
     let data = sample_dataset(dir.path(), &["apple", "penguin", "lizard"]);
     let json = dir.path().join("contrast.json");
     let output = studio(
