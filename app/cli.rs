@@ -501,12 +501,10 @@ fn read_caption(args: &ReconstructArgs) -> anyhow::Result<String> {
             // whole (4 bytes per character at most in UTF-8).
             use std::io::Read;
             let limit = (crate::model::text_encoder::MAX_CAPTION_CHARS * 4) as u64;
-            // A pipe or device would be read until it ends, which may be never.
-            let metadata = std::fs::metadata(path)
-                .with_context(|| format!("{}: cannot read caption file", path.display()))?;
+            // Pipes (`--caption-file /dev/stdin`) are fine: the read stops at the limit.
             anyhow::ensure!(
-                metadata.is_file(),
-                "{}: not a regular file; --caption-file needs a text file",
+                !path.is_dir(),
+                "{}: is a folder; --caption-file needs a text file",
                 path.display()
             );
             let mut bytes = Vec::new();
@@ -537,7 +535,7 @@ fn read_caption(args: &ReconstructArgs) -> anyhow::Result<String> {
 
 fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     let caption = read_caption(&args)?;
-    if let Some(note) = pipeline::blank_caption_note(&caption) {
+    if let Some(note) = pipeline::blank_caption_note(&caption, pipeline::CaptionUse::Reconstruct) {
         eprintln!("note: {note}");
     }
     pipeline::validate_budgets(&args.tokens, 256)?;
@@ -933,7 +931,8 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         count: args.count,
     };
     validate_sample_settings(&settings, MIN_BUDGET..=256)?;
-    if let Some(note) = pipeline::blank_caption_note(&args.caption) {
+    if let Some(note) = pipeline::blank_caption_note(&args.caption, pipeline::CaptionUse::Generate)
+    {
         eprintln!("note: {note}");
     }
     // The shipped DiT generates TexTok's tokens, which the Baseline cannot decode.

@@ -285,14 +285,26 @@ pub struct Reconstruction {
     pub ssim: f64,
 }
 
+/// What a caption is for, in [`blank_caption_note`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptionUse {
+    Reconstruct,
+    Generate,
+}
+
 /// A word for a caption that is empty or only whitespace: allowed (it encodes as the null
 /// caption, the one classifier-free guidance trains with, so a generator draws
 /// unconditionally), but rarely what was meant. `None` for a caption with words.
-pub fn blank_caption_note(caption: &str) -> Option<&'static str> {
-    caption.trim().is_empty().then_some(
-        "the caption is empty: TexTok gets no text to lean on, and the generator draws \
-         without a subject",
-    )
+pub fn blank_caption_note(caption: &str, used_to: CaptionUse) -> Option<&'static str> {
+    if !caption.trim().is_empty() {
+        return None;
+    }
+    Some(match used_to {
+        CaptionUse::Reconstruct => "the caption is empty: TexTok gets no text to lean on",
+        CaptionUse::Generate => {
+            "the caption is empty: the generator draws without a subject (unconditionally)"
+        }
+    })
 }
 
 /// Checks every budget is one the models can decode.
@@ -414,8 +426,8 @@ impl GenerateSpec {
 /// Whether the DiT was trained on the tokens `textok` makes: `Some(message)` when it was not.
 /// A DiT records its tokenizer's encoder hash; one from before that (the shipped one) counts as
 /// trained on the shipped TexTok when it is the shipped DiT (by default or named by its path),
-/// whichever tokenizer decodes. Unknown pairs (or a file that cannot be read again) pass: this
-/// check warns, it never stops a load.
+/// so no Baseline decodes its tokens. Unknown pairs (or a file that cannot be read again) pass:
+/// this check warns, it never stops a load.
 fn token_mismatch(
     spec: &GenerateSpec,
     textok: &ModelSource,
@@ -428,12 +440,18 @@ fn token_mismatch(
         None => spec.default_dit.exists(),
         Some(dit) => crate::files::same_file(dit, &spec.default_dit),
     };
-    let expected = match &dit_config.tokenizer_encoder_sha256 {
-        Some(hash) => hash.clone(),
-        None if shipped_dit => TexTok::encoder_sha256(&spec.default_textok).ok()?,
+    // With `baseline` the spec's default tokenizer is the shipped Baseline, not the TexTok the
+    // shipped DiT was trained on; a Baseline's encoder never makes TexTok's tokens anyway.
+    let same_tokens = match &dit_config.tokenizer_encoder_sha256 {
+        Some(hash) => TexTok::encoder_sha256(textok_path).ok()? == *hash,
+        None if shipped_dit && spec.baseline => false,
+        None if shipped_dit => {
+            TexTok::encoder_sha256(textok_path).ok()?
+                == TexTok::encoder_sha256(&spec.default_textok).ok()?
+        }
         None => return None,
     };
-    if TexTok::encoder_sha256(textok_path).ok()? == expected {
+    if same_tokens {
         return None;
     }
     Some(format!(

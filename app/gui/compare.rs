@@ -352,6 +352,7 @@ impl ComparePane {
                 &mut item.caption,
                 counter.as_deref(),
                 "compare-caption",
+                Some(super::library::NO_CAPTION_HINT),
             )
         {
             self.caption_edited();

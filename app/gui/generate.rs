@@ -151,7 +151,10 @@ impl GeneratePane {
             // Show the seed that was used, so "fixed" reproduces it.
             app.state.generate.seed = seed;
         }
-        if let Some(note) = crate::pipeline::blank_caption_note(&form.caption) {
+        if let Some(note) = crate::pipeline::blank_caption_note(
+            &form.caption,
+            crate::pipeline::CaptionUse::Generate,
+        ) {
             app.notices.info(format!("Note: {note}."));
         }
         app.state.remember_prompt(&form.caption);
@@ -271,6 +274,7 @@ impl GeneratePane {
             &mut app.state.generate.caption,
             counter.as_deref(),
             "generate-caption",
+            None,
         );
         if !app.state.recent_prompts.is_empty() {
             let mut chosen = None;

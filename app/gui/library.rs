@@ -156,13 +156,17 @@ pub fn token_line(count: &TokenCount, max_tokens: usize) -> (String, bool) {
     }
 }
 
-/// Caption editor shared by the Library and Compare panes: multi-line, with the token count.
-/// Returns true when the caption changed.
+/// TexTok's advantage is the caption: the Library and Compare say so where it is missing.
+pub const NO_CAPTION_HINT: &str = "No caption yet: TexTok then has no text to lean on.";
+
+/// Caption editor shared by the Library, Compare and Generate panes: multi-line, with the token
+/// count, and `blank_hint` under an empty caption. Returns true when the caption changed.
 pub fn caption_editor(
     ui: &mut egui::Ui,
     caption: &mut String,
     counter: Option<&CaptionTokenCounter>,
     id: &str,
+    blank_hint: Option<&str>,
 ) -> bool {
     let changed = ui
         .add(
@@ -189,9 +193,10 @@ pub fn caption_editor(
             ui.weak("counting tokens…");
         }
     }
-    if caption.trim().is_empty() {
-        // TexTok's advantage is the caption: say so where it is missing.
-        ui.weak("No caption yet: TexTok then has no text to lean on.");
+    if let Some(hint) = blank_hint
+        && caption.trim().is_empty()
+    {
+        ui.weak(hint);
     }
     changed
 }
@@ -399,7 +404,13 @@ impl LibraryPane {
         ui.label("Caption");
         let counter = app.token_counter.clone();
         let item = &mut app.state.library[index];
-        if caption_editor(ui, &mut item.caption, counter.as_deref(), "library-caption") {
+        if caption_editor(
+            ui,
+            &mut item.caption,
+            counter.as_deref(),
+            "library-caption",
+            Some(NO_CAPTION_HINT),
+        ) {
             app.caption_edited(&path);
         }
         ui.horizontal(|ui| {

@@ -46,7 +46,7 @@ while IFS= read -r line; do
   caption=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["caption"])' "$line")
   "$bin" generate --caption "$caption" --tokens 64 --steps 50 --cfg 3 --count 4 --seed 1 \
     --dit "$out/dit.safetensors" --device cpu --out "$out/probe/$i/generated" >/dev/null
-  "$bin" reconstruct --image "$corpus/$file" --caption "$caption" --tokens 64 --no-baseline \
+  "$bin" reconstruct --image "$corpus/$file" --caption "$caption" --tokens 64 --no-baseline --overwrite \
     --device cpu --out "$out/probe/$i/reconstructed" >/dev/null
   i=$((i + 1))
 done <"$out/probe.jsonl"

@@ -577,6 +577,10 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     let mut options = fixture.options();
     options.pane = Some(Pane::Generate);
     let mut harness = harness(options);
+    // An empty prompt is the pane's normal start, not a missing caption to point out.
+    harness.step();
+    assert!(harness.state().app.state.generate.caption.is_empty());
+    assert!(harness.query_by_label_contains("No caption yet").is_none());
     {
         let form = &mut harness.state_mut().app.state.generate;
         form.caption = "a red apple".into();
