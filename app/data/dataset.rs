@@ -477,10 +477,22 @@ impl Dataset {
 
     /// Skipped files grouped by reason, for the report printed before training.
     pub fn skip_report(&self) -> String {
+        // On the first line, which is what the short reports print: an empty caption (a blank
+        // sidecar or record) is used as the null caption, which is seldom what was meant.
+        let blank = self
+            .items
+            .iter()
+            .filter(|item| item.caption.is_empty())
+            .count();
+        let blank = match blank {
+            0 => String::new(),
+            1 => "; 1 image has an empty caption (used as the null caption)".into(),
+            n => format!("; {n} images have an empty caption (used as the null caption)"),
+        };
         if self.skipped.is_empty() {
-            return "no files skipped".into();
+            return format!("no files skipped{blank}");
         }
-        let mut report = format!("{} files skipped:\n", self.skipped.len());
+        let mut report = format!("{} files skipped{blank}:\n", self.skipped.len());
         for file in &self.skipped {
             report.push_str(&format!("  {}: {}\n", file.relative, file.reason));
         }

@@ -234,3 +234,22 @@ fn links_to_outside_the_folder_count_once_and_links_inside_it_are_not_followed()
         dataset.skipped
     );
 }
+
+#[test]
+fn blank_captions_are_counted_on_the_reports_first_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for (name, caption) in [("a", "a gradient"), ("b", "  \n"), ("c", "")] {
+        picture(&root.join(format!("{name}.png")), 1);
+        std::fs::write(root.join(format!("{name}.txt")), caption).unwrap();
+    }
+    let dataset = Dataset::load(root, 16, 0, None, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(dataset.items.len(), 3, "blank captions are kept");
+    let report = dataset.skip_report();
+    let first = report.lines().next().unwrap();
+    assert!(first.contains("2 images have an empty caption"), "{report}");
+    std::fs::write(root.join("b.txt"), "another gradient").unwrap();
+    std::fs::write(root.join("c.txt"), "a third").unwrap();
+    let dataset = Dataset::load(root, 16, 0, None, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(dataset.skip_report(), "no files skipped");
+}
