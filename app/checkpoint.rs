@@ -223,6 +223,22 @@ impl CheckpointFile {
         })
     }
 
+    /// [`Self::config`], then `validate` on it (a config from an untrusted file must describe a
+    /// sane model before one is built); its complaint becomes a `BadConfig` naming the file.
+    pub fn validated_config<C: DeserializeOwned>(
+        &self,
+        expected: &str,
+        validate: impl FnOnce(&C) -> Result<(), String>,
+    ) -> Result<C, CheckpointError> {
+        let config = self.config(expected)?;
+        validate(&config).map_err(|reason| CheckpointError::BadConfig {
+            path: self.path.clone(),
+            expected: expected.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
     fn tensors(&self) -> SafeTensors<'_> {
         // Cannot fail: `read` deserialized the same bytes successfully.
         SafeTensors::deserialize(&self.bytes).expect("validated in CheckpointFile::read")

@@ -284,14 +284,7 @@ impl Dit {
         device: &Device,
     ) -> Result<(Dit, DitConfig), CheckpointError> {
         file.expect_kind(KIND_DIT)?;
-        let config: DitConfig = file.config("DiT")?;
-        config
-            .validate()
-            .map_err(|reason| CheckpointError::BadConfig {
-                path: file.path().to_owned(),
-                expected: "DiT".into(),
-                reason,
-            })?;
+        let config = file.validated_config("DiT", DitConfig::validate)?;
         file.expect_parameters_for_config(config.weight_parameters(), "DiT")?;
         let fresh = crate::device::init_module(device, None, || config.init(device));
         let dit = file.load_into(fresh)?;

@@ -260,14 +260,7 @@ impl MiniLmTextEncoder {
     pub fn load(dir: &Path, max_tokens: usize, device: &Device) -> Result<Self, TextEncoderError> {
         let checkpoint = CheckpointFile::read(&dir.join("model.safetensors"))?;
         checkpoint.expect_kind(KIND_MINILM)?;
-        let config: MiniLmConfig = checkpoint.config("MiniLM")?;
-        config
-            .validate()
-            .map_err(|reason| CheckpointError::BadConfig {
-                path: checkpoint.path().to_owned(),
-                expected: "MiniLM".into(),
-                reason,
-            })?;
+        let config = checkpoint.validated_config("MiniLM", MiniLmConfig::validate)?;
         checkpoint.expect_parameters_for_config(config.weight_parameters(), "MiniLM")?;
         if !(2..=config.max_position_embeddings).contains(&max_tokens) {
             return Err(TextEncoderError::BadMaxTokens {

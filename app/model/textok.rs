@@ -535,14 +535,7 @@ impl TexTok {
         device: &Device,
     ) -> Result<(TexTok, TexTokConfig), CheckpointError> {
         checkpoint.expect_kind(KIND_TEXTOK)?;
-        let config: TexTokConfig = checkpoint.config("TexTok")?;
-        config
-            .validate()
-            .map_err(|reason| CheckpointError::BadConfig {
-                path: checkpoint.path().to_owned(),
-                expected: "TexTok".into(),
-                reason,
-            })?;
+        let config = checkpoint.validated_config("TexTok", TexTokConfig::validate)?;
         checkpoint.expect_parameters_for_config(config.weight_parameters(), "TexTok")?;
         let fresh = crate::device::init_module(device, None, || config.init(device));
         let model = checkpoint.load_into(fresh)?;
