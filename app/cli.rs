@@ -545,7 +545,7 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     if !args.no_baseline {
         tokenizers.push(pipeline::Tokenizer::Baseline);
     }
-    let taken = reconstruction_file_names(&tokenizers, &args.tokens)
+    let taken = pipeline::reconstruction_file_names(&tokenizers, &args.tokens)
         .into_iter()
         .filter(|name| args.out.join(name).exists())
         .collect::<Vec<_>>();
@@ -602,43 +602,10 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
             result.ssim
         );
     }
-    imageio::save_png(
-        &original,
-        &args.out.join(ORIGINAL_FILE_NAME),
-        &[("caption", &caption)],
-    )?;
-    for result in &results {
-        let name = reconstruction_file_name(result.tokenizer, result.budget);
-        let tokens = result.budget.to_string();
-        imageio::save_png(
-            &result.image,
-            &args.out.join(name),
-            &[("caption", &caption), ("tokens", &tokens)],
-        )?;
-    }
+    let models = pipeline::ReconstructionModels::of(&engine);
+    pipeline::save_reconstructions(&args.out, &original, &caption, &results, &models)?;
     println!("wrote {}", args.out.display());
     Ok(())
-}
-
-/// What `reconstruct` names the input image in its output folder.
-const ORIGINAL_FILE_NAME: &str = "original.png";
-
-/// What `reconstruct` names one reconstruction: `textok-64.png`.
-fn reconstruction_file_name(tokenizer: pipeline::Tokenizer, budget: usize) -> String {
-    format!("{}-{budget}.png", tokenizer.file_stem())
-}
-
-/// Every file a `reconstruct` of these tokenizers and budgets writes.
-fn reconstruction_file_names(tokenizers: &[pipeline::Tokenizer], budgets: &[usize]) -> Vec<String> {
-    let mut names = vec![ORIGINAL_FILE_NAME.to_owned()];
-    for &tokenizer in tokenizers {
-        names.extend(
-            budgets
-                .iter()
-                .map(|&budget| reconstruction_file_name(tokenizer, budget)),
-        );
-    }
-    names
 }
 
 fn run_info(path: &Path) -> anyhow::Result<()> {

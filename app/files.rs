@@ -83,6 +83,24 @@ pub fn claim_unused_path(
     Err(std::io::Error::other("every numbered name is taken"))
 }
 
+/// Creates `parent/STEM`, or `parent/STEM-2`, `-3`, ...: the first folder name not taken, so
+/// a new set of outputs never mixes with (or replaces) an earlier one.
+pub fn create_unused_folder(parent: &Path, stem: &str) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(parent)?;
+    for n in 1u32.. {
+        let path = match n {
+            1 => parent.join(stem),
+            n => parent.join(format!("{stem}-{n}")),
+        };
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(std::io::Error::other("every numbered name is taken"))
+}
+
 /// Another window or process (or another handle in this one) holds the lock.
 #[derive(Debug)]
 pub struct LockBusy;

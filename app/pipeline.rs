@@ -383,6 +383,100 @@ pub fn reconstruct(
     Ok(results)
 }
 
+/// What a saved reconstruction set names the input image.
+pub const ORIGINAL_FILE_NAME: &str = "original.png";
+
+/// What a saved reconstruction set names one reconstruction: `textok-64.png`.
+pub fn reconstruction_file_name(tokenizer: Tokenizer, budget: usize) -> String {
+    format!("{}-{budget}.png", tokenizer.file_stem())
+}
+
+/// Every file [`save_reconstructions`] writes for these tokenizers and budgets.
+pub fn reconstruction_file_names(tokenizers: &[Tokenizer], budgets: &[usize]) -> Vec<String> {
+    let mut names = vec![ORIGINAL_FILE_NAME.to_owned()];
+    for &tokenizer in tokenizers {
+        names.extend(
+            budgets
+                .iter()
+                .map(|&budget| reconstruction_file_name(tokenizer, budget)),
+        );
+    }
+    names
+}
+
+/// The models' identities written into saved reconstructions ([`model_identity`]).
+#[derive(Debug, Clone)]
+pub struct ReconstructionModels {
+    pub textok: String,
+    pub baseline: Option<String>,
+}
+
+impl ReconstructionModels {
+    pub fn of(engine: &ReconstructEngine) -> Self {
+        Self {
+            textok: model_identity(&engine.textok.source),
+            baseline: engine
+                .baseline
+                .as_ref()
+                .map(|baseline| model_identity(&baseline.source)),
+        }
+    }
+
+    fn of_tokenizer(&self, tokenizer: Tokenizer) -> &str {
+        match tokenizer {
+            Tokenizer::TexTok => &self.textok,
+            Tokenizer::Baseline => self.baseline.as_deref().unwrap_or("unknown"),
+        }
+    }
+}
+
+/// Writes the preprocessed original (`original.png`) and every reconstruction
+/// (`textok-64.png`, `baseline-64.png`, ...) into `dir` (created if missing), each atomically
+/// and replacing a file of the same name. Each reconstruction carries in PNG text chunks its
+/// caption, model, token budget, the model file's SHA-256 and its PSNR/SSIM against the
+/// original, so a saved file says what made it. Returns the files written.
+pub fn save_reconstructions(
+    dir: &Path,
+    original: &Rgb32FImage,
+    caption: &str,
+    results: &[Reconstruction],
+    models: &ReconstructionModels,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create output folder", dir.display()))?;
+    let software = concat!("textok-studio ", env!("CARGO_PKG_VERSION"));
+    let original_path = dir.join(ORIGINAL_FILE_NAME);
+    imageio::save_png(
+        original,
+        &original_path,
+        &[("caption", caption), ("software", software)],
+    )?;
+    let mut written = vec![original_path];
+    for result in results {
+        let path = dir.join(reconstruction_file_name(result.tokenizer, result.budget));
+        let values = [
+            result.budget.to_string(),
+            metrics::format_psnr(result.psnr),
+            format!("{:.4}", result.ssim),
+        ];
+        imageio::save_png(
+            &result.image,
+            &path,
+            &[
+                ("caption", caption),
+                ("model", result.tokenizer.label()),
+                ("tokens", &values[0]),
+                ("model-sha256", models.of_tokenizer(result.tokenizer)),
+                ("psnr-db", &values[1]),
+                ("ssim", &values[2]),
+                ("software", software),
+            ],
+        )?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Everything `generate` needs, loaded once.
 pub struct GenerateEngine {
     pub device: SelectedDevice,

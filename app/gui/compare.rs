@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use eframe::egui;
@@ -94,6 +95,10 @@ pub struct ComparePane {
     next_id: u64,
     /// CPU-composed views (used without wgpu), a few at most.
     cpu_views: Vec<((u64, u64, WipeParams), egui::TextureHandle)>,
+    /// The open "Save images…" folder dialog.
+    save_dialog: Option<Receiver<Vec<PathBuf>>>,
+    /// Writing a saved set: the folder it went to, and how many images.
+    saving: Option<Job<(PathBuf, usize)>>,
 }
 
 impl Default for ComparePane {
@@ -111,6 +116,8 @@ impl Default for ComparePane {
             caption_edited_at: None,
             next_id: 1,
             cpu_views: Vec::new(),
+            save_dialog: None,
+            saving: None,
         }
     }
 }
@@ -134,9 +141,93 @@ impl ComparePane {
         self.cache.len()
     }
 
-    /// True while a reconstruction job runs.
+    /// True while a reconstruction job runs or a saved set is being written.
     pub fn busy(&self) -> bool {
-        self.job.is_some()
+        self.job.is_some() || self.saving.is_some()
+    }
+
+    /// Writes the original and the reconstructions the view shows (both models, the slider's
+    /// budget or every budget of the grid) into a new folder inside `parent`, named after the
+    /// image (`apple`, `apple-2`, ...), in the background. What "Save images…" does with the
+    /// folder picked. Says why not where the view is not complete yet.
+    pub fn save_to(&mut self, parent: PathBuf, app: &mut AppContext) {
+        let Some(request) = self.wanted(app) else {
+            app.notices.info("Pick an image in the Library first.");
+            return;
+        };
+        let (EngineStatus::Ready(engine), Some(original)) = (
+            app.engines.reconstruct(),
+            self.originals.get(&request.image),
+        ) else {
+            app.notices
+                .info("The reconstructions are not ready yet; save once they are shown.");
+            return;
+        };
+        let mut results = Vec::new();
+        for tokenizer in [Tokenizer::TexTok, Tokenizer::Baseline] {
+            for &budget in &request.budgets {
+                match self.cached(&request, tokenizer, budget) {
+                    Some(cached) => results.push(Reconstruction {
+                        tokenizer,
+                        budget,
+                        image: (*cached.shared.image).clone(),
+                        psnr: cached.psnr,
+                        ssim: cached.ssim,
+                    }),
+                    // A Baseline is always loaded, but a missing one is no reason not to save.
+                    None if tokenizer == Tokenizer::Baseline && engine.baseline.is_none() => {}
+                    None => {
+                        app.notices.info(
+                            "The reconstructions are not ready yet; save once they are shown.",
+                        );
+                        return;
+                    }
+                }
+            }
+        }
+        let original = original.shared.image.clone();
+        let stem = request
+            .image
+            .path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .filter(|stem| !stem.trim().is_empty())
+            .unwrap_or_else(|| "image".into());
+        let caption = request.caption.clone();
+        self.saving = Some(Job::spawn(
+            "save reconstructions",
+            app.notify.clone(),
+            move |_, _| {
+                use anyhow::Context;
+                let dir =
+                    crate::files::create_unused_folder(&parent, &stem).with_context(|| {
+                        format!("{}: cannot create a folder here", parent.display())
+                    })?;
+                let models = crate::pipeline::ReconstructionModels::of(&engine);
+                let written = crate::pipeline::save_reconstructions(
+                    &dir, &original, &caption, &results, &models,
+                )?;
+                Ok((dir, written.len()))
+            },
+        ));
+    }
+
+    /// Reports a finished save (called every frame, whichever pane is shown).
+    fn poll_saving(&mut self, app: &mut AppContext) {
+        let Some(job) = &mut self.saving else {
+            return;
+        };
+        match job.poll() {
+            JobState::Running(_) => return,
+            JobState::Finished(Ok((dir, count))) => app
+                .notices
+                .info(format!("Saved {count} images to {}", dir.display())),
+            JobState::Finished(Err(error)) => app
+                .notices
+                .error(format!("Cannot save the images: {error:#}")),
+            JobState::Cancelled | JobState::Collected => {}
+        }
+        self.saving = None;
     }
 
     fn budget(app: &AppContext) -> usize {
@@ -235,6 +326,21 @@ impl ComparePane {
     /// Collects a finished job (called every frame, whichever pane is shown); returns the
     /// running job's progress, `None` when no job runs.
     pub fn poll(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
+        self.poll_saving(app);
+        if let Some(receiver) = &self.save_dialog {
+            // A dialog thread that ended without an answer (it failed) counts as cancelled.
+            let picked = match receiver.try_recv() {
+                Ok(picked) => Some(picked),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Vec::new()),
+                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            };
+            if let Some(picked) = picked {
+                self.save_dialog = None;
+                if let Some(parent) = picked.into_iter().next() {
+                    self.save_to(parent, app);
+                }
+            }
+        }
         let wanted = self.wanted(app);
         let (request, job, _) = self.job.as_mut()?;
         let stale = wanted
@@ -340,6 +446,24 @@ impl ComparePane {
             }
             if ui.button("Reset zoom").clicked() {
                 self.view = ViewTransform::default();
+            }
+            let can_save = self.save_dialog.is_none() && self.saving.is_none() && self.settled(app);
+            if ui
+                .add_enabled(can_save, egui::Button::new("Save images…"))
+                .on_hover_text(
+                    "Writes the original and the reconstructions shown (PNG files that carry \
+                     the caption, model, token budget and PSNR/SSIM) into a new folder named \
+                     after the image, inside the folder you pick",
+                )
+                .clicked()
+            {
+                self.save_dialog = Some(super::pick_in_background(app.notify.clone(), || {
+                    rfd::FileDialog::new()
+                        .set_title("Save the images into a new folder inside…")
+                        .pick_folder()
+                        .into_iter()
+                        .collect()
+                }));
             }
         });
 

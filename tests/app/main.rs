@@ -528,6 +528,141 @@ fn compare_reconstructs_at_the_slider_budget_caches_and_recomputes_on_caption_ed
     }
 }
 
+/// A PNG's text chunks (tEXt and iTXt), by keyword.
+fn png_text(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .unwrap();
+    let info = reader.info();
+    let latin1 = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()));
+    let utf8 = info
+        .utf8_text
+        .iter()
+        .map(|chunk| (chunk.keyword.clone(), chunk.get_text().unwrap()));
+    latin1.chain(utf8).collect()
+}
+
+#[test]
+fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple")];
+    options.caption = Some("a red apple".into());
+    options.pane = Some(Pane::Compare);
+    let mut harness = harness(options);
+    let out = tempfile::tempdir().unwrap();
+    let save = |harness: &mut Harness<'static, StudioApp>| {
+        let studio = harness.state_mut();
+        studio
+            .compare
+            .save_to(out.path().to_owned(), &mut studio.app);
+    };
+    let folders = || {
+        let mut names: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Before the reconstructions exist there is nothing to save, and nothing is written.
+    save(&mut harness);
+    assert!(folders().is_empty());
+    assert!(
+        harness
+            .state()
+            .app
+            .notices
+            .all()
+            .any(|m| m.contains("not ready yet")),
+        "{:?}",
+        harness.state().app.notices.all().collect::<Vec<_>>()
+    );
+
+    wait_until(
+        &mut harness,
+        "the first reconstructions",
+        Duration::from_secs(60),
+        |app| idle(app) && reconstructions(app) == 2,
+    );
+    harness.step();
+    assert!(harness.query_by_label("Save images…").is_some());
+    save(&mut harness);
+    wait_until(
+        &mut harness,
+        "the saved images",
+        Duration::from_secs(60),
+        idle,
+    );
+    assert_eq!(folders(), ["apple"]);
+    let saved = out.path().join("apple");
+    let mut files: Vec<String> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["baseline-64.png", "original.png", "textok-64.png"]);
+    assert_eq!(
+        png_text(&saved.join("original.png"))["caption"],
+        "a red apple"
+    );
+    let textok_sha = textok_studio::files::sha256_file(&fixture.shipped.textok).unwrap();
+    for (file, model) in [("textok-64.png", "TexTok"), ("baseline-64.png", "Baseline")] {
+        let text = png_text(&saved.join(file));
+        assert_eq!(text["caption"], "a red apple", "{file}");
+        assert_eq!(text["model"], model, "{file}");
+        assert_eq!(text["tokens"], "64", "{file}");
+        let psnr: f64 = text["psnr-db"].parse().unwrap();
+        let ssim: f64 = text["ssim"].parse().unwrap();
+        assert!(psnr.is_finite() && psnr > 0.0, "{file}: {psnr}");
+        assert!(ssim > -1.0 && ssim < 1.0, "{file}: {ssim}");
+        assert_eq!(
+            text["model-sha256"] == textok_sha,
+            model == "TexTok",
+            "{file}"
+        );
+        let image = image::open(saved.join(file)).unwrap();
+        assert_eq!((image.width(), image.height()), (32, 32), "{file}");
+    }
+    assert!(
+        harness
+            .state()
+            .app
+            .notices
+            .all()
+            .any(|m| m.starts_with("Saved 3 images to ") && m.ends_with("apple")),
+        "{:?}",
+        harness.state().app.notices.all().collect::<Vec<_>>()
+    );
+
+    // The grid saves every budget, next to (not over) the first set.
+    harness.get_by_label("All budgets").click();
+    wait_until(&mut harness, "the grid", Duration::from_secs(60), |app| {
+        idle(app) && reconstructions(app) == 8
+    });
+    save(&mut harness);
+    wait_until(
+        &mut harness,
+        "the second save",
+        Duration::from_secs(60),
+        idle,
+    );
+    assert_eq!(folders(), ["apple", "apple-2"]);
+    assert_eq!(
+        std::fs::read_dir(out.path().join("apple-2"))
+            .unwrap()
+            .count(),
+        9
+    );
+    assert_eq!(std::fs::read_dir(&saved).unwrap().count(), 3);
+    assert!(error_notices(harness.state()).is_empty());
+}
+
 #[test]
 fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
     let fixture = fixture();

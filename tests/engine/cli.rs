@@ -117,6 +117,24 @@ fn reconstruct_writes_images_and_a_table() {
     for row in rows {
         let psnr: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
         assert!(psnr.is_finite() && psnr > 0.0, "{row}");
+        // Each file says what made it, with the scores the table printed.
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        let file = format!("{}-{}.png", fields[0].to_lowercase(), fields[1]);
+        let chunks = png_text(&out.join(&file));
+        assert_eq!(chunks["model"], fields[0], "{file}");
+        assert_eq!(chunks["tokens"], fields[1], "{file}");
+        assert_eq!(chunks["psnr-db"], fields[2], "{file}");
+        assert_eq!(chunks["ssim"], fields[3], "{file}");
+        let model = if fields[0] == "TexTok" {
+            &textok
+        } else {
+            &baseline
+        };
+        assert_eq!(
+            chunks["model-sha256"],
+            textok_studio::files::sha256_file(Path::new(model)).unwrap(),
+            "{file}"
+        );
     }
 }
 
