@@ -207,6 +207,28 @@ pub struct LibraryPane {
     /// Items removed this session, newest last, with their places: Undo puts them back (a
     /// caption typed in the app may exist nowhere else).
     removed: Vec<(usize, LibraryItem)>,
+    /// Words every shown item's caption or file name holds (any case); empty: all.
+    pub filter: String,
+    /// Show only the items without a caption (the ones fine-tuning leaves out).
+    pub uncaptioned_only: bool,
+}
+
+/// True when `item` belongs in a Library view filtered by `filter` (every whitespace-separated
+/// word found in the caption or the file name, ignoring case) and, with `uncaptioned_only`, has
+/// no caption.
+pub fn matches_filter(item: &LibraryItem, filter: &str, uncaptioned_only: bool) -> bool {
+    if uncaptioned_only && !item.caption.trim().is_empty() {
+        return false;
+    }
+    if filter.trim().is_empty() {
+        return true;
+    }
+    let caption = item.caption.to_lowercase();
+    let name = super::file_name_of(&item.path).to_lowercase();
+    filter
+        .to_lowercase()
+        .split_whitespace()
+        .all(|word| caption.contains(word) || name.contains(word))
 }
 
 impl LibraryPane {
@@ -280,7 +302,24 @@ impl LibraryPane {
                 }
             }
             ui.separator();
-            ui.label(format!("{} images", app.state.library.len()));
+            ui.add(
+                egui::TextEdit::singleline(&mut self.filter)
+                    .hint_text("Filter: caption or file name")
+                    .desired_width(200.0),
+            );
+            ui.checkbox(&mut self.uncaptioned_only, "Uncaptioned only")
+                .on_hover_text("Images without a caption: fine-tuning leaves them out");
+            let total = app.state.library.len();
+            if self.filtering() {
+                let shown = self.shown(&app.state.library).len();
+                ui.label(format!("{shown} of {total} images"));
+                if ui.small_button("Show all").clicked() {
+                    self.filter.clear();
+                    self.uncaptioned_only = false;
+                }
+            } else {
+                ui.label(format!("{total} images"));
+            }
             if let Some((_, item)) = self.removed.last() {
                 let name = super::file_name_of(&item.path);
                 if ui.button(format!("Undo remove ({name})")).clicked() {
@@ -298,10 +337,31 @@ impl LibraryPane {
         egui::CentralPanel::default().show(ui, |ui| self.grid(ui, app));
     }
 
+    fn filtering(&self) -> bool {
+        self.uncaptioned_only || !self.filter.trim().is_empty()
+    }
+
+    /// The indices of the library items the filter lets through, in library order.
+    pub fn shown(&self, library: &[LibraryItem]) -> Vec<usize> {
+        (0..library.len())
+            .filter(|&index| {
+                !self.filtering()
+                    || matches_filter(&library[index], &self.filter, self.uncaptioned_only)
+            })
+            .collect()
+    }
+
     fn grid(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         if app.state.library.is_empty() {
             ui.centered_and_justified(|ui| {
                 ui.label("No images yet. Add some with the buttons above or drop them here.");
+            });
+            return;
+        }
+        let shown = self.shown(&app.state.library);
+        if shown.is_empty() {
+            ui.centered_and_justified(|ui| {
+                ui.label("No image matches the filter.");
             });
             return;
         }
@@ -310,7 +370,7 @@ impl LibraryPane {
         let columns = ((ui.available_width() + spacing.x) / (cell + 8.0 + spacing.x))
             .floor()
             .max(1.0) as usize;
-        let rows = app.state.library.len().div_ceil(columns);
+        let rows = shown.len().div_ceil(columns);
         // Buttons add their frame padding; the caption line sits under the picture.
         let row_height =
             cell + 8.0 + ui.text_style_height(&egui::TextStyle::Small) + spacing.y * 2.0;
@@ -319,9 +379,10 @@ impl LibraryPane {
         egui::ScrollArea::vertical().show_rows(ui, row_height, rows, |ui, visible| {
             for row in visible {
                 let first = row * columns;
-                let last = (first + columns).min(app.state.library.len());
-                let items: Vec<(PathBuf, String)> = app.state.library[first..last]
+                let last = (first + columns).min(shown.len());
+                let items: Vec<(PathBuf, String)> = shown[first..last]
                     .iter()
+                    .map(|&index| &app.state.library[index])
                     .map(|item| (item.path.clone(), item.caption.clone()))
                     .collect();
                 ui.horizontal(|ui| {

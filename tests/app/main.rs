@@ -1475,6 +1475,75 @@ fn a_library_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
 }
 
 #[test]
+fn the_library_filters_by_caption_words_file_name_and_missing_captions() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    // Every tenth picture has no caption yet.
+    let caption = |i: usize| {
+        if i % 10 == 0 {
+            String::new()
+        } else {
+            format!("Picture number {i}")
+        }
+    };
+    harness.state_mut().app.state.library = (0..5000)
+        .map(|i| LibraryItem {
+            path: fixture.dir.path().join(format!("missing-{i:05}.png")),
+            caption: caption(i),
+        })
+        .collect();
+    harness.step();
+    assert!(harness.query_by_label("5000 images").is_some());
+
+    // Words match in any case and order, in the caption or the file name.
+    harness.get_by_role(Role::TextInput).focus();
+    harness.step();
+    harness.get_by_role(Role::TextInput).type_text("42 PICTURE");
+    harness.step();
+    let expected = (0..5000)
+        .filter(|&i| i % 10 != 0 && i.to_string().contains("42"))
+        .count();
+    let shown = harness
+        .state()
+        .library
+        .shown(&harness.state().app.state.library);
+    assert_eq!(shown.len(), expected);
+    assert!(
+        harness
+            .query_by_label(&format!("{expected} of 5000 images"))
+            .is_some()
+    );
+    // Filtering thousands every frame keeps frames fast and still loads only what is visible.
+    assert_only_the_visible_rows_load(&mut harness);
+
+    harness.state_mut().library.filter = "MISSING-00017".into();
+    harness.step();
+    let app = harness.state();
+    let shown = app.library.shown(&app.app.state.library);
+    assert_eq!(shown, [17]);
+
+    harness.state_mut().library.filter.clear();
+    harness.get_by_label("Uncaptioned only").click();
+    harness.step();
+    assert!(harness.query_by_label("500 of 5000 images").is_some());
+    harness.get_by_label("Show all").click();
+    // The count is drawn before the button: one frame clears the filter, the next shows it.
+    harness.step();
+    harness.step();
+    assert!(harness.query_by_label("5000 images").is_some());
+
+    harness.state_mut().library.filter = "no such words".into();
+    harness.step();
+    assert!(
+        harness
+            .query_by_label("No image matches the filter.")
+            .is_some()
+    );
+}
+
+#[test]
 fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
     use textok_studio::data::dataset::scan;
     use textok_studio::gui::finetune::export_library;
