@@ -1482,7 +1482,7 @@ fn the_library_filters_by_caption_words_file_name_and_missing_captions() {
     let mut harness = harness(options);
     // Every tenth picture has no caption yet.
     let caption = |i: usize| {
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             String::new()
         } else {
             format!("Picture number {i}")
@@ -1503,7 +1503,7 @@ fn the_library_filters_by_caption_words_file_name_and_missing_captions() {
     harness.get_by_role(Role::TextInput).type_text("42 PICTURE");
     harness.step();
     let expected = (0..5000)
-        .filter(|&i| i % 10 != 0 && i.to_string().contains("42"))
+        .filter(|&i: &usize| !i.is_multiple_of(10) && i.to_string().contains("42"))
         .count();
     let shown = harness
         .state()
