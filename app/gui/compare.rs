@@ -430,6 +430,8 @@ impl ComparePane {
 
         // Controls.
         ui.horizontal_wrapped(|ui| {
+            Self::image_stepper(ui, app);
+            ui.separator();
             for mode in CompareMode::ALL {
                 ui.selectable_value(&mut self.mode, mode, mode.label());
             }
@@ -562,6 +564,50 @@ impl ComparePane {
             CompareMode::Single => self.single(ui, &request),
             CompareMode::Grid => self.grid(ui, &request),
             CompareMode::Wipe | CompareMode::Difference => self.wipe(ui, app, &request),
+        }
+    }
+
+    /// Previous / "3 of 12" / Next through the Library (also the arrow keys, while no text field
+    /// or slider has the keyboard), so a set of images is compared without leaving the pane.
+    fn image_stepper(ui: &mut egui::Ui, app: &mut AppContext) {
+        let library = &app.state.library;
+        let Some(index) = app
+            .state
+            .selected
+            .as_ref()
+            .and_then(|selected| library.iter().position(|item| &item.path == selected))
+        else {
+            return;
+        };
+        let keys_free = ui.memory(|memory| memory.focused().is_none());
+        let (left, right) = ui.input(|input| {
+            (
+                keys_free && input.key_pressed(egui::Key::ArrowLeft),
+                keys_free && input.key_pressed(egui::Key::ArrowRight),
+            )
+        });
+        let has_previous = index > 0;
+        let has_next = index + 1 < library.len();
+        let mut step_to = None;
+        if ui
+            .add_enabled(has_previous, egui::Button::new("Previous"))
+            .on_hover_text("The previous image in the Library (←)")
+            .clicked()
+            || (has_previous && left)
+        {
+            step_to = Some(index - 1);
+        }
+        ui.label(format!("{} of {}", index + 1, library.len()));
+        if ui
+            .add_enabled(has_next, egui::Button::new("Next"))
+            .on_hover_text("The next image in the Library (→)")
+            .clicked()
+            || (has_next && right)
+        {
+            step_to = Some(index + 1);
+        }
+        if let Some(index) = step_to {
+            app.state.selected = Some(library[index].path.clone());
         }
     }
 

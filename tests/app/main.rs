@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use eframe::egui;
 use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use textok_studio::checkpoint::StoredPrecision;
 use textok_studio::device::DeviceChoice;
 use textok_studio::gui::engines::ShippedModels;
@@ -661,6 +661,60 @@ fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
     );
     assert_eq!(std::fs::read_dir(&saved).unwrap().count(), 3);
     assert!(error_notices(harness.state()).is_empty());
+}
+
+#[test]
+fn compare_steps_through_the_library_with_buttons_and_arrow_keys() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple"), sample("penguin"), sample("lizard")];
+    options.pane = Some(Pane::Compare);
+    let mut harness = harness(options);
+    harness.step();
+    let selected = |harness: &Harness<'static, StudioApp>| {
+        let app = &harness.state().app.state;
+        let path = app.selected.as_ref().expect("an image is selected");
+        path.file_stem().unwrap().to_string_lossy().into_owned()
+    };
+    assert_eq!(selected(&harness), "apple");
+    assert!(harness.query_by_label("1 of 3").is_some());
+    assert!(
+        harness
+            .get_by_label("Previous")
+            .accesskit_node()
+            .is_disabled(),
+        "nothing before the first"
+    );
+
+    harness.get_by_label("Next").click();
+    harness.step();
+    assert_eq!(selected(&harness), "penguin");
+    harness.step();
+    assert!(harness.query_by_label("2 of 3").is_some());
+
+    harness.key_press(egui::Key::ArrowRight);
+    harness.step();
+    assert_eq!(selected(&harness), "lizard");
+    harness.key_press(egui::Key::ArrowRight);
+    harness.step();
+    assert_eq!(selected(&harness), "lizard", "nothing after the last");
+    harness.key_press(egui::Key::ArrowLeft);
+    harness.step();
+    assert_eq!(selected(&harness), "penguin");
+
+    // While the caption field has the keyboard, the arrows move its cursor, not the image.
+    harness.get_by_role(Role::MultilineTextInput).focus();
+    harness.step();
+    harness.key_press(egui::Key::ArrowLeft);
+    harness.step();
+    assert_eq!(selected(&harness), "penguin");
+    // The new image's reconstructions follow.
+    wait_until(
+        &mut harness,
+        "the penguin's reconstructions",
+        Duration::from_secs(60),
+        |app| idle(app) && app.compare.settled(&app.app),
+    );
 }
 
 #[test]
