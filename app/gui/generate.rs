@@ -95,6 +95,8 @@ pub struct GeneratePane {
     last_error: Option<String>,
     /// Newest last; kept in memory until the app closes.
     deleted: Vec<Deleted>,
+    /// Words every shown gallery image's caption holds (any case); empty: all.
+    pub filter: String,
 }
 
 /// "12/50 steps, ETA 4 s" from a progress report and the time since the job started.
@@ -417,13 +419,39 @@ impl GeneratePane {
             "Saved in {}",
             app.data_dir.join(GENERATED_DIR).display()
         ));
+        let mut shown = Vec::new();
+        ui.horizontal(|ui| {
+            ui.add(
+                egui::TextEdit::singleline(&mut self.filter)
+                    .hint_text("Filter: caption")
+                    .desired_width(200.0),
+            );
+            // After the text field, so the count follows this frame's typing.
+            shown = self.shown(&app.state.gallery);
+            if !self.filter.trim().is_empty() {
+                ui.label(format!(
+                    "{} of {} images",
+                    shown.len(),
+                    app.state.gallery.len()
+                ));
+                if ui.small_button("Show all").clicked() {
+                    self.filter.clear();
+                }
+            }
+        });
+        if shown.is_empty() {
+            ui.centered_and_justified(|ui| {
+                ui.label("No generated image's caption matches the filter.");
+            });
+            return;
+        }
         let side = 160.0;
         let mut action: Option<(usize, GalleryAction)> = None;
         let spacing = ui.spacing().item_spacing;
         let columns = ((ui.available_width() + spacing.x) / (side + spacing.x))
             .floor()
             .max(1.0) as usize;
-        let rows = app.state.gallery.len().div_ceil(columns);
+        let rows = shown.len().div_ceil(columns);
         // The picture, two lines of text and two rows of small buttons (they wrap in 160 px).
         let text = ui.text_style_height(&egui::TextStyle::Body);
         let cell_height = side + 2.0 * text + 2.0 * ui.spacing().interact_size.y + 5.0 * spacing.y;
@@ -432,9 +460,9 @@ impl GeneratePane {
         egui::ScrollArea::vertical().show_rows(ui, cell_height, rows, |ui, visible| {
             for row in visible {
                 let first = row * columns;
-                let last = (first + columns).min(app.state.gallery.len());
+                let last = (first + columns).min(shown.len());
                 ui.horizontal(|ui| {
-                    for index in first..last {
+                    for &index in &shown[first..last] {
                         let entry = &app.state.gallery[index];
                         let layout = egui::Layout::top_down(egui::Align::Min);
                         ui.allocate_ui_with_layout(egui::vec2(side, cell_height), layout, |ui| {
@@ -488,6 +516,13 @@ impl GeneratePane {
         if let Some((index, what)) = action {
             self.act(index, what, app);
         }
+    }
+
+    /// The indices of the gallery entries the filter lets through, in gallery order.
+    pub fn shown(&self, gallery: &[super::state::GalleryEntry]) -> Vec<usize> {
+        (0..gallery.len())
+            .filter(|&index| super::words_match(&self.filter, &[&gallery[index].settings.caption]))
+            .collect()
     }
 
     /// Brings back the last deleted gallery entry, and its file.

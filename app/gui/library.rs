@@ -220,15 +220,8 @@ pub fn matches_filter(item: &LibraryItem, filter: &str, uncaptioned_only: bool) 
     if uncaptioned_only && !item.caption.trim().is_empty() {
         return false;
     }
-    if filter.trim().is_empty() {
-        return true;
-    }
-    let caption = item.caption.to_lowercase();
-    let name = super::file_name_of(&item.path).to_lowercase();
-    filter
-        .to_lowercase()
-        .split_whitespace()
-        .all(|word| caption.contains(word) || name.contains(word))
+    filter.trim().is_empty()
+        || super::words_match(filter, &[&item.caption, &super::file_name_of(&item.path)])
 }
 
 impl LibraryPane {

@@ -297,6 +297,16 @@ impl AppContext {
 }
 
 /// The last component of `path`, for labels ("" for a path that has none).
+/// True when every whitespace-separated word of `filter` occurs, ignoring case, in one of
+/// `fields` (a filter of no words matches everything): the Library's and the gallery's filter.
+pub fn words_match(filter: &str, fields: &[&str]) -> bool {
+    let fields: Vec<String> = fields.iter().map(|field| field.to_lowercase()).collect();
+    filter
+        .to_lowercase()
+        .split_whitespace()
+        .all(|word| fields.iter().any(|field| field.contains(word)))
+}
+
 pub fn file_name_of(path: &Path) -> String {
     path.file_name()
         .map(|name| name.to_string_lossy().into_owned())

@@ -849,6 +849,30 @@ fn a_gallery_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
     };
     harness.state_mut().app.state.gallery = (0..5000).map(entry).collect();
     assert_only_the_visible_rows_load(&mut harness);
+
+    // The caption filter narrows it (any case, every word) and still lays out only one screen.
+    harness.get_by_role(Role::TextInput).focus();
+    harness.step();
+    harness.get_by_role(Role::TextInput).type_text("NUMBER 7");
+    harness.step();
+    let expected = (0..5000).filter(|i| i.to_string().contains('7')).count();
+    assert!(
+        harness
+            .query_by_label(&format!("{expected} of 5000 images"))
+            .is_some()
+    );
+    let app = harness.state();
+    let shown = app.generate.shown(&app.app.state.gallery);
+    assert_eq!(shown.len(), expected);
+    assert!(shown.iter().all(|&i| i.to_string().contains('7')));
+    assert_only_the_visible_rows_load(&mut harness);
+    harness.state_mut().generate.filter = "kitten".into();
+    harness.step();
+    assert!(
+        harness
+            .query_by_label("No generated image's caption matches the filter.")
+            .is_some()
+    );
 }
 
 #[test]
