@@ -328,13 +328,7 @@ impl ComparePane {
     pub fn poll(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
         self.poll_saving(app);
         if let Some(receiver) = &self.save_dialog {
-            // A dialog thread that ended without an answer (it failed) counts as cancelled.
-            let picked = match receiver.try_recv() {
-                Ok(picked) => Some(picked),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Vec::new()),
-                Err(std::sync::mpsc::TryRecvError::Empty) => None,
-            };
-            if let Some(picked) = picked {
+            if let Some(picked) = super::dialog_answer(receiver, &mut app.notices) {
                 self.save_dialog = None;
                 if let Some(parent) = picked.into_iter().next() {
                     self.save_to(parent, app);
@@ -560,10 +554,26 @@ impl ComparePane {
         let Some(request) = self.wanted(app) else {
             return;
         };
+        // A cell still without its picture turns a spinner only while something will fill it.
+        let stopped = if self.job.is_some() {
+            None
+        } else if self.cancelled.as_ref() == Some(&request) {
+            Some("cancelled")
+        } else if self
+            .failed
+            .as_ref()
+            .is_some_and(|(failed, _)| failed == &request)
+        {
+            Some("failed")
+        } else if matches!(app.engines.reconstruct(), EngineStatus::Failed(_)) {
+            Some("no models")
+        } else {
+            None
+        };
         match self.mode {
-            CompareMode::Single => self.single(ui, &request),
-            CompareMode::Grid => self.grid(ui, &request),
-            CompareMode::Wipe | CompareMode::Difference => self.wipe(ui, app, &request),
+            CompareMode::Single => self.single(ui, &request, stopped),
+            CompareMode::Grid => self.grid(ui, &request, stopped),
+            CompareMode::Wipe | CompareMode::Difference => self.wipe(ui, app, &request, stopped),
         }
     }
 
@@ -620,6 +630,18 @@ impl ComparePane {
         })
     }
 
+    /// Where a picture is missing: a spinner while it is being made, else why not (`stopped`).
+    fn placeholder(ui: &mut egui::Ui, rect: egui::Rect, stopped: Option<&str>) {
+        match stopped {
+            None => {
+                ui.put(rect, egui::Spinner::new());
+            }
+            Some(why) => {
+                ui.put(rect, egui::Label::new(egui::RichText::new(why).weak()));
+            }
+        }
+    }
+
     /// One cell: image (or a placeholder), title, PSNR/SSIM.
     fn cell(
         ui: &mut egui::Ui,
@@ -628,6 +650,7 @@ impl ComparePane {
         side: f32,
         view: &mut ViewTransform,
         scores: bool,
+        stopped: Option<&str>,
     ) {
         ui.vertical(|ui| {
             ui.strong(title);
@@ -649,14 +672,14 @@ impl ComparePane {
                         ui.allocate_exact_size(egui::vec2(side, side), egui::Sense::hover());
                     ui.painter()
                         .rect_filled(rect, 4.0, ui.visuals().extreme_bg_color);
-                    ui.put(rect, egui::Spinner::new());
+                    Self::placeholder(ui, rect, stopped);
                     ui.label(" ");
                 }
             }
         });
     }
 
-    fn single(&mut self, ui: &mut egui::Ui, request: &Request) {
+    fn single(&mut self, ui: &mut egui::Ui, request: &Request, stopped: Option<&str>) {
         let budget = request.budgets[0];
         let side = ((ui.available_width() - 32.0) / 3.0)
             .min(ui.available_height() - 48.0)
@@ -666,7 +689,7 @@ impl ComparePane {
         let baseline = self.cached(request, Tokenizer::Baseline, budget);
         let mut view = self.view;
         ui.horizontal(|ui| {
-            Self::cell(ui, "Original", original, side, &mut view, false);
+            Self::cell(ui, "Original", original, side, &mut view, false, stopped);
             Self::cell(
                 ui,
                 &format!("TexTok · {budget} tokens"),
@@ -674,6 +697,7 @@ impl ComparePane {
                 side,
                 &mut view,
                 true,
+                stopped,
             );
             Self::cell(
                 ui,
@@ -682,12 +706,13 @@ impl ComparePane {
                 side,
                 &mut view,
                 true,
+                stopped,
             );
         });
         self.view = view;
     }
 
-    fn grid(&mut self, ui: &mut egui::Ui, request: &Request) {
+    fn grid(&mut self, ui: &mut egui::Ui, request: &Request, stopped: Option<&str>) {
         let columns = 1 + DEFAULT_BUDGETS.len();
         let side = ((ui.available_width() - 96.0) / columns as f32)
             .min((ui.available_height() - 96.0) / 2.0)
@@ -697,7 +722,7 @@ impl ComparePane {
             for tokenizer in [Tokenizer::TexTok, Tokenizer::Baseline] {
                 ui.horizontal(|ui| {
                     let original = self.originals.get(&request.image);
-                    Self::cell(ui, "Original", original, side, &mut view, false);
+                    Self::cell(ui, "Original", original, side, &mut view, false, stopped);
                     for &budget in &DEFAULT_BUDGETS {
                         let cached = self.cached(request, tokenizer, budget);
                         Self::cell(
@@ -707,6 +732,7 @@ impl ComparePane {
                             side,
                             &mut view,
                             true,
+                            stopped,
                         );
                     }
                 });
@@ -715,7 +741,13 @@ impl ComparePane {
         self.view = view;
     }
 
-    fn wipe(&mut self, ui: &mut egui::Ui, app: &AppContext, request: &Request) {
+    fn wipe(
+        &mut self,
+        ui: &mut egui::Ui,
+        app: &AppContext,
+        request: &Request,
+        stopped: Option<&str>,
+    ) {
         let budget = request.budgets[0];
         let mode = if self.mode == CompareMode::Wipe {
             WipeMode::Wipe
@@ -730,7 +762,14 @@ impl ComparePane {
             .min(ui.available_height() - 48.0)
             .max(64.0);
         let Some(original) = self.originals.get(&request.image).map(|c| c.shared.clone()) else {
-            ui.spinner();
+            match stopped {
+                None => {
+                    ui.spinner();
+                }
+                Some(why) => {
+                    ui.weak(why);
+                }
+            }
             return;
         };
         ui.horizontal(|ui| {
@@ -743,7 +782,7 @@ impl ComparePane {
                     let (rect, response) = ui
                         .allocate_exact_size(egui::vec2(side, side), egui::Sense::click_and_drag());
                     let Some((reconstruction, psnr, ssim)) = reconstruction else {
-                        ui.put(rect, egui::Spinner::new());
+                        Self::placeholder(ui, rect, stopped);
                         return;
                     };
                     if mode == WipeMode::Wipe {

@@ -553,7 +553,7 @@ impl FineTunePane {
             self.refresh_runs(&app.data_dir.clone());
         }
         if let Some(receiver) = &self.folder_dialog
-            && let Ok(picked) = receiver.try_recv()
+            && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
         {
             if let Some(folder) = picked.first() {
                 self.form.folder = folder.display().to_string();

@@ -242,14 +242,7 @@ impl GeneratePane {
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         let progress = self.poll(app);
         if let Some((receiver, source)) = &self.save_dialog {
-            // A dialog thread that ended without an answer (it failed) counts as cancelled,
-            // or the guard against a second dialog would hold for good.
-            let picked = match receiver.try_recv() {
-                Ok(picked) => Some(picked),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Vec::new()),
-                Err(std::sync::mpsc::TryRecvError::Empty) => None,
-            };
-            if let Some(picked) = picked {
+            if let Some(picked) = super::dialog_answer(receiver, &mut app.notices) {
                 Self::save_picked(&picked, source, app);
                 self.save_dialog = None;
             }

@@ -245,7 +245,7 @@ impl LibraryPane {
 
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         if let Some(receiver) = &self.dialog
-            && let Ok(paths) = receiver.try_recv()
+            && let Some(paths) = super::dialog_answer(receiver, &mut app.notices)
         {
             self.dialog = None;
             app.import(&paths);

@@ -361,6 +361,23 @@ pub fn device_label(description: &str) -> String {
     format!("on {device}")
 }
 
+/// The answer of a dialog from [`pick_in_background`] once there is one: the paths picked (none:
+/// cancelled). A dialog thread that ended without answering (it could not start, or failed)
+/// counts as cancelled and says so, or the guard against a second dialog would hold for good.
+pub fn dialog_answer(
+    receiver: &Receiver<Vec<PathBuf>>,
+    notices: &mut Notices,
+) -> Option<Vec<PathBuf>> {
+    match receiver.try_recv() {
+        Ok(picked) => Some(picked),
+        Err(std::sync::mpsc::TryRecvError::Empty) => None,
+        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+            notices.error("The file dialog failed to open; see the log for why.");
+            Some(Vec::new())
+        }
+    }
+}
+
 /// Runs a (blocking) native file dialog on its own thread; the answer arrives on the receiver.
 pub fn pick_in_background(
     notify: Arc<dyn Fn() + Send + Sync>,
@@ -781,6 +798,23 @@ pub fn run(options: StartOptions) -> anyhow::Result<()> {
 mod tests {
     use super::loading_label;
     use crate::jobs::Progress;
+
+    #[test]
+    fn a_file_dialog_that_died_counts_as_cancelled_and_says_so() {
+        use super::{Notices, dialog_answer};
+        let mut notices = Notices::default();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        assert_eq!(dialog_answer(&receiver, &mut notices), None, "still open");
+        sender.send(vec!["a.png".into()]).unwrap();
+        assert_eq!(
+            dialog_answer(&receiver, &mut notices),
+            Some(vec!["a.png".into()])
+        );
+        assert_eq!(notices.errors().count(), 0);
+        drop(sender);
+        assert_eq!(dialog_answer(&receiver, &mut notices), Some(Vec::new()));
+        assert_eq!(notices.errors().count(), 1);
+    }
 
     #[test]
     fn the_loading_label_names_the_model_being_loaded() {

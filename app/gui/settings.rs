@@ -50,7 +50,7 @@ impl SettingsPane {
             }
         }
         if let Some((slot, receiver)) = &self.dialog
-            && let Ok(picked) = receiver.try_recv()
+            && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
         {
             if let Some(path) = picked.into_iter().next() {
                 let settings = &mut app.state.settings;

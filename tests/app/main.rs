@@ -740,6 +740,8 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
     );
     harness.step();
     assert!(harness.query_by_label_contains("Retry").is_some());
+    // The empty cells say so rather than spin for good.
+    assert_eq!(harness.query_all_by_label("failed").count(), 3);
 
     // A checkpoint that is not one.
     let bogus = fixture.dir.path().join("bogus.safetensors");
@@ -758,6 +760,7 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
             .query_by_label_contains("Models failed to load")
             .is_some()
     );
+    assert_eq!(harness.query_all_by_label("no models").count(), 3);
 }
 
 #[test]
