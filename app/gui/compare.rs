@@ -327,12 +327,12 @@ impl ComparePane {
     /// running job's progress, `None` when no job runs.
     pub fn poll(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
         self.poll_saving(app);
-        if let Some(receiver) = &self.save_dialog {
-            if let Some(picked) = super::dialog_answer(receiver, &mut app.notices) {
-                self.save_dialog = None;
-                if let Some(parent) = picked.into_iter().next() {
-                    self.save_to(parent, app);
-                }
+        if let Some(receiver) = &self.save_dialog
+            && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
+        {
+            self.save_dialog = None;
+            if let Some(parent) = picked.into_iter().next() {
+                self.save_to(parent, app);
             }
         }
         let wanted = self.wanted(app);

@@ -241,11 +241,11 @@ impl GeneratePane {
 
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         let progress = self.poll(app);
-        if let Some((receiver, source)) = &self.save_dialog {
-            if let Some(picked) = super::dialog_answer(receiver, &mut app.notices) {
-                Self::save_picked(&picked, source, app);
-                self.save_dialog = None;
-            }
+        if let Some((receiver, source)) = &self.save_dialog
+            && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
+        {
+            Self::save_picked(&picked, source, app);
+            self.save_dialog = None;
         }
 
         egui::Panel::left("generate-form")
