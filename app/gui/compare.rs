@@ -19,6 +19,7 @@ use super::images::{ViewTransform, handle_view_input, image_cell};
 use super::wipe::{SharedImage, WipeCallback, WipeMode, WipeParams, compose_cpu};
 use crate::jobs::{Job, JobState, Progress};
 use crate::metrics::format_psnr;
+use crate::model::textok::MIN_BUDGET;
 use crate::pipeline::{DEFAULT_BUDGETS, Reconstruction, Tokenizer};
 
 /// Wait this long after the last caption keystroke before recomputing.
@@ -95,6 +96,9 @@ pub struct ComparePane {
     next_id: u64,
     /// CPU-composed views (used without wgpu), a few at most.
     cpu_views: Vec<((u64, u64, WipeParams), egui::TextureHandle)>,
+    /// The largest budget the loaded tokenizers decode (256 for the shipped ones): the slider's
+    /// end and the grid's last column.
+    max_tokens: usize,
     /// The open "Save images…" folder dialog.
     save_dialog: Option<Receiver<Vec<PathBuf>>>,
     /// Writing a saved set: the folder it went to, and how many images.
@@ -116,6 +120,7 @@ impl Default for ComparePane {
             caption_edited_at: None,
             next_id: 1,
             cpu_views: Vec::new(),
+            max_tokens: 256,
             save_dialog: None,
             saving: None,
         }
@@ -230,18 +235,28 @@ impl ComparePane {
         self.saving = None;
     }
 
-    fn budget(app: &AppContext) -> usize {
+    fn budget(&self, app: &AppContext) -> usize {
         app.state
             .compare_budget
             .unwrap_or(app.state.settings.default_budget)
-            .clamp(32, 256)
+            .clamp(MIN_BUDGET, self.max_tokens.max(MIN_BUDGET))
+    }
+
+    /// The grid's budgets: the paper's that the models decode, and their own largest.
+    fn grid_budgets(&self) -> Vec<usize> {
+        let mut budgets: Vec<usize> = DEFAULT_BUDGETS
+            .into_iter()
+            .filter(|&budget| budget < self.max_tokens)
+            .collect();
+        budgets.push(self.max_tokens.max(MIN_BUDGET));
+        budgets
     }
 
     fn wanted(&self, app: &AppContext) -> Option<Request> {
         let item = app.state.selected_item()?;
         let budgets = match self.mode {
-            CompareMode::Grid => DEFAULT_BUDGETS.to_vec(),
-            _ => vec![Self::budget(app)],
+            CompareMode::Grid => self.grid_budgets(),
+            _ => vec![self.budget(app)],
         };
         Some(Request {
             image: ImageKey {
@@ -366,6 +381,10 @@ impl ComparePane {
     /// Polls the running job and starts the next one the view needs; returns the running
     /// job's progress.
     fn drive(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
+        // Before anything asks for budgets: a checkpoint may hold fewer than 256 tokens.
+        if let EngineStatus::Ready(engine) = app.engines.reconstruct() {
+            self.max_tokens = engine.max_tokens();
+        }
         let progress = self.poll(ctx, app);
         let wanted = self.wanted(app);
         if self.job.is_some() {
@@ -431,8 +450,9 @@ impl ComparePane {
             }
             ui.separator();
             if self.mode != CompareMode::Grid {
-                let mut budget = Self::budget(app);
-                let response = ui.add(egui::Slider::new(&mut budget, 32..=256).text("tokens"));
+                let mut budget = self.budget(app);
+                let range = MIN_BUDGET..=self.max_tokens.max(MIN_BUDGET);
+                let response = ui.add(egui::Slider::new(&mut budget, range).text("tokens"));
                 if response.changed() {
                     app.state.compare_budget = Some(budget);
                 }
@@ -713,7 +733,7 @@ impl ComparePane {
     }
 
     fn grid(&mut self, ui: &mut egui::Ui, request: &Request, stopped: Option<&str>) {
-        let columns = 1 + DEFAULT_BUDGETS.len();
+        let columns = 1 + request.budgets.len();
         let side = ((ui.available_width() - 96.0) / columns as f32)
             .min((ui.available_height() - 96.0) / 2.0)
             .max(48.0);
@@ -723,7 +743,7 @@ impl ComparePane {
                 ui.horizontal(|ui| {
                     let original = self.originals.get(&request.image);
                     Self::cell(ui, "Original", original, side, &mut view, false, stopped);
-                    for &budget in &DEFAULT_BUDGETS {
+                    for &budget in &request.budgets {
                         let cached = self.cached(request, tokenizer, budget);
                         Self::cell(
                             ui,

@@ -664,6 +664,51 @@ fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
 }
 
 #[test]
+fn compare_offers_only_the_budgets_the_models_hold() {
+    let fixture = fixture();
+    let device = burn::tensor::Device::flex();
+    let mut shipped = fixture.shipped.clone();
+    for (text, path) in [(true, &mut shipped.textok), (false, &mut shipped.baseline)] {
+        let config = textok_studio::model::textok::TexTokConfig::tiny(text).with_max_tokens(96);
+        let model = textok_studio::device::init_module(&device, Some(5), || config.init(&device));
+        *path = fixture.dir.path().join(format!("max96-{text}.safetensors"));
+        model.save(&config, path, StoredPrecision::F16).unwrap();
+    }
+    let mut options = fixture.options();
+    options.shipped = shipped;
+    options.open = vec![sample("apple")];
+    options.caption = Some("a red apple".into());
+    options.pane = Some(Pane::Compare);
+    let mut harness = harness(options);
+    harness.state_mut().app.state.compare_budget = Some(256);
+    wait_until(
+        &mut harness,
+        "the reconstructions at the models' largest budget",
+        Duration::from_secs(60),
+        |app| idle(app) && app.compare.settled(&app.app),
+    );
+    harness.step();
+    assert!(harness.query_by_label("TexTok · 96 tokens").is_some());
+
+    harness.get_by_label("All budgets").click();
+    wait_until(&mut harness, "the grid", Duration::from_secs(60), |app| {
+        idle(app) && app.compare.settled(&app.app)
+    });
+    harness.step();
+    for budget in [32, 64, 96] {
+        assert!(
+            harness
+                .query_by_label(&format!("Baseline · {budget}"))
+                .is_some(),
+            "{budget}"
+        );
+    }
+    assert!(harness.query_by_label("Baseline · 128").is_none());
+    assert_eq!(reconstructions(harness.state()), 6);
+    assert!(error_notices(harness.state()).is_empty());
+}
+
+#[test]
 fn compare_steps_through_the_library_with_buttons_and_arrow_keys() {
     let fixture = fixture();
     let mut options = fixture.options();
