@@ -151,6 +151,11 @@ impl ComparePane {
         self.job.is_some() || self.saving.is_some()
     }
 
+    /// True while a saved set is being written.
+    pub fn saving(&self) -> bool {
+        self.saving.is_some()
+    }
+
     /// Writes the original and the reconstructions the view shows (both models, the slider's
     /// budget or every budget of the grid) into a new folder inside `parent`, named after the
     /// image (`apple`, `apple-2`, ...), in the background. What "Save images…" does with the

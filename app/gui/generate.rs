@@ -125,6 +125,13 @@ impl GeneratePane {
         self.running.is_some()
     }
 
+    /// Stops the running generation after its current step (finished images are kept).
+    pub fn cancel(&self) {
+        if let Some(running) = &self.running {
+            running.job.cancel();
+        }
+    }
+
     /// Starts generating with the form's settings (the Generate button).
     pub fn start(&mut self, app: &mut AppContext) {
         let form = app.state.generate.clone();
@@ -353,10 +360,8 @@ impl GeneratePane {
                         p.done as f32 / p.total.max(1) as f32,
                     ));
                 }
-                if ui.button("Cancel").clicked()
-                    && let Some(running) = &self.running
-                {
-                    running.job.cancel();
+                if ui.button("Cancel").clicked() {
+                    self.cancel();
                 }
             }
             None => {

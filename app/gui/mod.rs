@@ -420,6 +420,22 @@ pub struct StudioApp {
     token_counter_job: Option<Job<CaptionTokenCounter>>,
     automation: Option<Automation>,
     sidecars_written: Instant,
+    closing: Closing,
+}
+
+/// Closing the window while work runs that closing would lose or interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Closing {
+    /// No close asked for, or nothing at risk.
+    #[default]
+    No,
+    /// Asking whether to stop the work and quit.
+    Asking,
+    /// Told to quit: the work is being stopped (a fine-tune saves its state); the window
+    /// closes once it has.
+    Stopping,
+    /// Closes on the next request, whatever runs (the automation's deadline).
+    Now,
 }
 
 impl StudioApp {
@@ -511,6 +527,95 @@ impl StudioApp {
             token_counter_job,
             automation,
             sidecars_written: Instant::now(),
+            closing: Closing::No,
+        }
+    }
+
+    /// What closing the window now would lose or interrupt, one line each (empty: nothing).
+    pub fn work_at_risk(&self) -> Vec<&'static str> {
+        let mut work = Vec::new();
+        if self.generate.busy() {
+            work.push(
+                "Generating: the images not finished yet are lost (finished ones are saved).",
+            );
+        }
+        if self.finetune.busy() {
+            work.push("Fine-tuning: the run stops and saves its state; Resume continues it.");
+        }
+        if self.compare.saving() {
+            work.push("Saving Compare's images: they are written first.");
+        }
+        work
+    }
+
+    /// Where a request to close the window stands.
+    pub fn closing(&self) -> Closing {
+        self.closing
+    }
+
+    /// Handles the window's close button: with work at risk, the close is put off and a dialog
+    /// asks; once told to quit, the work is stopped and the window closes when it has.
+    fn guard_close(&mut self, ctx: &egui::Context) {
+        let requested = ctx.input(|i| i.viewport().close_requested());
+        let at_risk = self.work_at_risk();
+        match self.closing {
+            Closing::Now => return,
+            Closing::No if !requested || at_risk.is_empty() => return,
+            Closing::No => self.closing = Closing::Asking,
+            // The work ended by itself (or was stopped): close, as was asked.
+            Closing::Asking | Closing::Stopping if at_risk.is_empty() => {
+                self.closing = Closing::Now;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                return;
+            }
+            Closing::Asking | Closing::Stopping => {}
+        }
+        if requested {
+            ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+        }
+        let stopping = self.closing == Closing::Stopping;
+        let mut choice = None;
+        egui::Modal::new(egui::Id::unique("close-while-busy")).show(ctx, |ui| {
+            ui.set_max_width(420.0);
+            if stopping {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.strong("Stopping the work before the window closes…");
+                });
+            } else {
+                ui.strong("Work is still running");
+            }
+            for line in &at_risk {
+                ui.label(*line);
+            }
+            if !stopping {
+                ui.horizontal(|ui| {
+                    if ui.button("Stop and quit").clicked() {
+                        choice = Some(true);
+                    }
+                    if ui.button("Keep working").clicked() {
+                        choice = Some(false);
+                    }
+                });
+            }
+        });
+        if let Some(quit) = choice {
+            self.answer_close(quit);
+            ctx.request_repaint();
+        }
+    }
+
+    /// Answers the "Work is still running" dialog (what its buttons do; also used by tests).
+    pub fn answer_close(&mut self, quit: bool) {
+        if self.closing != Closing::Asking {
+            return;
+        }
+        if quit {
+            self.closing = Closing::Stopping;
+            self.generate.cancel();
+            self.finetune.cancel();
+        } else {
+            self.closing = Closing::No;
         }
     }
 
@@ -618,6 +723,7 @@ impl StudioApp {
             if let Err(error) = result {
                 eprintln!("error: screenshot: {error}");
             }
+            self.closing = Closing::Now;
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
             return;
         }
@@ -637,7 +743,10 @@ impl StudioApp {
                 });
                 ctx.request_repaint();
             }
-            None if elapsed >= deadline => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
+            None if elapsed >= deadline => {
+                self.closing = Closing::Now;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+            }
             _ => ctx.request_repaint_after(Duration::from_millis(100)),
         }
     }
@@ -702,6 +811,7 @@ impl StudioApp {
             );
         }
         self.automate(&ctx);
+        self.guard_close(&ctx);
         if self.busy() {
             // Progress arrives through request_repaint; this only keeps spinners turning.
             ctx.request_repaint_after(Duration::from_millis(250));

@@ -1006,6 +1006,89 @@ fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
     assert!(harness.state().app.state.gallery.is_empty());
 }
 
+/// Presses the window's close button (the event the window system sends) and runs a frame.
+fn request_close(harness: &mut Harness<'static, StudioApp>) {
+    harness
+        .input_mut()
+        .viewports
+        .entry(egui::ViewportId::ROOT)
+        .or_default()
+        .events
+        .push(egui::ViewportEvent::Close);
+    harness.step();
+}
+
+/// The window commands the last frame sent.
+fn window_commands(harness: &Harness<'static, StudioApp>) -> Vec<egui::ViewportCommand> {
+    harness
+        .output()
+        .viewport_output
+        .get(&egui::ViewportId::ROOT)
+        .map(|output| output.commands.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn closing_the_window_while_generating_asks_first_then_stops_the_work_and_closes() {
+    use textok_studio::gui::Closing;
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Generate);
+    let mut harness = harness(options);
+    wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
+
+    // Nothing at risk: the window just closes.
+    request_close(&mut harness);
+    assert!(!window_commands(&harness).contains(&egui::ViewportCommand::CancelClose));
+    assert_eq!(harness.state().closing(), Closing::No);
+
+    {
+        let form = &mut harness.state_mut().app.state.generate;
+        form.caption = "a long job".into();
+        form.steps = 1000;
+        form.count = 8;
+    }
+    harness.step();
+    harness.get_by_label("Generate images").click();
+    harness.step();
+    assert!(harness.state().generate.busy());
+
+    request_close(&mut harness);
+    assert!(window_commands(&harness).contains(&egui::ViewportCommand::CancelClose));
+    assert_eq!(harness.state().closing(), Closing::Asking);
+    harness.step();
+    assert!(harness.query_by_label("Work is still running").is_some());
+    assert!(
+        harness
+            .query_by_label_contains("images not finished yet are lost")
+            .is_some()
+    );
+
+    harness.get_by_label("Keep working").click();
+    harness.step();
+    assert_eq!(harness.state().closing(), Closing::No);
+    assert!(harness.state().generate.busy(), "the work goes on");
+    harness.step();
+    assert!(harness.query_by_label("Work is still running").is_none());
+
+    request_close(&mut harness);
+    harness.step();
+    harness.get_by_label("Stop and quit").click();
+    harness.step();
+    assert_eq!(harness.state().closing(), Closing::Stopping);
+    // A second press while stopping is put off too.
+    request_close(&mut harness);
+    assert!(window_commands(&harness).contains(&egui::ViewportCommand::CancelClose));
+    wait_until(
+        &mut harness,
+        "the window to close once the work stopped",
+        Duration::from_secs(30),
+        |app| app.closing() == Closing::Now,
+    );
+    assert!(!harness.state().generate.busy());
+    assert!(window_commands(&harness).contains(&egui::ViewportCommand::Close));
+}
+
 #[test]
 fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
     let fixture = fixture();
