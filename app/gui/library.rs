@@ -320,7 +320,17 @@ impl LibraryPane {
                 }
             }
         });
-        ui.weak("Drop image files or folders anywhere on the window to add them.");
+        if app.imports_running() > 0 {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("Importing: looking through the files and folders added…");
+                if ui.button("Cancel import").clicked() {
+                    app.cancel_imports();
+                }
+            });
+        } else {
+            ui.weak("Drop image files or folders anywhere on the window to add them.");
+        }
         ui.separator();
 
         egui::Panel::right("library-details")

@@ -238,17 +238,38 @@ impl AppContext {
 
     /// Merges finished imports into the Library.
     pub fn poll_imports(&mut self) {
-        let mut finished = Vec::new();
+        let (mut finished, mut failed) = (Vec::new(), Vec::new());
         self.imports.retain_mut(|job| match job.poll() {
             JobState::Running(_) => true,
             JobState::Finished(Ok(scanned)) => {
                 finished.push(scanned);
                 false
             }
-            JobState::Finished(Err(_)) | JobState::Cancelled | JobState::Collected => false,
+            JobState::Finished(Err(error)) => {
+                failed.push(format!("Import failed: {error:#}"));
+                false
+            }
+            JobState::Cancelled | JobState::Collected => false,
         });
+        for message in failed {
+            self.notices.error(message);
+        }
         for scanned in finished {
             self.merge_import(scanned);
+        }
+    }
+
+    /// Folder scans still running (the Library shows them with a Cancel button).
+    pub fn imports_running(&self) -> usize {
+        self.imports.len()
+    }
+
+    /// Abandons the running scans: nothing they find is added (a scan already deep in a folder
+    /// finishes in the background, and its result is dropped).
+    pub fn cancel_imports(&mut self) {
+        if !self.imports.is_empty() {
+            self.imports.clear();
+            self.notices.info("Import cancelled; nothing was added.");
         }
     }
 
@@ -261,10 +282,12 @@ impl AppContext {
             self.state.selected = Some(first_added.path.clone());
         }
         let summary = format!("Library: {}", report.summary());
-        if report.added == 0 && !report.skipped.is_empty() {
-            self.notices.error(summary);
-        } else {
+        // What was skipped, and why, stays until dismissed: an info notice fades before a
+        // list of reasons can be read.
+        if report.skipped.is_empty() {
             self.notices.info(summary);
+        } else {
+            self.notices.error(summary);
         }
     }
 

@@ -1622,14 +1622,24 @@ fn files_and_folders_dropped_anywhere_land_in_the_library() {
     options.pane = Some(Pane::Generate);
     let mut harness = harness(options);
     harness.step();
+    let notes = fixture.dir.path().join("notes.md");
+    std::fs::write(&notes, "not a picture").unwrap();
     harness.input_mut().dropped_files.extend(
-        [folder, sample("apple")]
+        [folder.clone(), sample("apple"), notes]
             .map(|path| std::sync::Arc::new(Dropped(path)) as egui::DroppedFileHandle),
     );
     harness.step();
     wait_until(&mut harness, "the import", Duration::from_secs(30), |app| {
         app.app.state.library.len() == 2
     });
+    // What was skipped stays on screen until dismissed, with why.
+    assert!(
+        error_notices(harness.state())
+            .iter()
+            .any(|m| m.contains("skipped 1") && m.contains("notes.md")),
+        "{:?}",
+        error_notices(harness.state())
+    );
     let app = harness.state();
     assert_eq!(app.pane, Pane::Library, "a drop shows the Library");
     let captions: Vec<&str> = app
@@ -1646,6 +1656,28 @@ fn files_and_folders_dropped_anywhere_land_in_the_library() {
             .notices
             .all()
             .any(|m| m.contains("added 2 image(s)"))
+    );
+
+    // A cancelled import adds nothing, even once its scan has finished.
+    let more = fixture.dir.path().join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    std::fs::copy(sample("penguin"), more.join("penguin.png")).unwrap();
+    harness.state_mut().app.import(&[more]);
+    assert_eq!(harness.state().app.imports_running(), 1);
+    // What the Library's "Cancel import" button does (a scan this small would finish before
+    // a frame could show the button).
+    harness.state_mut().app.cancel_imports();
+    assert_eq!(harness.state().app.imports_running(), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    harness.step();
+    assert_eq!(harness.state().app.state.library.len(), 2);
+    assert!(
+        harness
+            .state()
+            .app
+            .notices
+            .all()
+            .any(|m| m.contains("Import cancelled"))
     );
 }
 
