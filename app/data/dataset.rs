@@ -261,7 +261,17 @@ pub fn read_sidecar_caption(image: &Path) -> Result<Option<String>, String> {
 /// for `photo.png`; `PHOTO.JPG` too where file names ignore case), so that writing one's
 /// caption would overwrite the other's.
 pub fn sidecar_shared_with(image: &Path) -> Option<PathBuf> {
-    let folder = image.parent()?;
+    let listing: Vec<PathBuf> = std::fs::read_dir(image.parent()?)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .collect();
+    sidecar_shared_within(image, &listing)
+}
+
+/// [`sidecar_shared_with`] against a listing of `image`'s folder made once, for writing many
+/// sidecars of one folder (each `read_dir` of a folder of thousands would cost milliseconds).
+pub fn sidecar_shared_within(image: &Path, folder_listing: &[PathBuf]) -> Option<PathBuf> {
     let name = image.file_name()?;
     let stem = image.file_stem()?.to_str()?;
     let same_stem = |other: &str| {
@@ -271,10 +281,8 @@ pub fn sidecar_shared_with(image: &Path) -> Option<PathBuf> {
             other == stem
         }
     };
-    std::fs::read_dir(folder)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
+    folder_listing
+        .iter()
         .find(|other| {
             other.file_name() != Some(name)
                 && other
@@ -284,6 +292,7 @@ pub fn sidecar_shared_with(image: &Path) -> Option<PathBuf> {
                 && has_image_extension(other)
                 && other.is_file()
         })
+        .cloned()
 }
 
 /// `text` without a leading UTF-8 byte-order mark (which `trim` keeps).

@@ -102,6 +102,60 @@ pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> Import
     report
 }
 
+/// What writing a batch of caption sidecars did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SidecarReport {
+    /// Sidecars written.
+    pub written: usize,
+    /// Sidecars that already held their caption (as an import reads it), left as they were.
+    pub unchanged: usize,
+    /// Sidecars not written, and why.
+    pub problems: Vec<String>,
+}
+
+/// Writes each caption to its image's `NAME.txt` (atomically), leaving alone a file that already
+/// holds it and refusing a sidecar that two images share (`photo.png` and `photo.jpg` would
+/// each overwrite the other's caption). Each folder is listed once, so a batch of thousands (a
+/// Library whose sidecars were just turned on) costs one listing per folder, not one per image.
+pub fn write_sidecars(captions: &[(PathBuf, String)]) -> SidecarReport {
+    let mut report = SidecarReport::default();
+    let mut listings: std::collections::HashMap<PathBuf, Vec<PathBuf>> = Default::default();
+    for (image, caption) in captions {
+        let sidecar = image.with_extension("txt");
+        let folder = image
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        let listing = listings.entry(folder).or_insert_with_key(|folder| {
+            std::fs::read_dir(folder)
+                .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_default()
+        });
+        if let Some(other) = dataset::sidecar_shared_within(image, listing) {
+            report.problems.push(format!(
+                "Not written: {} is the caption file of both {} and {}; rename one of them to \
+                 keep their captions apart",
+                sidecar.display(),
+                image.display(),
+                other.display()
+            ));
+            continue;
+        }
+        let on_disk = dataset::read_sidecar_caption(image).ok().flatten();
+        if on_disk.is_some() && on_disk.as_deref() == Some(caption.trim()) {
+            report.unchanged += 1;
+            continue;
+        }
+        match crate::files::write_atomic(&sidecar, caption.as_bytes()) {
+            Ok(()) => report.written += 1,
+            Err(error) => report
+                .problems
+                .push(format!("Cannot write {}: {error}", sidecar.display())),
+        }
+    }
+    report
+}
+
 /// Images found by [`scan_paths`], not yet in the library.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Scanned {
@@ -288,11 +342,10 @@ impl LibraryPane {
                 )
                 .changed();
             if toggled && app.state.settings.save_sidecars {
-                let queued = app.queue_sidecars_that_differ();
-                if queued > 0 {
-                    app.notices
-                        .info(format!("Writing {queued} caption(s) to NAME.txt sidecars"));
-                }
+                app.queue_all_sidecars();
+            }
+            if app.writing_sidecars() {
+                ui.spinner().on_hover_text("Writing caption sidecars…");
             }
             ui.separator();
             ui.add(

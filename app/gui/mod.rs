@@ -12,7 +12,7 @@ pub mod settings;
 pub mod state;
 pub mod wipe;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
@@ -217,6 +217,8 @@ pub struct AppContext {
     pub frame_times: FrameTimes,
     /// Captions to write to `NAME.txt` sidecars at the next save.
     sidecars: HashSet<PathBuf>,
+    /// Writing a batch of them, off the UI thread.
+    sidecar_writer: Option<Job<library::SidecarReport>>,
     /// Folder scans in progress.
     imports: Vec<Job<library::Scanned>>,
     caption_changed: bool,
@@ -291,23 +293,88 @@ impl AppContext {
         }
     }
 
-    /// Queues every Library caption that its `NAME.txt` sidecar does not hold yet (so turning
-    /// sidecars on also writes the edits made while they were off); returns how many.
-    pub fn queue_sidecars_that_differ(&mut self) -> usize {
-        let mut queued = 0;
+    /// Queues every captioned Library item's sidecar (so turning sidecars on also writes the
+    /// edits made while they were off). The writer, off the UI thread, leaves alone the files
+    /// that already hold their caption.
+    pub fn queue_all_sidecars(&mut self) {
         for item in &self.state.library {
-            if item.caption.trim().is_empty() {
-                continue;
-            }
-            // The reader imports use (trimmed, byte-order mark dropped), so a file that would
-            // import as this caption counts as holding it.
-            let on_disk = crate::data::dataset::read_sidecar_caption(&item.path);
-            if on_disk.ok().flatten().as_deref() != Some(item.caption.trim()) {
+            if !item.caption.trim().is_empty() {
                 self.sidecars.insert(item.path.clone());
-                queued += 1;
             }
         }
-        queued
+    }
+
+    /// True while a batch of caption sidecars is being written.
+    pub fn writing_sidecars(&self) -> bool {
+        self.sidecar_writer.is_some()
+    }
+
+    /// Reports a finished sidecar batch; with `wait`, waits for a running one first.
+    fn collect_sidecar_writer(&mut self, wait: bool) {
+        let Some(job) = &mut self.sidecar_writer else {
+            return;
+        };
+        let state = loop {
+            match job.poll() {
+                JobState::Running(_) if wait => std::thread::sleep(Duration::from_millis(5)),
+                state => break state,
+            }
+        };
+        match state {
+            JobState::Running(_) => return,
+            JobState::Finished(Ok(report)) => self.report_sidecars(&report),
+            JobState::Finished(Err(error)) => self
+                .notices
+                .error(format!("Cannot write caption sidecars: {error:#}")),
+            JobState::Cancelled | JobState::Collected => {}
+        }
+        self.sidecar_writer = None;
+    }
+
+    fn report_sidecars(&mut self, report: &library::SidecarReport) {
+        for problem in &report.problems {
+            self.notices.error(problem.clone());
+        }
+        // One edit's write needs no word; a batch (sidecars just turned on) does.
+        if report.written > 1 {
+            self.notices.info(format!(
+                "Wrote {} caption(s) to NAME.txt sidecars",
+                report.written
+            ));
+        }
+    }
+
+    /// Writes the queued sidecars: in the background, or (`now`: the window is closing) here
+    /// and at once. A batch waits while the previous one is still being written.
+    fn write_queued_sidecars(&mut self, now: bool) {
+        self.collect_sidecar_writer(now);
+        if self.sidecar_writer.is_some() || self.sidecars.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.sidecars);
+        let captions: HashMap<&Path, &str> = self
+            .state
+            .library
+            .iter()
+            .map(|item| (item.path.as_path(), item.caption.as_str()))
+            .collect();
+        let batch: Vec<(PathBuf, String)> = queued
+            .into_iter()
+            .filter_map(|path| {
+                let caption = captions.get(path.as_path())?.to_string();
+                Some((path, caption))
+            })
+            .collect();
+        if now {
+            let report = library::write_sidecars(&batch);
+            self.report_sidecars(&report);
+        } else {
+            self.sidecar_writer = Some(Job::spawn(
+                "write caption sidecars",
+                self.notify.clone(),
+                move |_, _| Ok(library::write_sidecars(&batch)),
+            ));
+        }
     }
 
     /// Records a caption edit (sidecar write, Compare recompute).
@@ -536,6 +603,7 @@ impl StudioApp {
                 wgpu_views,
                 frame_times: FrameTimes::default(),
                 sidecars: HashSet::new(),
+                sidecar_writer: None,
                 imports: Vec::new(),
                 caption_changed: false,
             },
@@ -650,6 +718,7 @@ impl StudioApp {
             || self.finetune.busy()
             || self.token_counter_job.is_some()
             || !self.app.imports.is_empty()
+            || self.app.writing_sidecars()
     }
 
     fn background(&mut self, ctx: &egui::Context) {
@@ -704,30 +773,12 @@ impl StudioApp {
         }
         // Sidecars are written once a second at most, not on every keystroke.
         let sidecars_due = force || self.sidecars_written.elapsed() >= Duration::from_secs(1);
-        if !sidecars_due || app.sidecars.is_empty() {
+        if !sidecars_due {
+            app.collect_sidecar_writer(false);
             return;
         }
         self.sidecars_written = Instant::now();
-        for path in std::mem::take(&mut app.sidecars) {
-            if let Some(item) = app.state.library.iter().find(|item| item.path == path) {
-                let sidecar = path.with_extension("txt");
-                // `photo.png` and `photo.jpg` would each overwrite the other's caption.
-                if let Some(other) = crate::data::dataset::sidecar_shared_with(&path) {
-                    app.notices.error(format!(
-                        "Not written: {} is the caption file of both {} and {}; rename one of \
-                         them to keep their captions apart",
-                        sidecar.display(),
-                        path.display(),
-                        other.display()
-                    ));
-                    continue;
-                }
-                if let Err(error) = crate::files::write_atomic(&sidecar, item.caption.as_bytes()) {
-                    app.notices
-                        .error(format!("Cannot write {}: {error}", sidecar.display()));
-                }
-            }
-        }
+        app.write_queued_sidecars(force);
     }
 
     fn automate(&mut self, ctx: &egui::Context) {

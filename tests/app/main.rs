@@ -384,6 +384,13 @@ fn a_removed_library_item_comes_back_with_its_caption_on_undo() {
     assert!(harness.query_by_label_contains("Undo remove").is_none());
 }
 
+/// Lets the once-a-second sidecar write come due and waits until the batch is written.
+fn write_due_sidecars(harness: &mut Harness<'static, StudioApp>) {
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    wait_until(harness, "the sidecar writes", Duration::from_secs(30), idle);
+}
+
 #[test]
 fn sidecar_captions_are_written_when_asked_for() {
     let fixture = fixture();
@@ -398,8 +405,7 @@ fn sidecar_captions_are_written_when_asked_for() {
     let app = &mut harness.state_mut().app;
     app.state.library[0].caption = "a ripe pear".into();
     app.caption_edited(&image);
-    std::thread::sleep(Duration::from_millis(1100));
-    harness.step();
+    write_due_sidecars(&mut harness);
     assert!(!image.with_extension("txt").exists());
     // ... until they are turned on.
     harness
@@ -407,8 +413,7 @@ fn sidecar_captions_are_written_when_asked_for() {
         .click();
     harness.step();
     assert!(harness.state().app.state.settings.save_sidecars);
-    std::thread::sleep(Duration::from_millis(1100));
-    harness.step();
+    write_due_sidecars(&mut harness);
     assert_eq!(
         std::fs::read_to_string(image.with_extension("txt")).unwrap(),
         "a ripe pear"
@@ -420,8 +425,7 @@ fn sidecar_captions_are_written_when_asked_for() {
         .get_by_role(Role::MultilineTextInput)
         .type_text("a green pear");
     harness.step();
-    std::thread::sleep(Duration::from_millis(1100));
-    harness.step();
+    write_due_sidecars(&mut harness);
     assert_eq!(
         std::fs::read_to_string(image.with_extension("txt")).unwrap(),
         "a green pear"
@@ -443,8 +447,7 @@ fn sidecar_captions_are_written_when_asked_for() {
     let item = app.state.library.iter_mut().find(|i| i.path == jpeg);
     item.expect("imported").caption = "a yellow pear".into();
     app.caption_edited(&jpeg);
-    std::thread::sleep(Duration::from_millis(1100));
-    harness.step();
+    write_due_sidecars(&mut harness);
     assert_eq!(
         std::fs::read_to_string(image.with_extension("txt")).unwrap(),
         "a green pear"
@@ -458,6 +461,66 @@ fn sidecar_captions_are_written_when_asked_for() {
             .any(|e| e.contains("caption file of both")),
         "the clash is reported"
     );
+}
+
+#[test]
+fn turning_sidecars_on_for_thousands_writes_them_off_the_ui_thread_and_skips_unchanged_ones() {
+    let fixture = fixture();
+    let folder = fixture.dir.path().join("many");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut options = fixture.options();
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    // The images need not exist for their captions to be written beside them.
+    harness.state_mut().app.state.library = (0..3000)
+        .map(|i| LibraryItem {
+            path: folder.join(format!("img-{i:04}.png")),
+            caption: if i == 7 {
+                String::new()
+            } else {
+                format!("picture {i}")
+            },
+        })
+        .collect();
+    // One of them already holds its caption (as an import reads it: trimmed).
+    std::fs::write(folder.join("img-0005.txt"), "picture 5\n").unwrap();
+    harness.step();
+    harness
+        .get_by_label("Save captions as sidecar .txt")
+        .click();
+    harness.step();
+    assert!(harness.state().app.state.settings.save_sidecars);
+    write_due_sidecars(&mut harness);
+    let written = std::fs::read_dir(&folder).unwrap().count();
+    assert_eq!(
+        written, 2999,
+        "every captioned image's sidecar, none for the uncaptioned"
+    );
+    assert_eq!(
+        std::fs::read_to_string(folder.join("img-2999.txt")).unwrap(),
+        "picture 2999"
+    );
+    assert_eq!(
+        std::fs::read_to_string(folder.join("img-0005.txt")).unwrap(),
+        "picture 5\n",
+        "a sidecar that already held its caption is left alone"
+    );
+    let notices: Vec<String> = harness
+        .state()
+        .app
+        .notices
+        .all()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        notices
+            .iter()
+            .any(|m| m == "Wrote 2998 caption(s) to NAME.txt sidecars"),
+        "{notices:?}"
+    );
+    // The frames around the batch stayed quick: the UI thread only queued it.
+    let worst = harness.state().app.frame_times.max_ms();
+    assert!(worst < 1000.0, "worst UI frame {worst:.1} ms");
 }
 
 fn reconstructions(app: &StudioApp) -> usize {
