@@ -325,6 +325,39 @@ pub fn smooth(values: &[[f64; 2]], smoothing: f64) -> Vec<[f64; 2]> {
         .collect()
 }
 
+/// At most `max` of `points`, evenly spaced, the last one always kept: a plot of a run of
+/// 100,000 steps draws 2,000 points (a pixel column rarely shows more), not every one.
+pub fn decimate(points: &[[f64; 2]], max: usize) -> Vec<[f64; 2]> {
+    if points.len() <= max.max(2) {
+        return points.to_vec();
+    }
+    let stride = points.len().div_ceil(max.max(2) - 1);
+    let mut kept: Vec<[f64; 2]> = points.iter().step_by(stride).copied().collect();
+    if let Some(&last) = points.last()
+        && kept.last() != Some(&last)
+    {
+        kept.push(last);
+    }
+    kept
+}
+
+/// The losses a run logged (`log.jsonl`'s step events) up to `until_step`: the history a
+/// resumed run's plot starts from. Lines that do not parse (a line cut by a crash) are skipped.
+pub fn logged_losses(run_dir: &Path, until_step: usize) -> Vec<[f64; 2]> {
+    let Ok(text) = std::fs::read_to_string(run_dir.join("log.jsonl")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["event"] == "step")
+        .filter_map(|event| Some([event["step"].as_u64()? as f64, event["loss"].as_f64()?]))
+        .filter(|&[step, loss]| step <= until_step as f64 && loss.is_finite())
+        .collect()
+}
+
+/// Points drawn per loss line.
+const PLOT_POINTS: usize = 2000;
+
 impl FineTunePane {
     pub fn busy(&self) -> bool {
         self.running.is_some()
@@ -364,8 +397,16 @@ impl FineTunePane {
 
     /// Starts a new run from the form (`resume` = None) or resumes `resume`.
     pub fn start(&mut self, app: &mut AppContext, resume: Option<RunInfo>) {
-        // Cleared before the job starts, so none of its first reports is lost.
-        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
+        // Cleared before the job starts, so none of its first reports is lost. A resumed run's
+        // plot starts with the losses it logged before.
+        let history = resume
+            .as_ref()
+            .and_then(|info| Some(logged_losses(&info.dir, info.saved_step?)))
+            .unwrap_or_default();
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live {
+            losses: history,
+            ..Live::default()
+        };
         self.samples = (0, Vec::new());
         match self.spawn(app, resume) {
             Ok(running) => self.running = Some(running),
@@ -759,8 +800,8 @@ impl FineTunePane {
             ui.add(egui::Slider::new(&mut self.smoothing, 0.0..=0.99))
                 .labelled_by(label.id);
         });
-        let raw = live.losses.clone();
-        let smoothed = smooth(&raw, self.smoothing);
+        let smoothed = decimate(&smooth(&live.losses, self.smoothing), PLOT_POINTS);
+        let raw = decimate(&live.losses, PLOT_POINTS);
         Plot::new("loss-plot")
             .height((ui.available_height() * 0.55).max(120.0))
             .x_axis_label("step")
@@ -833,7 +874,41 @@ impl FineTunePane {
 
 #[cfg(test)]
 mod tests {
-    use super::smooth;
+    use super::{decimate, logged_losses, smooth};
+
+    #[test]
+    fn decimation_keeps_the_ends_and_at_most_the_limit() {
+        let points: Vec<[f64; 2]> = (0..10_001).map(|i| [i as f64, 1.0]).collect();
+        let kept = decimate(&points, 2000);
+        assert!(kept.len() <= 2000, "{}", kept.len());
+        assert!(kept.len() > 1000, "{}", kept.len());
+        assert_eq!(kept.first(), points.first());
+        assert_eq!(kept.last(), points.last());
+        assert!(kept.windows(2).all(|w| w[0][0] < w[1][0]));
+        assert_eq!(decimate(&points[..5], 2000), points[..5].to_vec());
+    }
+
+    #[test]
+    fn a_resumed_runs_history_comes_from_its_log_up_to_the_saved_step() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("log.jsonl"),
+            concat!(
+                "{\"event\":\"step\",\"step\":10,\"loss\":0.5}\n",
+                "{\"event\":\"eval\",\"step\":10,\"psnr\":20.0}\n",
+                "{\"event\":\"step\",\"step\":20,\"loss\":0.4}\n",
+                "{\"event\":\"step\",\"step\":30,\"loss\":0.3}\n",
+                "{\"event\":\"step\",\"st"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            logged_losses(dir.path(), 20),
+            vec![[10.0, 0.5], [20.0, 0.4]]
+        );
+        assert_eq!(logged_losses(dir.path(), 100).len(), 3);
+        assert!(logged_losses(&dir.path().join("none"), 100).is_empty());
+    }
 
     #[test]
     fn smoothing_zero_is_raw_and_high_smoothing_lags() {

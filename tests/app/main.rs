@@ -1270,16 +1270,35 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     // Resume continues from the saved step.
     harness.step();
     harness.get_by_label("Resume").click();
+    // The plot starts with the history the run logged up to its saved state.
+    let history = live.lock().unwrap().losses.clone();
+    assert!(!history.is_empty(), "the logged losses come back");
+    assert!(
+        history.iter().all(|&[step, _]| step as usize <= saved_step),
+        "{history:?}"
+    );
     wait_until(
         &mut harness,
         "a resumed step",
         Duration::from_secs(120),
-        |_| !live.lock().unwrap().losses.is_empty(),
+        |_| {
+            let live = live.lock().unwrap();
+            live.losses
+                .last()
+                .is_some_and(|&[step, _]| step as usize > saved_step)
+        },
     );
-    let resumed_step = live.lock().unwrap().losses[0][0] as usize;
-    assert!(
-        resumed_step > stopped_at.saturating_sub(1),
-        "resumed at {resumed_step}, stopped after {stopped_at}"
+    let resumed_step = live
+        .lock()
+        .unwrap()
+        .losses
+        .iter()
+        .find(|&&[step, _]| step as usize > saved_step)
+        .expect("a resumed step")[0] as usize;
+    assert_eq!(
+        resumed_step,
+        saved_step + 1,
+        "stopped after {stopped_at} steps"
     );
     harness.state().finetune.cancel();
     wait_until(
