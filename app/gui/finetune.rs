@@ -236,14 +236,25 @@ fn readable_stem(stem: &str) -> String {
 
 /// Copies the Library's captioned images into `dir` with a `captions.jsonl`, so the run keeps
 /// its data even if the originals move. Returns how many images were written.
-pub fn export_library(items: &[super::state::LibraryItem], dir: &Path) -> anyhow::Result<usize> {
+pub fn export_library(
+    items: &[super::state::LibraryItem],
+    dir: &Path,
+    cancel: &CancelToken,
+    copied: &dyn Fn(usize, usize),
+) -> anyhow::Result<usize> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut lines = String::new();
     let mut written = 0;
+    let captioned = items
+        .iter()
+        .filter(|item| !item.caption.trim().is_empty())
+        .count();
     for (index, item) in items.iter().enumerate() {
         if item.caption.trim().is_empty() || !item.path.is_file() {
             continue;
         }
+        cancel.check()?;
+        copied(written, captioned);
         let extension = item
             .path
             .extension()
@@ -292,6 +303,8 @@ pub struct FineTunePane {
     runs_listed: Option<Instant>,
     folder_dialog: Option<std::sync::mpsc::Receiver<Vec<PathBuf>>>,
     samples: (u64, Vec<(egui::TextureHandle, egui::TextureHandle)>),
+    /// The run whose Delete was pressed, waiting for the confirmation.
+    confirm_delete: Option<PathBuf>,
 }
 
 impl Default for FineTunePane {
@@ -305,6 +318,7 @@ impl Default for FineTunePane {
             runs_listed: None,
             folder_dialog: None,
             samples: (0, Vec::new()),
+            confirm_delete: None,
         }
     }
 }
@@ -384,6 +398,36 @@ impl FineTunePane {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
+    }
+
+    /// Deletes a run folder (its checkpoints, log and copied images), refusing the run that is
+    /// training and a run whose model the app uses. What the confirmed Delete does.
+    pub fn delete_run(&mut self, dir: &Path, app: &mut AppContext) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.running
+                .as_ref()
+                .is_none_or(|running| running.run != dir),
+            "the run is training; cancel it first"
+        );
+        let settings = &app.state.settings;
+        let in_use = [&settings.textok, &settings.baseline, &settings.dit]
+            .into_iter()
+            .flatten()
+            .any(|model| model.starts_with(dir));
+        anyhow::ensure!(
+            !in_use,
+            "the app uses this run's model; revert to the shipped models first"
+        );
+        // Only folders of the data folder's run list: never anything else by mistake.
+        anyhow::ensure!(
+            dir.parent() == Some(app.data_dir.join(FINETUNE_DIR).as_path()),
+            "{} is not a fine-tuning run of this data folder",
+            dir.display()
+        );
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("{}: cannot delete", dir.display()))?;
+        self.refresh_runs(&app.data_dir.clone());
+        Ok(())
     }
 
     pub fn runs(&self) -> &[RunInfo] {
@@ -475,8 +519,20 @@ impl FineTunePane {
             app.notify.clone(),
             move |_, cancel: &CancelToken| {
                 if let Some(items) = export {
-                    observer.on_message("copying the Library's captioned images");
-                    export_library(&items, &data)?;
+                    // A message per image would flood the log; one every half second.
+                    let last = std::cell::Cell::new(None::<Instant>);
+                    let copied = |done: usize, total: usize| {
+                        if last
+                            .get()
+                            .is_none_or(|at| at.elapsed().as_secs_f64() >= 0.5)
+                        {
+                            last.set(Some(Instant::now()));
+                            observer.on_message(&format!(
+                                "copying the Library's captioned images ({done} of {total})"
+                            ));
+                        }
+                    };
+                    export_library(&items, &data, cancel, &copied)?;
                 }
                 let device = crate::device::select(device_choice)?.device;
                 let time_limit = form.time_limit();
@@ -748,6 +804,33 @@ impl FineTunePane {
                         app.notices.info(format!(
                             "Now using {name}; Revert goes back to the shipped model."
                         ));
+                    }
+                    let training = self.running.as_ref().is_some_and(|r| r.run == run.dir);
+                    let used = in_use.iter().any(|model| model.starts_with(&run.dir));
+                    if self.confirm_delete.as_ref() == Some(&run.dir) {
+                        ui.label("Delete the run and its checkpoints?");
+                        if ui.button("Delete for good").clicked() {
+                            self.confirm_delete = None;
+                            match self.delete_run(&run.dir, app) {
+                                Ok(()) => app.notices.info(format!("Deleted the run {name}.")),
+                                Err(error) => app
+                                    .notices
+                                    .error(format!("Cannot delete {name}: {error:#}")),
+                            }
+                        }
+                        if ui.button("Keep").clicked() {
+                            self.confirm_delete = None;
+                        }
+                    } else if ui
+                        .add_enabled(!training && !used, egui::Button::new("Delete…"))
+                        .on_disabled_hover_text(if training {
+                            "Training: cancel it first"
+                        } else {
+                            "The app uses this run's model: revert to the shipped models first"
+                        })
+                        .clicked()
+                    {
+                        self.confirm_delete = Some(run.dir.clone());
                     }
                 });
             }

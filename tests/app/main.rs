@@ -16,6 +16,7 @@ use textok_studio::gui::generate::{GalleryAction, save_generation};
 use textok_studio::gui::library::import_paths;
 use textok_studio::gui::state::{self, LibraryItem, PersistedState};
 use textok_studio::gui::{Pane, StartOptions, StudioApp};
+use textok_studio::jobs::CancelToken;
 use textok_studio::model::dit::SampleSettings;
 use textok_studio::pipeline::GeneratedImage;
 
@@ -1321,10 +1322,43 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         .clone()
         .expect("a model in use");
     assert!(in_use.starts_with(fixture.data_dir()));
+    // A run whose model is in use cannot be deleted.
+    let run_dir = harness.state().finetune.runs()[0].dir.clone();
+    {
+        let studio = harness.state_mut();
+        let refused = studio.finetune.delete_run(&run_dir, &mut studio.app);
+        assert!(
+            refused.unwrap_err().to_string().contains("revert"),
+            "refused while in use"
+        );
+    }
+    assert!(run_dir.is_dir());
     harness.step();
     harness.get_by_label("Revert to the shipped models").click();
     harness.step();
     assert_eq!(harness.state().app.state.settings.textok, None);
+
+    // Delete asks once more, then removes the run and its files.
+    harness.step();
+    harness.get_by_label("Delete…").click();
+    harness.step();
+    harness.step();
+    assert!(run_dir.is_dir(), "not before the confirmation");
+    harness.get_by_label("Delete for good").click();
+    harness.step();
+    assert!(!run_dir.exists());
+    assert!(harness.state().finetune.runs().is_empty());
+    // Nothing outside the data folder's runs is ever deleted through it.
+    let elsewhere = fixture.dir.path().join("not-a-run");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let studio = harness.state_mut();
+    assert!(
+        studio
+            .finetune
+            .delete_run(&elsewhere, &mut studio.app)
+            .is_err()
+    );
+    assert!(elsewhere.is_dir());
 }
 
 #[test]
@@ -1891,7 +1925,7 @@ fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
     }
     let data = dir.path().join("data");
     assert_eq!(
-        export_library(&items, &data).unwrap(),
+        export_library(&items, &data, &CancelToken::new(), &|_, _| {}).unwrap(),
         3,
         "the uncaptioned dog is left out"
     );
@@ -1910,4 +1944,18 @@ fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
             (long_copy.as_str(), "a long name"),
         ]
     );
+
+    // The copy reports how far it got and stops when cancelled.
+    let reports = std::cell::RefCell::new(Vec::new());
+    let again = dir.path().join("again");
+    export_library(&items, &again, &CancelToken::new(), &|done, total| {
+        reports.borrow_mut().push((done, total))
+    })
+    .unwrap();
+    assert_eq!(reports.into_inner(), [(0, 3), (1, 3), (2, 3)]);
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let stopped = dir.path().join("stopped");
+    assert!(export_library(&items, &stopped, &cancel, &|_, _| {}).is_err());
+    assert!(!stopped.join("captions.jsonl").exists());
 }
