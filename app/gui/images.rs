@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, channel};
+use std::sync::{Arc, Condvar, Mutex};
 
 use eframe::egui;
 use image::Rgb32FImage;
@@ -32,9 +32,17 @@ pub fn pixel_options() -> egui::TextureOptions {
 }
 
 enum Thumbnail {
-    Pending,
-    Ready(egui::TextureHandle),
-    Failed(String),
+    /// Queued or decoding; `seen` is the frame that last asked for it.
+    Pending { seen: u64 },
+    Ready {
+        texture: egui::TextureHandle,
+        seen: u64,
+    },
+    /// Retried once `RETRY_FAILED_AFTER` has passed (a drive plugged back in, a file fixed).
+    Failed {
+        message: String,
+        at: std::time::Instant,
+    },
 }
 
 /// What a caller sees for one thumbnail.
@@ -46,70 +54,177 @@ pub enum ThumbnailState<'a> {
 
 type Decoded = (PathBuf, Result<egui::ColorImage, String>);
 
+/// Textures kept before the least recently shown are dropped (160x160 RGBA: 100 KB each).
+const MAX_TEXTURES: usize = 1500;
+/// A thumbnail that failed is tried again when asked for after this long.
+const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The worker's to-do list: newest request last, taken first.
+#[derive(Default)]
+struct Queue {
+    wanted: Vec<PathBuf>,
+    closed: bool,
+}
+
+type SharedQueue = Arc<(Mutex<Queue>, Condvar)>;
+
+fn lock_queue(queue: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Decodes thumbnails on one worker thread (decoding a big photo takes longer than a frame).
+/// The newest request is decoded first and a request no frame has asked for since (its row was
+/// scrolled away) is dropped, so the thumbnails on screen never wait behind every row scrolled
+/// past; textures beyond [`MAX_TEXTURES`] are dropped least recently shown first.
 pub struct Thumbnails {
     cache: HashMap<PathBuf, Thumbnail>,
-    requests: Sender<PathBuf>,
+    queue: SharedQueue,
     results: Receiver<Decoded>,
+    frame: u64,
+    worker_running: bool,
+    max_textures: usize,
 }
 
 impl Thumbnails {
     pub fn new(notify: Arc<dyn Fn() + Send + Sync>) -> Self {
-        let (requests, queue) = channel::<PathBuf>();
+        let queue: SharedQueue = Arc::default();
         let (done, results) = channel::<Decoded>();
+        let worker_queue = queue.clone();
         let spawned = std::thread::Builder::new()
             .name("thumbnails".into())
             .spawn(move || {
-                for path in queue {
+                let (list, wakeup) = &*worker_queue;
+                loop {
+                    let path = {
+                        let mut queue = lock_queue(list);
+                        loop {
+                            if queue.closed {
+                                return;
+                            }
+                            if let Some(path) = queue.wanted.pop() {
+                                break path;
+                            }
+                            queue = wakeup
+                                .wait(queue)
+                                .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        }
+                    };
                     let decoded = decode_thumbnail(&path);
                     if done.send((path, decoded)).is_err() {
-                        break;
+                        return;
                     }
                     notify();
                 }
             });
-        if let Err(error) = spawned {
+        if let Err(error) = &spawned {
             tracing::error!("cannot start the thumbnail thread: {error}");
         }
         Self {
             cache: HashMap::new(),
-            requests,
+            queue,
             results,
+            frame: 0,
+            worker_running: spawned.is_ok(),
+            max_textures: MAX_TEXTURES,
         }
     }
 
-    /// Takes finished decodes (call once per frame).
+    /// Takes finished decodes, drops the requests no frame asked for since the last one, and
+    /// textures beyond the limit (call once per frame, before anything asks).
     pub fn receive(&mut self, ctx: &egui::Context) {
         while let Ok((path, decoded)) = self.results.try_recv() {
+            // A request dropped meanwhile (scrolled away) is not cached: asked again, it queues.
+            if !matches!(self.cache.get(&path), Some(Thumbnail::Pending { .. })) {
+                continue;
+            }
             let entry = match decoded {
-                Ok(image) => Thumbnail::Ready(ctx.load_texture(
-                    format!("thumb:{}", path.display()),
-                    image,
-                    egui::TextureOptions::LINEAR,
-                )),
-                Err(message) => Thumbnail::Failed(message),
+                Ok(image) => Thumbnail::Ready {
+                    texture: ctx.load_texture(
+                        format!("thumb:{}", path.display()),
+                        image,
+                        egui::TextureOptions::LINEAR,
+                    ),
+                    seen: self.frame,
+                },
+                Err(message) => Thumbnail::Failed {
+                    message,
+                    at: std::time::Instant::now(),
+                },
             };
             self.cache.insert(path, entry);
         }
+        let previous = self.frame;
+        self.frame += 1;
+        let stale = |seen: u64| seen < previous;
+        let dropped: Vec<PathBuf> = self
+            .cache
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Thumbnail::Pending { seen } if stale(*seen)))
+            .map(|(path, _)| path.clone())
+            .collect();
+        if !dropped.is_empty() {
+            for path in &dropped {
+                self.cache.remove(path);
+            }
+            let dropped: std::collections::HashSet<PathBuf> = dropped.into_iter().collect();
+            lock_queue(&self.queue.0)
+                .wanted
+                .retain(|path| !dropped.contains(path));
+        }
+        self.evict_textures();
     }
 
-    /// The thumbnail of `path`, queued for decoding on first request.
+    fn evict_textures(&mut self) {
+        let mut ready: Vec<(u64, PathBuf)> = self
+            .cache
+            .iter()
+            .filter_map(|(path, entry)| match entry {
+                Thumbnail::Ready { seen, .. } => Some((*seen, path.clone())),
+                _ => None,
+            })
+            .collect();
+        if ready.len() <= self.max_textures {
+            return;
+        }
+        ready.sort_unstable();
+        let excess = ready.len() - self.max_textures;
+        for (_, path) in ready.into_iter().take(excess) {
+            self.cache.remove(&path);
+        }
+    }
+
+    /// The thumbnail of `path`, queued for decoding on first request (and kept queued only
+    /// while frames keep asking for it).
     pub fn get(&mut self, path: &Path) -> ThumbnailState<'_> {
-        if !self.cache.contains_key(path) {
-            let queued = self.requests.send(path.to_owned()).is_ok();
-            self.cache.insert(
-                path.to_owned(),
-                if queued {
-                    Thumbnail::Pending
-                } else {
-                    Thumbnail::Failed("the thumbnail thread stopped".into())
-                },
-            );
+        let frame = self.frame;
+        let retry = match self.cache.get_mut(path) {
+            None => true,
+            Some(Thumbnail::Failed { at, .. }) => at.elapsed() >= RETRY_FAILED_AFTER,
+            Some(Thumbnail::Pending { seen } | Thumbnail::Ready { seen, .. }) => {
+                *seen = frame;
+                false
+            }
+        };
+        if retry {
+            let entry = if self.worker_running {
+                let (list, wakeup) = &*self.queue;
+                lock_queue(list).wanted.push(path.to_owned());
+                wakeup.notify_one();
+                Thumbnail::Pending { seen: frame }
+            } else {
+                Thumbnail::Failed {
+                    message: "the thumbnail thread did not start".into(),
+                    at: std::time::Instant::now(),
+                }
+            };
+            self.cache.insert(path.to_owned(), entry);
         }
         match &self.cache[path] {
-            Thumbnail::Pending => ThumbnailState::Pending,
-            Thumbnail::Ready(texture) => ThumbnailState::Ready(texture),
-            Thumbnail::Failed(message) => ThumbnailState::Failed(message),
+            Thumbnail::Pending { .. } => ThumbnailState::Pending,
+            Thumbnail::Ready { texture, .. } => ThumbnailState::Ready(texture),
+            Thumbnail::Failed { message, .. } => ThumbnailState::Failed(message),
         }
     }
 
@@ -117,11 +232,11 @@ impl Thumbnails {
     pub fn arrived(&self, path: &Path) -> bool {
         matches!(
             self.cache.get(path),
-            Some(Thumbnail::Ready(_) | Thumbnail::Failed(_))
+            Some(Thumbnail::Ready { .. } | Thumbnail::Failed { .. })
         )
     }
 
-    /// Thumbnails requested so far.
+    /// Thumbnails requested and still held (queued, decoded or failed).
     pub fn len(&self) -> usize {
         self.cache.len()
     }
@@ -130,9 +245,35 @@ impl Thumbnails {
         self.cache.is_empty()
     }
 
+    /// Sets how many textures are kept (tests use a small number).
+    pub fn set_texture_limit(&mut self, textures: usize) {
+        self.max_textures = textures;
+    }
+
+    /// Thumbnails decoded and held as textures.
+    pub fn textures(&self) -> usize {
+        self.cache
+            .values()
+            .filter(|entry| matches!(entry, Thumbnail::Ready { .. }))
+            .count()
+    }
+
+    /// Requests waiting for the worker.
+    pub fn queued(&self) -> usize {
+        lock_queue(&self.queue.0).wanted.len()
+    }
+
     /// Forgets `path` (its file changed).
     pub fn forget(&mut self, path: &Path) {
         self.cache.remove(path);
+    }
+}
+
+impl Drop for Thumbnails {
+    fn drop(&mut self) {
+        let (list, wakeup) = &*self.queue;
+        lock_queue(list).closed = true;
+        wakeup.notify_all();
     }
 }
 

@@ -1817,6 +1817,92 @@ fn assert_only_the_visible_rows_load(harness: &mut Harness<'static, StudioApp>) 
 }
 
 #[test]
+fn thumbnails_scrolled_away_are_dropped_from_the_queue_and_textures_are_bounded() {
+    use textok_studio::gui::images::{ThumbnailState, Thumbnails};
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..300)
+        .map(|i| {
+            let path = dir.path().join(format!("{i:03}.png"));
+            image::RgbImage::from_pixel(16, 16, image::Rgb([i as u8, 0, 0]))
+                .save(&path)
+                .unwrap();
+            path
+        })
+        .collect();
+    let ctx = egui::Context::default();
+    let mut thumbnails = Thumbnails::new(std::sync::Arc::new(|| {}));
+    thumbnails.set_texture_limit(20);
+    // A fast scroll: every row asked for once, then only the last screen (10) keeps asking.
+    thumbnails.receive(&ctx);
+    for path in &paths {
+        let _ = thumbnails.get(path);
+    }
+    let visible = &paths[290..];
+    // The next frame asks for the visible ones only; the one after drops the rest.
+    thumbnails.receive(&ctx);
+    for path in visible {
+        let _ = thumbnails.get(path);
+    }
+    thumbnails.receive(&ctx);
+    assert!(
+        thumbnails.queued() <= visible.len(),
+        "{} requests still queued after the rows scrolled away",
+        thumbnails.queued()
+    );
+    let started = Instant::now();
+    loop {
+        thumbnails.receive(&ctx);
+        let arrived = visible
+            .iter()
+            .filter(|path| matches!(thumbnails.get(path), ThumbnailState::Ready(_)))
+            .count();
+        assert!(thumbnails.textures() <= 20);
+        if arrived == visible.len() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{arrived} arrived"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let decoded = paths.iter().filter(|p| thumbnails.arrived(p)).count();
+    assert!(
+        decoded < 100,
+        "{decoded} of 300 decoded: the scrolled-past rows were too"
+    );
+
+    // Only the last three stay on screen: the rest are dropped down to the limit, least
+    // recently shown first.
+    thumbnails.set_texture_limit(5);
+    for _ in 0..3 {
+        thumbnails.receive(&ctx);
+        for path in &paths[297..] {
+            let _ = thumbnails.get(path);
+        }
+    }
+    assert!(thumbnails.textures() <= 5, "{}", thumbnails.textures());
+    assert!(paths[297..].iter().all(|path| thumbnails.arrived(path)));
+
+    // A file that cannot be read fails, and is not retried at once.
+    let missing = dir.path().join("missing.png");
+    thumbnails.receive(&ctx);
+    let _ = thumbnails.get(&missing);
+    let started = Instant::now();
+    while !thumbnails.arrived(&missing) {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(2));
+        thumbnails.receive(&ctx);
+        let _ = thumbnails.get(&missing);
+    }
+    assert!(matches!(
+        thumbnails.get(&missing),
+        ThumbnailState::Failed(_)
+    ));
+    assert_eq!(thumbnails.queued(), 0);
+}
+
+#[test]
 fn a_library_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
     let fixture = fixture();
     let mut options = fixture.options();
