@@ -129,7 +129,7 @@ pub struct ReconstructEngine {
 }
 
 /// What to load for a [`ReconstructEngine`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct EngineSpec {
     pub text_encoder_dir: PathBuf,
     pub textok: Option<PathBuf>,
@@ -492,7 +492,7 @@ pub struct GenerateEngine {
 }
 
 /// What to load for a [`GenerateEngine`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenerateSpec {
     /// Decode with a Baseline (no-text) tokenizer instead of TexTok (for comparing the two
     /// generators; the app and `generate` always use TexTok).

@@ -508,9 +508,14 @@ impl ComparePane {
         ui.horizontal_wrapped(|ui| {
             let status = app.engines.reconstruct();
             let failed = "Models failed to load";
-            let Some(engine) =
-                super::engine_status(ui, status, "loading models…", failed, &mut app.engines)
-            else {
+            let Some(engine) = super::engine_status(
+                ui,
+                status,
+                "loading models…",
+                failed,
+                &mut app.engines,
+                &mut app.switch_to,
+            ) else {
                 return;
             };
             for (label, source) in [

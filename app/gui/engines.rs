@@ -118,25 +118,42 @@ impl Engines {
         self.generation
     }
 
-    /// Switches to `key`; if anything changed the loaded engines are dropped.
+    /// Switches to `key`, dropping only the engines it changes: choosing another DiT keeps the
+    /// tokenizers loaded and Compare's results (keyed by the generation number) valid.
     pub fn set_key(&mut self, key: EngineKey) {
-        if key != self.key {
-            self.key = key;
-            self.reload();
+        if key == self.key {
+            return;
+        }
+        let device_changed = key.device != self.key.device;
+        let reconstruct_changed =
+            device_changed || key.reconstruct_spec() != self.key.reconstruct_spec();
+        let generate_changed = device_changed || key.generate_spec() != self.key.generate_spec();
+        self.key = key;
+        if reconstruct_changed {
+            drop_slot(&mut self.reconstruct);
+            self.generation += 1;
+        }
+        if generate_changed {
+            drop_slot(&mut self.generate);
         }
     }
 
-    /// Drops the loaded engines (e.g. after a failure the user wants to retry).
+    /// Drops the loaded engines: the next use loads them again.
     pub fn reload(&mut self) {
-        if let Slot::Loading(job) = &self.reconstruct {
-            job.cancel();
-        }
-        if let Slot::Loading(job) = &self.generate {
-            job.cancel();
-        }
-        self.reconstruct = Slot::Idle;
-        self.generate = Slot::Idle;
+        drop_slot(&mut self.reconstruct);
+        drop_slot(&mut self.generate);
         self.generation += 1;
+    }
+
+    /// Loads again only the engines whose load failed (Retry), keeping the ones that work and
+    /// the results made with them (the generation number stays: a failed engine made none).
+    pub fn retry_failed(&mut self) {
+        if matches!(self.reconstruct, Slot::Failed(_)) {
+            self.reconstruct = Slot::Idle;
+        }
+        if matches!(self.generate, Slot::Failed(_)) {
+            self.generate = Slot::Idle;
+        }
     }
 
     /// True while any engine is loading.
@@ -188,6 +205,14 @@ impl Engines {
             },
         )
     }
+}
+
+/// Empties a slot, stopping its load if one runs.
+fn drop_slot<T: Send + Sync + 'static>(slot: &mut Slot<T>) {
+    if let Slot::Loading(job) = slot {
+        job.cancel();
+    }
+    *slot = Slot::Idle;
 }
 
 fn poll_slot<T: Send + Sync + 'static>(

@@ -375,9 +375,14 @@ impl GeneratePane {
                 }
                 let loading = "loading the generator…";
                 let failed = "Generator failed to load";
-                if let Some(engine) =
-                    super::engine_status(ui, status, loading, failed, &mut app.engines)
-                {
+                if let Some(engine) = super::engine_status(
+                    ui,
+                    status,
+                    loading,
+                    failed,
+                    &mut app.engines,
+                    &mut app.switch_to,
+                ) {
                     if matches!(
                         engine.dit_source,
                         crate::pipeline::ModelSource::RandomInit { .. }

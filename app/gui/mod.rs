@@ -411,6 +411,7 @@ pub fn engine_status<T>(
     loading: &str,
     failed: &str,
     engines: &mut Engines,
+    switch_to: &mut Option<Pane>,
 ) -> Option<Arc<T>> {
     match status {
         engines::EngineStatus::Loading(progress) => {
@@ -422,9 +423,19 @@ pub fn engine_status<T>(
         }
         engines::EngineStatus::Failed(message) => {
             ui.colored_label(ui.visuals().error_fg_color, format!("{failed}: {message}"));
-            if ui.button("Retry").clicked() {
-                engines.reload();
-            }
+            ui.horizontal(|ui| {
+                // Only what failed loads again: the models that work stay, with their results.
+                if ui.button("Retry").clicked() {
+                    engines.retry_failed();
+                }
+                if ui
+                    .button("Model files in Settings…")
+                    .on_hover_text("Choose other model files, or go back to the shipped ones")
+                    .clicked()
+                {
+                    *switch_to = Some(Pane::Settings);
+                }
+            });
             None
         }
         engines::EngineStatus::Ready(engine) => Some(engine),

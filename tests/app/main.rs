@@ -1382,6 +1382,89 @@ fn a_run_with_a_damaged_training_state_says_so_and_offers_no_resume() {
 }
 
 #[test]
+fn a_generator_that_fails_to_load_leaves_the_tokenizers_and_their_results_alone() {
+    use textok_studio::gui::engines::EngineStatus;
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple")];
+    options.caption = Some("a red apple".into());
+    options.pane = Some(Pane::Compare);
+    let mut harness = harness(options);
+    wait_until(
+        &mut harness,
+        "the reconstructions",
+        Duration::from_secs(60),
+        |app| idle(app) && reconstructions(app) == 2,
+    );
+    let loaded = |harness: &mut Harness<'static, StudioApp>| match harness
+        .state_mut()
+        .app
+        .engines
+        .reconstruct()
+    {
+        EngineStatus::Ready(engine) => engine,
+        _ => panic!("the tokenizers are loaded"),
+    };
+    let tokenizers = loaded(&mut harness);
+    let generation = harness.state().app.engines.generation();
+
+    // Another (broken) DiT: only the generator is loaded again, and fails.
+    let bogus = fixture.dir.path().join("bogus-dit.safetensors");
+    std::fs::write(&bogus, b"garbage").unwrap();
+    harness.state_mut().app.state.settings.dit = Some(bogus.clone());
+    harness.state_mut().pane = Pane::Generate;
+    wait_until(
+        &mut harness,
+        "the failed load",
+        Duration::from_secs(60),
+        idle,
+    );
+    harness.step();
+    assert!(harness.query_by_label("Retry").is_some());
+    assert_eq!(harness.state().app.engines.generation(), generation);
+    assert!(std::sync::Arc::ptr_eq(&tokenizers, &loaded(&mut harness)));
+    assert_eq!(
+        reconstructions(harness.state()),
+        2,
+        "Compare's results stay"
+    );
+
+    // Retry loads the generator alone again.
+    assert!(harness.query_by_label("Model files in Settings…").is_some());
+    // The file is fixed (say, a download finished): Retry loads the generator alone again.
+    std::fs::copy(&fixture.shipped.dit, &bogus).unwrap();
+    harness.get_by_label("Retry").click();
+    harness.step();
+    wait_until(
+        &mut harness,
+        "the second try",
+        Duration::from_secs(60),
+        idle,
+    );
+    assert!(matches!(
+        harness.state_mut().app.engines.generate(),
+        EngineStatus::Ready(_)
+    ));
+    assert!(std::sync::Arc::ptr_eq(&tokenizers, &loaded(&mut harness)));
+    assert_eq!(harness.state().app.engines.generation(), generation);
+
+    // With the file broken again, the failure offers the way to Settings.
+    std::fs::write(&bogus, b"garbage").unwrap();
+    harness.state_mut().app.engines.reload();
+    harness.step();
+    wait_until(
+        &mut harness,
+        "the third load",
+        Duration::from_secs(60),
+        idle,
+    );
+    harness.step();
+    harness.get_by_label("Model files in Settings…").click();
+    harness.step();
+    assert_eq!(harness.state().pane, Pane::Settings);
+}
+
+#[test]
 fn settings_switch_the_device_and_the_models_follow() {
     let fixture = fixture();
     let mut options = fixture.options();
