@@ -611,12 +611,22 @@ impl ComparePane {
     /// or slider has the keyboard), so a set of images is compared without leaving the pane.
     fn image_stepper(ui: &mut egui::Ui, app: &mut AppContext) {
         let library = &app.state.library;
-        let Some(index) = app
+        let Some(selected) = app
             .state
             .selected
             .as_ref()
             .and_then(|selected| library.iter().position(|item| &item.path == selected))
         else {
+            return;
+        };
+        // Through the Library's filtered view (say, the uncaptioned images, to caption them
+        // one by one here), unless the image shown is not in it.
+        let shown = app.library_filter.shown(library);
+        let (order, filtered) = match shown.iter().position(|&index| index == selected) {
+            Some(_) if app.library_filter.active() => (shown, true),
+            _ => ((0..library.len()).collect(), false),
+        };
+        let Some(index) = order.iter().position(|&index| index == selected) else {
             return;
         };
         let keys_free = ui.memory(|memory| memory.focused().is_none());
@@ -627,7 +637,7 @@ impl ComparePane {
             )
         });
         let has_previous = index > 0;
-        let has_next = index + 1 < library.len();
+        let has_next = index + 1 < order.len();
         let mut step_to = None;
         if ui
             .add_enabled(has_previous, egui::Button::new("Previous"))
@@ -637,7 +647,13 @@ impl ComparePane {
         {
             step_to = Some(index - 1);
         }
-        ui.label(format!("{} of {}", index + 1, library.len()));
+        let position = format!("{} of {}", index + 1, order.len());
+        if filtered {
+            ui.label(format!("{position} (filtered)"))
+                .on_hover_text("Steps through the images the Library's filter shows");
+        } else {
+            ui.label(position);
+        }
         if ui
             .add_enabled(has_next, egui::Button::new("Next"))
             .on_hover_text("The next image in the Library (→)")
@@ -647,7 +663,7 @@ impl ComparePane {
             step_to = Some(index + 1);
         }
         if let Some(index) = step_to {
-            app.state.selected = Some(library[index].path.clone());
+            app.state.selected = Some(library[order[index]].path.clone());
         }
     }
 

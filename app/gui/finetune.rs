@@ -292,6 +292,8 @@ struct Running {
     run: PathBuf,
     target: Target,
     started: Instant,
+    /// Cancel was pressed: the run is saving its state before it stops.
+    stopping: bool,
 }
 
 pub struct FineTunePane {
@@ -382,9 +384,10 @@ impl FineTunePane {
     }
 
     /// Cancels the running training (it saves its state first, so it can be resumed).
-    pub fn cancel(&self) {
-        if let Some(running) = &self.running {
+    pub fn cancel(&mut self) {
+        if let Some(running) = &mut self.running {
             running.job.cancel();
+            running.stopping = true;
         }
     }
 
@@ -597,6 +600,7 @@ impl FineTunePane {
             run,
             target,
             started: Instant::now(),
+            stopping: false,
         })
     }
 
@@ -752,12 +756,20 @@ impl FineTunePane {
         if let Some(running) = &self.running {
             ui.horizontal(|ui| {
                 ui.spinner();
-                ui.label(format!("training the {}…", running.target.label()));
+                if running.stopping {
+                    ui.label("stopping: saving the training state, so Resume can continue…");
+                } else {
+                    ui.label(format!("training the {}…", running.target.label()));
+                }
             });
-            if ui.button("Cancel").clicked() {
-                running.job.cancel();
-            }
+            let stopping = running.stopping;
             ui.weak(format!("Saving to {}", running.run.display()));
+            if ui
+                .add_enabled(!stopping, egui::Button::new("Cancel"))
+                .clicked()
+            {
+                self.cancel();
+            }
         }
         ui.separator();
         ui.heading("Runs");

@@ -261,21 +261,42 @@ pub struct LibraryPane {
     /// Items removed this session, newest last, with their places: Undo puts them back (a
     /// caption typed in the app may exist nowhere else).
     removed: Vec<(usize, LibraryItem)>,
+}
+
+/// Which Library items are shown: in the Library's grid, and the ones Compare's Previous /
+/// Next step through.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LibraryFilter {
     /// Words every shown item's caption or file name holds (any case); empty: all.
-    pub filter: String,
+    pub words: String,
     /// Show only the items without a caption (the ones fine-tuning leaves out).
     pub uncaptioned_only: bool,
 }
 
-/// True when `item` belongs in a Library view filtered by `filter` (every whitespace-separated
-/// word found in the caption or the file name, ignoring case) and, with `uncaptioned_only`, has
-/// no caption.
-pub fn matches_filter(item: &LibraryItem, filter: &str, uncaptioned_only: bool) -> bool {
-    if uncaptioned_only && !item.caption.trim().is_empty() {
-        return false;
+impl LibraryFilter {
+    pub fn active(&self) -> bool {
+        self.uncaptioned_only || !self.words.trim().is_empty()
     }
-    filter.trim().is_empty()
-        || super::words_match(filter, &[&item.caption, &super::file_name_of(&item.path)])
+
+    /// True when `item` passes: every word in its caption or file name and, with
+    /// `uncaptioned_only`, no caption.
+    pub fn matches(&self, item: &LibraryItem) -> bool {
+        if self.uncaptioned_only && !item.caption.trim().is_empty() {
+            return false;
+        }
+        self.words.trim().is_empty()
+            || super::words_match(
+                &self.words,
+                &[&item.caption, &super::file_name_of(&item.path)],
+            )
+    }
+
+    /// The indices of the items that pass, in library order.
+    pub fn shown(&self, library: &[LibraryItem]) -> Vec<usize> {
+        (0..library.len())
+            .filter(|&index| !self.active() || self.matches(&library[index]))
+            .collect()
+    }
 }
 
 impl LibraryPane {
@@ -348,20 +369,20 @@ impl LibraryPane {
                 ui.spinner().on_hover_text("Writing caption sidecars…");
             }
             ui.separator();
+            let filter = &mut app.library_filter;
             ui.add(
-                egui::TextEdit::singleline(&mut self.filter)
+                egui::TextEdit::singleline(&mut filter.words)
                     .hint_text("Filter: caption or file name")
                     .desired_width(200.0),
             );
-            ui.checkbox(&mut self.uncaptioned_only, "Uncaptioned only")
+            ui.checkbox(&mut filter.uncaptioned_only, "Uncaptioned only")
                 .on_hover_text("Images without a caption: fine-tuning leaves them out");
             let total = app.state.library.len();
-            if self.filtering() {
-                let shown = self.shown(&app.state.library).len();
+            if app.library_filter.active() {
+                let shown = app.library_filter.shown(&app.state.library).len();
                 ui.label(format!("{shown} of {total} images"));
                 if ui.small_button("Show all").clicked() {
-                    self.filter.clear();
-                    self.uncaptioned_only = false;
+                    app.library_filter = LibraryFilter::default();
                 }
             } else {
                 ui.label(format!("{total} images"));
@@ -393,20 +414,6 @@ impl LibraryPane {
         egui::CentralPanel::default().show(ui, |ui| self.grid(ui, app));
     }
 
-    fn filtering(&self) -> bool {
-        self.uncaptioned_only || !self.filter.trim().is_empty()
-    }
-
-    /// The indices of the library items the filter lets through, in library order.
-    pub fn shown(&self, library: &[LibraryItem]) -> Vec<usize> {
-        (0..library.len())
-            .filter(|&index| {
-                !self.filtering()
-                    || matches_filter(&library[index], &self.filter, self.uncaptioned_only)
-            })
-            .collect()
-    }
-
     fn grid(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         if app.state.library.is_empty() {
             ui.centered_and_justified(|ui| {
@@ -414,7 +421,7 @@ impl LibraryPane {
             });
             return;
         }
-        let shown = self.shown(&app.state.library);
+        let shown = app.library_filter.shown(&app.state.library);
         if shown.is_empty() {
             ui.centered_and_justified(|ui| {
                 ui.label("No image matches the filter.");

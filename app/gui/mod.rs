@@ -219,6 +219,8 @@ pub struct AppContext {
     sidecars: HashSet<PathBuf>,
     /// Writing a batch of them, off the UI thread.
     sidecar_writer: Option<Job<library::SidecarReport>>,
+    /// Which Library items the Library shows and Compare steps through.
+    pub library_filter: library::LibraryFilter,
     /// Folder scans in progress.
     imports: Vec<Job<library::Scanned>>,
     caption_changed: bool,
@@ -615,6 +617,7 @@ impl StudioApp {
                 frame_times: FrameTimes::default(),
                 sidecars: HashSet::new(),
                 sidecar_writer: None,
+                library_filter: Default::default(),
                 imports: Vec::new(),
                 caption_changed: false,
             },

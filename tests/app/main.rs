@@ -811,6 +811,26 @@ fn compare_steps_through_the_library_with_buttons_and_arrow_keys() {
     harness.step();
     assert_eq!(selected(&harness), "penguin");
 
+    // With the Library filtered (to the uncaptioned, say), the steps skip what it hides.
+    for (index, caption) in ["", "a penguin", ""].into_iter().enumerate() {
+        harness.state_mut().app.state.library[index].caption = caption.into();
+    }
+    harness.state_mut().app.library_filter.uncaptioned_only = true;
+    harness.state_mut().app.state.selected = Some(sample("apple"));
+    harness.step();
+    assert!(harness.query_by_label("1 of 2 (filtered)").is_some());
+    harness.key_press(egui::Key::ArrowRight);
+    harness.step();
+    assert_eq!(
+        selected(&harness),
+        "lizard",
+        "the captioned penguin is skipped"
+    );
+    harness.state_mut().app.library_filter.uncaptioned_only = false;
+    harness.key_press(egui::Key::ArrowLeft);
+    harness.step();
+    assert_eq!(selected(&harness), "penguin");
+
     // While the caption field has the keyboard, the arrows move its cursor, not the image.
     harness.get_by_role(Role::MultilineTextInput).focus();
     harness.step();
@@ -1301,7 +1321,7 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         saved_step + 1,
         "stopped after {stopped_at} steps"
     );
-    harness.state().finetune.cancel();
+    harness.state_mut().finetune.cancel();
     wait_until(
         &mut harness,
         "the second cancellation",
@@ -2033,7 +2053,8 @@ fn the_library_filters_by_caption_words_file_name_and_missing_captions() {
         .count();
     let shown = harness
         .state()
-        .library
+        .app
+        .library_filter
         .shown(&harness.state().app.state.library);
     assert_eq!(shown.len(), expected);
     assert!(
@@ -2044,13 +2065,13 @@ fn the_library_filters_by_caption_words_file_name_and_missing_captions() {
     // Filtering thousands every frame keeps frames fast and still loads only what is visible.
     assert_only_the_visible_rows_load(&mut harness);
 
-    harness.state_mut().library.filter = "MISSING-00017".into();
+    harness.state_mut().app.library_filter.words = "MISSING-00017".into();
     harness.step();
     let app = harness.state();
-    let shown = app.library.shown(&app.app.state.library);
+    let shown = app.app.library_filter.shown(&app.app.state.library);
     assert_eq!(shown, [17]);
 
-    harness.state_mut().library.filter.clear();
+    harness.state_mut().app.library_filter.words.clear();
     harness.get_by_label("Uncaptioned only").click();
     harness.step();
     assert!(harness.query_by_label("500 of 5000 images").is_some());
@@ -2060,7 +2081,7 @@ fn the_library_filters_by_caption_words_file_name_and_missing_captions() {
     harness.step();
     assert!(harness.query_by_label("5000 images").is_some());
 
-    harness.state_mut().library.filter = "no such words".into();
+    harness.state_mut().app.library_filter.words = "no such words".into();
     harness.step();
     assert!(
         harness
