@@ -99,8 +99,9 @@ pub struct ComparePane {
     /// The largest budget the loaded tokenizers decode (256 for the shipped ones): the slider's
     /// end and the grid's last column.
     max_tokens: usize,
-    /// The open "Save images…" folder dialog.
-    save_dialog: Option<Receiver<Vec<PathBuf>>>,
+    /// The open "Save images…" folder dialog, and the view it was opened on (what is saved,
+    /// even if the view changes while the dialog is open).
+    save_dialog: Option<(Receiver<Vec<PathBuf>>, Request)>,
     /// Writing a saved set: the folder it went to, and how many images.
     saving: Option<Job<(PathBuf, usize)>>,
 }
@@ -165,6 +166,11 @@ impl ComparePane {
             app.notices.info("Pick an image in the Library first.");
             return;
         };
+        self.save_request(parent, request, app);
+    }
+
+    /// [`Self::save_to`] for the view `request` (the one "Save images…" was pressed on).
+    fn save_request(&mut self, parent: PathBuf, request: Request, app: &mut AppContext) {
         let (EngineStatus::Ready(engine), Some(original)) = (
             app.engines.reconstruct(),
             self.originals.get(&request.image),
@@ -347,13 +353,12 @@ impl ComparePane {
     /// running job's progress, `None` when no job runs.
     pub fn poll(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
         self.poll_saving(app);
-        if let Some(receiver) = &self.save_dialog
+        if let Some((receiver, _)) = &self.save_dialog
             && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
+            && let Some((_, request)) = self.save_dialog.take()
+            && let Some(parent) = picked.into_iter().next()
         {
-            self.save_dialog = None;
-            if let Some(parent) = picked.into_iter().next() {
-                self.save_to(parent, app);
-            }
+            self.save_request(parent, request, app);
         }
         let wanted = self.wanted(app);
         let (request, job, _) = self.job.as_mut()?;
@@ -469,22 +474,24 @@ impl ComparePane {
                 self.view = ViewTransform::default();
             }
             let can_save = self.save_dialog.is_none() && self.saving.is_none() && self.settled(app);
-            if ui
-                .add_enabled(can_save, egui::Button::new("Save images…"))
-                .on_hover_text(
-                    "Writes the original and the reconstructions shown (PNG files that carry \
+            if let Some(request) = self.wanted(app)
+                && ui
+                    .add_enabled(can_save, egui::Button::new("Save images…"))
+                    .on_hover_text(
+                        "Writes the original and the reconstructions shown (PNG files that carry \
                      the caption, model, token budget and PSNR/SSIM) into a new folder named \
                      after the image, inside the folder you pick",
-                )
-                .clicked()
+                    )
+                    .clicked()
             {
-                self.save_dialog = Some(super::pick_in_background(app.notify.clone(), || {
+                let receiver = super::pick_in_background(app.notify.clone(), || {
                     rfd::FileDialog::new()
                         .set_title("Save the images into a new folder inside…")
                         .pick_folder()
                         .into_iter()
                         .collect()
-                }));
+                });
+                self.save_dialog = Some((receiver, request));
             }
         });
 
@@ -620,14 +627,19 @@ impl ComparePane {
             return;
         };
         // Through the Library's filtered view (say, the uncaptioned images, to caption them
-        // one by one here), unless the image shown is not in it.
-        let shown = app.library_filter.shown(library);
-        let (order, filtered) = match shown.iter().position(|&index| index == selected) {
-            Some(_) if app.library_filter.active() => (shown, true),
-            _ => ((0..library.len()).collect(), false),
+        // one by one here); the image shown may have left it (it was just captioned), and the
+        // steps go on from where it is in the Library.
+        let filtered = app.library_filter.active();
+        let order: Vec<usize> = if filtered {
+            app.library_filter.shown(library)
+        } else {
+            (0..library.len()).collect()
         };
-        let Some(index) = order.iter().position(|&index| index == selected) else {
-            return;
+        let previous = order.iter().rev().copied().find(|&index| index < selected);
+        let next = order.iter().copied().find(|&index| index > selected);
+        let position = match order.iter().position(|&index| index == selected) {
+            Some(at) => format!("{} of {}", at + 1, order.len()),
+            None => format!("– of {}", order.len()),
         };
         let keys_free = ui.memory(|memory| memory.focused().is_none());
         let (left, right) = ui.input(|input| {
@@ -636,18 +648,15 @@ impl ComparePane {
                 keys_free && input.key_pressed(egui::Key::ArrowRight),
             )
         });
-        let has_previous = index > 0;
-        let has_next = index + 1 < order.len();
         let mut step_to = None;
         if ui
-            .add_enabled(has_previous, egui::Button::new("Previous"))
+            .add_enabled(previous.is_some(), egui::Button::new("Previous"))
             .on_hover_text("The previous image in the Library (←)")
             .clicked()
-            || (has_previous && left)
+            || left
         {
-            step_to = Some(index - 1);
+            step_to = previous;
         }
-        let position = format!("{} of {}", index + 1, order.len());
         if filtered {
             ui.label(format!("{position} (filtered)"))
                 .on_hover_text("Steps through the images the Library's filter shows");
@@ -655,15 +664,15 @@ impl ComparePane {
             ui.label(position);
         }
         if ui
-            .add_enabled(has_next, egui::Button::new("Next"))
+            .add_enabled(next.is_some(), egui::Button::new("Next"))
             .on_hover_text("The next image in the Library (→)")
             .clicked()
-            || (has_next && right)
+            || right
         {
-            step_to = Some(index + 1);
+            step_to = step_to.or(next);
         }
         if let Some(index) = step_to {
-            app.state.selected = Some(library[order[index]].path.clone());
+            app.state.selected = Some(library[index].path.clone());
         }
     }
 

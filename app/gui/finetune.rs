@@ -359,16 +359,26 @@ pub fn decimate(points: &[[f64; 2]], max: usize) -> Vec<[f64; 2]> {
 
 /// The losses a run logged (`log.jsonl`'s step events) up to `until_step`: the history a
 /// resumed run's plot starts from. Lines that do not parse (a line cut by a crash) are skipped.
+/// The log is only appended to, so steps redone after a resume appear twice: the later ones
+/// replace the earlier, and the line never runs backwards.
 pub fn logged_losses(run_dir: &Path, until_step: usize) -> Vec<[f64; 2]> {
     let Ok(text) = std::fs::read_to_string(run_dir.join("log.jsonl")) else {
         return Vec::new();
     };
-    text.lines()
+    let mut losses: Vec<[f64; 2]> = Vec::new();
+    let logged = text
+        .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|event| event["event"] == "step")
         .filter_map(|event| Some([event["step"].as_u64()? as f64, event["loss"].as_f64()?]))
-        .filter(|&[step, loss]| step <= until_step as f64 && loss.is_finite())
-        .collect()
+        .filter(|&[step, loss]| step <= until_step as f64 && loss.is_finite());
+    for point in logged {
+        while losses.last().is_some_and(|last| last[0] >= point[0]) {
+            losses.pop();
+        }
+        losses.push(point);
+    }
+    losses
 }
 
 /// Points drawn per loss line.
@@ -1003,6 +1013,15 @@ mod tests {
         );
         assert_eq!(logged_losses(dir.path(), 100).len(), 3);
         assert!(logged_losses(&dir.path().join("none"), 100).is_empty());
+        // A resume from step 10 redid steps 11-30: the second session's points win.
+        let mut log = std::fs::read_to_string(dir.path().join("log.jsonl")).unwrap();
+        log.push_str("\n{\"event\":\"step\",\"step\":20,\"loss\":0.2}\n");
+        log.push_str("{\"event\":\"step\",\"step\":30,\"loss\":0.1}\n");
+        std::fs::write(dir.path().join("log.jsonl"), log).unwrap();
+        assert_eq!(
+            logged_losses(dir.path(), 100),
+            vec![[10.0, 0.5], [20.0, 0.2], [30.0, 0.1]]
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::images::ThumbnailState;
 use super::state::LibraryItem;
 use super::{AppContext, Pane};
 use crate::data::dataset::{self, IMAGE_EXTENSIONS};
+use crate::jobs::CancelToken;
 use crate::model::text_encoder::{CaptionTokenCounter, TokenCount};
 
 /// What an import did, for the message the user sees.
@@ -165,13 +166,16 @@ pub struct Scanned {
 
 /// The file-system part of an import (walking folders, reading captions), which can take a
 /// while for big folders and so runs off the UI thread.
-pub fn scan_paths(paths: &[PathBuf]) -> Scanned {
+pub fn scan_paths(paths: &[PathBuf], cancel: &CancelToken) -> anyhow::Result<Scanned> {
     let mut items = Vec::new();
-    let report = import_paths(&mut items, paths);
-    Scanned {
-        items,
-        skipped: report.skipped,
+    let mut skipped = Vec::new();
+    // Path by path, so Cancel import stops between the files and folders dropped.
+    for path in paths {
+        cancel.check()?;
+        let report = import_paths(&mut items, std::slice::from_ref(path));
+        skipped.extend(report.skipped);
     }
+    Ok(Scanned { items, skipped })
 }
 
 /// Adds scanned images that are not in `library` yet.

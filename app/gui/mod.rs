@@ -234,10 +234,11 @@ impl AppContext {
             return;
         }
         let paths = paths.to_vec();
-        self.imports
-            .push(Job::spawn("import", self.notify.clone(), move |_, _| {
-                Ok(library::scan_paths(&paths))
-            }));
+        self.imports.push(Job::spawn(
+            "import",
+            self.notify.clone(),
+            move |_, cancel| library::scan_paths(&paths, cancel),
+        ));
     }
 
     /// Merges finished imports into the Library.
@@ -272,6 +273,9 @@ impl AppContext {
     /// finishes in the background, and its result is dropped).
     pub fn cancel_imports(&mut self) {
         if !self.imports.is_empty() {
+            for job in &self.imports {
+                job.cancel();
+            }
             self.imports.clear();
             self.notices.info("Import cancelled; nothing was added.");
         }
@@ -388,7 +392,6 @@ impl AppContext {
     }
 }
 
-/// The last component of `path`, for labels ("" for a path that has none).
 /// True when every whitespace-separated word of `filter` occurs, ignoring case, in one of
 /// `fields` (a filter of no words matches everything): the Library's and the gallery's filter.
 pub fn words_match(filter: &str, fields: &[&str]) -> bool {
@@ -399,6 +402,7 @@ pub fn words_match(filter: &str, fields: &[&str]) -> bool {
         .all(|word| fields.iter().any(|field| field.contains(word)))
 }
 
+/// The last component of `path`, for labels ("" for a path that has none).
 pub fn file_name_of(path: &Path) -> String {
     path.file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -524,6 +528,8 @@ pub struct StudioApp {
     automation: Option<Automation>,
     sidecars_written: Instant,
     closing: Closing,
+    /// When "Stop and quit" was chosen: after a while the dialog offers to quit at once.
+    stopping_since: Option<Instant>,
 }
 
 /// Closing the window while work runs that closing would lose or interrupt.
@@ -633,6 +639,7 @@ impl StudioApp {
             automation,
             sidecars_written: Instant::now(),
             closing: Closing::No,
+            stopping_since: None,
         }
     }
 
@@ -645,7 +652,10 @@ impl StudioApp {
             );
         }
         if self.finetune.busy() {
-            work.push("Fine-tuning: the run stops and saves its state; Resume continues it.");
+            work.push(
+                "Fine-tuning: the run stops and saves its state (once past copying its images); \
+                 Resume continues it.",
+            );
         }
         if self.compare.saving() {
             work.push("Saving Compare's images: they are written first.");
@@ -679,6 +689,11 @@ impl StudioApp {
             ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
         }
         let stopping = self.closing == Closing::Stopping;
+        // Work slow to stop (a long checkpoint write) must not hold the window for good.
+        let offer_quit_now = self
+            .stopping_since
+            .is_some_and(|since| since.elapsed() >= Duration::from_secs(30));
+        let mut quit_now = false;
         let mut choice = None;
         egui::Modal::new(egui::Id::unique("close-while-busy")).show(ctx, |ui| {
             ui.set_max_width(420.0);
@@ -687,6 +702,9 @@ impl StudioApp {
                     ui.spinner();
                     ui.strong("Stopping the work before the window closes…");
                 });
+                if offer_quit_now && ui.button("Quit now").clicked() {
+                    quit_now = true;
+                }
             } else {
                 ui.strong("Work is still running");
             }
@@ -708,6 +726,13 @@ impl StudioApp {
             self.answer_close(quit);
             ctx.request_repaint();
         }
+        if quit_now {
+            self.closing = Closing::Now;
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        } else if stopping {
+            // Keeps frames coming while waiting, so the close follows the work's end.
+            ctx.request_repaint_after(Duration::from_millis(250));
+        }
     }
 
     /// Answers the "Work is still running" dialog (what its buttons do; also used by tests).
@@ -717,6 +742,7 @@ impl StudioApp {
         }
         if quit {
             self.closing = Closing::Stopping;
+            self.stopping_since = Some(Instant::now());
             self.generate.cancel();
             self.finetune.cancel();
         } else {
