@@ -56,9 +56,10 @@ pub enum Command {
     /// Tokenize an image at several budgets with TexTok (and the Baseline) and score the results.
     Reconstruct(ReconstructArgs),
     /// Show a checkpoint's kind, config, parameter count and dtype (and a tokenizer's encoder
-    /// hash: files that share it make the same tokens).
+    /// hash: files that share it make the same tokens), or the settings a PNG made by TexTok
+    /// Studio carries (and, for a generated image, the command that makes it again).
     Info {
-        /// A .safetensors checkpoint written by TexTok Studio.
+        /// A .safetensors checkpoint, or a PNG written by TexTok Studio.
         path: PathBuf,
     },
     /// List the GPU adapters wgpu can see and what `--device auto` would pick.
@@ -609,6 +610,14 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
 }
 
 fn run_info(path: &Path) -> anyhow::Result<()> {
+    let mut head = [0u8; 8];
+    let is_png = std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head))
+        .is_ok()
+        && head == *b"\x89PNG\r\n\x1a\n";
+    if is_png {
+        return run_image_info(path);
+    }
     let checkpoint = CheckpointFile::read(path)?;
     let kind = checkpoint.kind()?;
     let config: serde_json::Value = serde_json::from_str(checkpoint.config_json()?)
@@ -632,6 +641,29 @@ fn run_info(path: &Path) -> anyhow::Result<()> {
         println!("encoder:    sha256 {encoder}");
     }
     println!("config:     {}", serde_json::to_string_pretty(&config)?);
+    Ok(())
+}
+
+/// `info` on a PNG: its size and text chunks, and for a generated image the command that makes
+/// it again.
+fn run_image_info(path: &Path) -> anyhow::Result<()> {
+    let text = imageio::read_png_text(path)?;
+    let (width, height) = image::image_dimensions(path)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable PNG: {e}", path.display()))?;
+    println!("file:       {}", path.display());
+    println!("kind:       PNG image, {width}x{height}");
+    if text.is_empty() {
+        println!("text:       none (not written by TexTok Studio, or its text was removed)");
+    }
+    for (key, value) in &text {
+        println!("{:<11} {value}", format!("{key}:"));
+    }
+    if let Some(command) = pipeline::regenerate_command(&text) {
+        println!(
+            "regenerate: {command}\n            (the same image with models of the SHA-256 above, \
+             on the same device)"
+        );
+    }
     Ok(())
 }
 

@@ -797,6 +797,31 @@ pub fn save_generated(
     Ok(())
 }
 
+/// The `generate` command line that makes again the image whose PNG text chunks are `text`
+/// (as [`save_generated`] writes them), or `None` when they are not a generated image's
+/// settings. The numbers are parsed, not pasted, so a crafted file cannot put other words into
+/// the command; the caption is quoted for a POSIX shell.
+pub fn regenerate_command(text: &[(String, String)]) -> Option<String> {
+    let get = |key: &str| {
+        text.iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    };
+    let caption = get("caption")?;
+    let seed: u64 = get("seed")?.parse().ok()?;
+    let steps: usize = get("steps")?.parse().ok()?;
+    let cfg: f32 = get("cfg")?
+        .parse()
+        .ok()
+        .filter(|cfg: &f32| cfg.is_finite())?;
+    let tokens: usize = get("tokens")?.parse().ok()?;
+    let quoted = format!("'{}'", caption.replace('\'', r"'\''"));
+    Some(format!(
+        "textok-studio generate --caption {quoted} --tokens {tokens} --steps {steps} \
+         --cfg {cfg} --seed {seed} --count 1 --out OUT"
+    ))
+}
+
 /// A model's identity for image metadata: the file's SHA-256, or which stand-in it was.
 pub fn model_identity(source: &ModelSource) -> String {
     match source {

@@ -150,6 +150,51 @@ fn decode_error(path: &Path, error: image::ImageError) -> ImageLoadError {
     }
 }
 
+/// The text chunks of a PNG (tEXt, then zTXt, then iTXt) as `(keyword, text)`: what
+/// [`save_png`] writes (a generated image's settings, a reconstruction's scores). Compressed
+/// chunks are inflated with the png crate's size limit, so a bomb is an error, not an
+/// allocation.
+pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>, ImageLoadError> {
+    let decode_error = |reason: String| ImageLoadError::Decode {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|cause| ImageLoadError::Open {
+        path: path.to_owned(),
+        cause,
+    })?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| decode_error(format!("not a readable PNG: {e}")))?;
+    let info = reader.info();
+    let mut text: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()))
+        .collect();
+    for chunk in &info.compressed_latin1_text {
+        let mut chunk = chunk.clone();
+        chunk
+            .decompress_text()
+            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
+        let value = chunk
+            .get_text()
+            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
+        text.push((chunk.keyword.clone(), value));
+    }
+    for chunk in &info.utf8_text {
+        let mut chunk = chunk.clone();
+        chunk
+            .decompress_text()
+            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
+        let value = chunk
+            .get_text()
+            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
+        text.push((chunk.keyword.clone(), value));
+    }
+    Ok(text)
+}
+
 /// Above this side (of the centre square) `preprocess` first shrinks the square to
 /// [`PRESHRINK_TO`] in 8 bits, unless the model wants more pixels than that: as f32 a
 /// 16384-pixel square (which the decode limits allow) would take 4 GiB, and its RGB copy 3 GiB.

@@ -528,20 +528,30 @@ fn reconstructions(app: &StudioApp) -> usize {
     app.compare.cached_count()
 }
 
-#[test]
-fn compare_reconstructs_at_the_slider_budget_caches_and_recomputes_on_caption_edits() {
-    let fixture = fixture();
+/// The Compare pane on the apple sample, captioned "a red apple".
+fn apple_in_compare(fixture: &Fixture) -> StartOptions {
     let mut options = fixture.options();
     options.open = vec![sample("apple")];
     options.caption = Some("a red apple".into());
     options.pane = Some(Pane::Compare);
-    let mut harness = harness(options);
+    options
+}
+
+/// Until TexTok's and the Baseline's reconstructions at the first budget are in.
+fn wait_for_the_first_reconstructions(harness: &mut Harness<'static, StudioApp>) {
     wait_until(
-        &mut harness,
+        harness,
         "the first reconstructions",
         Duration::from_secs(60),
         |app| idle(app) && reconstructions(app) == 2,
     );
+}
+
+#[test]
+fn compare_reconstructs_at_the_slider_budget_caches_and_recomputes_on_caption_edits() {
+    let fixture = fixture();
+    let mut harness = harness(apple_in_compare(&fixture));
+    wait_for_the_first_reconstructions(&mut harness);
     harness.step();
     assert!(harness.query_all_by_label_contains("PSNR").next().is_some());
     assert!(harness.query_by_label("TexTok · 64 tokens").is_some());
@@ -592,32 +602,18 @@ fn compare_reconstructs_at_the_slider_budget_caches_and_recomputes_on_caption_ed
     }
 }
 
-/// A PNG's text chunks (tEXt and iTXt), by keyword.
+/// A PNG's text chunks, by keyword.
 fn png_text(path: &std::path::Path) -> std::collections::HashMap<String, String> {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .unwrap();
-    let info = reader.info();
-    let latin1 = info
-        .uncompressed_latin1_text
-        .iter()
-        .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()));
-    let utf8 = info
-        .utf8_text
-        .iter()
-        .map(|chunk| (chunk.keyword.clone(), chunk.get_text().unwrap()));
-    latin1.chain(utf8).collect()
+    textok_studio::data::image::read_png_text(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .collect()
 }
 
 #[test]
 fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.open = vec![sample("apple")];
-    options.caption = Some("a red apple".into());
-    options.pane = Some(Pane::Compare);
-    let mut harness = harness(options);
+    let mut harness = harness(apple_in_compare(&fixture));
     let out = tempfile::tempdir().unwrap();
     let save = |harness: &mut Harness<'static, StudioApp>| {
         let studio = harness.state_mut();
@@ -648,12 +644,7 @@ fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
         harness.state().app.notices.all().collect::<Vec<_>>()
     );
 
-    wait_until(
-        &mut harness,
-        "the first reconstructions",
-        Duration::from_secs(60),
-        |app| idle(app) && reconstructions(app) == 2,
-    );
+    wait_for_the_first_reconstructions(&mut harness);
     harness.step();
     assert!(harness.query_by_label("Save images…").is_some());
     save(&mut harness);
@@ -1416,17 +1407,8 @@ fn a_run_with_a_damaged_training_state_says_so_and_offers_no_resume() {
 fn a_generator_that_fails_to_load_leaves_the_tokenizers_and_their_results_alone() {
     use textok_studio::gui::engines::EngineStatus;
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.open = vec![sample("apple")];
-    options.caption = Some("a red apple".into());
-    options.pane = Some(Pane::Compare);
-    let mut harness = harness(options);
-    wait_until(
-        &mut harness,
-        "the reconstructions",
-        Duration::from_secs(60),
-        |app| idle(app) && reconstructions(app) == 2,
-    );
+    let mut harness = harness(apple_in_compare(&fixture));
+    wait_for_the_first_reconstructions(&mut harness);
     let loaded = |harness: &mut Harness<'static, StudioApp>| match harness
         .state_mut()
         .app
@@ -1643,22 +1625,13 @@ fn wipe_and_difference_views_render_through_the_shader() {
         return;
     }
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.open = vec![sample("apple")];
-    options.caption = Some("a red apple".into());
-    options.pane = Some(Pane::Compare);
-    let mut harness = wgpu_harness(options);
+    let mut harness = wgpu_harness(apple_in_compare(&fixture));
     assert!(
         harness.state().app.wgpu_views,
         "the shader pipeline is installed"
     );
     harness.get_by_label("Wipe").click();
-    wait_until(
-        &mut harness,
-        "the reconstructions",
-        Duration::from_secs(60),
-        |app| idle(app) && reconstructions(app) == 2,
-    );
+    wait_for_the_first_reconstructions(&mut harness);
     harness.step();
     harness.snapshot("compare_wipe");
     harness.get_by_label("Difference").click();

@@ -589,19 +589,64 @@ fn eval_prints_the_table_and_writes_json_records() {
     assert_eq!((sheet.width(), sheet.height()), (5 * 36 + 4, 2 * 36 + 4));
 }
 
-fn png_text(path: &Path) -> std::collections::HashMap<String, String> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let reader = decoder.read_info().unwrap();
-    let info = reader.info();
-    let latin1 = info
-        .uncompressed_latin1_text
-        .iter()
-        .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()));
-    let utf8 = info
-        .utf8_text
-        .iter()
-        .map(|chunk| (chunk.keyword.clone(), chunk.get_text().unwrap()));
-    latin1.chain(utf8).collect()
+/// A PNG's text chunks, by keyword.
+fn png_text(path: &std::path::Path) -> std::collections::HashMap<String, String> {
+    textok_studio::data::image::read_png_text(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn the_regenerate_command_quotes_the_caption_and_takes_only_numbers() {
+    use textok_studio::pipeline::regenerate_command;
+    let text = |seed: &str| -> Vec<(String, String)> {
+        [
+            ("caption", "Bob's \"red\" $apple"),
+            ("seed", seed),
+            ("steps", "50"),
+            ("cfg", "3"),
+            ("tokens", "64"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec()
+    };
+    assert_eq!(
+        regenerate_command(&text("7")).unwrap(),
+        "textok-studio generate --caption 'Bob'\\''s \"red\" $apple' --tokens 64 --steps 50 \
+         --cfg 3 --seed 7 --count 1 --out OUT"
+    );
+    assert_eq!(regenerate_command(&text("7; rm -rf ~")), None);
+    assert_eq!(
+        regenerate_command(&text("7")[..4]),
+        None,
+        "no tokens: not a generated image"
+    );
+}
+
+#[test]
+fn info_on_a_png_without_settings_or_a_broken_one_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain.png");
+    image::RgbImage::new(8, 8).save(&plain).unwrap();
+    let output = studio(&["info", plain.to_str().unwrap()], None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("PNG image, 8x8") && text.contains("text:       none"),
+        "{text}"
+    );
+    assert!(!text.contains("regenerate"), "{text}");
+
+    let broken = dir.path().join("broken.png");
+    std::fs::write(&broken, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let output = studio(&["info", broken.to_str().unwrap()], None);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("not a readable PNG"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -673,6 +718,19 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
         textok_studio::files::sha256_file(&dit_path).unwrap()
     );
     assert_eq!(meta["textok-sha256"].len(), 64);
+    // `info` shows the settings and the command that makes the image again.
+    let info = studio(&["info", b.to_str().unwrap()], None);
+    assert!(info.status.success(), "{}", stderr(&info));
+    let text = stdout(&info);
+    assert!(text.contains("kind:       PNG image, 32x32"), "{text}");
+    assert!(text.contains(&format!("caption:    {CAPTION}")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "regenerate: textok-studio generate --caption '{CAPTION}' --tokens 48 --steps 4 \
+             --cfg 2.5 --seed 11 --count 1 --out OUT"
+        )),
+        "{text}"
+    );
     // The second image, regenerated alone from its own metadata, is pixel-identical.
     let again = dir.path().join("again");
     assert!(run(&again, &meta["seed"], "1").status.success());
