@@ -464,7 +464,8 @@ impl GeneratePane {
             for row in visible {
                 let first = row * columns;
                 let last = (first + columns).min(shown.len());
-                ui.horizontal(|ui| {
+                // Top-aligned: centred cells of slightly different heights came out staggered.
+                ui.horizontal_top(|ui| {
                     for &index in &shown[first..last] {
                         let entry = &app.state.gallery[index];
                         let layout = egui::Layout::top_down(egui::Align::Min);
