@@ -172,25 +172,23 @@ pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>, ImageLoadErro
         .iter()
         .map(|chunk| (chunk.keyword.clone(), chunk.text.clone()))
         .collect();
+    let inflate_error =
+        |keyword: &str, e: png::DecodingError| decode_error(format!("text chunk `{keyword}`: {e}"));
     for chunk in &info.compressed_latin1_text {
         let mut chunk = chunk.clone();
-        chunk
-            .decompress_text()
-            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
-        let value = chunk
-            .get_text()
-            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
-        text.push((chunk.keyword.clone(), value));
+        let value = chunk.decompress_text().and_then(|()| chunk.get_text());
+        text.push((
+            chunk.keyword.clone(),
+            value.map_err(|e| inflate_error(&chunk.keyword, e))?,
+        ));
     }
     for chunk in &info.utf8_text {
         let mut chunk = chunk.clone();
-        chunk
-            .decompress_text()
-            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
-        let value = chunk
-            .get_text()
-            .map_err(|e| decode_error(format!("text chunk `{}`: {e}", chunk.keyword)))?;
-        text.push((chunk.keyword.clone(), value));
+        let value = chunk.decompress_text().and_then(|()| chunk.get_text());
+        text.push((
+            chunk.keyword.clone(),
+            value.map_err(|e| inflate_error(&chunk.keyword, e))?,
+        ));
     }
     Ok(text)
 }

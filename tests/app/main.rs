@@ -88,6 +88,13 @@ fn harness(options: StartOptions) -> Harness<'static, StudioApp> {
         .build_eframe(move |cc| StudioApp::new(cc, options))
 }
 
+/// The app on the fixture's models, opened on `pane`.
+fn harness_on(fixture: &Fixture, pane: Pane) -> Harness<'static, StudioApp> {
+    let mut options = fixture.options();
+    options.pane = Some(pane);
+    harness(options)
+}
+
 fn wgpu_harness(options: StartOptions) -> Harness<'static, StudioApp> {
     Harness::builder()
         .with_size(egui::vec2(1100.0, 640.0))
@@ -338,9 +345,7 @@ fn a_second_window_on_the_same_data_folder_says_so_and_saves_nothing() {
 #[test]
 fn a_removed_library_item_comes_back_with_its_caption_on_undo() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Library);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Library);
     let items: Vec<LibraryItem> = ["apple", "penguin", "lizard"]
         .into_iter()
         .map(|name| LibraryItem {
@@ -469,9 +474,7 @@ fn turning_sidecars_on_for_thousands_writes_them_off_the_ui_thread_and_skips_unc
     let fixture = fixture();
     let folder = fixture.dir.path().join("many");
     std::fs::create_dir_all(&folder).unwrap();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Library);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Library);
     // The images need not exist for their captions to be written beside them.
     harness.state_mut().app.state.library = (0..3000)
         .map(|i| LibraryItem {
@@ -890,9 +893,7 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
 #[test]
 fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Generate);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Generate);
     // An empty prompt is the pane's normal start, not a missing caption to point out.
     harness.step();
     assert!(harness.state().app.state.generate.caption.is_empty());
@@ -961,9 +962,7 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
 #[test]
 fn a_gallery_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Generate);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Generate);
     let entry = |i: usize| textok_studio::gui::state::GalleryEntry {
         file: fixture.dir.path().join(format!("missing-{i:05}.png")),
         settings: textok_studio::gui::state::GenerationSettings {
@@ -1040,9 +1039,7 @@ fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
 #[test]
 fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Generate);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Generate);
     wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
     {
         let form = &mut harness.state_mut().app.state.generate;
@@ -1111,9 +1108,7 @@ fn window_commands(harness: &Harness<'static, StudioApp>) -> Vec<egui::ViewportC
 fn closing_the_window_while_generating_asks_first_then_stops_the_work_and_closes() {
     use textok_studio::gui::Closing;
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Generate);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Generate);
     wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
 
     // Nothing at risk: the window just closes.
@@ -1175,9 +1170,7 @@ fn closing_the_window_while_generating_asks_first_then_stops_the_work_and_closes
 #[test]
 fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::FineTune);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::FineTune);
     harness.state_mut().app.state.library.push(LibraryItem {
         path: sample("apple"),
         caption: "a red apple".into(),
@@ -1234,9 +1227,7 @@ fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
 #[test]
 fn fine_tune_starts_cancels_resumes_and_switches_models() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::FineTune);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::FineTune);
     for (name, caption) in [
         ("apple", "a red apple"),
         ("penguin", "a penguin"),
@@ -1515,9 +1506,7 @@ fn settings_switch_the_device_and_the_models_follow() {
 #[test]
 fn settings_defaults_apply_to_generate_and_compare_and_generate_resets_to_them() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Settings);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Settings);
     harness.step();
     {
         let state = &mut harness.state_mut().app.state;
@@ -1821,9 +1810,7 @@ fn files_and_folders_dropped_anywhere_land_in_the_library() {
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::copy(sample("lizard"), folder.join("lizard.png")).unwrap();
     std::fs::write(folder.join("lizard.txt"), "a green lizard").unwrap();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Generate);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Generate);
     harness.step();
     let notes = fixture.dir.path().join("notes.md");
     std::fs::write(&notes, "not a picture").unwrap();
@@ -1992,9 +1979,7 @@ fn thumbnails_scrolled_away_are_dropped_from_the_queue_and_textures_are_bounded(
 #[test]
 fn a_library_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Library);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Library);
     harness.state_mut().app.state.library = (0..5000)
         .map(|i| LibraryItem {
             path: fixture.dir.path().join(format!("missing-{i:05}.png")),
@@ -2007,9 +1992,7 @@ fn a_library_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
 #[test]
 fn the_library_filters_by_caption_words_file_name_and_missing_captions() {
     let fixture = fixture();
-    let mut options = fixture.options();
-    options.pane = Some(Pane::Library);
-    let mut harness = harness(options);
+    let mut harness = harness_on(&fixture, Pane::Library);
     // Every tenth picture has no caption yet.
     let caption = |i: usize| {
         if i.is_multiple_of(10) {
