@@ -133,6 +133,11 @@ fn idle(app: &StudioApp) -> bool {
     !app.busy()
 }
 
+/// Steps frames until no background work runs (at most a minute).
+fn wait_idle(harness: &mut Harness<'_, StudioApp>, what: &str) {
+    wait_until(harness, what, Duration::from_secs(60), idle);
+}
+
 fn sample(name: &str) -> PathBuf {
     repo_path(&format!("assets/samples/{name}.png"))
 }
@@ -651,12 +656,7 @@ fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
     harness.step();
     assert!(harness.query_by_label("Save images…").is_some());
     save(&mut harness);
-    wait_until(
-        &mut harness,
-        "the saved images",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the saved images");
     assert_eq!(folders(), ["apple"]);
     let saved = out.path().join("apple");
     let mut files: Vec<String> = std::fs::read_dir(&saved)
@@ -704,12 +704,7 @@ fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
         idle(app) && reconstructions(app) == 8
     });
     save(&mut harness);
-    wait_until(
-        &mut harness,
-        "the second save",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the second save");
     assert_eq!(folders(), ["apple", "apple-2"]);
     assert_eq!(
         std::fs::read_dir(out.path().join("apple-2"))
@@ -874,12 +869,7 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
     let bogus = fixture.dir.path().join("bogus.safetensors");
     std::fs::write(&bogus, b"garbage").unwrap();
     harness.state_mut().app.state.settings.textok = Some(bogus);
-    wait_until(
-        &mut harness,
-        "the load failure",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the load failure");
     harness.step();
     harness.step();
     assert!(
@@ -908,7 +898,7 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
         form.random_seed = false;
         form.count = 1;
     }
-    wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
+    wait_idle(&mut harness, "the generator");
     for round in 1..=2 {
         harness.step();
         harness.get_by_label("Generate images").click();
@@ -1040,7 +1030,7 @@ fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
 fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Generate);
-    wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
+    wait_idle(&mut harness, "the generator");
     {
         let form = &mut harness.state_mut().app.state.generate;
         form.caption = "a long job".into();
@@ -1109,7 +1099,7 @@ fn closing_the_window_while_generating_asks_first_then_stops_the_work_and_closes
     use textok_studio::gui::Closing;
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Generate);
-    wait_until(&mut harness, "the generator", Duration::from_secs(60), idle);
+    wait_idle(&mut harness, "the generator");
 
     // Nothing at risk: the window just closes.
     request_close(&mut harness);
@@ -1255,12 +1245,7 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     harness.step();
     assert!(harness.query_all_by_label_contains("loss").next().is_some());
     harness.get_by_label("Cancel").click();
-    wait_until(
-        &mut harness,
-        "the cancellation",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the cancellation");
     let runs = list_runs(&fixture.data_dir());
     assert_eq!(runs.len(), 1);
     assert!(runs[0].resumable && runs[0].has_weights, "{runs:?}");
@@ -1315,12 +1300,7 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         "stopped after {stopped_at} steps"
     );
     harness.state_mut().finetune.cancel();
-    wait_until(
-        &mut harness,
-        "the second cancellation",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the second cancellation");
 
     // Use the fine-tuned model, then revert.
     harness.step();
@@ -1417,12 +1397,7 @@ fn a_generator_that_fails_to_load_leaves_the_tokenizers_and_their_results_alone(
     std::fs::write(&bogus, b"garbage").unwrap();
     harness.state_mut().app.state.settings.dit = Some(bogus.clone());
     harness.state_mut().pane = Pane::Generate;
-    wait_until(
-        &mut harness,
-        "the failed load",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the failed load");
     harness.step();
     assert!(harness.query_by_label("Retry").is_some());
     assert_eq!(harness.state().app.engines.generation(), generation);
@@ -1439,12 +1414,7 @@ fn a_generator_that_fails_to_load_leaves_the_tokenizers_and_their_results_alone(
     std::fs::copy(&fixture.shipped.dit, &bogus).unwrap();
     harness.get_by_label("Retry").click();
     harness.step();
-    wait_until(
-        &mut harness,
-        "the second try",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the second try");
     assert!(matches!(
         harness.state_mut().app.engines.generate(),
         EngineStatus::Ready(_)
@@ -1456,12 +1426,7 @@ fn a_generator_that_fails_to_load_leaves_the_tokenizers_and_their_results_alone(
     std::fs::write(&bogus, b"garbage").unwrap();
     harness.state_mut().app.engines.reload();
     harness.step();
-    wait_until(
-        &mut harness,
-        "the third load",
-        Duration::from_secs(60),
-        idle,
-    );
+    wait_idle(&mut harness, "the third load");
     harness.step();
     harness.get_by_label("Model files in Settings…").click();
     harness.step();
@@ -1547,7 +1512,7 @@ fn settings_defaults_apply_to_generate_and_compare_and_generate_resets_to_them()
 fn a_change_waiting_for_its_save_keeps_a_frame_scheduled_until_it_is_written() {
     let fixture = fixture();
     let mut harness = harness(fixture.options());
-    wait_until(&mut harness, "the start", Duration::from_secs(60), idle);
+    wait_idle(&mut harness, "the start");
     std::thread::sleep(Duration::from_millis(1100));
     harness.step();
     let repaint_delay = |harness: &Harness<'static, StudioApp>| {
@@ -1733,7 +1698,7 @@ fn readme_screenshots() {
     };
     // Library with thumbnails.
     harness.state_mut().pane = Pane::Library;
-    wait_until(&mut harness, "thumbnails", Duration::from_secs(60), idle);
+    wait_idle(&mut harness, "thumbnails");
     std::thread::sleep(Duration::from_millis(500));
     shoot(&mut harness, "library");
     // Compare: the grid of budgets.
