@@ -64,18 +64,31 @@ pub fn claim_unused_path(
     stem: &str,
     extension: &str,
 ) -> std::io::Result<std::path::PathBuf> {
+    claim_numbered(
+        |n| match n {
+            1 => dir.join(format!("{stem}.{extension}")),
+            n => dir.join(format!("{stem}-{n}.{extension}")),
+        },
+        |path| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map(drop)
+        },
+    )
+}
+
+/// The first of `candidate(1)`, `candidate(2)`, ... that `create` makes (it must fail with
+/// `AlreadyExists` for a taken name, so two writers never get the same one).
+fn claim_numbered(
+    candidate: impl Fn(u32) -> std::path::PathBuf,
+    create: impl Fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<std::path::PathBuf> {
     for n in 1u32.. {
-        let name = match n {
-            1 => format!("{stem}.{extension}"),
-            n => format!("{stem}-{n}.{extension}"),
-        };
-        let path = dir.join(name);
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(_) => return Ok(path),
+        let path = candidate(n);
+        match create(&path) {
+            Ok(()) => return Ok(path),
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(error) => return Err(error),
         }
@@ -87,18 +100,13 @@ pub fn claim_unused_path(
 /// a new set of outputs never mixes with (or replaces) an earlier one.
 pub fn create_unused_folder(parent: &Path, stem: &str) -> std::io::Result<std::path::PathBuf> {
     std::fs::create_dir_all(parent)?;
-    for n in 1u32.. {
-        let path = match n {
+    claim_numbered(
+        |n| match n {
             1 => parent.join(stem),
             n => parent.join(format!("{stem}-{n}")),
-        };
-        match std::fs::create_dir(&path) {
-            Ok(()) => return Ok(path),
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(error) => return Err(error),
-        }
-    }
-    Err(std::io::Error::other("every numbered name is taken"))
+        },
+        |path| std::fs::create_dir(path),
+    )
 }
 
 /// Another window or process (or another handle in this one) holds the lock.

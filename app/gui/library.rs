@@ -288,17 +288,19 @@ impl LibraryFilter {
         if self.uncaptioned_only && !item.caption.trim().is_empty() {
             return false;
         }
-        self.words.trim().is_empty()
-            || super::words_match(
-                &self.words,
-                &[&item.caption, &super::file_name_of(&item.path)],
-            )
+        super::words_match(
+            &self.words,
+            &[&item.caption, &super::file_name_of(&item.path)],
+        )
     }
 
     /// The indices of the items that pass, in library order.
     pub fn shown(&self, library: &[LibraryItem]) -> Vec<usize> {
+        if !self.active() {
+            return (0..library.len()).collect();
+        }
         (0..library.len())
-            .filter(|&index| !self.active() || self.matches(&library[index]))
+            .filter(|&index| self.matches(&library[index]))
             .collect()
     }
 }

@@ -317,24 +317,24 @@ impl AppContext {
 
     /// Reports a finished sidecar batch; with `wait`, waits for a running one first.
     fn collect_sidecar_writer(&mut self, wait: bool) {
-        let Some(job) = &mut self.sidecar_writer else {
-            return;
-        };
-        let state = loop {
-            match job.poll() {
-                JobState::Running(_) if wait => std::thread::sleep(Duration::from_millis(5)),
-                state => break state,
-            }
+        let state = match self.sidecar_writer.take() {
+            None => return,
+            Some(job) if wait => job.wait(),
+            Some(mut job) => match job.poll() {
+                JobState::Running(_) => {
+                    self.sidecar_writer = Some(job);
+                    return;
+                }
+                state => state,
+            },
         };
         match state {
-            JobState::Running(_) => return,
             JobState::Finished(Ok(report)) => self.report_sidecars(&report),
             JobState::Finished(Err(error)) => self
                 .notices
                 .error(format!("Cannot write caption sidecars: {error:#}")),
-            JobState::Cancelled | JobState::Collected => {}
+            JobState::Running(_) | JobState::Cancelled | JobState::Collected => {}
         }
-        self.sidecar_writer = None;
     }
 
     fn report_sidecars(&mut self, report: &library::SidecarReport) {
@@ -395,11 +395,14 @@ impl AppContext {
 /// True when every whitespace-separated word of `filter` occurs, ignoring case, in one of
 /// `fields` (a filter of no words matches everything): the Library's and the gallery's filter.
 pub fn words_match(filter: &str, fields: &[&str]) -> bool {
+    let filter = filter.to_lowercase();
+    let mut words = filter.split_whitespace().peekable();
+    // No words: nothing to lowercase (an unfiltered gallery of thousands asks every frame).
+    if words.peek().is_none() {
+        return true;
+    }
     let fields: Vec<String> = fields.iter().map(|field| field.to_lowercase()).collect();
-    filter
-        .to_lowercase()
-        .split_whitespace()
-        .all(|word| fields.iter().any(|field| field.contains(word)))
+    words.all(|word| fields.iter().any(|field| field.contains(word)))
 }
 
 /// The last component of `path`, for labels ("" for a path that has none).
