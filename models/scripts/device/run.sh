@@ -21,7 +21,9 @@ P=$(cd "$(dirname "$0")/.." && pwd); W=${WORK:-/tmp/work}; OUT=${OUT:-/tmp/out}
 mkdir -p $W $OUT
 if [ ! -x $W/bin ]; then
   t0=$(date +%s)
-  if [ -d .gl ] && ! ldconfig -p | grep -q libvulkan.so.1; then for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; fi
+  # NVIDIA's Vulkan driver (libGLX_nvidia) also needs glvnd's libraries: one lent machine had the
+  # Vulkan loader but not those, and wgpu found no adapter until .gl's packages were unpacked.
+  if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig; fi
   mkdir -p $W/models/text-encoder $W/corpus
   xz -dc $P/common/bin.xz > $W/bin.tmp && chmod +x $W/bin.tmp
   xz -dc $P/common/te.xz > $W/models/text-encoder/model.safetensors
@@ -48,13 +50,13 @@ unpack_twin() {
   xz -dc $P/$twin/latents.xz > $run/latents.bin
   xz -dc $P/$twin/dit.xz > $W/$twin/dit.safetensors
 }
-# dit_command MODEL RUN_DIR MINUTES BATCH LR: sets CMD to the GPU stage's command (EMA_EVERY,
+# dit_command MODEL RUN_DIR MINUTES BATCH LR: sets CMD to the GPU stage's command (SEED, default 2; EMA_EVERY,
 # default 1).
 dit_command() {
   local R=$W/$1
   CMD=($W/bin train dit --data $W/corpus --preset small --steps ${STEPS:-100000}
     --warmup 100 --max-minutes $3 --batch $4 --lr $5 --min-budget 32
-    --max-budget 96 --checkpoint-minutes 2 --seed 2 --device $device --ema-every ${EMA_EVERY:-1}
+    --max-budget 96 --checkpoint-minutes 2 --seed ${SEED:-2} --device $device --ema-every ${EMA_EVERY:-1}
     --tokenizer $R/tokenizer.safetensors --init-from $R/dit.safetensors --out $2)
 }
 device=${DEVICE:-gpu}
