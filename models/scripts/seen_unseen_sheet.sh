@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# What does the shipped full-corpus DiT make of captions it trained on, and of captions it never
+# saw? Generates, at 64 tokens, the four captions of memorisation_check.sh's probe (three are
+# training captions, "fearful face" is a validation one) and four validation emoji captions
+# (every 17th of the 71 validation emoji that are neither skin-tone variants nor flags), four
+# seeds each, next to the original and the shipped TexTok's own 64-token reconstruction.
+#
+#   bash models/scripts/seen_unseen_sheet.sh CORPUS_DIR OUT_DIR [DIT]
+#
+# Writes OUT_DIR/seen-unseen-sheet.png (rows in that order; columns: original, reconstruction,
+# seeds 1-4). Needs python3 and Pillow; about a minute on our 2-core CPU with the dev build.
+set -euo pipefail
+corpus=$(cd "${1:?corpus folder}" && pwd)
+out=${2:?output folder}
+dit=${3:-}
+bin=${TEXTOK_STUDIO:-target/release/textok-studio}
+mkdir -p "$out"
+python3 - "$corpus" "$out" <<'PY'
+import json, random, sys
+corpus, out = sys.argv[1], sys.argv[2]
+rows = [json.loads(line) for line in open(f"{corpus}/captions.jsonl", encoding="utf-8")]
+
+
+def validation(relative):
+    # app/data/dataset.rs `split_of`: FNV-1a of the relative path, 5 % validation.
+    h = 0xcbf29ce484222325
+    for byte in relative.encode():
+        h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h % 100 < 5
+
+
+plain = [r for r in rows if r["file"].startswith("emoji/")
+         and "skin tone" not in r["caption"] and "flag" not in r["caption"]]
+# memorisation_check.sh's choice, then its four probe captions.
+chosen = list(plain)
+random.seed(1)
+random.shuffle(chosen)
+probe = sorted(chosen[:256], key=lambda r: r["file"])[::64]
+unseen = [r for r in plain if validation(r["file"])]
+probe += unseen[::len(unseen) // 4][:4]
+with open(f"{out}/probe.jsonl", "w", encoding="utf-8") as f:
+    for r in probe:
+        f.write(json.dumps(r) + "\n")
+        print(("validation" if validation(r["file"]) else "training  "), r["caption"])
+PY
+dit_flag=()
+[ -n "$dit" ] && dit_flag=(--dit "$dit")
+i=0
+while IFS= read -r line; do
+  file=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["file"])' "$line")
+  caption=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["caption"])' "$line")
+  "$bin" generate --caption "$caption" --tokens 64 --steps 50 --cfg 3 --count 4 --seed 1 \
+    "${dit_flag[@]}" --device cpu --out "$out/probe/$i/generated" >/dev/null 2>"$out/log" \
+    || { cat "$out/log"; exit 1; }
+  "$bin" reconstruct --image "$corpus/$file" --caption "$caption" --tokens 64 --no-baseline \
+    --overwrite --device cpu --out "$out/probe/$i/reconstructed" >/dev/null 2>"$out/log" \
+    || { cat "$out/log"; exit 1; }
+  i=$((i + 1))
+done <"$out/probe.jsonl"
+python3 - "$out" "$i" <<'PY'
+import glob, sys
+from PIL import Image
+out, count = sys.argv[1], int(sys.argv[2])
+size = 96
+sheet = Image.new("RGB", (6 * size, count * size), "white")
+for row in range(count):
+    images = [f"{out}/probe/{row}/reconstructed/original.png",
+              f"{out}/probe/{row}/reconstructed/textok-64.png"]
+    images += sorted(glob.glob(f"{out}/probe/{row}/generated/*.png"))
+    for col, path in enumerate(images[:6]):
+        tile = Image.open(path).convert("RGB").resize((size, size), Image.LANCZOS)
+        sheet.paste(tile, (col * size, row * size))
+sheet.save(f"{out}/seen-unseen-sheet.png")
+print(f"wrote {out}/seen-unseen-sheet.png")
+PY
