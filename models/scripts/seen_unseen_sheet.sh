@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # What does the shipped full-corpus DiT make of captions it trained on, and of captions it never
 # saw? Generates, at 64 tokens, the four captions of memorisation_check.sh's probe (three are
-# training captions, "fearful face" is a validation one) and four validation emoji captions
-# (every 17th of the 71 validation emoji that are neither skin-tone variants nor flags), four
-# seeds each, next to the original and the shipped TexTok's own 64-token reconstruction.
+# training captions, "fearful face" is a validation one), four validation emoji captions (every
+# 17th of the 71 validation emoji that are neither skin-tone variants nor flags) and four
+# validation skin-tone variants (every 20th of 80: the same emoji in other skin tones is in the
+# training split), four seeds each, next to the original and the shipped TexTok's own 64-token
+# reconstruction.
 #
 #   bash models/scripts/seen_unseen_sheet.sh CORPUS_DIR OUT_DIR [DIT]
 #
@@ -38,6 +40,8 @@ random.shuffle(chosen)
 probe = sorted(chosen[:256], key=lambda r: r["file"])[::64]
 unseen = [r for r in plain if validation(r["file"])]
 probe += unseen[::len(unseen) // 4][:4]
+variants = [r for r in rows if "skin tone" in r["caption"] and validation(r["file"])]
+probe += variants[::len(variants) // 4][:4]
 with open(f"{out}/probe.jsonl", "w", encoding="utf-8") as f:
     for r in probe:
         f.write(json.dumps(r) + "\n")
