@@ -40,28 +40,5 @@ flags=()
   --min-budget 64 --max-budget 64 --position-init geometry --checkpoint-minutes 5 --seed 0 \
   --device cpu --out "$out/run" "${flags[@]}"
 "$bin" export-f16 "$out/run/ema.safetensors" "$out/dit.safetensors"
-i=0
-while IFS= read -r line; do
-  file=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["file"])' "$line")
-  caption=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["caption"])' "$line")
-  "$bin" generate --caption "$caption" --tokens 64 --steps 50 --cfg 3 --count 4 --seed 1 \
-    --dit "$out/dit.safetensors" --device cpu --out "$out/probe/$i/generated" >/dev/null
-  "$bin" reconstruct --image "$corpus/$file" --caption "$caption" --tokens 64 --no-baseline --overwrite \
-    --device cpu --out "$out/probe/$i/reconstructed" >/dev/null
-  i=$((i + 1))
-done <"$out/probe.jsonl"
-python3 - "$out" <<'PY' || echo "no sheet (needs Pillow); the images are in $1/probe"
-import glob, sys
-from PIL import Image
-out = sys.argv[1]
-size = 128
-sheet = Image.new("RGB", (6 * size, 4 * size), "white")
-for row in range(4):
-    images = [f"{out}/probe/{row}/reconstructed/original.png",
-              f"{out}/probe/{row}/reconstructed/textok-64.png"]
-    images += sorted(glob.glob(f"{out}/probe/{row}/generated/*.png"))
-    for col, path in enumerate(images[:6]):
-        sheet.paste(Image.open(path).convert("RGB").resize((size, size)), (col * size, row * size))
-sheet.save(f"{out}/memorisation-sheet.png")
-print(f"wrote {out}/memorisation-sheet.png")
-PY
+bash "$(dirname "$0")/probe_sheet.sh" "$out/probe.jsonl" "$corpus" "$out" "$out/memorisation-sheet.png" 128 \
+  "$out/dit.safetensors"

@@ -15,7 +15,6 @@ set -euo pipefail
 corpus=$(cd "${1:?corpus folder}" && pwd)
 out=${2:?output folder}
 dit=${3:-}
-bin=${TEXTOK_STUDIO:-target/release/textok-studio}
 mkdir -p "$out"
 python3 - "$corpus" "$out" <<'PY'
 import json, random, sys
@@ -47,33 +46,4 @@ with open(f"{out}/probe.jsonl", "w", encoding="utf-8") as f:
         f.write(json.dumps(r) + "\n")
         print(("validation" if validation(r["file"]) else "training  "), r["caption"])
 PY
-dit_flag=()
-[ -n "$dit" ] && dit_flag=(--dit "$dit")
-i=0
-while IFS= read -r line; do
-  file=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["file"])' "$line")
-  caption=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["caption"])' "$line")
-  "$bin" generate --caption "$caption" --tokens 64 --steps 50 --cfg 3 --count 4 --seed 1 \
-    "${dit_flag[@]}" --device cpu --out "$out/probe/$i/generated" >/dev/null 2>"$out/log" \
-    || { cat "$out/log"; exit 1; }
-  "$bin" reconstruct --image "$corpus/$file" --caption "$caption" --tokens 64 --no-baseline \
-    --overwrite --device cpu --out "$out/probe/$i/reconstructed" >/dev/null 2>"$out/log" \
-    || { cat "$out/log"; exit 1; }
-  i=$((i + 1))
-done <"$out/probe.jsonl"
-python3 - "$out" "$i" <<'PY'
-import glob, sys
-from PIL import Image
-out, count = sys.argv[1], int(sys.argv[2])
-size = 96
-sheet = Image.new("RGB", (6 * size, count * size), "white")
-for row in range(count):
-    images = [f"{out}/probe/{row}/reconstructed/original.png",
-              f"{out}/probe/{row}/reconstructed/textok-64.png"]
-    images += sorted(glob.glob(f"{out}/probe/{row}/generated/*.png"))
-    for col, path in enumerate(images[:6]):
-        tile = Image.open(path).convert("RGB").resize((size, size), Image.LANCZOS)
-        sheet.paste(tile, (col * size, row * size))
-sheet.save(f"{out}/seen-unseen-sheet.png")
-print(f"wrote {out}/seen-unseen-sheet.png")
-PY
+bash "$(dirname "$0")/probe_sheet.sh" "$out/probe.jsonl" "$corpus" "$out" "$out/seen-unseen-sheet.png" 96 "$dit"
