@@ -2,7 +2,7 @@
 """Build TexTok Studio's bundled training corpus from Debian packages.
 
     pip install fonttools            # reads the emoji font's CBDT bitmaps and GSUB ligatures
-    python3 models/scripts/build_corpus.py OUT_DIR [--cache DIR]
+    python3 models/scripts/build_corpus.py OUT_DIR [--cache DIR] [--icons]
 
 Fetches (apt-get download + dpkg -x, nothing is installed):
   fonts-noto-color-emoji  Noto Color Emoji bitmaps (OFL-1.1)
@@ -10,8 +10,12 @@ Fetches (apt-get download + dpkg -x, nothing is installed):
   unicode-cldr-core       CLDR English emoji keywords (Unicode licence)
   tuxpaint-stamps-default Tux Paint stamps with one-sentence captions (GPL-2)
   openclipart-png/-svg    Open Clip Art Library, titles and descriptions (public domain)
+With --icons also 16 icon themes (ICON_THEMES; GPL, LGPL and CC-BY-SA licences, see the data
+card) and librsvg2-bin for rsvg-convert: every freedesktop icon name that 3 or more themes draw,
+once per theme, so the corpus holds several drawings of each of those things. The shipped
+models were trained without it.
 
-Writes OUT_DIR/{emoji,tuxpaint,openclipart}/... images, OUT_DIR/captions.jsonl (the dataset
+Writes OUT_DIR/{emoji,tuxpaint,openclipart,icons}/... images, OUT_DIR/captions.jsonl (the dataset
 format the app reads) and OUT_DIR/corpus-report.json (counts and caption examples).
 The output is deterministic for the same package versions.
 """
@@ -30,11 +34,26 @@ PACKAGES = ["fonts-noto-color-emoji", "unicode-data", "unicode-cldr-core",
             "tuxpaint-stamps-default", "openclipart-png", "openclipart-svg"]
 
 
-def fetch(cache):
+# package -> (its main theme folder under usr/share/icons, the name captions give its style)
+ICON_THEMES = {
+    "adwaita-icon-theme": ("Adwaita", "Adwaita"), "breeze-icon-theme": ("breeze", "Breeze"),
+    "elementary-xfce-icon-theme": ("elementary-xfce", "elementary Xfce"),
+    "faba-icon-theme": ("Faba", "Faba"), "faenza-icon-theme": ("Faenza", "Faenza"),
+    "gnome-colors-common": ("gnome-colors-common", "GNOME Colors"),
+    "gnome-icon-theme": ("gnome", "GNOME"), "gnome-icon-theme-nuovo": ("Nuovo", "Nuovo"),
+    "gnome-icon-theme-yasis": ("yasis", "YASIS"), "lxde-icon-theme": ("nuoveXT2", "nuoveXT2"),
+    "mate-icon-theme": ("mate", "MATE"), "moka-icon-theme": ("Moka", "Moka"),
+    "numix-icon-theme": ("Numix", "Numix"), "oxygen-icon-theme": ("oxygen", "Oxygen"),
+    "papirus-icon-theme": ("Papirus", "Papirus"), "tango-icon-theme": ("Tango", "Tango"),
+}
+ICON_PACKAGES = list(ICON_THEMES) + ["librsvg2-bin"]
+
+
+def fetch(cache, packages):
     """apt-get download + dpkg -x each package into cache/<name>/ (skips ones already there)."""
     os.makedirs(cache, exist_ok=True)
     roots = {}
-    for name in PACKAGES:
+    for name in packages:
         root = os.path.join(cache, name)
         if not os.path.isdir(root):
             debs = glob.glob(os.path.join(cache, f"{name}_*.deb"))
@@ -233,16 +252,107 @@ def build_openclipart(roots, out_dir, records):
     return stats
 
 
+# ---------------------------------------------------------------- icon themes
+# The freedesktop icon contexts, as words for the caption.
+ICON_CONTEXTS = {
+    "actions": "action", "animations": "animation", "apps": "application", "categories": "category",
+    "devices": "device", "emblems": "emblem", "emotes": "emote", "intl": "international",
+    "mimetypes": "file type", "places": "place", "status": "status", "panel": "panel",
+}
+MIN_THEMES = 3  # a name is kept when this many themes draw it
+
+
+def icon_size(parts):
+    """The size folder of an icon path ("64x64", "64", "scalable"); 0 when there is none."""
+    for part in parts:
+        if part == "scalable":
+            return 10_000
+        match = re.fullmatch(r"(\d+)(?:x\d+)?(?:@\dx)?", part)
+        if match:
+            return int(match.group(1))
+    return 0
+
+
+def png_side(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return 0
+    return min(int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+
+
+def build_icons(roots, out_dir, records):
+    rsvg = os.path.join(roots["librsvg2-bin"], "usr/bin/rsvg-convert")
+    check = subprocess.run([rsvg, "--version"], capture_output=True, text=True)
+    if check.returncode != 0:
+        sys.exit(f"{rsvg} does not run here (it needs the system's librsvg2-2): {check.stderr.strip()}")
+    stats = {"themes": len(ICON_THEMES), "names_drawn": 0, "names_kept": 0, "kept": 0, "failed": 0,
+             "not_square": 0}
+    # name -> package -> (size, kind, path, context): the largest drawing of it in that theme.
+    best = {}
+    for package, (folder, _) in ICON_THEMES.items():
+        base = os.path.join(roots[package], "usr/share/icons", folder)
+        for path in sorted(glob.glob(os.path.join(base, "**/*"), recursive=True)):
+            name, ext = os.path.splitext(os.path.basename(path))
+            parts = os.path.relpath(path, base).split(os.sep)[:-1]
+            # Symbolic icons are monochrome glyphs, links are aliases of another name.
+            if ext not in (".png", ".svg") or "symbolic" in name or "symbolic" in parts or os.path.islink(path):
+                continue
+            size = icon_size(parts)
+            if ext == ".png":
+                size = png_side(path)
+                if size < 64:
+                    continue
+            context = next((ICON_CONTEXTS[p] for p in parts if p in ICON_CONTEXTS), None)
+            if context is None:
+                continue
+            current = best.setdefault(name, {}).get(package)
+            # SVGs first (they rasterise sharp at any size), then the larger drawing.
+            if current is None or (ext == ".svg", size) > (current[1] == ".svg", current[0]):
+                best[name][package] = (size, ext, path, context)
+    stats["names_drawn"] = len(best)
+    for name in sorted(best):
+        themes = best[name]
+        if len(themes) < MIN_THEMES:
+            continue
+        stats["names_kept"] += 1
+        words = name.replace("-", " ").replace("_", " ")
+        for package in sorted(themes):
+            _, ext, path, context = themes[package]
+            label = ICON_THEMES[package][1]
+            file = f"icons/{package.removesuffix('-icon-theme')}/{name}.png"
+            target = os.path.join(out_dir, file)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if ext == ".svg":
+                result = subprocess.run([rsvg, "-w", "128", "-h", "128", "--keep-aspect-ratio", "-o", target, path],
+                                        capture_output=True)
+                if result.returncode != 0 or not os.path.isfile(target):
+                    stats["failed"] += 1
+                    continue
+            else:
+                shutil.copyfile(path, target)
+            # Banners and separators: the loader's centre square would show a sliver of them.
+            if png_side(target) < 64:
+                os.remove(target)
+                stats["not_square"] += 1
+                continue
+            caption = f"{words}, an icon ({context}; {label} icon theme)"
+            records.append({"file": file, "caption": caption, "source": "icon-themes"})
+            stats["kept"] += 1
+    return stats
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/textok-studio/debs"))
+    parser.add_argument("--icons", action="store_true", help="add the icon themes (not in the shipped models' corpus)")
     args = parser.parse_args()
     try:
         import fontTools  # noqa: F401
     except ImportError:
         sys.exit("fontTools is needed to read the emoji font: pip install fonttools")
-    roots = fetch(args.cache)
+    roots = fetch(args.cache, PACKAGES + (ICON_PACKAGES if args.icons else []))
     os.makedirs(args.out, exist_ok=True)
     records = []
     report = {
@@ -250,6 +360,8 @@ def main():
         "tuxpaint": build_tuxpaint(roots, args.out, records),
         "openclipart": build_openclipart(roots, args.out, records),
     }
+    if args.icons:
+        report["icons"] = build_icons(roots, args.out, records)
     with open(os.path.join(args.out, "captions.jsonl"), "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps({"file": record["file"], "caption": record["caption"]}, ensure_ascii=False) + "\n")
