@@ -11,7 +11,7 @@ corpus caption uses and the positions past 32 zeroed (the captions encode bit fo
 full file), its tokenizer and config, the cached images' captions, and the scripts.
 OUT/textok and OUT/baseline: a tokenizer checkpoint with every tensor zeroed (`train dit` reads
 only its config when the latents are cached), the cached latents cut to the 96 tokens the stage
-trains and rounded to f16, and the DiT to start from (RUNS/dit-MODEL-small.safetensors).
+trains and sent as f16 (run.sh widens them to f32 there), and the DiT to start from (RUNS/dit-MODEL-small.safetensors).
 A twin's folder plus common is about 58 MiB. Needs numpy, the `tokenizers` package and xz.
 """
 import hashlib, json, os, shutil, struct, subprocess, sys
@@ -38,9 +38,9 @@ def write_safetensors(path, header, data):
         f.write(struct.pack("<Q", len(h)) + h + bytes(data))
 
 
-def xz(src, dst):
+def xz(src, dst, filters=("-9e",)):
     with open(dst, "wb") as f:
-        subprocess.run(["xz", "-9e", "-T2", "-c", src], stdout=f, check=True)
+        subprocess.run(["xz", *filters, "-T2", "-c", src], stdout=f, check=True)
 
 
 def latents_header(path):
@@ -86,9 +86,10 @@ shutil.copy(os.path.join(models, "text-encoder", "config.json"), common)
 binary = os.path.join(work, "textok-studio")
 shutil.copy(os.environ.get("TEXTOK_STUDIO", os.path.join(repo, "target", "release", "textok-studio")), binary)
 subprocess.run(["strip", binary], check=True)
-xz(binary, os.path.join(common, "bin.xz"))
+# x86 branch filter first: about a tenth smaller for machine code.
+xz(binary, os.path.join(common, "bin.xz"), ("--x86", "--lzma2=preset=9e"))
 here = os.path.dirname(os.path.abspath(__file__))
-for script in ("run.sh", "placeholders.py"):
+for script in ("run.sh", "placeholders.py", "widen_latents.py"):
     shutil.copy(os.path.join(here, script), common)
 vocabulary = header["word_embeddings.weight"]["shape"][0]
 print(f"common: {len(lines)} captions, {len(used)} of {vocabulary} word rows kept")
@@ -109,7 +110,9 @@ for model in twins:
         or h.get("encoder_sha256") == encoder, f"{model}: the cached latents were made by another tokenizer"
     tokens, dim = h["tokens"], h["dim"]
     v = np.frombuffer(values, dtype="<f4").reshape(len(h["paths"]), tokens, dim)[:, :MAX_BUDGET, :]
-    v = v.astype(np.float16).astype("<f4")
+    # Sent as f16 (a quarter less after xz than f16-rounded f32); run.sh widens them back with
+    # widen_latents.py, so the trainer reads the f16-rounded values as f32.
+    v = v.astype("<f2")
     # Keyed to the zeroed stand-in file, but naming the real encoder: the DiT records that
     # hash, so `generate` pairs it with the real tokenizer without a warning.
     cut = {"tokenizer_sha256": hashlib.sha256(open(zeroed, "rb").read()).hexdigest(),
@@ -118,7 +121,7 @@ for model in twins:
     with open(os.path.join(work, f"{model}-latents.bin"), "wb") as f:
         f.write(struct.pack("<Q", len(cut)) + cut + v.tobytes())
     xz(zeroed, os.path.join(twin, "tokenizer.xz"))
-    xz(os.path.join(work, f"{model}-latents.bin"), os.path.join(twin, "latents.xz"))
+    xz(os.path.join(work, f"{model}-latents.bin"), os.path.join(twin, "latents-f16.xz"))
     xz(os.path.join(runs, f"dit-{model}-small.safetensors"), os.path.join(twin, "dit.xz"))
     print(f"{model}: {len(h['paths'])} images x {MAX_BUDGET} tokens")
 shutil.rmtree(work)

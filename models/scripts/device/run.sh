@@ -6,6 +6,7 @@
 #   run.sh collect SECONDS                wait for every started run (interrupting any still
 #                                         running after SECONDS: it saves), export each EMA as
 #                                         f16 with its log into $OUT
+#   run.sh unpack                         only unpack the common part (a pack sent in two calls)
 #   run.sh bench                          `bench` on the GPU and the CPU (textok's pack)
 #   run.sh speed MODEL                    training speed with the EMA read back every step and
 #                                         every 8th (--ema-every; 45 s of training each, about
@@ -47,7 +48,7 @@ unpack_twin() {
   fi
   mkdir -p $run
   xz -dc $P/$twin/tokenizer.xz > $W/$twin/tokenizer.safetensors
-  xz -dc $P/$twin/latents.xz > $run/latents.bin
+  xz -dc $P/$twin/latents-f16.xz | python3 $P/common/widen_latents.py > $run/latents.bin
   xz -dc $P/$twin/dit.xz > $W/$twin/dit.safetensors
 }
 # dit_command MODEL RUN_DIR MINUTES BATCH LR: sets CMD to the GPU stage's command (SEED, default 2; EMA_EVERY,
@@ -61,6 +62,11 @@ dit_command() {
 }
 device=${DEVICE:-gpu}
 case $1 in
+unpack)
+  # Only the common part, unpacked above: for a pack over the tool's 64 MiB, call 1 carries
+  # .gl and .devpack/common and runs this; call 2, on the still-warm machine, carries .gl,
+  # .devpack/common/run.sh, .devpack/common/widen_latents.py and the twin, and runs `start`.
+  ;;
 speed)
   twin=$2
   for every in 1 8; do
