@@ -283,9 +283,13 @@ def png_side(path):
 
 def build_icons(roots, out_dir, records):
     rsvg = os.path.join(roots["librsvg2-bin"], "usr/bin/rsvg-convert")
-    check = subprocess.run([rsvg, "--version"], capture_output=True, text=True)
-    if check.returncode != 0:
-        sys.exit(f"{rsvg} does not run here (it needs the system's librsvg2-2): {check.stderr.strip()}")
+    try:
+        check = subprocess.run([rsvg, "--version"], capture_output=True, text=True)
+        problem = check.stderr.strip() if check.returncode != 0 else None
+    except OSError as error:  # missing, or not an executable for this machine
+        problem = str(error)
+    if problem is not None:
+        sys.exit(f"{rsvg} does not run here (it needs the system's librsvg2-2): {problem}")
     stats = {"themes": len(ICON_THEMES), "names_drawn": 0, "names_kept": 0, "kept": 0, "failed": 0,
              "not_square": 0}
     # name -> package -> (size, kind, path, context): the largest drawing of it in that theme.
