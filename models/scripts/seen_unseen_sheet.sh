@@ -5,12 +5,13 @@
 # 17th of the 71 validation emoji that are neither skin-tone variants nor flags) and four
 # validation skin-tone variants (every 20th of 80: the same emoji in other skin tones is in the
 # training split), four seeds each, next to the original and the shipped TexTok's own 64-token
-# reconstruction.
+# reconstruction. With a corpus built with `build_corpus.py --icons`, four validation icons follow
+# (every 64th of the 259: each icon name is drawn by other themes in the training split).
 #
 #   bash models/scripts/seen_unseen_sheet.sh CORPUS_DIR OUT_DIR [DIT]
 #
 # Writes OUT_DIR/seen-unseen-sheet.png (rows in that order; columns: original, reconstruction,
-# seeds 1-4). Needs python3 and Pillow; about a minute on our 2-core CPU with the dev build.
+# seeds 1-4). Needs python3 and Pillow; 2-3 minutes on our 2-core CPU with the dev build.
 set -euo pipefail
 corpus=$(cd "${1:?corpus folder}" && pwd)
 out=${2:?output folder}
@@ -41,6 +42,9 @@ unseen = [r for r in plain if validation(r["file"])]
 probe += unseen[::len(unseen) // 4][:4]
 variants = [r for r in rows if "skin tone" in r["caption"] and validation(r["file"])]
 probe += variants[::len(variants) // 4][:4]
+icons = [r for r in rows if r["file"].startswith("icons/") and validation(r["file"])]
+if icons:
+    probe += icons[::len(icons) // 4][:4]
 with open(f"{out}/probe.jsonl", "w", encoding="utf-8") as f:
     for r in probe:
         f.write(json.dumps(r) + "\n")
