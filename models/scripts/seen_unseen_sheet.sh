@@ -44,7 +44,7 @@ variants = [r for r in rows if "skin tone" in r["caption"] and validation(r["fil
 probe += variants[::len(variants) // 4][:4]
 icons = [r for r in rows if r["file"].startswith("icons/") and validation(r["file"])]
 if icons:
-    probe += icons[::len(icons) // 4][:4]
+    probe += icons[::max(1, len(icons) // 4)][:4]  # a corpus with fewer than 4 gets them all
 with open(f"{out}/probe.jsonl", "w", encoding="utf-8") as f:
     for r in probe:
         f.write(json.dumps(r) + "\n")
