@@ -13,7 +13,7 @@ Fetches (apt-get download + dpkg -x, nothing is installed):
 With --icons also 16 icon themes (ICON_THEMES; GPL, LGPL and CC-BY-SA licences, see the data
 card) and librsvg2-bin for rsvg-convert: every freedesktop icon name that 3 or more themes draw,
 once per theme, so the corpus holds several drawings of each of those things. The shipped
-models were trained without it.
+tokenizers were trained without it; the shipped DiT's last two stages with it.
 
 Writes OUT_DIR/{emoji,tuxpaint,openclipart,icons}/... images, OUT_DIR/captions.jsonl (the dataset
 format the app reads) and OUT_DIR/corpus-report.json (counts and caption examples).
@@ -350,7 +350,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/textok-studio/debs"))
-    parser.add_argument("--icons", action="store_true", help="add the icon themes (not in the shipped models' corpus)")
+    parser.add_argument("--icons", action="store_true", help="add the icon themes (the shipped DiT's last stages trained with them)")
     args = parser.parse_args()
     try:
         import fontTools  # noqa: F401

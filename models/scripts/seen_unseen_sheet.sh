@@ -38,13 +38,16 @@ chosen = list(plain)
 random.seed(1)
 random.shuffle(chosen)
 probe = sorted(chosen[:256], key=lambda r: r["file"])[::64]
-unseen = [r for r in plain if validation(r["file"])]
-probe += unseen[::len(unseen) // 4][:4]
-variants = [r for r in rows if "skin tone" in r["caption"] and validation(r["file"])]
-probe += variants[::len(variants) // 4][:4]
-icons = [r for r in rows if r["file"].startswith("icons/") and validation(r["file"])]
-if icons:
-    probe += icons[::max(1, len(icons) // 4)][:4]  # a corpus with fewer than 4 gets them all
+
+
+def four_spread(group):
+    """Four of the group, evenly spaced (all of it when it has fewer than four; none if empty)."""
+    return group[::max(1, len(group) // 4)][:4]
+
+
+probe += four_spread([r for r in plain if validation(r["file"])])
+probe += four_spread([r for r in rows if "skin tone" in r["caption"] and validation(r["file"])])
+probe += four_spread([r for r in rows if r["file"].startswith("icons/") and validation(r["file"])])
 with open(f"{out}/probe.jsonl", "w", encoding="utf-8") as f:
     for r in probe:
         f.write(json.dumps(r) + "\n")
