@@ -47,7 +47,7 @@ pub struct AppArgs {
     #[arg(long)]
     pub screenshot: Option<PathBuf>,
     /// Quit after this many seconds at the latest (after the screenshot, if one is asked for).
-    #[arg(long)]
+    #[arg(long, value_parser = positive_seconds)]
     pub quit_after: Option<f64>,
 }
 
@@ -212,9 +212,9 @@ pub struct EvalArgs {
     /// Percentage of the dataset in the validation split (as used for training).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub validation_percent: u32,
-    /// Evaluate at most this many images (the first ones by path).
-    #[arg(long)]
-    pub limit: Option<usize>,
+    /// Evaluate at most this many images (the first ones by path); FD-EffNet needs 2 or more.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    pub limit: Option<u64>,
     /// Also write the records as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -407,6 +407,44 @@ pub struct ReconstructArgs {
     pub overwrite: bool,
 }
 
+/// Parses a number of seconds that must be finite and above zero (`nan` would never end).
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if seconds.is_finite() && seconds > 0.0 {
+        Ok(seconds)
+    } else {
+        Err(format!("{text} is not a number of seconds above 0"))
+    }
+}
+
+/// Creates `dir` as a folder only this user can enter, or checks that an existing one is: a
+/// real folder (not a link), mode 0700, that we can write in (so ours, or we are root). The
+/// name in the shared temporary folder is predictable, and programs look for sockets in a
+/// runtime folder, so one another user made first must not be used.
+pub fn is_private_dir(dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_ok(),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let private = std::fs::symlink_metadata(dir).is_ok_and(|meta| {
+                    meta.file_type().is_dir() && meta.permissions().mode() & 0o777 == 0o700
+                });
+                let probe = dir.join(format!(".probe-{}", std::process::id()));
+                private
+                    && std::fs::write(&probe, b"").is_ok()
+                    && std::fs::remove_file(&probe).is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir).is_ok()
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
@@ -414,12 +452,7 @@ pub fn main() -> ExitCode {
         // adapters, which reads like our own one-line errors. A private folder silences them.
         let user = std::env::var("USER").unwrap_or_default();
         let dir = std::env::temp_dir().join(format!("textok-studio-runtime-{user}"));
-        if std::fs::create_dir_all(&dir).is_ok() {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
-            }
+        if is_private_dir(&dir) {
             // SAFETY: start of the program, before any thread exists.
             unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
         }
@@ -843,7 +876,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         SplitChoice::All => dataset.items.iter().collect(),
     };
     if let Some(limit) = args.limit {
-        items.truncate(limit);
+        items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     }
     eprintln!(
         "{} images; {}",

@@ -17,9 +17,11 @@ use serde::Deserialize;
 use super::image as imageio;
 use crate::jobs::{CancelToken, Cancelled, Progress, ProgressSink};
 
-/// File extensions treated as images when scanning a folder.
-pub const IMAGE_EXTENSIONS: [&str; 12] = [
-    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ico", "pnm", "tga", "qoi",
+/// File extensions treated as images when scanning a folder: every format the decoder reads
+/// (PNM under each of its names), so a file it could open is never refused by its name.
+pub const IMAGE_EXTENSIONS: [&str; 16] = [
+    "png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ico", "pnm", "ppm", "pgm", "pbm",
+    "pam", "tga", "qoi",
 ];
 
 /// Whether `path` names an image file by its extension (any case).
@@ -353,6 +355,26 @@ fn walk(state: &mut Walk<'_>, dir: &Path) -> std::io::Result<()> {
         } else {
             continue;
         };
+        if path
+            .strip_prefix(state.root)
+            .unwrap_or(&path)
+            .to_str()
+            .is_none()
+        {
+            // Files are keyed by their UTF-8 relative name (captions.jsonl, the split, the
+            // caches); a lossy name would point at no file and read as "no caption".
+            let mut relative = state.relative(&path);
+            if is_dir {
+                relative.push('/');
+            }
+            if is_dir || has_image_extension(&path) {
+                state.skipped.push(SkippedFile {
+                    relative,
+                    reason: "its name is not valid UTF-8; rename it to use it".to_owned(),
+                });
+            }
+            continue;
+        }
         if !is_dir {
             let relative = state.relative(&path);
             state.files.push(relative);

@@ -209,6 +209,13 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
     runs
 }
 
+/// The tokenizer a DiT run's `config.json` names (None for tokenizer runs).
+fn run_tokenizer(run: &Path) -> Option<PathBuf> {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).ok()?).ok()?;
+    config.get("tokenizer")?.as_str().map(PathBuf::from)
+}
+
 /// A run's `config.json` (read when Resume was pressed) as its trainer's config.
 fn parse_run_config<T: serde::de::DeserializeOwned>(
     path: &Path,
@@ -431,6 +438,16 @@ impl FineTunePane {
             !in_use,
             "the app uses this run's model; revert to the shipped models first"
         );
+        // A DiT run trains on its tokenizer's tokens and reads that file to resume or to be
+        // scored; deleting the tokenizer's run would leave it broken.
+        if let Some(dependent) = list_runs(&app.data_dir).iter().find(|run| {
+            run.dir != dir && run_tokenizer(&run.dir).is_some_and(|t| t.starts_with(dir))
+        }) {
+            anyhow::bail!(
+                "the DiT run {} was trained on this run's tokenizer; delete that run first",
+                dependent.dir.display()
+            );
+        }
         // Only folders of the data folder's run list: never anything else by mistake.
         anyhow::ensure!(
             dir.parent() == Some(app.data_dir.join(FINETUNE_DIR).as_path()),
@@ -653,6 +670,19 @@ impl FineTunePane {
                 "Fine-tuning stopped before its first checkpoint; there is nothing to resume.",
             ),
             JobState::Collected => {}
+        }
+        // A new run that ended before its trainer wrote `config.json` (cancelled or failed
+        // while the Library's images were copied, or with no device) is not listed under
+        // Runs, so nothing could ever delete the images it copied: remove it now.
+        let runs_dir = app.data_dir.join(FINETUNE_DIR);
+        if !running.run.join("config.json").exists()
+            && running.run.parent() == Some(runs_dir.as_path())
+            && let Err(error) = std::fs::remove_dir_all(&running.run)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            app.notices.error(format!(
+                "Cannot remove the unfinished run folder {run}: {error}"
+            ));
         }
         self.running = None;
         self.refresh_runs(&app.data_dir.clone());

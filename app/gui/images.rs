@@ -111,7 +111,10 @@ impl Thumbnails {
                                 .unwrap_or_else(|poisoned| poisoned.into_inner());
                         }
                     };
-                    let decoded = decode_thumbnail(&path);
+                    // A decoder that panics on one crafted file must not end the thread (and
+                    // with it every later thumbnail): its thumbnail shows the failure instead.
+                    let decoded = std::panic::catch_unwind(|| decode_thumbnail(&path))
+                        .unwrap_or_else(|_| Err("the image decoder crashed on this file".into()));
                     if done.send((path, decoded)).is_err() {
                         return;
                     }

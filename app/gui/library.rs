@@ -217,6 +217,11 @@ pub fn token_line(count: &TokenCount, max_tokens: usize) -> (String, bool) {
 /// TexTok's advantage is the caption: the Library and Compare say so where it is missing.
 pub const NO_CAPTION_HINT: &str = "No caption yet: TexTok then has no text to lean on.";
 
+/// The most characters the caption editors take. The text encoder reads the first 32 tokens
+/// (a couple of hundred characters); the limit only stops a stray paste of a whole document
+/// from going into the state file, the recent prompts and every frame's layout.
+pub const MAX_CAPTION_CHARS: usize = 2000;
+
 /// Caption editor shared by the Library, Compare and Generate panes: multi-line, with the token
 /// count, and `blank_hint` under an empty caption. Returns true when the caption changed.
 pub fn caption_editor(
@@ -230,6 +235,7 @@ pub fn caption_editor(
         .add(
             egui::TextEdit::multiline(caption)
                 .id_salt(id)
+                .char_limit(MAX_CAPTION_CHARS)
                 .hint_text("Describe the image: what it shows, colours, style…")
                 .desired_rows(3)
                 .desired_width(f32::INFINITY),

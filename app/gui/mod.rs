@@ -648,6 +648,18 @@ impl StudioApp {
 
     /// What closing the window now would lose or interrupt, one line each (empty: nothing).
     pub fn work_at_risk(&self) -> Vec<&'static str> {
+        let mut work = self.running_work();
+        if self.saver.failing() {
+            work.push(
+                "The app state (Library, captions, settings) cannot be saved (see the error): \
+                 quitting loses the changes since the last save.",
+            );
+        }
+        work
+    }
+
+    /// The background work that closing the window would interrupt, one line each.
+    fn running_work(&self) -> Vec<&'static str> {
         let mut work = Vec::new();
         if self.generate.busy() {
             work.push(
@@ -680,8 +692,14 @@ impl StudioApp {
             Closing::Now => return,
             Closing::No if !requested || at_risk.is_empty() => return,
             Closing::No => self.closing = Closing::Asking,
-            // The work ended by itself (or was stopped): close, as was asked.
-            Closing::Asking | Closing::Stopping if at_risk.is_empty() => {
+            // The work ended by itself (or was stopped): close, as was asked. Once told to
+            // quit, a state that cannot be saved no longer holds the window.
+            Closing::Asking if at_risk.is_empty() => {
+                self.closing = Closing::Now;
+                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                return;
+            }
+            Closing::Stopping if self.running_work().is_empty() => {
                 self.closing = Closing::Now;
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 return;
@@ -698,6 +716,7 @@ impl StudioApp {
             .is_some_and(|since| since.elapsed() >= Duration::from_secs(30));
         let mut quit_now = false;
         let mut choice = None;
+        let nothing_running = self.running_work().is_empty();
         egui::Modal::new(egui::Id::unique("close-while-busy")).show(ctx, |ui| {
             ui.set_max_width(420.0);
             if stopping {
@@ -708,6 +727,8 @@ impl StudioApp {
                 if offer_quit_now && ui.button("Quit now").clicked() {
                     quit_now = true;
                 }
+            } else if nothing_running {
+                ui.strong("Changes are not saved");
             } else {
                 ui.strong("Work is still running");
             }

@@ -146,6 +146,12 @@ impl PersistedState {
         if prompt.is_empty() {
             return;
         }
+        // A caption imported from a file may be longer than an editor takes; the list holds
+        // what an editor could hold.
+        let prompt = match prompt.char_indices().nth(super::library::MAX_CAPTION_CHARS) {
+            Some((end, _)) => &prompt[..end],
+            None => prompt,
+        };
         self.recent_prompts.retain(|p| p != prompt);
         self.recent_prompts.insert(0, prompt.to_owned());
         self.recent_prompts.truncate(MAX_RECENT_PROMPTS);
@@ -297,6 +303,11 @@ impl StateSaver {
         self.enabled
             && self.last_written.as_ref() != Some(state)
             && self.failed.as_ref() != Some(state)
+    }
+
+    /// True while the last write failed: the state holds changes no file has.
+    pub fn failing(&self) -> bool {
+        self.enabled && self.failed.is_some()
     }
 
     /// Saves if due and changed; `force` saves any change now (exit).

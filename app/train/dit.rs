@@ -416,19 +416,31 @@ pub fn train_dit(
 
     let encoder =
         MiniLmTextEncoder::load(text_encoder_dir, tokenizer_config.max_text_tokens, device)?;
-    let initial = match &config.init_from {
-        Some(path) => {
+    // A resumed run takes its model config (statistics and trained budgets included) from its
+    // state, which holds every weight: the DiT it started from may be gone or replaced since.
+    let resumed_config: Option<DitConfig> = if resume {
+        let stored: DitConfig = super::tokenizer::saved_model_config(&state_path, "DiT")?;
+        stored
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("{}: {reason}", state_path.display()))?;
+        Some(stored)
+    } else {
+        None
+    };
+    let initial = match (&config.init_from, &resumed_config) {
+        (Some(path), None) => {
             observer.on_message(&format!("fine-tuning {}", path.display()));
             Some(Dit::load(path, &device.clone().autodiff())?)
         }
-        None => None,
+        _ => None,
     };
-    let mut model_config = match &initial {
-        Some((_, config)) => config.clone(),
-        None => DitConfig::preset(&config.preset)
+    let mut model_config = match (&resumed_config, &initial) {
+        (Some(stored), _) => stored.clone(),
+        (None, Some((_, config))) => config.clone(),
+        (None, None) => DitConfig::preset(&config.preset)
             .with_context(|| format!("unknown DiT preset `{}`", config.preset))?,
     };
-    if let Some(path) = &config.init_from {
+    if let (Some(path), Some(_)) = (&config.init_from, &initial) {
         ensure!(
             model_config.token_dim == tokenizer_config.token_dim
                 && model_config.max_tokens == tokenizer_config.max_tokens
@@ -443,18 +455,20 @@ pub fn train_dit(
     model_config.text_dim = encoder.width();
     // Record the budgets this model has been trained on, so generation can refuse the others
     // (in a one-budget DiT they would be noise). Fine-tuning adds this run's to what it knew.
-    let (low, high) = match &initial {
-        Some(_) => {
-            let known = model_config.trained_budgets();
-            (
-                config.min_budget.min(*known.start()),
-                config.max_budget.max(*known.end()),
-            )
-        }
-        None => (config.min_budget, config.max_budget),
-    };
-    model_config.trained_min_budget = Some(low);
-    model_config.trained_max_budget = Some(high.min(model_config.max_tokens));
+    if resumed_config.is_none() {
+        let (low, high) = match &initial {
+            Some(_) => {
+                let known = model_config.trained_budgets();
+                (
+                    config.min_budget.min(*known.start()),
+                    config.max_budget.max(*known.end()),
+                )
+            }
+            None => (config.min_budget, config.max_budget),
+        };
+        model_config.trained_min_budget = Some(low);
+        model_config.trained_max_budget = Some(high.min(model_config.max_tokens));
+    }
     observer.on_message("encoding captions");
     let captions = CaptionStore::build(&encoder, &train, cancel)?;
     let null_caption = CaptionStore::encode_one(&encoder, "")?;
@@ -462,7 +476,7 @@ pub fn train_dit(
     let cache_path = LatentCache::path(run_dir);
     // A new run's per-position statistics cover every token; otherwise the budgets trained
     // are all the cache must hold.
-    let needed = if initial.is_none() && config.latent_norm == LatentNorm::Position {
+    let needed = if config.init_from.is_none() && config.latent_norm == LatentNorm::Position {
         tokenizer_config.max_tokens
     } else {
         config.max_budget
@@ -491,7 +505,7 @@ pub fn train_dit(
             .clone()
             .unwrap_or_else(|| tokenizer_identity.encoder_sha256.clone()),
     );
-    if initial.is_none() {
+    if config.init_from.is_none() && resumed_config.is_none() {
         model_config.pooled_caption = Some(config.pooled_caption);
         let (mean, std) = latents.statistics(config.latent_norm);
         model_config.latent_mean = mean;

@@ -415,7 +415,15 @@ pub fn train_tokenizer(
     let _run_claim = super::claim_run_dir(run_dir)?;
     let config = super::resolve_run_config(run_dir, requested, resume)?;
     config.check()?;
-    let model_config = config.model_config()?;
+    let model_config = if resume {
+        let stored: TexTokConfig = saved_model_config(&paths.state(), "TexTok")?;
+        stored
+            .validate()
+            .map_err(|reason| anyhow::anyhow!("{}: {reason}", paths.state().display()))?;
+        stored
+    } else {
+        config.model_config()?
+    };
     // A checkpoint to start from may hold fewer than the default 256 tokens: train the
     // budgets it has.
     let max_budget = config.max_budget.min(model_config.max_tokens);
@@ -477,12 +485,14 @@ pub fn train_tokenizer(
     } else {
         None
     };
-    let mut model = match &config.init_from {
-        Some(path) => {
+    // A resumed run's weights all come from its state (below), so only a new fine-tune reads
+    // the checkpoint it starts from.
+    let mut model = match (&config.init_from, resume) {
+        (Some(path), false) => {
             observer.on_message(&format!("fine-tuning {}", path.display()));
             TexTok::load(path, &autodiff)?.0
         }
-        None => crate::device::init_module(&autodiff, Some(config.seed), || {
+        _ => crate::device::init_module(&autodiff, Some(config.seed), || {
             model_config.init(&autodiff)
         }),
     };
@@ -1027,6 +1037,25 @@ pub fn saved_progress(path: &Path) -> anyhow::Result<(usize, Option<usize>)> {
         .then(|| metadata_number(&metadata, path, TOTAL_STEPS_KEY))
         .transpose()?;
     Ok((step, total))
+}
+
+/// The model config a training state was saved with, read from the file's header alone. A
+/// resumed run builds its model from this, not from the checkpoint it started from: that file
+/// may since have been deleted, moved or replaced, and the state holds every weight anyway.
+pub fn saved_model_config<C: serde::de::DeserializeOwned>(
+    path: &Path,
+    expected: &str,
+) -> anyhow::Result<C> {
+    let metadata = CheckpointFile::read_metadata(path)?;
+    let text = metadata
+        .get(crate::checkpoint::CONFIG_KEY)
+        .with_context(|| format!("{}: no model config in the state", path.display()))?;
+    serde_json::from_str(text).with_context(|| {
+        format!(
+            "{}: the state's model config is not a {expected} config",
+            path.display()
+        )
+    })
 }
 
 /// The number a training state stores under metadata `key`; errors name the file and the key.

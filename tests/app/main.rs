@@ -1158,6 +1158,48 @@ fn closing_the_window_while_generating_asks_first_then_stops_the_work_and_closes
 }
 
 #[test]
+fn closing_while_the_state_cannot_be_saved_asks_first() {
+    use textok_studio::gui::Closing;
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Library);
+    harness.step();
+    // A folder where the state file goes: no write can replace it (not even as root).
+    std::fs::create_dir_all(fixture.data_dir().join(state::STATE_FILE)).unwrap();
+    harness
+        .state_mut()
+        .app
+        .state
+        .recent_prompts
+        .push("a red apple".into());
+    wait_until(
+        &mut harness,
+        "the failed save",
+        Duration::from_secs(10),
+        |app| {
+            error_notices(app)
+                .iter()
+                .any(|e| e.contains("Cannot save the app state"))
+        },
+    );
+    request_close(&mut harness);
+    assert!(window_commands(&harness).contains(&egui::ViewportCommand::CancelClose));
+    assert_eq!(harness.state().closing(), Closing::Asking);
+    harness.step();
+    assert!(harness.query_by_label("Changes are not saved").is_some());
+    assert!(
+        harness
+            .query_by_label_contains("loses the changes since the last save")
+            .is_some()
+    );
+    // Told to quit anyway, it closes at once: nothing is running that must stop first.
+    harness.get_by_label("Stop and quit").click();
+    harness.step();
+    harness.step();
+    assert_eq!(harness.state().closing(), Closing::Now);
+    assert!(window_commands(&harness).contains(&egui::ViewportCommand::Close));
+}
+
+#[test]
 fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::FineTune);
@@ -1372,6 +1414,92 @@ fn a_run_with_a_damaged_training_state_says_so_and_offers_no_resume() {
         label.contains("cannot be read") && label.contains("state.safetensors"),
         "{label}"
     );
+}
+
+#[test]
+fn a_pasted_document_is_cut_to_the_caption_limit_and_so_is_the_recent_prompt() {
+    use textok_studio::gui::library::MAX_CAPTION_CHARS;
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Generate);
+    harness.get_by_role(Role::MultilineTextInput).focus();
+    harness.step();
+    harness
+        .get_by_role(Role::MultilineTextInput)
+        .type_text(&"a red apple ".repeat(MAX_CAPTION_CHARS / 4));
+    harness.step();
+    let caption = harness.state().app.state.generate.caption.clone();
+    assert_eq!(caption.chars().count(), MAX_CAPTION_CHARS);
+    // A longer caption from a file still goes into the recent prompts only up to the limit.
+    let mut state = PersistedState::default();
+    state.remember_prompt(&"é".repeat(MAX_CAPTION_CHARS + 10));
+    assert_eq!(state.recent_prompts[0].chars().count(), MAX_CAPTION_CHARS);
+}
+
+#[test]
+fn a_new_run_that_fails_while_copying_the_library_leaves_no_folder_behind() {
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::FineTune);
+    // Captioned, but the file is gone: the copy finds nothing to train on and fails before the
+    // trainer writes the run's config.json (so the run would never be listed, or deletable).
+    harness.state_mut().app.state.library.push(LibraryItem {
+        path: fixture.dir.path().join("moved-away.png"),
+        caption: "a red apple".into(),
+    });
+    harness.step();
+    harness.get_by_label("Start").click();
+    wait_idle(&mut harness, "the failed start");
+    let errors = error_notices(harness.state());
+    assert!(
+        errors.iter().any(|e| e.contains("no captioned images")),
+        "{errors:?}"
+    );
+    let runs_dir = fixture
+        .data_dir()
+        .join(textok_studio::gui::finetune::FINETUNE_DIR);
+    let left: Vec<_> = std::fs::read_dir(&runs_dir)
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_tokenizer_run_that_a_dit_run_trains_on_cannot_be_deleted_first() {
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::FineTune);
+    let runs_dir = fixture
+        .data_dir()
+        .join(textok_studio::gui::finetune::FINETUNE_DIR);
+    let (tokenizer_run, dit_run) = (runs_dir.join("textok-1"), runs_dir.join("dit-2"));
+    for dir in [&tokenizer_run, &dit_run] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(tokenizer_run.join("config.json"), br#"{"steps": 40}"#).unwrap();
+    let dit_config = serde_json::json!({
+        "steps": 40,
+        "tokenizer": tokenizer_run.join("ema.safetensors"),
+    });
+    std::fs::write(dit_run.join("config.json"), dit_config.to_string()).unwrap();
+    let studio = harness.state_mut();
+    let refused = studio
+        .finetune
+        .delete_run(&tokenizer_run, &mut studio.app)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("dit-2") && refused.contains("delete that run first"),
+        "{refused}"
+    );
+    assert!(tokenizer_run.is_dir());
+    // Once the DiT run is gone, the tokenizer's run goes too.
+    studio
+        .finetune
+        .delete_run(&dit_run, &mut studio.app)
+        .unwrap();
+    studio
+        .finetune
+        .delete_run(&tokenizer_run, &mut studio.app)
+        .unwrap();
+    assert!(!tokenizer_run.exists() && !dit_run.exists());
 }
 
 #[test]

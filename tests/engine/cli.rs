@@ -262,6 +262,12 @@ fn out_of_range_counts_and_unwritable_outputs_are_refused_before_any_work() {
             vec!["eval", "--data", folder, "--sheet-rows", "0"],
             "--sheet-rows",
         ),
+        // FD-EffNet needs two images.
+        (vec!["eval", "--data", folder, "--limit", "1"], "--limit"),
+        // A window that would never close by itself, or close at once.
+        (vec!["--quit-after", "nan"], "--quit-after"),
+        (vec!["--quit-after=-1"], "--quit-after"),
+        (vec!["--quit-after", "0"], "--quit-after"),
     ] {
         let output = studio(&args, None);
         assert!(!output.status.success(), "{args:?}");
@@ -796,6 +802,32 @@ fn bench_reports_seconds_per_image_for_each_budget() {
             "{row}"
         );
     }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_fallback_runtime_folder_is_used_only_when_private_to_this_user() {
+    use std::os::unix::fs::PermissionsExt;
+    use textok_studio::cli::is_private_dir;
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("runtime");
+    assert!(is_private_dir(&fresh));
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(is_private_dir(&fresh), "ours again on the next start");
+    // Made by someone else first (here: open to all), or a link planted in its place.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(!is_private_dir(&open));
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&fresh, &link).unwrap();
+    assert!(!is_private_dir(&link));
+    assert_eq!(
+        std::fs::read_dir(&fresh).unwrap().count(),
+        0,
+        "no probe left"
+    );
 }
 
 #[test]

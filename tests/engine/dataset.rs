@@ -72,6 +72,48 @@ fn sidecar_folder_loads_and_skips_bad_files_with_reasons() {
 }
 
 #[test]
+fn every_pnm_name_is_an_image_and_names_that_are_not_utf8_are_skipped_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let rgb = image::DynamicImage::ImageRgba8(RgbaImage::from_fn(20, 20, |x, y| {
+        Rgba([x as u8 * 12, y as u8 * 12, 7, 255])
+    }));
+    rgb.to_rgb8().save(root.join("colour.ppm")).unwrap();
+    rgb.to_luma8().save(root.join("grey.pgm")).unwrap();
+    for name in ["colour", "grey"] {
+        std::fs::write(root.join(format!("{name}.txt")), "a gradient").unwrap();
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let latin1 = |ext: &str| {
+            let mut name = b"caf\xe9.".to_vec();
+            name.extend_from_slice(ext.as_bytes());
+            root.join(std::ffi::OsStr::from_bytes(&name))
+        };
+        picture(&latin1("png"), 5);
+        std::fs::write(latin1("txt"), "a cafe").unwrap();
+    }
+    let (entries, skipped) = scan(root).unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .map(|e| e.relative.as_str())
+            .collect::<Vec<_>>(),
+        ["colour.ppm", "grey.pgm"]
+    );
+    let dataset = Dataset::load(root, 16, 0, None, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(dataset.items.len(), 2, "{:?}", dataset.skipped);
+    if cfg!(unix) {
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert!(
+            skipped[0].reason.contains("name is not valid UTF-8"),
+            "{skipped:?}"
+        );
+    }
+}
+
+#[test]
 fn images_that_share_a_caption_sidecar_are_found() {
     use textok_studio::data::dataset::sidecar_shared_with;
     let dir = tempfile::tempdir().unwrap();

@@ -742,6 +742,60 @@ fn fine_tuning_starts_from_the_given_checkpoint_and_checks_its_kind() {
 }
 
 #[test]
+fn a_fine_tune_resumes_after_the_checkpoint_it_started_from_is_gone() {
+    use textok_studio::model::dit::Dit;
+    use textok_studio::train::dit::DitTrainConfig;
+    // The app lets a run be deleted once no model in use points at it; a later run fine-tuned
+    // from it must still resume, since its state holds every weight.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let (_, checkpoint) = save_tiny_start(dir.path(), 17);
+    let mut config = tiny_config(&data, 2, true);
+    config.init_from = Some(checkpoint.clone());
+    let run = dir.path().join("run");
+    train(&run, &config, false).unwrap();
+    std::fs::remove_file(&checkpoint).unwrap();
+    let longer = TokenizerTrainConfig {
+        steps: 4,
+        ..config.clone()
+    };
+    let outcome = train(&run, &longer, true).unwrap();
+    assert_eq!((outcome.step, outcome.finished), (4, true));
+
+    // The same for a DiT, whose config (latent statistics, trained budgets) comes from the
+    // start file in a new fine-tune and from the state in a resumed one.
+    let (first, _) = tiny_dit_run(&dir.path().join("dit"), 2, 2);
+    new_dit_run(&dir.path().join("dit-first"), &first).unwrap();
+    let start = dir.path().join("dit-start.safetensors");
+    std::fs::copy(dir.path().join("dit-first/ema.safetensors"), &start).unwrap();
+    let (_, start_config) = Dit::load(&start, &cpu()).unwrap();
+    let tune = DitTrainConfig {
+        init_from: Some(start.clone()),
+        ..first.clone()
+    };
+    let tuned = dir.path().join("dit-tuned");
+    new_dit_run(&tuned, &tune).unwrap();
+    std::fs::remove_file(&start).unwrap();
+    let outcome = textok_studio::train::dit::train_dit(
+        &tuned,
+        &DitTrainConfig { steps: 4, ..tune },
+        true,
+        None,
+        &cpu(),
+        &repo_path("models/text-encoder"),
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!((outcome.step, outcome.finished), (4, true));
+    let (_, resumed) = Dit::load(&tuned.join("ema.safetensors"), &cpu()).unwrap();
+    assert_eq!(resumed.latent_mean, start_config.latent_mean);
+    assert_eq!(resumed.latent_std, start_config.latent_std);
+    assert_eq!(resumed.trained_budgets(), start_config.trained_budgets());
+}
+
+#[test]
 fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
