@@ -32,6 +32,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// What tells that a file changed without reading it: its length and modification time (both
+/// unknown, and so equal, for a file that cannot be read). Caches of decoded images key on it,
+/// so a picture edited in another program is shown anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Self {
+        std::fs::metadata(path)
+            .map(|meta| Self {
+                len: meta.len(),
+                modified: meta.modified().ok(),
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Hex SHA-256 of a file's contents (model identities in image metadata).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};

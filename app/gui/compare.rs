@@ -51,6 +51,8 @@ impl CompareMode {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ImageKey {
     path: PathBuf,
+    /// The file as it was read: an edit in another program makes another key.
+    stamp: crate::files::FileStamp,
     generation: u64,
 }
 
@@ -272,6 +274,7 @@ impl ComparePane {
         Some(Request {
             image: ImageKey {
                 path: item.path.clone(),
+                stamp: crate::files::FileStamp::of(&item.path),
                 generation: app.engines.generation(),
             },
             caption: item.caption.clone(),

@@ -9,6 +9,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use eframe::egui;
 use image::Rgb32FImage;
 
+use crate::files::FileStamp;
+
 /// Longest side of a Library thumbnail, in pixels.
 pub const THUMBNAIL_SIZE: u32 = 160;
 
@@ -32,11 +34,16 @@ pub fn pixel_options() -> egui::TextureOptions {
 }
 
 enum Thumbnail {
-    /// Queued or decoding; `seen` is the frame that last asked for it.
-    Pending { seen: u64 },
+    /// Queued or decoding; `seen` is the frame that last asked for it, `stamp` the file's
+    /// when it was queued.
+    Pending { seen: u64, stamp: FileStamp },
+    /// `checked` is when `stamp` was last compared with the file (at most once per
+    /// [`RECHECK_FILE_AFTER`]: a grid of thumbnails would otherwise stat every file every frame).
     Ready {
         texture: egui::TextureHandle,
         seen: u64,
+        stamp: FileStamp,
+        checked: std::time::Instant,
     },
     /// Retried once `RETRY_FAILED_AFTER` has passed (a drive plugged back in, a file fixed).
     Failed {
@@ -56,6 +63,8 @@ type Decoded = (PathBuf, Result<egui::ColorImage, String>);
 
 /// Textures kept before the least recently shown are dropped (160x160 RGBA: 100 KB each).
 const MAX_TEXTURES: usize = 1500;
+/// A shown thumbnail's file is looked at again after this long, to catch edits made elsewhere.
+const RECHECK_FILE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// A thumbnail that failed is tried again when asked for after this long.
 const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -139,9 +148,9 @@ impl Thumbnails {
     pub fn receive(&mut self, ctx: &egui::Context) {
         while let Ok((path, decoded)) = self.results.try_recv() {
             // A request dropped meanwhile (scrolled away) is not cached: asked again, it queues.
-            if !matches!(self.cache.get(&path), Some(Thumbnail::Pending { .. })) {
+            let Some(&Thumbnail::Pending { stamp, .. }) = self.cache.get(&path) else {
                 continue;
-            }
+            };
             let entry = match decoded {
                 Ok(image) => Thumbnail::Ready {
                     texture: ctx.load_texture(
@@ -150,6 +159,8 @@ impl Thumbnails {
                         egui::TextureOptions::LINEAR,
                     ),
                     seen: self.frame,
+                    stamp,
+                    checked: std::time::Instant::now(),
                 },
                 Err(message) => Thumbnail::Failed {
                     message,
@@ -164,7 +175,7 @@ impl Thumbnails {
         let dropped: Vec<PathBuf> = self
             .cache
             .iter()
-            .filter(|(_, entry)| matches!(entry, Thumbnail::Pending { seen } if stale(*seen)))
+            .filter(|(_, entry)| matches!(entry, Thumbnail::Pending { seen, .. } if stale(*seen)))
             .map(|(path, _)| path.clone())
             .collect();
         if !dropped.is_empty() {
@@ -205,9 +216,23 @@ impl Thumbnails {
         let retry = match self.cache.get_mut(path) {
             None => true,
             Some(Thumbnail::Failed { at, .. }) => at.elapsed() >= RETRY_FAILED_AFTER,
-            Some(Thumbnail::Pending { seen } | Thumbnail::Ready { seen, .. }) => {
+            Some(Thumbnail::Pending { seen, .. }) => {
                 *seen = frame;
                 false
+            }
+            Some(Thumbnail::Ready {
+                seen,
+                stamp,
+                checked,
+                ..
+            }) => {
+                *seen = frame;
+                if checked.elapsed() >= RECHECK_FILE_AFTER {
+                    *checked = std::time::Instant::now();
+                    FileStamp::of(path) != *stamp
+                } else {
+                    false
+                }
             }
         };
         if retry {
@@ -215,7 +240,10 @@ impl Thumbnails {
                 let (list, wakeup) = &*self.queue;
                 lock_queue(list).wanted.push(path.to_owned());
                 wakeup.notify_one();
-                Thumbnail::Pending { seen: frame }
+                Thumbnail::Pending {
+                    seen: frame,
+                    stamp: FileStamp::of(path),
+                }
             } else {
                 Thumbnail::Failed {
                     message: "the thumbnail thread did not start".into(),
@@ -404,6 +432,38 @@ mod tests {
         let moved = after.min.to_vec2() + anchor * after.size();
         assert!((moved - point).length() < 1e-5, "{point:?} -> {moved:?}");
         assert!((after.width() - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_thumbnail_is_decoded_again_after_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("picture.png");
+        let save = |side: u32, colour: [u8; 3]| {
+            image::RgbImage::from_pixel(side, side, image::Rgb(colour))
+                .save(&path)
+                .unwrap()
+        };
+        save(20, [200, 0, 0]);
+        let ctx = egui::Context::default();
+        let mut thumbnails = Thumbnails::new(Arc::new(|| {}));
+        let ready = |thumbnails: &mut Thumbnails| {
+            let started = std::time::Instant::now();
+            loop {
+                thumbnails.receive(&ctx);
+                match thumbnails.get(&path) {
+                    ThumbnailState::Ready(texture) => return texture.id(),
+                    ThumbnailState::Failed(message) => panic!("{message}"),
+                    ThumbnailState::Pending => {}
+                }
+                assert!(started.elapsed().as_secs() < 20, "no thumbnail");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
+        let first = ready(&mut thumbnails);
+        assert_eq!(ready(&mut thumbnails), first, "unchanged: the same texture");
+        save(30, [0, 0, 200]);
+        std::thread::sleep(RECHECK_FILE_AFTER);
+        assert_ne!(ready(&mut thumbnails), first, "edited: decoded again");
     }
 
     #[test]

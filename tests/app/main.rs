@@ -556,6 +556,25 @@ fn wait_for_the_first_reconstructions(harness: &mut Harness<'static, StudioApp>)
 }
 
 #[test]
+fn compare_reconstructs_again_when_the_image_file_is_edited_elsewhere() {
+    let fixture = fixture();
+    let picture = fixture.dir.path().join("picture.png");
+    std::fs::copy(sample("apple"), &picture).unwrap();
+    let mut options = apple_in_compare(&fixture);
+    options.open = vec![picture.clone()];
+    let mut harness = harness(options);
+    wait_for_the_first_reconstructions(&mut harness);
+    // Another program saves another picture under the same name.
+    std::fs::copy(sample("penguin"), &picture).unwrap();
+    wait_until(
+        &mut harness,
+        "the edited picture's reconstructions",
+        Duration::from_secs(60),
+        |app| idle(app) && reconstructions(app) == 4,
+    );
+}
+
+#[test]
 fn compare_reconstructs_at_the_slider_budget_caches_and_recomputes_on_caption_edits() {
     let fixture = fixture();
     let mut harness = harness(apple_in_compare(&fixture));
