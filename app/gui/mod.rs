@@ -482,13 +482,25 @@ pub fn dialog_answer(
         Ok(picked) => Some(picked),
         Err(std::sync::mpsc::TryRecvError::Empty) => None,
         Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-            notices.error("The file dialog failed to open; see the log for why.");
+            notices.error(NO_FILE_DIALOG);
             Some(Vec::new())
         }
     }
 }
 
+/// What the panes say when no file dialog could be shown.
+pub const NO_FILE_DIALOG: &str = "No file dialog could be shown. On Linux one needs \
+     xdg-desktop-portal with a file-chooser backend (xdg-desktop-portal-gtk, -kde or -gnome); \
+     meanwhile, drop images on the window to add them, and type the training folder's path in \
+     Fine-tune.";
+
+/// A dialog that comes back empty sooner than this was never shown: nobody opens, reads and
+/// cancels a file dialog in a quarter of a second, while a missing portal answers at once.
+const DIALOG_NEVER_SHOWN_WITHIN: Duration = Duration::from_millis(250);
+
 /// Runs a (blocking) native file dialog on its own thread; the answer arrives on the receiver.
+/// A dialog that was never shown ends the channel without an answer, which
+/// [`dialog_answer`] reports as [`NO_FILE_DIALOG`] instead of a silent cancel.
 pub fn pick_in_background(
     notify: Arc<dyn Fn() + Send + Sync>,
     dialog: impl FnOnce() -> Vec<PathBuf> + Send + 'static,
@@ -497,7 +509,17 @@ pub fn pick_in_background(
     let spawned = std::thread::Builder::new()
         .name("file dialog".into())
         .spawn(move || {
-            let _ = sender.send(dialog());
+            let opened = Instant::now();
+            let picked = dialog();
+            if picked.is_empty() && opened.elapsed() < DIALOG_NEVER_SHOWN_WITHIN {
+                tracing::warn!(
+                    "the file dialog returned nothing after {:?}: no dialog was shown",
+                    opened.elapsed()
+                );
+                drop(sender);
+            } else {
+                let _ = sender.send(picked);
+            }
             notify();
         });
     if let Err(error) = spawned {
@@ -1062,6 +1084,35 @@ mod tests {
         drop(sender);
         assert_eq!(dialog_answer(&receiver, &mut notices), Some(Vec::new()));
         assert_eq!(notices.errors().count(), 1);
+    }
+
+    #[test]
+    fn a_dialog_that_comes_back_empty_at_once_was_never_shown_and_says_so() {
+        use super::{DIALOG_NEVER_SHOWN_WITHIN, NO_FILE_DIALOG, Notices, dialog_answer};
+        let answer = |dialog: fn() -> Vec<std::path::PathBuf>| {
+            let receiver = super::pick_in_background(std::sync::Arc::new(|| {}), dialog);
+            let mut notices = Notices::default();
+            loop {
+                if let Some(picked) = dialog_answer(&receiver, &mut notices) {
+                    let errors: Vec<String> = notices.errors().map(str::to_owned).collect();
+                    return (picked, errors);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        // No portal: nothing, at once.
+        let (picked, errors) = answer(Vec::new);
+        assert!(picked.is_empty());
+        assert_eq!(errors, [NO_FILE_DIALOG]);
+        // A person who cancels takes longer: a quiet cancel.
+        let (picked, errors) = answer(|| {
+            std::thread::sleep(DIALOG_NEVER_SHOWN_WITHIN * 2);
+            Vec::new()
+        });
+        assert!(picked.is_empty() && errors.is_empty(), "{errors:?}");
+        // A quick pick is still a pick.
+        let (picked, errors) = answer(|| vec!["a.png".into()]);
+        assert_eq!((picked, errors.len()), (vec!["a.png".into()], 0));
     }
 
     #[test]
