@@ -4,6 +4,7 @@
 //! last second of typing.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -265,15 +266,21 @@ pub fn claim_data_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
 
 /// Writes `state` to `dir/state.json` atomically.
 pub fn save(dir: &Path, state: &PersistedState) -> anyhow::Result<()> {
+    save_json(dir, &serde_json::to_vec_pretty(state)?)
+}
+
+/// Writes a serialised state to `dir/state.json` atomically.
+fn save_json(dir: &Path, json: &[u8]) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-    let json = serde_json::to_vec_pretty(state)?;
     let path = dir.join(STATE_FILE);
-    crate::files::write_atomic(&path, &json)
+    crate::files::write_atomic(&path, json)
         .with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
 
-/// Saves the state when it changed, at most once per `interval`.
+/// Saves the state when it changed, at most once per `interval`. The file is written (and
+/// synced) on a thread of its own, one write at a time, so a large Library on a slow disk does
+/// not stall typing; only the exit's last save waits for the disk.
 pub struct StateSaver {
     dir: PathBuf,
     enabled: bool,
@@ -283,6 +290,8 @@ pub struct StateSaver {
     /// The state whose write failed last: not pending again until it changes (a read-only
     /// folder would otherwise wake the idle app to fail every second).
     failed: Option<PersistedState>,
+    /// The write in flight: the state it writes and where its outcome arrives.
+    writing: Option<(PersistedState, Receiver<Result<(), String>>)>,
 }
 
 impl StateSaver {
@@ -295,14 +304,16 @@ impl StateSaver {
             last_check: None,
             interval: Duration::from_secs(1),
             failed: None,
+            writing: None,
         }
     }
 
     /// Whether `state` has changes not written yet (that a later tick will write).
     pub fn pending(&self, state: &PersistedState) -> bool {
         self.enabled
-            && self.last_written.as_ref() != Some(state)
-            && self.failed.as_ref() != Some(state)
+            && (self.writing.is_some()
+                || (self.last_written.as_ref() != Some(state)
+                    && self.failed.as_ref() != Some(state)))
     }
 
     /// True while the last write failed: the state holds changes no file has.
@@ -310,24 +321,51 @@ impl StateSaver {
         self.enabled && self.failed.is_some()
     }
 
-    /// Saves if due and changed; `force` saves any change now (exit).
+    /// Saves if due and changed; `force` saves any change now and waits for the disk (exit).
+    /// Returns whether a write finished; the error of a failed one comes from the tick that
+    /// finds it (usually the one after the tick that started it).
     pub fn tick(&mut self, state: &PersistedState, force: bool) -> anyhow::Result<bool> {
         if !self.enabled {
             return Ok(false);
+        }
+        let finished = match self.collect(force) {
+            Ok(finished) => finished,
+            Err(error) if !force => return Err(error),
+            // At exit the newest state is still tried below.
+            Err(_) => false,
+        };
+        if self.writing.is_some() {
+            return Ok(finished);
         }
         let due = force
             || self
                 .last_check
                 .is_none_or(|checked| checked.elapsed() >= self.interval);
         if !due {
-            return Ok(false);
+            return Ok(finished);
         }
         self.last_check = Some(Instant::now());
         // A state that failed is tried again when it changes, or at exit (`force`).
         let failed_before = !force && self.failed.as_ref() == Some(state);
         if self.last_written.as_ref() == Some(state) || failed_before {
-            return Ok(false);
+            return Ok(finished);
         }
+        // Serialised here, so the file holds this frame's state whatever changes next.
+        let json = serde_json::to_vec_pretty(state)?;
+        if !force {
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let dir = self.dir.clone();
+            let write = std::thread::Builder::new()
+                .name("state writer".into())
+                .spawn(move || {
+                    let _ = sender.send(save_json(&dir, &json).map_err(|e| format!("{e:#}")));
+                });
+            if write.is_ok() {
+                self.writing = Some((state.clone(), receiver));
+                return Ok(finished);
+            }
+        }
+        // At exit, or with no thread to be had: written now.
         if let Err(error) = save(&self.dir, state) {
             self.failed = Some(state.clone());
             return Err(error);
@@ -335,5 +373,49 @@ impl StateSaver {
         self.failed = None;
         self.last_written = Some(state.clone());
         Ok(true)
+    }
+
+    /// Takes the outcome of the write in flight, if it has ended (with `wait`: once it has).
+    fn collect(&mut self, wait: bool) -> anyhow::Result<bool> {
+        let Some((_, receiver)) = &self.writing else {
+            return Ok(false);
+        };
+        let outcome = if wait {
+            receiver.recv().ok()
+        } else {
+            match receiver.try_recv() {
+                Ok(outcome) => Some(outcome),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(false),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        let Some((written, _)) = self.writing.take() else {
+            return Ok(false);
+        };
+        match outcome {
+            Some(Ok(())) => {
+                self.failed = None;
+                self.last_written = Some(written);
+                Ok(true)
+            }
+            Some(Err(message)) => {
+                self.failed = Some(written);
+                Err(anyhow::anyhow!(message))
+            }
+            None => {
+                self.failed = Some(written);
+                Err(anyhow::anyhow!("the state writer thread stopped"))
+            }
+        }
+    }
+}
+
+impl Drop for StateSaver {
+    /// A write in flight finishes before the saver goes: a state file is never left to a
+    /// thread that the process's end could cut short.
+    fn drop(&mut self) {
+        if let Some((_, receiver)) = &self.writing {
+            let _ = receiver.recv();
+        }
     }
 }

@@ -251,11 +251,34 @@ fn state_round_trips_and_a_damaged_file_is_kept_aside() {
     std::fs::write(&blocked, b"x").unwrap();
     let mut saver = state::StateSaver::new(blocked, &PersistedState::default(), true);
     assert!(saver.pending(&saved));
-    assert!(saver.tick(&saved, false).is_err());
+    // The file is written on a thread of its own: a later tick finds the failure.
+    let started = Instant::now();
+    while saver.tick(&saved, false).is_ok() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no error");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert!(!saver.pending(&saved));
     let mut changed = saved.clone();
     changed.remember_prompt("a cat on a mat");
     assert!(saver.pending(&changed));
+
+    // A write in the background lands, and the exit's save waits for the disk.
+    let good = tempfile::tempdir().unwrap();
+    let mut saver =
+        state::StateSaver::new(good.path().to_owned(), &PersistedState::default(), true);
+    let started = Instant::now();
+    while !saver.tick(&saved, false).unwrap() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(state::load(good.path()).state, saved);
+    assert!(!saver.pending(&saved));
+    saver.tick(&changed, false).unwrap();
+    let mut last = changed.clone();
+    last.remember_prompt("the last words");
+    assert!(saver.tick(&last, true).unwrap());
+    assert_eq!(state::load(good.path()).state, last);
+    assert!(!saver.pending(&last));
 }
 
 #[test]
@@ -1676,10 +1699,18 @@ fn a_change_waiting_for_its_save_keeps_a_frame_scheduled_until_it_is_written() {
     harness.step();
     assert!(saved_prompts().is_empty(), "saved within the second");
     assert!(repaint_delay(&harness) <= Duration::from_secs(1));
-    // ... which writes it; then nothing more is scheduled.
+    // ... which writes it (on the writer's thread, while frames stay scheduled to collect the
+    // outcome); then nothing more is scheduled.
     std::thread::sleep(Duration::from_millis(1100));
     harness.step();
-    assert_eq!(saved_prompts(), ["a blue whale"]);
+    let started = Instant::now();
+    while saved_prompts() != ["a blue whale"] {
+        assert!(started.elapsed() < Duration::from_secs(10), "never written");
+        assert!(repaint_delay(&harness) <= Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(10));
+        harness.step();
+    }
+    harness.step();
     harness.step();
     assert!(repaint_delay(&harness) > Duration::from_secs(60));
 }
