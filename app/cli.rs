@@ -846,6 +846,26 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     pipeline::validate_budgets(&args.tokens, 256)?;
     check_output_file(args.json.as_deref(), "--json")?;
     check_output_file(args.sheet.as_deref(), "--sheet")?;
+    // The split follows from the file names alone: one too small to score is said before the
+    // models load and every image is decoded.
+    let (entries, _) = crate::data::dataset::scan(&args.data)?;
+    let in_split = entries
+        .iter()
+        .filter(|entry| {
+            let split = crate::data::dataset::split_of(&entry.relative, args.validation_percent);
+            match args.split {
+                SplitChoice::Validation => split == Split::Validation,
+                SplitChoice::Train => split == Split::Train,
+                SplitChoice::All => true,
+            }
+        })
+        .count();
+    anyhow::ensure!(
+        in_split >= 2,
+        "{}: {in_split} captioned image(s) in the chosen split; FD-EffNet needs at least 2 \
+         (try --split all or a larger --validation-percent)",
+        args.data.display()
+    );
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
     let mut spec = EngineSpec::shipped();

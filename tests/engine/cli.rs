@@ -295,6 +295,35 @@ fn out_of_range_counts_and_unwritable_outputs_are_refused_before_any_work() {
         assert_one_line_error(&output, needle);
     }
     assert_one_line_error(&studio(&["bench", "--steps", "0"], None), "--steps");
+    // A split too small to score: said before any model loads (the models folder given here
+    // does not exist, and no model is looked for).
+    let data = sample_dataset(dir.path(), &["apple", "penguin", "lizard"]);
+    let data = data.to_str().unwrap();
+    let no_models = Some(Path::new("/no/such/models"));
+    let output = studio(
+        &["eval", "--data", data, "--validation-percent", "0"],
+        no_models,
+    );
+    assert_one_line_error(&output, "0 captioned image(s) in the chosen split");
+    // With the whole folder there are enough: the run goes on, to the model it cannot read.
+    let output = studio(
+        &[
+            "eval",
+            "--data",
+            data,
+            "--split",
+            "all",
+            "--model",
+            "/no/such.safetensors",
+        ],
+        no_models,
+    );
+    assert!(!output.status.success());
+    assert!(
+        !stderr(&output).contains("chosen split"),
+        "{}",
+        stderr(&output)
+    );
     // Training settings that are not numbers: refused before any data is read.
     let out = dir.path().join("run");
     for (trainer, flag, value, needle) in [

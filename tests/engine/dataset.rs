@@ -4,6 +4,11 @@ use image::{Rgba, RgbaImage};
 use textok_studio::data::dataset::{Dataset, DatasetError, Split, scan, split_of};
 use textok_studio::jobs::{CancelToken, NoProgress};
 
+/// The relative names a scan listed, in its order.
+fn names(entries: &[textok_studio::data::dataset::DatasetEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.relative.as_str()).collect()
+}
+
 fn picture(path: &Path, seed: u8) {
     RgbaImage::from_fn(40, 30, |x, y| Rgba([x as u8 * 6, y as u8 * 8, seed, 255]))
         .save(path)
@@ -27,13 +32,7 @@ fn sidecar_folder_loads_and_skips_bad_files_with_reasons() {
     std::fs::write(root.join("notes.md"), "not an image, ignored").unwrap();
 
     let (entries, skipped) = scan(root).unwrap();
-    assert_eq!(
-        entries
-            .iter()
-            .map(|e| e.relative.as_str())
-            .collect::<Vec<_>>(),
-        ["a.png", "broken.png", "sub/b.png"]
-    );
+    assert_eq!(names(&entries), ["a.png", "broken.png", "sub/b.png"]);
     assert_eq!(entries[0].caption, "a gradient square");
     let reasons: Vec<(&str, &str)> = skipped
         .iter()
@@ -95,13 +94,7 @@ fn every_pnm_name_is_an_image_and_names_that_are_not_utf8_are_skipped_with_a_rea
         std::fs::write(latin1("txt"), "a cafe").unwrap();
     }
     let (entries, skipped) = scan(root).unwrap();
-    assert_eq!(
-        entries
-            .iter()
-            .map(|e| e.relative.as_str())
-            .collect::<Vec<_>>(),
-        ["colour.ppm", "grey.pgm"]
-    );
+    assert_eq!(names(&entries), ["colour.ppm", "grey.pgm"]);
     let dataset = Dataset::load(root, 16, 0, None, &NoProgress, &CancelToken::new()).unwrap();
     assert_eq!(dataset.items.len(), 2, "{:?}", dataset.skipped);
     if cfg!(unix) {
@@ -264,7 +257,7 @@ fn links_to_outside_the_folder_count_once_and_links_inside_it_are_not_followed()
     std::fs::write(root.join("gone.txt"), "a broken link").unwrap();
 
     let (entries, skipped) = scan(&root).unwrap();
-    let listed: Vec<&str> = entries.iter().map(|e| e.relative.as_str()).collect();
+    let listed = names(&entries);
     assert_eq!(listed, ["b.png", "gone.png", "more/c.png", "real/a.png"]);
     assert!(skipped.is_empty(), "{skipped:?}");
     let dataset = Dataset::load(&root, 16, 0, None, &NoProgress, &CancelToken::new()).unwrap();
