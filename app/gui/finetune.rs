@@ -139,6 +139,8 @@ pub struct RunInfo {
     pub state_error: Option<String>,
     pub resumable: bool,
     pub has_weights: bool,
+    /// The tokenizer a DiT run trains on (None for tokenizer runs).
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl RunInfo {
@@ -169,6 +171,10 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
             let dir = entry.path();
             let config: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
+            let tokenizer = config
+                .get("tokenizer")
+                .and_then(|t| t.as_str())
+                .map(PathBuf::from);
             let target = if config.get("tokenizer").is_some() {
                 Target::Dit
             } else {
@@ -194,6 +200,7 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
                 state_error,
                 resumable: saved_step.is_some() && !finished,
                 has_weights: dir.join("ema.safetensors").exists(),
+                tokenizer,
                 target,
                 dir,
             })
@@ -207,13 +214,6 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
     };
     runs.sort_by_key(|run| std::cmp::Reverse(modified(run)));
     runs
-}
-
-/// The tokenizer a DiT run's `config.json` names (None for tokenizer runs).
-fn run_tokenizer(run: &Path) -> Option<PathBuf> {
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("config.json")).ok()?).ok()?;
-    config.get("tokenizer")?.as_str().map(PathBuf::from)
 }
 
 /// A run's `config.json` (read when Resume was pressed) as its trainer's config.
@@ -441,7 +441,7 @@ impl FineTunePane {
         // A DiT run trains on its tokenizer's tokens and reads that file to resume or to be
         // scored; deleting the tokenizer's run would leave it broken.
         if let Some(dependent) = list_runs(&app.data_dir).iter().find(|run| {
-            run.dir != dir && run_tokenizer(&run.dir).is_some_and(|t| t.starts_with(dir))
+            run.dir != dir && run.tokenizer.as_ref().is_some_and(|t| t.starts_with(dir))
         }) {
             anyhow::bail!(
                 "the DiT run {} was trained on this run's tokenizer; delete that run first",

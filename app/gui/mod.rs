@@ -716,12 +716,10 @@ impl StudioApp {
             Closing::No => self.closing = Closing::Asking,
             // The work ended by itself (or was stopped): close, as was asked. Once told to
             // quit, a state that cannot be saved no longer holds the window.
-            Closing::Asking if at_risk.is_empty() => {
-                self.closing = Closing::Now;
-                ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-                return;
-            }
-            Closing::Stopping if self.running_work().is_empty() => {
+            Closing::Asking | Closing::Stopping
+                if at_risk.is_empty()
+                    || (self.closing == Closing::Stopping && self.running_work().is_empty()) =>
+            {
                 self.closing = Closing::Now;
                 ctx.send_viewport_cmd(egui::ViewportCommand::Close);
                 return;
