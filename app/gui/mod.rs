@@ -491,8 +491,8 @@ pub fn dialog_answer(
 /// What the panes say when no file dialog could be shown.
 pub const NO_FILE_DIALOG: &str = "No file dialog could be shown. On Linux one needs \
      xdg-desktop-portal with a file-chooser backend (xdg-desktop-portal-gtk, -kde or -gnome); \
-     meanwhile, drop images on the window to add them, and type the training folder's path in \
-     Fine-tune.";
+     meanwhile, drop images on the window to add them, type a model's path in Settings and the \
+     training folder's in Fine-tune.";
 
 /// A dialog that comes back empty sooner than this was never shown: nobody opens, reads and
 /// cancels a file dialog in a quarter of a second, while a missing portal answers at once.

@@ -22,6 +22,18 @@ pub struct SettingsPane {
     adapters: Option<Result<Vec<AdapterSummary>, String>>,
     adapter_job: Option<Job<Vec<AdapterSummary>>>,
     dialog: Option<(ModelSlot, Receiver<Vec<PathBuf>>)>,
+    /// A checkpoint path typed in, for desktops where no file dialog can be shown.
+    pub typed_path: String,
+}
+
+/// Sets the model file of `slot` (`None`: the shipped one); the engines reload on the change.
+fn use_model(app: &mut AppContext, slot: ModelSlot, path: Option<PathBuf>) {
+    let settings = &mut app.state.settings;
+    match slot {
+        ModelSlot::TexTok => settings.textok = path,
+        ModelSlot::Baseline => settings.baseline = path,
+        ModelSlot::Dit => settings.dit = path,
+    }
 }
 
 /// Resident memory of this process in bytes (Linux; `None` elsewhere).
@@ -53,12 +65,7 @@ impl SettingsPane {
             && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
         {
             if let Some(path) = picked.into_iter().next() {
-                let settings = &mut app.state.settings;
-                match slot {
-                    ModelSlot::TexTok => settings.textok = Some(path),
-                    ModelSlot::Baseline => settings.baseline = Some(path),
-                    ModelSlot::Dit => settings.dit = Some(path),
-                }
+                use_model(app, *slot, Some(path));
             }
             self.dialog = None;
         }
@@ -139,15 +146,38 @@ impl SettingsPane {
                             self.dialog = Some((slot, receiver));
                         }
                         if chosen.is_some() && ui.button("Use shipped").clicked() {
-                            let settings = &mut app.state.settings;
-                            match slot {
-                                ModelSlot::TexTok => settings.textok = None,
-                                ModelSlot::Baseline => settings.baseline = None,
-                                ModelSlot::Dit => settings.dit = None,
-                            }
+                            use_model(app, slot, None);
                         }
                     });
                     ui.end_row();
+                }
+            });
+            // Where no file dialog can be shown (a desktop without a portal), or to paste.
+            ui.horizontal(|ui| {
+                let label = ui.label("Or a checkpoint path:");
+                ui.add(
+                    egui::TextEdit::singleline(&mut self.typed_path)
+                        .hint_text("/path/to/model.safetensors")
+                        .desired_width(320.0),
+                )
+                .labelled_by(label.id);
+                for (slot, name) in [
+                    (ModelSlot::TexTok, "Use as TexTok"),
+                    (ModelSlot::Baseline, "Use as Baseline"),
+                    (ModelSlot::Dit, "Use as DiT"),
+                ] {
+                    if ui.button(name).clicked() {
+                        let path = PathBuf::from(self.typed_path.trim());
+                        if path.is_file() {
+                            use_model(app, slot, Some(path));
+                            self.typed_path.clear();
+                        } else {
+                            app.notices.error(format!(
+                                "{}: no such file; type the path of a .safetensors checkpoint",
+                                path.display()
+                            ));
+                        }
+                    }
                 }
             });
             ui.label(format!("Text encoder: {}", shipped.text_encoder_dir.display()));

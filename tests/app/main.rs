@@ -1639,6 +1639,42 @@ fn settings_switch_the_device_and_the_models_follow() {
 }
 
 #[test]
+fn a_model_path_can_be_typed_where_no_file_dialog_opens() {
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Settings);
+    harness.step();
+    let use_typed = |harness: &mut Harness<'static, StudioApp>, path: &str, button: &str| {
+        harness.get_by_label("Or a checkpoint path:").focus();
+        harness.step();
+        harness
+            .get_by_label("Or a checkpoint path:")
+            .type_text(path);
+        harness.step();
+        harness.get_by_label(button).click();
+        harness.step();
+    };
+    let missing = fixture.dir.path().join("no-such.safetensors");
+    use_typed(&mut harness, missing.to_str().unwrap(), "Use as DiT");
+    assert_eq!(harness.state().app.state.settings.dit, None);
+    let errors = error_notices(harness.state());
+    assert!(
+        errors.iter().any(|e| e.contains("no such file")),
+        "{errors:?}"
+    );
+    // The mistyped path stays to be mended; here it is replaced.
+    assert_eq!(
+        harness.state().settings.typed_path,
+        missing.to_str().unwrap()
+    );
+    harness.state_mut().settings.typed_path.clear();
+    let copy = fixture.dir.path().join("my-dit.safetensors");
+    std::fs::copy(&fixture.shipped.dit, &copy).unwrap();
+    use_typed(&mut harness, copy.to_str().unwrap(), "Use as DiT");
+    assert_eq!(harness.state().app.state.settings.dit, Some(copy));
+    assert!(harness.state().settings.typed_path.is_empty());
+}
+
+#[test]
 fn settings_defaults_apply_to_generate_and_compare_and_generate_resets_to_them() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Settings);
