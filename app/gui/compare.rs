@@ -15,8 +15,9 @@ use image::Rgb32FImage;
 
 use super::AppContext;
 use super::engines::EngineStatus;
-use super::images::{ViewTransform, handle_view_input, image_cell};
+use super::images::{RECHECK_FILE_AFTER, ViewTransform, handle_view_input, image_cell};
 use super::wipe::{SharedImage, WipeCallback, WipeMode, WipeParams, compose_cpu};
+use crate::files::FileStamp;
 use crate::jobs::{Job, JobState, Progress};
 use crate::metrics::format_psnr;
 use crate::model::textok::MIN_BUDGET;
@@ -52,7 +53,7 @@ impl CompareMode {
 struct ImageKey {
     path: PathBuf,
     /// The file as it was read: an edit in another program makes another key.
-    stamp: crate::files::FileStamp,
+    stamp: FileStamp,
     generation: u64,
 }
 
@@ -106,6 +107,9 @@ pub struct ComparePane {
     save_dialog: Option<(Receiver<Vec<PathBuf>>, Request)>,
     /// Writing a saved set: the folder it went to, and how many images.
     saving: Option<Job<(PathBuf, usize)>>,
+    /// The selected image's file stamp and when it was read: `wanted` runs several times a
+    /// frame, the file is looked at again once per [`RECHECK_FILE_AFTER`].
+    stamp: Option<(PathBuf, FileStamp, Instant)>,
 }
 
 impl Default for ComparePane {
@@ -126,6 +130,7 @@ impl Default for ComparePane {
             max_tokens: 256,
             save_dialog: None,
             saving: None,
+            stamp: None,
         }
     }
 }
@@ -274,7 +279,10 @@ impl ComparePane {
         Some(Request {
             image: ImageKey {
                 path: item.path.clone(),
-                stamp: crate::files::FileStamp::of(&item.path),
+                stamp: match &self.stamp {
+                    Some((path, stamp, _)) if *path == item.path => *stamp,
+                    _ => FileStamp::of(&item.path),
+                },
                 generation: app.engines.generation(),
             },
             caption: item.caption.clone(),
@@ -351,10 +359,26 @@ impl ComparePane {
         }
     }
 
+    /// Reads the selected image's file stamp when the selection changed or a second has passed.
+    fn refresh_stamp(&mut self, app: &AppContext) {
+        let Some(item) = app.state.selected_item() else {
+            self.stamp = None;
+            return;
+        };
+        let fresh = self.stamp.as_ref().is_some_and(|(path, _, read)| {
+            *path == item.path && read.elapsed() < RECHECK_FILE_AFTER
+        });
+        if !fresh {
+            let stamp = FileStamp::of(&item.path);
+            self.stamp = Some((item.path.clone(), stamp, Instant::now()));
+        }
+    }
+
     /// Polls the running job and starts the next one; returns the running job's progress.
     /// Collects a finished job (called every frame, whichever pane is shown); returns the
     /// running job's progress, `None` when no job runs.
     pub fn poll(&mut self, ctx: &egui::Context, app: &mut AppContext) -> Option<Option<Progress>> {
+        self.refresh_stamp(app);
         self.poll_saving(app);
         if let Some((receiver, _)) = &self.save_dialog
             && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)

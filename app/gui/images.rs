@@ -63,8 +63,9 @@ type Decoded = (PathBuf, Result<egui::ColorImage, String>);
 
 /// Textures kept before the least recently shown are dropped (160x160 RGBA: 100 KB each).
 const MAX_TEXTURES: usize = 1500;
-/// A shown thumbnail's file is looked at again after this long, to catch edits made elsewhere.
-const RECHECK_FILE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// A shown image's file (a thumbnail's, Compare's) is looked at again after this long, to catch
+/// edits made elsewhere.
+pub const RECHECK_FILE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// A thumbnail that failed is tried again when asked for after this long.
 const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 

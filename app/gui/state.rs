@@ -350,9 +350,9 @@ impl StateSaver {
         if self.last_written.as_ref() == Some(state) || failed_before {
             return Ok(finished);
         }
-        // Serialised here, so the file holds this frame's state whatever changes next.
-        let json = serde_json::to_vec_pretty(state)?;
         if !force {
+            // Serialised here, so the file holds this frame's state whatever changes next.
+            let json = serde_json::to_vec_pretty(state)?;
             let (sender, receiver) = std::sync::mpsc::channel();
             let dir = self.dir.clone();
             let write = std::thread::Builder::new()
@@ -366,13 +366,27 @@ impl StateSaver {
             }
         }
         // At exit, or with no thread to be had: written now.
-        if let Err(error) = save(&self.dir, state) {
-            self.failed = Some(state.clone());
-            return Err(error);
+        let outcome = save(&self.dir, state);
+        self.settle(state.clone(), outcome)
+    }
+
+    /// Records how the write of `written` ended: the state on disk, or the one that failed.
+    fn settle(
+        &mut self,
+        written: PersistedState,
+        outcome: anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        match outcome {
+            Ok(()) => {
+                self.failed = None;
+                self.last_written = Some(written);
+                Ok(true)
+            }
+            Err(error) => {
+                self.failed = Some(written);
+                Err(error)
+            }
         }
-        self.failed = None;
-        self.last_written = Some(state.clone());
-        Ok(true)
     }
 
     /// Takes the outcome of the write in flight, if it has ended (with `wait`: once it has).
@@ -392,21 +406,11 @@ impl StateSaver {
         let Some((written, _)) = self.writing.take() else {
             return Ok(false);
         };
-        match outcome {
-            Some(Ok(())) => {
-                self.failed = None;
-                self.last_written = Some(written);
-                Ok(true)
-            }
-            Some(Err(message)) => {
-                self.failed = Some(written);
-                Err(anyhow::anyhow!(message))
-            }
-            None => {
-                self.failed = Some(written);
-                Err(anyhow::anyhow!("the state writer thread stopped"))
-            }
-        }
+        let outcome = match outcome {
+            Some(result) => result.map_err(anyhow::Error::msg),
+            None => Err(anyhow::anyhow!("the state writer thread stopped")),
+        };
+        self.settle(written, outcome)
     }
 }
 
