@@ -331,11 +331,11 @@ pub struct TrainTokenizerArgs {
     pub max_minutes: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Validate the EMA weights every this many steps.
-    #[arg(long, default_value_t = 500)]
+    /// Validate the EMA weights every this many steps (and after the last).
+    #[arg(long, default_value_t = 500, value_parser = at_least_one)]
     pub eval_every: usize,
     /// Validation images used for each evaluation.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub eval_images: usize,
     /// Weight of the perceptual (EfficientNet-Lite0) loss; 0 switches it off.
     #[arg(long, default_value_t = 0.1)]
@@ -408,6 +408,15 @@ pub struct ReconstructArgs {
 }
 
 /// Parses a number of seconds that must be finite and above zero (`nan` would never end).
+/// A count of 1 or more: 0 would mean "at every step" for an interval, and "nothing" for a
+/// number of images, neither of which anyone asking for 0 wants.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(count) if count >= 1 => Ok(count),
+        _ => Err(format!("{text} is not a whole number of 1 or more")),
+    }
+}
+
 fn positive_seconds(text: &str) -> Result<f64, String> {
     let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
     if seconds.is_finite() && seconds > 0.0 {
@@ -590,8 +599,7 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
         args.out.display(),
         taken.join(", ")
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
+    create_output_folder(&args.out)?;
 
     let selected = device::select(args.device)?;
     println!("device: {}", selected.description);
@@ -836,6 +844,38 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Refuses a dataset whose chosen split has fewer than the 2 captioned images FD-EffNet needs.
+/// The split follows from the file names alone, so this is said before any model loads and any
+/// image is decoded; the message quotes why files were skipped, since that is usually the cause.
+fn ensure_split_can_be_scored(
+    data: &Path,
+    validation_percent: u32,
+    choice: SplitChoice,
+    hint: &str,
+) -> anyhow::Result<()> {
+    use crate::data::dataset::{Split, first_reasons_suffix, first_skip_reasons, scan, split_of};
+    let (entries, skipped) = scan(data)?;
+    let in_split = entries
+        .iter()
+        .filter(|entry| {
+            let split = split_of(&entry.relative, validation_percent);
+            match choice {
+                SplitChoice::Validation => split == Split::Validation,
+                SplitChoice::Train => split == Split::Train,
+                SplitChoice::All => true,
+            }
+        })
+        .count();
+    anyhow::ensure!(
+        in_split >= 2,
+        "{}: {in_split} captioned image(s) in the chosen split; FD-EffNet needs at least 2{hint}\
+         {}",
+        data.display(),
+        first_reasons_suffix(&first_skip_reasons(&skipped))
+    );
+    Ok(())
+}
+
 fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
     use crate::metrics::evaluation::{EvalSetup, NamedModel, evaluate_models, format_table};
@@ -846,26 +886,11 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     pipeline::validate_budgets(&args.tokens, 256)?;
     check_output_file(args.json.as_deref(), "--json")?;
     check_output_file(args.sheet.as_deref(), "--sheet")?;
-    // The split follows from the file names alone: one too small to score is said before the
-    // models load and every image is decoded.
-    let (entries, _) = crate::data::dataset::scan(&args.data)?;
-    let in_split = entries
-        .iter()
-        .filter(|entry| {
-            let split = crate::data::dataset::split_of(&entry.relative, args.validation_percent);
-            match args.split {
-                SplitChoice::Validation => split == Split::Validation,
-                SplitChoice::Train => split == Split::Train,
-                SplitChoice::All => true,
-            }
-        })
-        .count();
-    anyhow::ensure!(
-        in_split >= 2,
-        "{}: {in_split} captioned image(s) in the chosen split; FD-EffNet needs at least 2 \
-         (try --split all or a larger --validation-percent)",
-        args.data.display()
-    );
+    let hint = match args.split {
+        SplitChoice::All => "",
+        _ => " (try --split all or a larger --validation-percent)",
+    };
+    ensure_split_can_be_scored(&args.data, args.validation_percent, args.split, hint)?;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
     let mut spec = EngineSpec::shipped();
@@ -968,7 +993,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
 
 fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     use crate::model::dit::SampleSettings;
-    use crate::pipeline::{GenerateEngine, GenerateSpec, model_identity, validate_sample_settings};
+    use crate::pipeline::{GenerateEngine, GenerateSpec, validate_sample_settings};
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -992,8 +1017,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         !args.baseline || args.dit.is_some(),
         "--baseline needs --dit: a DiT trained on the Baseline's tokens (none ships)"
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("{}: cannot create output folder", args.out.display()))?;
+    create_output_folder(&args.out)?;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
     let mut spec = GenerateSpec::shipped();
@@ -1034,16 +1058,13 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         &CancelToken::new(),
     )?;
     eprintln!();
-    let (textok_id, dit_id) = (
-        model_identity(&engine.textok.source),
-        model_identity(&engine.dit_source),
-    );
+    let models = crate::pipeline::GeneratorIdentity::of(&engine);
     for generated in &images {
         let s = &generated.settings;
         let stem = format!("gen-{}-k{}", s.seed, s.tokens);
         let path = crate::files::claim_unused_path(&args.out, &stem, "png")
             .with_context(|| format!("{}: cannot create an image file", args.out.display()))?;
-        if let Err(error) = crate::pipeline::save_generated(generated, &path, &textok_id, &dit_id) {
+        if let Err(error) = crate::pipeline::save_generated(generated, &path, &models) {
             let _ = std::fs::remove_file(&path);
             return Err(error);
         }
@@ -1070,6 +1091,12 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         count: 1,
     };
     pipeline::validate_sample_settings(&settings, MIN_BUDGET..=256)?;
+    ensure_split_can_be_scored(
+        &args.data,
+        args.validation_percent,
+        SplitChoice::Validation,
+        " (try a larger --validation-percent)",
+    )?;
     let selected = device::select(args.device)?;
     eprintln!("device: {}", selected.description);
     let mut generators = Vec::new();
@@ -1084,6 +1111,37 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         spec.dit = Some(dit.clone());
         generators.push(("baseline", spec));
     }
+    // Every generator is loaded and checked (files, budget, resolution) before any is run: a
+    // mistyped --baseline-dit found after the first generator's 20 minutes would lose them.
+    let mut engines = Vec::new();
+    for (name, spec) in generators {
+        let engine = GenerateEngine::load(&spec, selected.clone())
+            .with_context(|| format!("{name} generator"))?;
+        eprintln!(
+            "{name}: tokenizer {}, DiT {}",
+            engine.textok.source, engine.dit_source
+        );
+        if let Some(warning) = &engine.token_mismatch {
+            eprintln!("warning: {name}: {warning}");
+        }
+        let budgets = engine.budgets();
+        anyhow::ensure!(
+            budgets.contains(&args.tokens),
+            "{name} generator: it makes {}..={} tokens, not {}",
+            budgets.start(),
+            budgets.end(),
+            args.tokens
+        );
+        engines.push((name, engine));
+    }
+    let sizes: Vec<u32> = engines
+        .iter()
+        .map(|(_, engine)| engine.textok.config.image_size as u32)
+        .collect();
+    anyhow::ensure!(
+        sizes.windows(2).all(|pair| pair[0] == pair[1]),
+        "the generators work at different resolutions ({sizes:?} px)"
+    );
     let effnet = crate::model::effnet::EfficientNet::load(
         &crate::paths::effnet_checkpoint(),
         &selected.device,
@@ -1092,7 +1150,6 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     let mut sheet_rows = Vec::new();
     /// What every generator is measured against, loaded at the first generator's resolution.
     struct References {
-        size: u32,
         /// Validation index of each caption.
         chosen: Vec<usize>,
         captions: Vec<String>,
@@ -1103,15 +1160,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     }
     let mut references: Option<References> = None;
     let mut contrasts = Vec::new();
-    for (name, spec) in generators {
-        let engine = GenerateEngine::load(&spec, selected.clone())?;
-        eprintln!(
-            "{name}: tokenizer {}, DiT {}",
-            engine.textok.source, engine.dit_source
-        );
-        if let Some(warning) = &engine.token_mismatch {
-            eprintln!("warning: {name}: {warning}");
-        }
+    for (name, engine) in engines {
         let size = engine.textok.config.image_size as u32;
         if references.is_none() {
             let dataset = Dataset::load(
@@ -1151,7 +1200,6 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             distinct.sort_unstable();
             distinct.dedup();
             references = Some(References {
-                size,
                 contrast_images: distinct.iter().map(|&i| images[i].clone()).collect(),
                 contrast_captions: distinct
                     .iter()
@@ -1163,7 +1211,6 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             });
         }
         let Some(References {
-            size: reference_size,
             chosen,
             captions,
             features: reference_features,
@@ -1173,10 +1220,6 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         else {
             anyhow::bail!("no reference images were loaded")
         };
-        anyhow::ensure!(
-            *reference_size == size,
-            "the generators work at different resolutions ({reference_size} and {size} px)"
-        );
         let contrast_progress = |p: crate::jobs::Progress| eprint!("\r{name}: {}    ", p.message);
         let contrast = caption_contrast(
             &engine,
@@ -1266,8 +1309,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
     }
-    if let (Some(path), Some(references)) = (&args.sheet, &references) {
-        let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, references.size);
+    if let (Some(path), Some(_)) = (&args.sheet, &references) {
+        let sheet = crate::metrics::evaluation::contact_sheet(&sheet_rows, sizes[0]);
         imageio::save_png(&sheet, path, &[])?;
     }
     Ok(())
@@ -1387,6 +1430,16 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Refuses an output file that cannot be written before the work that fills it runs: a folder
 /// in its place, or a parent folder that does not exist.
+/// Creates `out` and checks that files can be made in it, before any model loads: a batch of
+/// samples is not to be lost for want of a writable folder (an existing read-only folder passes
+/// `create_dir_all`).
+fn create_output_folder(out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("{}: cannot create output folder", out.display()))?;
+    crate::files::ensure_writable_dir(out)
+        .with_context(|| format!("{}: cannot write in the output folder", out.display()))
+}
+
 fn check_output_file(path: Option<&Path>, flag: &str) -> anyhow::Result<()> {
     let Some(path) = path else {
         return Ok(());
@@ -1406,7 +1459,13 @@ fn check_output_file(path: Option<&Path>, flag: &str) -> anyhow::Result<()> {
         path.display(),
         parent.display()
     );
-    Ok(())
+    crate::files::ensure_writable_dir(parent).with_context(|| {
+        format!(
+            "{flag} {}: cannot write in the folder {}",
+            path.display(),
+            parent.display()
+        )
+    })
 }
 
 /// First Ctrl-C: finish the step, save, exit. A second one: exit at once.

@@ -52,6 +52,23 @@ impl FileStamp {
     }
 }
 
+/// Fails unless a file can be created in `dir`: what a long job checks before it starts, so
+/// that its results are not lost at the end. The probe file is removed again.
+pub fn ensure_writable_dir(dir: &Path) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let probe = dir.join(format!(
+        ".textok-write-check-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// Hex SHA-256 of a file's contents (model identities in image metadata).
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};

@@ -26,18 +26,17 @@ const RANDOM_INIT_SEED: u64 = 20241207;
 /// Where a tokenizer's weights came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelSource {
-    File(PathBuf),
+    /// A checkpoint file, with the SHA-256 of the bytes that were loaded (the file may be
+    /// replaced while the model is in use, as a training run's `ema.safetensors` is).
+    File { path: PathBuf, sha256: String },
     /// No checkpoint exists yet: a randomly initialised preset stands in (its output is noise).
-    RandomInit {
-        preset: String,
-        missing: PathBuf,
-    },
+    RandomInit { preset: String, missing: PathBuf },
 }
 
 impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ModelSource::File(path) => write!(f, "{}", path.display()),
+            ModelSource::File { path, .. } => write!(f, "{}", path.display()),
             ModelSource::RandomInit { preset, missing } => write!(
                 f,
                 "RANDOMLY INITIALISED `{preset}` preset ({} not found; train one with the training pipeline)",
@@ -81,7 +80,8 @@ impl LoadedTokenizer {
                 });
             }
         };
-        let (model, config) = TexTok::load(path, device)?;
+        let checkpoint = crate::checkpoint::CheckpointFile::read(path)?;
+        let (model, config) = TexTok::from_checkpoint(&checkpoint, device)?;
         if config.text_conditioning != text_conditioning {
             let (is, wanted) = if config.text_conditioning {
                 ("TexTok", "Baseline")
@@ -96,7 +96,10 @@ impl LoadedTokenizer {
         Ok(Self {
             model,
             config,
-            source: ModelSource::File(path.to_owned()),
+            source: ModelSource::File {
+                path: path.to_owned(),
+                sha256: checkpoint.sha256(),
+            },
         })
     }
 }
@@ -527,7 +530,10 @@ fn token_mismatch(
     textok: &ModelSource,
     dit_config: &DitConfig,
 ) -> Option<String> {
-    let ModelSource::File(textok_path) = textok else {
+    let ModelSource::File {
+        path: textok_path, ..
+    } = textok
+    else {
         return None;
     };
     let shipped_dit = match &spec.dit {
@@ -582,15 +588,18 @@ impl GenerateEngine {
             &device.device,
         )?;
         steps.start("the DiT")?;
+        let load_dit = |path: &Path| -> anyhow::Result<(Dit, DitConfig, ModelSource)> {
+            let checkpoint = crate::checkpoint::CheckpointFile::read(path)?;
+            let (dit, config) = Dit::from_checkpoint(&checkpoint, &device.device)?;
+            let source = ModelSource::File {
+                path: path.to_owned(),
+                sha256: checkpoint.sha256(),
+            };
+            Ok((dit, config, source))
+        };
         let (dit, dit_config, dit_source) = match spec.dit.as_deref() {
-            Some(path) => {
-                let (dit, config) = Dit::load(path, &device.device)?;
-                (dit, config, ModelSource::File(path.to_owned()))
-            }
-            None if spec.default_dit.exists() => {
-                let (dit, config) = Dit::load(&spec.default_dit, &device.device)?;
-                (dit, config, ModelSource::File(spec.default_dit.clone()))
-            }
+            Some(path) => load_dit(path)?,
+            None if spec.default_dit.exists() => load_dit(&spec.default_dit)?,
             None => {
                 let config = DitConfig::small();
                 let source = ModelSource::RandomInit {
@@ -644,7 +653,6 @@ impl GenerateEngine {
         Ok(engine)
     }
 
-    /// Largest token budget both models support.
     /// The token budgets this generator can make: what the DiT was trained on, within what
     /// both models hold.
     pub fn budgets(&self) -> RangeInclusive<usize> {
@@ -764,14 +772,37 @@ pub fn generate_for_captions(
     Ok(imageio::from_tensor(decoded))
 }
 
+/// What a generated image's metadata says about the models that made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratorIdentity {
+    /// Which kind of tokenizer decoded the tokens (the Baseline only in comparisons).
+    pub tokenizer: Tokenizer,
+    /// [`model_identity`] of the tokenizer and of the DiT.
+    pub tokenizer_id: String,
+    pub dit_id: String,
+}
+
+impl GeneratorIdentity {
+    pub fn of(engine: &GenerateEngine) -> Self {
+        Self {
+            tokenizer: if engine.textok.config.text_conditioning {
+                Tokenizer::TexTok
+            } else {
+                Tokenizer::Baseline
+            },
+            tokenizer_id: model_identity(&engine.textok.source),
+            dit_id: model_identity(&engine.dit_source),
+        }
+    }
+}
+
 /// Saves a generated image as PNG (atomically) with everything that regenerates it in text
-/// chunks (`iTXt` for a caption outside Latin-1): caption, seed, steps, cfg, tokens and both
-/// models' identities.
+/// chunks (`iTXt` for a caption outside Latin-1): caption, seed, steps, cfg, tokens, which
+/// tokenizer decoded it and both models' identities.
 pub fn save_generated(
     generated: &GeneratedImage,
     path: &Path,
-    textok_identity: &str,
-    dit_identity: &str,
+    models: &GeneratorIdentity,
 ) -> anyhow::Result<()> {
     let s = &generated.settings;
     let values = [
@@ -780,14 +811,16 @@ pub fn save_generated(
         s.cfg.to_string(),
         s.tokens.to_string(),
     ];
+    let tokenizer_key = format!("{}-sha256", models.tokenizer.file_stem());
     let text = [
         ("caption", generated.caption.as_str()),
         ("seed", values[0].as_str()),
         ("steps", values[1].as_str()),
         ("cfg", values[2].as_str()),
         ("tokens", values[3].as_str()),
-        ("textok-sha256", textok_identity),
-        ("dit-sha256", dit_identity),
+        ("tokenizer", models.tokenizer.file_stem()),
+        (tokenizer_key.as_str(), models.tokenizer_id.as_str()),
+        ("dit-sha256", models.dit_id.as_str()),
         (
             "software",
             concat!("textok-studio ", env!("CARGO_PKG_VERSION")),
@@ -800,7 +833,9 @@ pub fn save_generated(
 /// The `generate` command line that makes again the image whose PNG text chunks are `text`
 /// (as [`save_generated`] writes them), or `None` when they are not a generated image's
 /// settings. The numbers are parsed, not pasted, so a crafted file cannot put other words into
-/// the command; the caption is quoted for a POSIX shell.
+/// the command; the caption is quoted for a POSIX shell and joined to its flag with `=`, so a
+/// caption that starts with `-` is not read as a flag. A Baseline image names the two files
+/// it needs (`--baseline` takes no default DiT).
 pub fn regenerate_command(text: &[(String, String)]) -> Option<String> {
     let get = |key: &str| {
         text.iter()
@@ -815,19 +850,24 @@ pub fn regenerate_command(text: &[(String, String)]) -> Option<String> {
         .ok()
         .filter(|cfg: &f32| cfg.is_finite())?;
     let tokens: usize = get("tokens")?.parse().ok()?;
+    let models = match get("tokenizer") {
+        // Images saved before the key existed were all TexTok's.
+        None | Some("textok") => "",
+        Some("baseline") => " --baseline --model BASELINE.safetensors --dit DIT.safetensors",
+        Some(_) => return None,
+    };
     let quoted = format!("'{}'", caption.replace('\'', r"'\''"));
     Some(format!(
-        "textok-studio generate --caption {quoted} --tokens {tokens} --steps {steps} \
+        "textok-studio generate --caption={quoted}{models} --tokens {tokens} --steps {steps} \
          --cfg {cfg} --seed {seed} --count 1 --out OUT"
     ))
 }
 
-/// A model's identity for image metadata: the file's SHA-256, or which stand-in it was.
+/// A model's identity for image metadata: the SHA-256 of the file as it was loaded, or which
+/// stand-in it was.
 pub fn model_identity(source: &ModelSource) -> String {
     match source {
-        ModelSource::File(path) => {
-            crate::files::sha256_file(path).unwrap_or_else(|e| format!("unreadable: {e}"))
-        }
+        ModelSource::File { sha256, .. } => sha256.clone(),
         ModelSource::RandomInit { preset, .. } => {
             format!("random-init:{preset}:{RANDOM_INIT_SEED}")
         }

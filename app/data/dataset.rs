@@ -106,7 +106,16 @@ pub fn reason_without_path(error: &dyn std::fmt::Display, path: &Path) -> String
 /// How many skip reasons a [`DatasetError::Empty`] quotes.
 const QUOTED_REASONS: usize = 3;
 
-fn first_reasons_suffix(reasons: &[String]) -> String {
+/// `file: reason` of the first few skipped files, for an error that says what was wrong.
+pub fn first_skip_reasons(skipped: &[SkippedFile]) -> Vec<String> {
+    skipped
+        .iter()
+        .take(QUOTED_REASONS)
+        .map(|file| format!("{}: {}", file.relative, file.reason))
+        .collect()
+}
+
+pub fn first_reasons_suffix(reasons: &[String]) -> String {
     if reasons.is_empty() {
         String::new()
     } else {
@@ -152,7 +161,13 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
             if line.trim().is_empty() {
                 continue;
             }
-            match serde_json::from_str::<JsonlRecord>(line) {
+            // A file written on Windows separates folders with backslashes; every check below
+            // sees the path as this machine will open it.
+            let record = serde_json::from_str::<JsonlRecord>(line).map(|record| JsonlRecord {
+                file: record.file.replace('\\', "/"),
+                caption: record.caption,
+            });
+            match record {
                 Err(e) => skipped.push(SkippedFile {
                     relative: where_,
                     reason: format!("not a {{file, caption}} record: {e}"),
@@ -170,7 +185,7 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
                     reason: "listed twice in captions.jsonl".into(),
                 }),
                 Ok(record) => entries.push(DatasetEntry {
-                    relative: record.file.replace('\\', "/"),
+                    relative: record.file,
                     caption: record.caption.trim().to_owned(),
                 }),
             }
@@ -484,11 +499,7 @@ impl Dataset {
             return Err(DatasetError::Empty {
                 path: root.to_owned(),
                 skipped: skipped.len(),
-                first_reasons: skipped
-                    .iter()
-                    .take(QUOTED_REASONS)
-                    .map(|file| format!("{}: {}", file.relative, file.reason))
-                    .collect(),
+                first_reasons: first_skip_reasons(&skipped),
             });
         }
         Ok(Self {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::{
-    DynamicImage, GenericImageView, ImageFormat, ImageReader, Limits, Rgb, Rgb32FImage, RgbImage,
-    imageops::FilterType,
+    DynamicImage, GenericImageView, ImageDecoder, ImageFormat, ImageReader, Limits, Rgb,
+    Rgb32FImage, RgbImage, imageops::FilterType, metadata::Orientation,
 };
 
 /// Largest width or height accepted (pixels).
@@ -114,8 +114,19 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageLoadError> {
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
     limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    reader.decode().map_err(|e| decode_error(path, e))
+    reader.limits(limits.clone());
+    let mut decoder = reader.into_decoder().map_err(|e| decode_error(path, e))?;
+    // The whole pixel buffer counts against the limit, as `ImageReader::decode` counts it.
+    limits
+        .reserve(decoder.total_bytes())
+        .map_err(|e| decode_error(path, e))?;
+    // Phone cameras store portrait photos sideways with an EXIF orientation tag; without
+    // applying it the centre crop, the reconstruction and any training would see them rotated.
+    // A tag that cannot be read is no reason to refuse the pixels.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(path, e))?;
+    image.apply_orientation(orientation);
+    Ok(image)
 }
 
 fn has_known_signature(path: &Path) -> bool {

@@ -564,7 +564,7 @@ impl ComparePane {
                         )
                         .on_hover_text(source.to_string());
                     }
-                    Some(crate::pipeline::ModelSource::File(path)) => {
+                    Some(crate::pipeline::ModelSource::File { path, .. }) => {
                         let name = super::file_name_of(path);
                         ui.weak(format!("{label}: {name}"))
                             .on_hover_text(path.display().to_string());

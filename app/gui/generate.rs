@@ -15,7 +15,7 @@ use super::state::{GalleryEntry, GenerationSettings};
 use crate::jobs::{Job, JobState, Progress};
 use crate::model::dit::SampleSettings;
 use crate::model::textok::MIN_BUDGET;
-use crate::pipeline::{model_identity, validate_sample_settings};
+use crate::pipeline::validate_sample_settings;
 
 /// Where generated images are written.
 pub const GENERATED_DIR: &str = "generated";
@@ -33,8 +33,7 @@ pub struct GenerateOutcome {
 pub fn save_generation(
     images: Vec<crate::pipeline::GeneratedImage>,
     out_dir: &Path,
-    textok_id: &str,
-    dit_id: &str,
+    models: &crate::pipeline::GeneratorIdentity,
     stamp: u128,
 ) -> GenerateOutcome {
     let mut entries = Vec::new();
@@ -44,7 +43,7 @@ pub fn save_generation(
         let file = out_dir.join(format!("{stamp}-seed{}-k{}.png", s.seed, s.tokens));
         let saved = std::fs::create_dir_all(out_dir)
             .with_context(|| format!("{}: cannot create the folder", out_dir.display()))
-            .and_then(|()| crate::pipeline::save_generated(&generated, &file, textok_id, dit_id));
+            .and_then(|()| crate::pipeline::save_generated(&generated, &file, models));
         if let Err(error) = saved {
             // Both errors name their path already.
             unsaved.push(format!("{error:#}"));
@@ -174,15 +173,8 @@ impl GeneratePane {
             std::fs::create_dir_all(&out_dir)
                 .with_context(|| format!("{}: cannot create the folder", out_dir.display()))?;
             let images = crate::pipeline::generate(&engine, &caption, &settings, progress, cancel)?;
-            let textok_id = model_identity(&engine.textok.source);
-            let dit_id = model_identity(&engine.dit_source);
-            Ok(save_generation(
-                images,
-                &out_dir,
-                &textok_id,
-                &dit_id,
-                now_millis(),
-            ))
+            let models = crate::pipeline::GeneratorIdentity::of(&engine);
+            Ok(save_generation(images, &out_dir, &models, now_millis()))
         });
         self.last_error = None;
         self.running = Some(Running {

@@ -10,7 +10,8 @@
 # up to that share of their spread: the first shipped decoders turned tokens that are off by
 # 10-30 % (what a small DiT samples) into a mosaic of wrong patches. NOISE 0 trains on clean
 # tokens: a sharper decoder after the shipped one's single epoch. Runs side by side, one
-# thread each, nice 19.
+# thread each, nice 19. SEED (environment, default 0) picks the data order: a further round
+# with another seed sees the images an earlier round's 1,000 steps of 8 did not reach.
 set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}
@@ -20,7 +21,7 @@ minutes=${5:-}
 bin=${TEXTOK_STUDIO:-target/release/textok-studio}
 models=${TEXTOK_MODELS_DIR:-models}
 common=(--data "$corpus" --preset small --steps "$steps" --batch 8 --lr 3e-4 --warmup 20
-        --eval-every 250 --eval-images 64 --checkpoint-minutes 10 --seed 0 --device cpu
+        --eval-every 250 --eval-images 64 --checkpoint-minutes 10 --seed "${SEED:-0}" --device cpu
         --freeze-encoder --token-noise "$noise")
 [ -n "$minutes" ] && common+=(--max-minutes "$minutes")
 mkdir -p "$runs"

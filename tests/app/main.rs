@@ -1050,7 +1050,12 @@ fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
     };
     // A folder where the second image goes: that one save fails, the other two must not.
     std::fs::create_dir_all(out.join("7-seed2-k32.png")).unwrap();
-    let outcome = save_generation(vec![image(1), image(2), image(3)], &out, "t", "d", 7);
+    let models = textok_studio::pipeline::GeneratorIdentity {
+        tokenizer: textok_studio::pipeline::Tokenizer::TexTok,
+        tokenizer_id: "t".into(),
+        dit_id: "d".into(),
+    };
+    let outcome = save_generation(vec![image(1), image(2), image(3)], &out, &models, 7);
     let seeds: Vec<u64> = outcome.entries.iter().map(|e| e.settings.seed).collect();
     assert_eq!(seeds, [1, 3]);
     assert!(outcome.entries.iter().all(|e| e.file.is_file()));
@@ -1063,7 +1068,7 @@ fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
 
     // The folder removed while the sampler ran: made again, nothing lost.
     std::fs::remove_dir_all(&out).unwrap();
-    let outcome = save_generation(vec![image(4)], &out, "t", "d", 8);
+    let outcome = save_generation(vec![image(4)], &out, &models, 8);
     assert!(outcome.unsaved.is_empty(), "{:?}", outcome.unsaved);
     assert!(out.join("8-seed4-k32.png").is_file());
 }

@@ -268,6 +268,15 @@ fn out_of_range_counts_and_unwritable_outputs_are_refused_before_any_work() {
         (vec!["--quit-after", "nan"], "--quit-after"),
         (vec!["--quit-after=-1"], "--quit-after"),
         (vec!["--quit-after", "0"], "--quit-after"),
+        // 0 would evaluate at every step, or on no image at all.
+        (
+            vec!["train", "tokenizer", "--data", folder, "--eval-every", "0"],
+            "--eval-every",
+        ),
+        (
+            vec!["train", "tokenizer", "--data", folder, "--eval-images", "0"],
+            "--eval-images",
+        ),
     ] {
         let output = studio(&args, None);
         assert!(!output.status.success(), "{args:?}");
@@ -324,6 +333,44 @@ fn out_of_range_counts_and_unwritable_outputs_are_refused_before_any_work() {
         "{}",
         stderr(&output)
     );
+    // gen-eval makes the same check first, with its own hint (it has no --split).
+    let output = studio(
+        &["gen-eval", "--data", data, "--validation-percent", "0"],
+        no_models,
+    );
+    assert_one_line_error(&output, "try a larger --validation-percent");
+    // A folder that exists but takes no files (even for root): said before any model loads or
+    // any image is sampled, not when the first result is written.
+    #[cfg(target_os = "linux")]
+    let apple = repo_path("assets/samples/apple.png");
+    #[cfg(target_os = "linux")]
+    for args in [
+        vec![
+            "generate",
+            "--caption",
+            "a red circle",
+            "--out",
+            "/proc/self",
+        ],
+        vec![
+            "reconstruct",
+            "--image",
+            apple.to_str().unwrap(),
+            "--caption",
+            "an apple",
+            "--out",
+            "/proc/self",
+        ],
+        vec!["eval", "--data", data, "--json", "/proc/self/eval.json"],
+    ] {
+        let output = studio(&args, no_models);
+        assert_one_line_error(&output, "/proc/self");
+        assert!(
+            stderr(&output).contains("cannot write"),
+            "{}",
+            stderr(&output)
+        );
+    }
     // Training settings that are not numbers: refused before any data is read.
     let out = dir.path().join("run");
     for (trainer, flag, value, needle) in [
@@ -648,9 +695,28 @@ fn the_regenerate_command_quotes_the_caption_and_takes_only_numbers() {
     };
     assert_eq!(
         regenerate_command(&text("7")).unwrap(),
-        "textok-studio generate --caption 'Bob'\\''s \"red\" $apple' --tokens 64 --steps 50 \
+        "textok-studio generate --caption='Bob'\\''s \"red\" $apple' --tokens 64 --steps 50 \
          --cfg 3 --seed 7 --count 1 --out OUT"
     );
+    // A caption that starts with a dash stays the flag's value, not a flag of its own.
+    let mut dashed = text("7");
+    dashed[0].1 = "- a red circle".into();
+    let command = regenerate_command(&dashed).unwrap();
+    use clap::Parser;
+    let words = ["generate", "--caption=- a red circle", "--out", "OUT"];
+    let parsed =
+        textok_studio::cli::Cli::try_parse_from(std::iter::once("textok-studio").chain(words));
+    match parsed.map(|cli| cli.command) {
+        Ok(Some(textok_studio::cli::Command::Generate(args))) => {
+            assert_eq!(args.caption, "- a red circle")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(command.contains("--caption='- a red circle'"), "{command}");
+    // An unknown tokenizer kind is not guessed at.
+    let mut odd = text("7");
+    odd.push(("tokenizer".into(), "other".into()));
+    assert_eq!(regenerate_command(&odd), None);
     assert_eq!(regenerate_command(&text("7; rm -rf ~")), None);
     assert_eq!(
         regenerate_command(&text("7")[..4]),
@@ -753,6 +819,7 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
         textok_studio::files::sha256_file(&dit_path).unwrap()
     );
     assert_eq!(meta["textok-sha256"].len(), 64);
+    assert_eq!(meta["tokenizer"], "textok");
     // `info` shows the settings and the command that makes the image again.
     let info = studio(&["info", b.to_str().unwrap()], None);
     assert!(info.status.success(), "{}", stderr(&info));
@@ -761,7 +828,7 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     assert!(text.contains(&format!("caption:    {CAPTION}")), "{text}");
     assert!(
         text.contains(&format!(
-            "regenerate: textok-studio generate --caption '{CAPTION}' --tokens 48 --steps 4 \
+            "regenerate: textok-studio generate --caption='{CAPTION}' --tokens 48 --steps 4 \
              --cfg 2.5 --seed 11 --count 1 --out OUT"
         )),
         "{text}"
@@ -1068,6 +1135,32 @@ fn tiny_engine(
     spec.textok = Some(tokenizer.into());
     spec.dit = Some(dit.to_owned());
     textok_studio::pipeline::GenerateEngine::load(&spec, textok_studio::device::cpu()).unwrap()
+}
+
+#[test]
+fn generated_images_name_the_models_as_they_were_loaded() {
+    // A DiT named while its training run still rewrites the file: the images carry the hash
+    // of the weights that made them, not of whatever the file holds when they are saved.
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _, dit) = save_tiny_generator(dir.path());
+    let loaded_hash = textok_studio::files::sha256_file(&dit).unwrap();
+    let engine = tiny_engine(&textok, &dit, false);
+    save_tiny_dit(&dit, 9);
+    assert_ne!(
+        textok_studio::files::sha256_file(&dit).unwrap(),
+        loaded_hash
+    );
+    let models = textok_studio::pipeline::GeneratorIdentity::of(&engine);
+    assert_eq!(models.dit_id, loaded_hash);
+    assert_eq!(models.tokenizer, textok_studio::pipeline::Tokenizer::TexTok);
+    std::fs::remove_file(Path::new(&textok)).unwrap();
+    assert_eq!(
+        textok_studio::pipeline::GeneratorIdentity::of(&engine)
+            .tokenizer_id
+            .len(),
+        64,
+        "a deleted file is still named by the hash it had"
+    );
 }
 
 #[test]
@@ -1390,6 +1483,44 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
         3 * (32 + 4) + 4,
         "the validation images, then a row per generator"
     );
+    // A Baseline DiT that cannot be read is found before the TexTok generator runs, not after.
+    let missing = dir.path().join("no-such-dit.safetensors");
+    let output = studio(
+        &[
+            "gen-eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--validation-percent",
+            "99",
+            "--images",
+            "6",
+            "--tokens",
+            "32",
+            "--steps",
+            "2",
+            "--model",
+            &textok,
+            "--dit",
+            dit.to_str().unwrap(),
+            "--baseline",
+            &baseline,
+            "--baseline-dit",
+            missing.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("baseline generator") && err.contains("no-such-dit"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("caption contrast") && !err.contains("1/6"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1517,10 +1648,28 @@ fn generate_decodes_with_the_baseline_when_asked_and_needs_its_dit() {
     let output = run(&baseline, Some(&dit), "baseline");
     assert!(output.status.success(), "{}", stderr(&output));
     let meta = png_text(&dir.path().join("baseline/gen-3-k40.png"));
+    assert_eq!(meta["tokenizer"], "baseline");
     assert_eq!(
-        meta["textok-sha256"],
+        meta["baseline-sha256"],
         textok_studio::files::sha256_file(Path::new(&baseline)).unwrap(),
         "decoded by the Baseline"
+    );
+    assert!(!meta.contains_key("textok-sha256"));
+    // `info` says how to make it again: with the Baseline, which needs both files named.
+    let info = studio(
+        &[
+            "info",
+            dir.path().join("baseline/gen-3-k40.png").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        stdout(&info).contains(
+            "generate --caption='a red apple' --baseline --model BASELINE.safetensors \
+             --dit DIT.safetensors --tokens 40"
+        ),
+        "{}",
+        stdout(&info)
     );
     assert_one_line_error(&run(&baseline, None, "no-dit"), "--baseline needs --dit");
     // A TexTok checkpoint is not a Baseline.

@@ -139,7 +139,10 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     picture(&root.join("more/unlisted.png"), 4);
     // One listed with a `./` in front: listed all the same.
     picture(&root.join("more/dotted.png"), 5);
+    // One listed the Windows way, with a backslash.
+    picture(&root.join("more/windows.png"), 6);
     let lines = [
+        r#"{"file": "more\\windows.png", "caption": "written on Windows"}"#,
         r#"{"file": "./more/dotted.png", "caption": "a dotted path"}"#,
         r#"{"file": "dots..png", "caption": "two dots in the name are not a parent folder"}"#,
         r#"{"file": "one.png", "caption": "the first picture"}"#,
@@ -156,14 +159,15 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     bytes.extend_from_slice(b"{\"file\": \"one.png\", \"caption\": \"caf\xE9\"}\r\n");
     std::fs::write(root.join("captions.jsonl"), bytes).unwrap();
     let (entries, skipped) = scan(root).unwrap();
-    assert_eq!(entries.len(), 4, "{skipped:?}");
+    assert_eq!(entries.len(), 5, "{skipped:?}");
     assert_eq!(entries[1].relative, "dots..png", "the first lines are read");
-    assert_eq!(entries[3].caption, "the second picture");
+    assert_eq!(entries[2].relative, "more/windows.png");
+    assert_eq!(entries[4].caption, "the second picture");
     assert_eq!(skipped.len(), 6, "{skipped:?}");
     let not_utf8 = &skipped[4];
     assert_eq!(
         (not_utf8.relative.as_str(), not_utf8.reason.as_str()),
-        ("captions.jsonl:9", "not UTF-8 text")
+        ("captions.jsonl:10", "not UTF-8 text")
     );
     // The image the file does not list is reported, not silently left out.
     let unlisted = skipped.last().unwrap();
@@ -175,7 +179,7 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
         )
     );
     let dataset = Dataset::load(root, 16, 5, None, &NoProgress, &CancelToken::new()).unwrap();
-    assert_eq!(dataset.items.len(), 4);
+    assert_eq!(dataset.items.len(), 5);
 }
 
 #[test]

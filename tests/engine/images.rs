@@ -125,6 +125,60 @@ fn cmyk_jpeg_decodes_to_the_right_colour() {
     );
 }
 
+/// A baseline JPEG of `image` with an EXIF APP1 segment carrying only the orientation tag, as a
+/// phone camera writes a portrait photo (its sensor's landscape pixels, plus "rotate me").
+fn jpeg_with_orientation(image: &image::RgbImage, orientation: u16) -> Vec<u8> {
+    let mut plain = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut plain, 95)
+        .encode_image(image)
+        .unwrap();
+    // Big-endian TIFF header, one IFD with one SHORT entry: tag 0x0112 = orientation.
+    let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01".to_vec();
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut app1 = b"Exif\x00\x00".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut jpeg = plain[..2].to_vec(); // SOI
+    jpeg.extend_from_slice(&[0xFF, 0xE1]);
+    jpeg.extend_from_slice(&(app1.len() as u16 + 2).to_be_bytes());
+    jpeg.extend_from_slice(&app1);
+    jpeg.extend_from_slice(&plain[2..]);
+    jpeg
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    // Stored 64x32, red on the left, green on the right; orientation 6 says "rotate 90° clockwise
+    // to show", so the picture is 32x64 with red on top.
+    let stored = image::RgbImage::from_fn(64, 32, |x, _| {
+        if x < 32 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 255, 0])
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portrait.jpg");
+    std::fs::write(&path, jpeg_with_orientation(&stored, 6)).unwrap();
+    let decoded = imageio::decode_file(&path).unwrap().to_rgb8();
+    assert_eq!(decoded.dimensions(), (32, 64));
+    let [r, g, _] = decoded.get_pixel(16, 8).0;
+    assert!(r > 200 && g < 60, "top should be red, got {:?}", (r, g));
+    let [r, g, _] = decoded.get_pixel(16, 56).0;
+    assert!(
+        g > 200 && r < 60,
+        "bottom should be green, got {:?}",
+        (r, g)
+    );
+
+    // Orientation 1 leaves the pixels as stored.
+    std::fs::write(&path, jpeg_with_orientation(&stored, 1)).unwrap();
+    assert_eq!(
+        imageio::decode_file(&path).unwrap().to_rgb8().dimensions(),
+        (64, 32)
+    );
+}
+
 #[test]
 fn alpha_is_composited_on_white_and_the_centre_is_cropped() {
     let dir = tempfile::tempdir().unwrap();
