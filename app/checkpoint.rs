@@ -269,9 +269,14 @@ impl CheckpointFile {
     /// selects (each one's name, shape and values, in name order). Two files that agree on
     /// these compute the same function with those tensors, whatever else in them differs: a
     /// tokenizer whose detokenizer alone was fine-tuned still makes the same tokens, and a
-    /// cache of them stays valid. Float values are hashed as f32 and the config as parsed JSON,
-    /// so a run's f32 `ema.safetensors` and an f16 file of the same weights agree.
-    pub fn selected_tensors_sha256(&self, include: impl Fn(&str) -> bool) -> String {
+    /// cache of them stays valid. Float values are hashed as f32, first rounded to f16 when
+    /// `precision` says so, and the config as parsed JSON: with [`HashPrecision::F16`] a run's
+    /// f32 `ema.safetensors` and its `export-f16` file agree.
+    pub fn selected_tensors_sha256(
+        &self,
+        include: impl Fn(&str) -> bool,
+        precision: HashPrecision,
+    ) -> String {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         let mut update = |part: &[u8]| {
@@ -302,7 +307,14 @@ impl CheckpointFile {
             update(format!("{:?}", view.shape()).as_bytes());
             match decode_f32(&view) {
                 Some(values) => {
-                    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    let round = |v: f32| match precision {
+                        HashPrecision::F32 => v,
+                        HashPrecision::F16 => half::f16::from_f32(v).to_f32(),
+                    };
+                    let bytes: Vec<u8> = values
+                        .iter()
+                        .flat_map(|&v| round(v).to_le_bytes())
+                        .collect();
                     update(&bytes);
                 }
                 None => {
@@ -470,6 +482,15 @@ fn decode_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
         ),
         _ => None,
     }
+}
+
+/// The precision at which [`CheckpointFile::selected_tensors_sha256`] hashes float values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashPrecision {
+    /// The values as stored (read as f32).
+    F32,
+    /// Rounded to f16 first, the precision checkpoints are shipped in.
+    F16,
 }
 
 /// A parameter copied to host memory as f32, with its module path and burn parameter id.

@@ -1073,6 +1073,9 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Images per row of `gen-eval`'s contact sheet.
+const SHEET_COLUMNS: usize = 8;
+
 fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
     use crate::metrics::evaluation::{
@@ -1195,7 +1198,13 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
                 effnet_features(&effnet, &images, &selected.device)?
             };
             // The sheet's first row: the images whose captions the generators were given.
-            sheet_rows.push(chosen.iter().take(8).map(|&i| images[i].clone()).collect());
+            sheet_rows.push(
+                chosen
+                    .iter()
+                    .take(SHEET_COLUMNS)
+                    .map(|&i| images[i].clone())
+                    .collect(),
+            );
             let mut distinct = chosen.clone();
             distinct.sort_unstable();
             distinct.dedup();
@@ -1244,6 +1253,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             reference_features,
             &effnet,
             &settings,
+            SHEET_COLUMNS,
             &progress,
             &CancelToken::new(),
         )?;
@@ -1254,7 +1264,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             chosen,
             CAPTION_MATCH_K,
         );
-        sheet_rows.push(generated.images.into_iter().take(8).collect::<Vec<_>>());
+        sheet_rows.push(generated.images);
         records.push(GenerationRecord {
             model: name.to_owned(),
             tokens: args.tokens,
@@ -1565,7 +1575,10 @@ fn run_training(
             out.join("ema.safetensors").display()
         );
     } else {
-        println!("stopped at step {}; continue with --resume", outcome.step);
+        println!(
+            "stopped at step {}; continue with the same command and --resume",
+            outcome.step
+        );
     }
     Ok(())
 }

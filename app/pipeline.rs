@@ -543,7 +543,10 @@ fn token_mismatch(
     // With `baseline` the spec's default tokenizer is the shipped Baseline, not the TexTok the
     // shipped DiT was trained on; a Baseline's encoder never makes TexTok's tokens anyway.
     let same_tokens = match &dit_config.tokenizer_encoder_sha256 {
-        Some(hash) => TexTok::encoder_sha256(textok_path).ok()? == *hash,
+        Some(hash) => {
+            let file = crate::checkpoint::CheckpointFile::read(textok_path).ok()?;
+            TexTok::encoder_matches(&file, hash).ok()?
+        }
         None if shipped_dit && spec.baseline => false,
         None if shipped_dit => {
             TexTok::encoder_sha256(textok_path).ok()?

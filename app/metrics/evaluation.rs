@@ -341,19 +341,24 @@ pub fn effnet_features(
 /// What [`generation_fd`] made and measured.
 pub struct GeneratedSet {
     pub fd_effnet: f64,
+    /// The first `keep_images` generated images (for a contact sheet).
     pub images: Vec<image::Rgb32FImage>,
-    /// EfficientNet features of `images`, one row each.
+    /// EfficientNet features of every generated image, one row each, in caption order.
     pub features: Vec<Vec<f32>>,
 }
 
 /// Generates one image per caption (seeds `settings.seed + i`, in batches) and measures the
-/// FD-EffNet between them and the references' features ([`effnet_features`]).
+/// FD-EffNet between them and the references' features ([`effnet_features`]). Each batch is
+/// reduced to its features as it is made, and only the first `keep_images` images are kept: a
+/// 128-pixel image in f32 takes 192 KiB, so 50,000 of them would need 10 GB.
+#[allow(clippy::too_many_arguments)]
 pub fn generation_fd(
     engine: &crate::pipeline::GenerateEngine,
     captions: &[String],
     reference_features: &[Vec<f32>],
     effnet: &EfficientNet,
     settings: &crate::model::dit::SampleSettings,
+    keep_images: usize,
     progress: &dyn ProgressSink,
     cancel: &CancelToken,
 ) -> anyhow::Result<GeneratedSet> {
@@ -363,7 +368,8 @@ pub fn generation_fd(
         "FD-EffNet needs at least 2 generated and 2 reference images"
     );
     let total = captions.len().div_ceil(BATCH);
-    let mut generated = Vec::with_capacity(captions.len());
+    let mut kept = Vec::with_capacity(keep_images.min(captions.len()));
+    let mut features = Vec::with_capacity(captions.len());
     for (index, chunk) in captions.chunks(BATCH).enumerate() {
         cancel.check()?;
         let batch_settings = crate::model::dit::SampleSettings {
@@ -371,23 +377,25 @@ pub fn generation_fd(
             ..settings.clone()
         };
         let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        generated.extend(crate::pipeline::generate_for_captions(
+        let batch = crate::pipeline::generate_for_captions(
             engine,
             &chunk,
             &batch_settings,
             &crate::jobs::NoProgress,
             cancel,
-        )?);
+        )?;
+        features.extend(effnet_features(effnet, &batch, &engine.device.device)?);
+        let room = keep_images.saturating_sub(kept.len());
+        kept.extend(batch.into_iter().take(room));
         progress.report(Progress {
             done: index + 1,
             total,
-            message: format!("generated {} images", generated.len()),
+            message: format!("generated {} images", features.len()),
         });
     }
-    let features = effnet_features(effnet, &generated, &engine.device.device)?;
     Ok(GeneratedSet {
         fd_effnet: super::fd::frechet_distance(&features, reference_features),
-        images: generated,
+        images: kept,
         features,
     })
 }

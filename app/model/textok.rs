@@ -33,7 +33,9 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use super::layers::{MASKED_KEY_BIAS, VitBlock, VitBlockConfig};
 use super::text_encoder::TextEmbeddings;
-use crate::checkpoint::{CheckpointError, CheckpointFile, StoredPrecision, save_module};
+use crate::checkpoint::{
+    CheckpointError, CheckpointFile, HashPrecision, StoredPrecision, save_module,
+};
 
 /// Checkpoint kind of TexTok and Baseline tokenizers (the config says which).
 pub const KIND_TEXTOK: &str = "textok-tokenizer";
@@ -518,7 +520,9 @@ impl TexTok {
 
     /// A hash of what a checkpoint's tokens depend on: its config and its tokenizer half.
     /// Equal for two files whose detokenizers alone differ (`train tokenizer
-    /// --freeze-encoder`), so tokens cached for one serve the other.
+    /// --freeze-encoder`), so tokens cached for one serve the other. The weights are hashed at
+    /// f16 precision, which `export-f16` keeps: a run's f32 file and its f16 export make the
+    /// same tokens to that precision, and a DiT trained on one serves the other.
     pub fn encoder_sha256(path: &Path) -> Result<String, CheckpointError> {
         Self::encoder_sha256_of(&CheckpointFile::read(path)?)
     }
@@ -526,7 +530,24 @@ impl TexTok {
     /// [`Self::encoder_sha256`] of a checkpoint already read.
     pub fn encoder_sha256_of(checkpoint: &CheckpointFile) -> Result<String, CheckpointError> {
         checkpoint.expect_kind(KIND_TEXTOK)?;
-        Ok(checkpoint.selected_tensors_sha256(Self::is_encoder_tensor))
+        Ok(checkpoint.selected_tensors_sha256(Self::is_encoder_tensor, HashPrecision::F16))
+    }
+
+    /// The hash DiTs and latent caches recorded before [`Self::encoder_sha256`] rounded to
+    /// f16: the exact stored values. The two agree for an f16 file (every shipped one).
+    pub fn exact_encoder_sha256_of(checkpoint: &CheckpointFile) -> Result<String, CheckpointError> {
+        checkpoint.expect_kind(KIND_TEXTOK)?;
+        Ok(checkpoint.selected_tensors_sha256(Self::is_encoder_tensor, HashPrecision::F32))
+    }
+
+    /// Whether `recorded`, a DiT's or a latent cache's encoder hash, names this checkpoint's
+    /// encoder, as hashed now or before the rounding.
+    pub fn encoder_matches(
+        checkpoint: &CheckpointFile,
+        recorded: &str,
+    ) -> Result<bool, CheckpointError> {
+        Ok(Self::encoder_sha256_of(checkpoint)? == recorded
+            || Self::exact_encoder_sha256_of(checkpoint)? == recorded)
     }
 
     /// [`Self::load`] from a checkpoint already read.

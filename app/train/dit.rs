@@ -185,6 +185,8 @@ struct TokenizerIdentity {
     file_sha256: String,
     /// [`TexTok::encoder_sha256`]: the same for every file that makes the same tokens.
     encoder_sha256: String,
+    /// [`TexTok::exact_encoder_sha256_of`]: what caches made before the f16 rounding recorded.
+    exact_encoder_sha256: String,
 }
 
 /// Latents of every training image, `[max_tokens x token_dim]` each, row-major.
@@ -223,7 +225,8 @@ impl LatentCache {
         let header: serde_json::Value = serde_json::from_slice(bytes.get(8..at)?).ok()?;
         let tokens = usize::try_from(header["tokens"].as_u64()?).ok()?;
         let same_tokenizer = header["tokenizer_sha256"] == tokenizer.file_sha256.as_str()
-            || header["encoder_sha256"] == tokenizer.encoder_sha256.as_str();
+            || header["encoder_sha256"] == tokenizer.encoder_sha256.as_str()
+            || header["encoder_sha256"] == tokenizer.exact_encoder_sha256.as_str();
         if !same_tokenizer
             || header["dim"].as_u64()? != dim as u64
             || !(needed..=max_tokens).contains(&tokens)
@@ -403,6 +406,7 @@ pub fn train_dit(
     let tokenizer_identity = TokenizerIdentity {
         file_sha256: tokenizer_file.sha256(),
         encoder_sha256: TexTok::encoder_sha256_of(&tokenizer_file)?,
+        exact_encoder_sha256: TexTok::exact_encoder_sha256_of(&tokenizer_file)?,
     };
     drop(tokenizer_file);
     let size = tokenizer_config.image_size as u32;

@@ -315,10 +315,16 @@ pub fn resolve_run_config<C: RunConfig>(
                 config_path.display()
             )
         })?;
+        let differences = differing_settings(
+            &serde_json::to_value(requested.as_continuation_of(&stored))?,
+            &serde_json::to_value(&stored)?,
+        );
         anyhow::ensure!(
-            requested.as_continuation_of(&stored) == stored,
-            "{}: the run was started with other settings; resume with the same ones (only --steps may change)",
-            run_dir.display()
+            differences.is_empty(),
+            "{}: the run was started with other settings; resume with the same ones (only \
+             --steps may change): {}",
+            run_dir.display(),
+            differences.join(", ")
         );
         let (stored_steps, warmup) = stored.schedule();
         stored.with_schedule(requested.schedule().0.max(stored_steps), warmup)
@@ -336,6 +342,37 @@ pub fn resolve_run_config<C: RunConfig>(
     )
     .with_context(|| format!("{}: cannot write", config_path.display()))?;
     Ok(config)
+}
+
+/// The settings in which a resume request differs from the run's stored ones, as `name: stored
+/// (given: requested)`, so that the refusal says what to type. Two paths that name the same
+/// file or folder (`data` and `./data`) do not differ.
+fn differing_settings(requested: &serde_json::Value, stored: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    let (Value::Object(requested), Value::Object(stored)) = (requested, stored) else {
+        return if requested == stored {
+            Vec::new()
+        } else {
+            vec![format!("{stored} (given: {requested})")]
+        };
+    };
+    let mut names: Vec<&String> = stored.keys().chain(requested.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (given, had) = (requested.get(name), stored.get(name));
+            let same = match (given, had) {
+                (Some(Value::String(a)), Some(Value::String(b))) => {
+                    a == b || crate::files::same_file(Path::new(a), Path::new(b))
+                }
+                _ => given == had,
+            };
+            let show = |value: Option<&Value>| value.map_or("none".to_owned(), Value::to_string);
+            (!same).then(|| format!("{name} {} (given: {})", show(had), show(given)))
+        })
+        .collect()
 }
 
 /// Loads a training dataset through the shared decode cache and checks the training split.

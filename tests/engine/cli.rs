@@ -1025,7 +1025,7 @@ fn ctrl_c_during_training_saves_the_state_and_exits_cleanly() {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
-        stdout(&output).contains("continue with --resume"),
+        stdout(&output).contains("continue with the same command and --resume"),
         "{}",
         stdout(&output)
     );
@@ -1086,6 +1086,22 @@ fn export_f16_keeps_the_model_and_halves_the_file() {
         difference < 0.02,
         "f16 weights changed the output by {difference}"
     );
+    // The tokens agree to f16 precision, and so does the encoder hash: a DiT trained on a run's
+    // f32 file serves that file's export without a "trained on other tokens" warning.
+    use textok_studio::checkpoint::CheckpointFile;
+    use textok_studio::model::textok::TexTok;
+    let (full_file, half_file) = (
+        CheckpointFile::read(&full).unwrap(),
+        CheckpointFile::read(&half).unwrap(),
+    );
+    let encoder_hash = TexTok::encoder_sha256_of(&full_file).unwrap();
+    assert_eq!(encoder_hash, TexTok::encoder_sha256_of(&half_file).unwrap());
+    assert!(TexTok::encoder_matches(&half_file, &encoder_hash).unwrap());
+    // The exact hash, which DiTs and caches recorded before, still names its own file only.
+    let exact = TexTok::exact_encoder_sha256_of(&full_file).unwrap();
+    assert_ne!(exact, encoder_hash, "the f32 values are not all f16 values");
+    assert!(TexTok::encoder_matches(&full_file, &exact).unwrap());
+    assert!(!TexTok::encoder_matches(&half_file, &exact).unwrap());
 
     let dit = dir.path().join("dit.safetensors");
     save_tiny_dit(&dit, 5);
@@ -1312,6 +1328,53 @@ fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
         }
         assert_ne!(together[0], together[1]);
     }
+}
+
+#[test]
+fn generation_fd_scores_every_image_but_keeps_only_the_ones_asked_for() {
+    use textok_studio::jobs::{CancelToken, NoProgress};
+    use textok_studio::metrics::evaluation::{effnet_features, generation_fd};
+    let dir = tempfile::tempdir().unwrap();
+    let (textok, _, dit) = save_tiny_generator(dir.path());
+    let engine = tiny_engine(&textok, &dit, false);
+    let device = engine.device.device.clone();
+    let effnet = textok_studio::model::effnet::EfficientNet::load(
+        &textok_studio::paths::effnet_checkpoint(),
+        &device,
+    )
+    .unwrap();
+    let references: Vec<_> = (0..3u8)
+        .map(|i| image::Rgb32FImage::from_pixel(32, 32, image::Rgb([0.3 * f32::from(i), 0.5, 0.2])))
+        .collect();
+    let reference_features = effnet_features(&effnet, &references, &device).unwrap();
+    let captions: Vec<String> = (0..18).map(|i| format!("picture number {i}")).collect();
+    let settings = textok_studio::model::dit::SampleSettings {
+        tokens: 32,
+        steps: 2,
+        cfg: 2.0,
+        seed: 5,
+        count: 1,
+    };
+    let set = generation_fd(
+        &engine,
+        &captions,
+        &reference_features,
+        &effnet,
+        &settings,
+        3,
+        &NoProgress,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    // 18 captions are two batches: every image is scored, only the first 3 are held.
+    assert_eq!(set.features.len(), 18);
+    assert_eq!(set.images.len(), 3);
+    assert!(set.fd_effnet.is_finite());
+    // The kept images are the first ones, and their features are theirs.
+    assert_eq!(
+        effnet_features(&effnet, &set.images, &device).unwrap(),
+        set.features[..3].to_vec()
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use textok_studio::train::tokenizer::{
     StateExtras, StepReport, TokenizerTrainConfig, TrainObserver, TrainingModels, TrainingState,
     load_state, new_optimizer, save_state, train_tokenizer,
 };
-use textok_studio::train::{SplitMix64, learning_rate};
+use textok_studio::train::{SplitMix64, learning_rate, resolve_run_config};
 
 use crate::common::*;
 
@@ -181,8 +181,21 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     assert!(err.to_string().contains("--resume"), "{err}");
     let mut changed = tiny_config(&data, 2, true);
     changed.learning_rate = 1.0;
-    let err = train(&run, &changed, true).unwrap_err();
-    assert!(err.to_string().contains("other settings"), "{err}");
+    let err = train(&run, &changed, true).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+    // It names what differs, with the run's value and the one given.
+    let stored_lr = tiny_config(&data, 2, true).learning_rate;
+    assert!(
+        err.contains(&format!("learning_rate {stored_lr:?} (given: 1.0)")),
+        "{err}"
+    );
+    assert!(!err.contains("batch"), "only what differs: {err}");
+    // The same data folder spelled another way is the same setting: this resume goes past
+    // the settings check (and fails later only if something else is wrong).
+    let mut respelled = tiny_config(&data, 2, true);
+    respelled.data = data.join(".");
+    let respelled_err = resolve_run_config(&run, &respelled, true).err();
+    assert!(respelled_err.is_none(), "{respelled_err:?}");
     // Only --steps may grow: this continues the same run to step 4.
     let outcome = train_tokenizer(
         &run,
