@@ -530,7 +530,7 @@ impl ComparePane {
                 ui,
                 &mut item.caption,
                 counter.as_deref(),
-                "compare-caption",
+                ("compare-caption", &path),
                 Some(super::library::NO_CAPTION_HINT),
             )
         {

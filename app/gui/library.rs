@@ -224,11 +224,14 @@ pub const MAX_CAPTION_CHARS: usize = 2000;
 
 /// Caption editor shared by the Library, Compare and Generate panes: multi-line, with the token
 /// count, and `blank_hint` under an empty caption. Returns true when the caption changed.
+/// `id` names the editor's state, its undo history included: an editor that shows one image's
+/// caption after another must include the image in it, or Ctrl+Z brings the previous image's
+/// text into this one.
 pub fn caption_editor(
     ui: &mut egui::Ui,
     caption: &mut String,
     counter: Option<&CaptionTokenCounter>,
-    id: &str,
+    id: impl std::hash::Hash + std::fmt::Debug,
     blank_hint: Option<&str>,
 ) -> bool {
     let changed = ui
@@ -544,7 +547,7 @@ impl LibraryPane {
             ui,
             &mut item.caption,
             counter.as_deref(),
-            "library-caption",
+            ("library-caption", &path),
             Some(NO_CAPTION_HINT),
         ) {
             app.caption_edited(&path);

@@ -804,6 +804,45 @@ fn compare_offers_only_the_budgets_the_models_hold() {
 }
 
 #[test]
+fn undo_in_a_caption_editor_stays_with_its_image() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.open = vec![sample("apple"), sample("penguin")];
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    harness.state_mut().app.state.selected = Some(sample("apple"));
+    harness.step();
+    let type_into_caption = |harness: &mut Harness<'static, StudioApp>, text: &str| {
+        harness.get_by_role(Role::MultilineTextInput).focus();
+        harness.step();
+        harness
+            .get_by_role(Role::MultilineTextInput)
+            .type_text(text);
+        // egui records an undo point once the text has rested for a second.
+        for _ in 0..90 {
+            harness.step();
+        }
+    };
+    type_into_caption(&mut harness, " APPLE WORDS");
+    let apple = harness.state().app.state.library[0].caption.clone();
+    assert!(apple.ends_with(" APPLE WORDS"), "{apple}");
+    harness.state_mut().app.state.selected = Some(sample("penguin"));
+    harness.step();
+    let penguin_before = harness.state().app.state.library[1].caption.clone();
+    type_into_caption(&mut harness, " PENGUIN WORDS");
+    for _ in 0..3 {
+        harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+        harness.step();
+    }
+    let penguin = harness.state().app.state.library[1].caption.clone();
+    assert!(
+        penguin.starts_with(&penguin_before) && !penguin.contains("apple"),
+        "undo brought the apple's caption into the penguin's: {penguin}"
+    );
+    assert_eq!(harness.state().app.state.library[0].caption, apple);
+}
+
+#[test]
 fn compare_steps_through_the_library_with_buttons_and_arrow_keys() {
     let fixture = fixture();
     let mut options = fixture.options();
