@@ -671,11 +671,12 @@ impl FineTunePane {
             ),
             JobState::Collected => {}
         }
-        // A new run that ended before its trainer wrote `config.json` (cancelled or failed
-        // while the Library's images were copied, or with no device) is not listed under
-        // Runs, so nothing could ever delete the images it copied: remove it now.
+        // A run that ended without a training state (only a new one can: resuming needs it)
+        // was cancelled or failed before its first checkpoint: while the Library's images
+        // were copied, the data decoded or the latents encoded. Nothing can resume it, and
+        // listed as "nothing saved yet" it would only hold on to its copied images: remove it.
         let runs_dir = app.data_dir.join(FINETUNE_DIR);
-        if !running.run.join("config.json").exists()
+        if !running.run.join(crate::train::TRAINING_STATE_FILE).exists()
             && running.run.parent() == Some(runs_dir.as_path())
             && let Err(error) = std::fs::remove_dir_all(&running.run)
             && error.kind() != std::io::ErrorKind::NotFound

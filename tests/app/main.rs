@@ -1522,7 +1522,7 @@ fn a_pasted_document_is_cut_to_the_caption_limit_and_so_is_the_recent_prompt() {
 }
 
 #[test]
-fn a_new_run_that_fails_while_copying_the_library_leaves_no_folder_behind() {
+fn a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder_behind() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::FineTune);
     // Captioned, but the file is gone: the copy finds nothing to train on and fails before the
@@ -1542,10 +1542,34 @@ fn a_new_run_that_fails_while_copying_the_library_leaves_no_folder_behind() {
     let runs_dir = fixture
         .data_dir()
         .join(textok_studio::gui::finetune::FINETUNE_DIR);
-    let left: Vec<_> = std::fs::read_dir(&runs_dir)
-        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    let left = || -> Vec<_> {
+        std::fs::read_dir(&runs_dir)
+            .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+    assert!(left().is_empty(), "left behind: {:?}", left());
+
+    // A folder whose only picture cannot be decoded: the trainer writes the run's config.json
+    // and then fails on the data. Nothing can resume that run, so it goes too.
+    let folder = fixture.dir.path().join("broken-pictures");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("a.png"), b"not a picture").unwrap();
+    std::fs::write(folder.join("a.txt"), "a red apple").unwrap();
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.use_library = false;
+        form.folder = folder.display().to_string();
+    }
+    harness.step();
+    harness.get_by_label("Start").click();
+    wait_idle(&mut harness, "the failed run");
+    let errors = error_notices(harness.state());
+    assert!(
+        errors.iter().any(|e| e.contains("Fine-tuning failed")),
+        "{errors:?}"
+    );
+    assert!(left().is_empty(), "left behind: {:?}", left());
+    assert!(harness.state().finetune.runs().is_empty());
 }
 
 #[test]
