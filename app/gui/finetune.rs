@@ -671,6 +671,19 @@ impl FineTunePane {
             ),
             JobState::Collected => {}
         }
+        // The run's weights in use were rewritten while it trained: load them again, so that
+        // Compare and Generate show what the run has learned, not what it knew when chosen.
+        let weights = running.run.join("ema.safetensors");
+        let settings = &app.state.settings;
+        if [&settings.textok, &settings.dit]
+            .into_iter()
+            .any(|model| model.as_ref() == Some(&weights))
+        {
+            app.engines.reload();
+            app.notices.info(format!(
+                "The app now uses {run}'s latest weights (the run is in use)."
+            ));
+        }
         // A run that ended without a training state (only a new one can: resuming needs it)
         // was cancelled or failed before its first checkpoint: while the Library's images
         // were copied, the data decoded or the latents encoded. Nothing can resume it, and
@@ -850,12 +863,19 @@ impl FineTunePane {
                     }
                     if run.has_weights && ui.button("Use this model").clicked() {
                         let weights = run.dir.join("ema.safetensors");
-                        match run.target {
-                            Target::Tokenizer => app.state.settings.textok = Some(weights),
-                            Target::Dit => app.state.settings.dit = Some(weights),
+                        let slot = match run.target {
+                            Target::Tokenizer => &mut app.state.settings.textok,
+                            Target::Dit => &mut app.state.settings.dit,
+                        };
+                        // Already in use: the run may have saved newer weights since they
+                        // were loaded, and an unchanged setting would load nothing.
+                        if slot.as_ref() == Some(&weights) {
+                            app.engines.reload();
                         }
+                        *slot = Some(weights);
                         app.notices.info(format!(
-                            "Now using {name}; Revert goes back to the shipped model."
+                            "Now using {name} (its latest weights); Revert goes back to the \
+                             shipped model."
                         ));
                     }
                     let training = self.running.as_ref().is_some_and(|r| r.run == run.dir);

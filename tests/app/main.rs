@@ -1443,6 +1443,30 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         .clone()
         .expect("a model in use");
     assert!(in_use.starts_with(fixture.data_dir()));
+    harness.step();
+    // Chosen again, or resumed while in use: the newer weights it saved are loaded again.
+    let generation = harness.state().app.engines.generation();
+    harness.get_by_label("Use this model").click();
+    harness.step();
+    assert!(harness.state().app.engines.generation() > generation);
+    let generation = harness.state().app.engines.generation();
+    harness.get_by_label("Resume").click();
+    harness.step();
+    harness.state_mut().finetune.cancel();
+    wait_idle(&mut harness, "the resumed run in use");
+    assert!(
+        harness.state().app.engines.generation() > generation,
+        "reloaded once the run in use ended"
+    );
+    assert!(
+        harness
+            .state()
+            .app
+            .notices
+            .all()
+            .any(|notice| notice.contains("(the run is in use)")),
+        "and said so"
+    );
     // A run whose model is in use cannot be deleted.
     let run_dir = harness.state().finetune.runs()[0].dir.clone();
     {
