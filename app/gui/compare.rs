@@ -178,6 +178,15 @@ impl ComparePane {
 
     /// [`Self::save_to`] for the view `request` (the one "Save images…" was pressed on).
     fn save_request(&mut self, parent: PathBuf, request: Request, app: &mut AppContext) {
+        // Models switched while the folder dialog was open: the cached reconstructions are
+        // the old models' and the loaded engine's identity would mislabel them.
+        if request.image.generation != app.engines.generation() {
+            app.notices.info(
+                "The models changed after Save images… was pressed; press it again to save \
+                 what the new ones make.",
+            );
+            return;
+        }
         let (EngineStatus::Ready(engine), Some(original)) = (
             app.engines.reconstruct(),
             self.originals.get(&request.image),
@@ -576,6 +585,7 @@ impl ComparePane {
         });
         match &running {
             Some(progress) => {
+                let wanted = self.wanted(app);
                 ui.horizontal(|ui| {
                     ui.spinner();
                     let text = progress
@@ -587,7 +597,9 @@ impl ComparePane {
                         && let Some((request, job, _)) = &self.job
                     {
                         job.cancel();
-                        self.cancelled = Some(request.clone());
+                        // What the view asks for now: the budget or the mode may have changed
+                        // while the job ran, and Cancel holds for the view until Retry.
+                        self.cancelled = Some(wanted.clone().unwrap_or_else(|| request.clone()));
                     }
                 });
             }

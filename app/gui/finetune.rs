@@ -252,16 +252,29 @@ pub fn export_library(
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     let mut lines = String::new();
     let mut written = 0;
-    let captioned = items
+    let captioned: Vec<(usize, &super::state::LibraryItem)> = items
         .iter()
-        .filter(|item| !item.caption.trim().is_empty())
-        .count();
-    for (index, item) in items.iter().enumerate() {
-        if item.caption.trim().is_empty() || !item.path.is_file() {
-            continue;
-        }
+        .enumerate()
+        .filter(|(_, item)| !item.caption.trim().is_empty())
+        .collect();
+    // Files moved, deleted or on an unplugged disk since they were added are left out; the
+    // count the progress runs to leaves them out too.
+    let (present, gone): (Vec<_>, Vec<_>) = captioned
+        .into_iter()
+        .partition(|(_, item)| item.path.is_file());
+    if present.is_empty()
+        && let Some((_, first)) = gone.first()
+    {
+        anyhow::bail!(
+            "none of the Library's {} captioned images is where it was added (the first: {}); \
+             add them again from where they are now",
+            gone.len(),
+            first.path.display()
+        );
+    }
+    for (index, item) in present.iter().copied() {
         cancel.check()?;
-        copied(written, captioned);
+        copied(written, present.len());
         let extension = item
             .path
             .extension()

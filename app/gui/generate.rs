@@ -124,7 +124,8 @@ impl GeneratePane {
         self.running.is_some()
     }
 
-    /// Stops the running generation after its current step (finished images are kept).
+    /// Stops the running generation after its current step. The images of one press are
+    /// sampled as one batch and saved together at its end, so a stopped batch saves none.
     pub fn cancel(&self) {
         if let Some(running) = &self.running {
             running.job.cancel();

@@ -685,7 +685,8 @@ impl StudioApp {
         let mut work = Vec::new();
         if self.generate.busy() {
             work.push(
-                "Generating: the images not finished yet are lost (finished ones are saved).",
+                "Generating: the images are sampled together and saved when all are done, so \
+                 quitting now loses this batch (earlier batches are saved).",
             );
         }
         if self.finetune.busy() {

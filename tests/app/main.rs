@@ -1560,7 +1560,7 @@ fn a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder_behind() {
     wait_idle(&mut harness, "the failed start");
     let errors = error_notices(harness.state());
     assert!(
-        errors.iter().any(|e| e.contains("no captioned images")),
+        errors.iter().any(|e| e.contains("is where it was added")),
         "{errors:?}"
     );
     let runs_dir = fixture
@@ -2386,4 +2386,32 @@ fn the_library_exports_as_a_dataset_whose_files_keep_their_names() {
     let stopped = dir.path().join("stopped");
     assert!(export_library(&items, &stopped, &cancel, &|_, _| {}).is_err());
     assert!(!stopped.join("captions.jsonl").exists());
+
+    // A file gone since it was added is left out, and the progress counts to what is there.
+    std::fs::remove_file(&items[0].path).unwrap();
+    let reports = std::cell::RefCell::new(Vec::new());
+    let fewer = dir.path().join("fewer");
+    let written = export_library(&items, &fewer, &CancelToken::new(), &|done, total| {
+        reports.borrow_mut().push((done, total))
+    })
+    .unwrap();
+    assert_eq!(written, 2);
+    assert_eq!(reports.into_inner(), [(0, 2), (1, 2)]);
+    // All of them gone: the error says so and names one, not "no captioned images".
+    for item in &items {
+        let _ = std::fs::remove_file(&item.path);
+    }
+    let error = export_library(
+        &items,
+        &dir.path().join("none"),
+        &CancelToken::new(),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("none of the Library's 3 captioned images is where it was added")
+            && error.contains("cat.png"),
+        "{error}"
+    );
 }
