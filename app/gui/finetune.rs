@@ -467,8 +467,20 @@ impl FineTunePane {
             "{} is not a fine-tuning run of this data folder",
             dir.display()
         );
+        // The Library's images were copied into the run, and decoding them left a cache keyed
+        // by that folder, which no other run can use: it goes with the run (found first, while
+        // the folder still exists to be named).
+        let caches = crate::train::tokenizer::cache_files(&dir.join("data"));
         std::fs::remove_dir_all(dir)
             .with_context(|| format!("{}: cannot delete", dir.display()))?;
+        for cache in caches {
+            if let Err(error) = std::fs::remove_file(&cache) {
+                tracing::warn!(
+                    "{}: cannot remove the decode cache: {error}",
+                    cache.display()
+                );
+            }
+        }
         self.refresh_runs(&app.data_dir.clone());
         Ok(())
     }

@@ -379,6 +379,28 @@ pub fn new_optimizer_with(weight_decay: f64, grad_clip_norm: f64) -> ModuleOptim
 
 /// The shared decode cache for a dataset folder at one size.
 pub fn cache_file(data: &Path, size: u32) -> Option<PathBuf> {
+    let (dir, prefix) = cache_location(data)?;
+    Some(dir.join(format!("{prefix}{size}.bin")))
+}
+
+/// The decode caches of a dataset folder at every size (the folder must still exist): what
+/// deleting a run whose images were copied into it removes as well.
+pub fn cache_files(data: &Path) -> Vec<PathBuf> {
+    let Some((dir, prefix)) = cache_location(data) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// The decode caches' folder, and the file-name prefix of `data`'s caches in it.
+fn cache_location(data: &Path) -> Option<(PathBuf, String)> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
@@ -387,11 +409,10 @@ pub fn cache_file(data: &Path, size: u32) -> Option<PathBuf> {
     for byte in canonical.to_string_lossy().as_bytes() {
         hash = (hash ^ *byte as u64).wrapping_mul(0x100000001b3);
     }
-    Some(
-        base.join("textok-studio")
-            .join("decoded")
-            .join(format!("{hash:016x}-{size}.bin")),
-    )
+    Some((
+        base.join("textok-studio").join("decoded"),
+        format!("{hash:016x}-"),
+    ))
 }
 
 /// Trains (or resumes) a tokenizer in `run_dir`. Returns when `config.steps` are done (with

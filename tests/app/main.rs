@@ -1489,9 +1489,18 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     harness.step();
     harness.step();
     assert!(run_dir.is_dir(), "not before the confirmation");
+    let caches = textok_studio::train::tokenizer::cache_files(&run_dir.join("data"));
+    assert!(
+        !caches.is_empty(),
+        "training decoded the copied images once"
+    );
     harness.get_by_label("Delete for good").click();
     harness.step();
     assert!(!run_dir.exists());
+    assert!(
+        caches.iter().all(|cache| !cache.exists()),
+        "the run's decode cache goes with it"
+    );
     assert!(harness.state().finetune.runs().is_empty());
     // Nothing outside the data folder's runs is ever deleted through it.
     let elsewhere = fixture.dir.path().join("not-a-run");
