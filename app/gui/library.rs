@@ -315,17 +315,35 @@ impl LibraryFilter {
 }
 
 impl LibraryPane {
-    /// Puts the last removed item back where it was (unless it was added again meanwhile).
+    /// Puts the last removed item back where it was. One added again meanwhile stays where it
+    /// is, and gets the removed caption back if it has none (a caption typed in the app may
+    /// exist nowhere else); one with a caption of its own keeps it, and the notice quotes the
+    /// removed one.
     pub fn undo_remove(&mut self, app: &mut AppContext) {
         let Some((index, item)) = self.removed.pop() else {
             return;
         };
-        if app
+        if let Some(again) = app
             .state
             .library
-            .iter()
-            .any(|other| other.path == item.path)
+            .iter_mut()
+            .find(|other| other.path == item.path)
         {
+            let name = super::file_name_of(&item.path);
+            let removed_caption = item.caption.trim();
+            if again.caption.trim().is_empty() && !removed_caption.is_empty() {
+                again.caption = item.caption.clone();
+                app.notices.info(format!(
+                    "{name} was added again meanwhile; its caption is restored."
+                ));
+                app.caption_edited(&item.path);
+            } else if again.caption.trim() != removed_caption {
+                app.notices.info(format!(
+                    "{name} was added again meanwhile with a caption of its own, which it keeps; \
+                     the removed caption was: {removed_caption}"
+                ));
+            }
+            app.state.selected = Some(item.path);
             return;
         }
         let index = index.min(app.state.library.len());

@@ -416,6 +416,41 @@ fn a_removed_library_item_comes_back_with_its_caption_on_undo() {
     assert_eq!(harness.state().app.state.selected, Some(sample("penguin")));
     harness.step();
     assert!(harness.query_by_label_contains("Undo remove").is_none());
+
+    // Removed, then added again (say, its folder dropped in) before the undo: the item stays
+    // where it came back, and its caption, which the new one lacks, is not lost.
+    let remove_and_add_again = |harness: &mut Harness<'static, StudioApp>, caption: &str| {
+        harness.state_mut().app.state.selected = Some(sample("penguin"));
+        harness.step();
+        harness.get_by_label("Remove from library").click();
+        harness.step();
+        harness.state_mut().app.state.library.push(LibraryItem {
+            path: sample("penguin"),
+            caption: caption.into(),
+        });
+        harness.step();
+        harness.get_by_label_contains("Undo remove").click();
+        harness.step();
+    };
+    remove_and_add_again(&mut harness, "");
+    let library = harness.state().app.state.library.clone();
+    assert_eq!(library.len(), 3);
+    assert_eq!(library[2].path, sample("penguin"));
+    assert_eq!(library[2].caption, "a typed caption for the penguin");
+    // One added again with a caption of its own keeps it; the removed one is quoted.
+    remove_and_add_again(&mut harness, "its own caption");
+    let library = harness.state().app.state.library.clone();
+    assert_eq!(library[2].caption, "its own caption");
+    assert!(
+        harness
+            .state()
+            .app
+            .notices
+            .all()
+            .any(|m| m.contains("the removed caption was: a typed caption for the penguin")),
+        "{:?}",
+        harness.state().app.notices.all().collect::<Vec<_>>()
+    );
 }
 
 /// Lets the once-a-second sidecar write come due and waits until the batch is written.
