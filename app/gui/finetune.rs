@@ -161,12 +161,58 @@ impl RunInfo {
 }
 
 /// Lists fine-tuning runs, newest first.
+/// Names a run folder takes while it is deleted.
+const DELETING_PREFIX: &str = ".deleting-";
+
+/// Removes a run folder without holding up the window (a run may hold gigabytes of copied
+/// images): renamed at once to a hidden name, so it leaves the run list and its name is free,
+/// then deleted on a thread of its own. One the app quits in the middle of is finished by
+/// [`remove_leftover_deletions`] the next time.
+fn remove_run_folder(dir: &Path) -> std::io::Result<()> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let doomed = dir.with_file_name(format!("{DELETING_PREFIX}{nanos}-{name}"));
+    std::fs::rename(dir, &doomed)?;
+    remove_in_background(doomed);
+    Ok(())
+}
+
+fn remove_in_background(dir: PathBuf) {
+    std::thread::spawn(move || {
+        if let Err(error) = std::fs::remove_dir_all(&dir)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("{}: cannot delete: {error}", dir.display());
+        }
+    });
+}
+
+/// Deletes, in the background, the run folders whose deletion did not finish.
+fn remove_leftover_deletions(runs_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(runs_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(DELETING_PREFIX)
+        {
+            remove_in_background(entry.path());
+        }
+    }
+}
+
 pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
     let Ok(entries) = std::fs::read_dir(data_dir.join(FINETUNE_DIR)) else {
         return Vec::new();
     };
     let mut runs: Vec<RunInfo> = entries
         .filter_map(|entry| entry.ok())
+        // Hidden folders are runs being deleted.
+        .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
         .filter_map(|entry| {
             let dir = entry.path();
             let config: serde_json::Value =
@@ -323,6 +369,8 @@ pub struct FineTunePane {
     smoothing: f64,
     runs: Vec<RunInfo>,
     runs_listed: Option<Instant>,
+    /// Unfinished deletions of an earlier session were taken up.
+    leftovers_removed: bool,
     folder_dialog: Option<std::sync::mpsc::Receiver<Vec<PathBuf>>>,
     samples: (u64, Vec<(egui::TextureHandle, egui::TextureHandle)>),
     /// The run whose Delete was pressed, waiting for the confirmation.
@@ -338,6 +386,7 @@ impl Default for FineTunePane {
             smoothing: 0.9,
             runs: Vec::new(),
             runs_listed: None,
+            leftovers_removed: false,
             folder_dialog: None,
             samples: (0, Vec::new()),
             confirm_delete: None,
@@ -471,8 +520,7 @@ impl FineTunePane {
         // by that folder, which no other run can use: it goes with the run (found first, while
         // the folder still exists to be named).
         let caches = crate::train::tokenizer::cache_files(&dir.join("data"));
-        std::fs::remove_dir_all(dir)
-            .with_context(|| format!("{}: cannot delete", dir.display()))?;
+        remove_run_folder(dir).with_context(|| format!("{}: cannot delete", dir.display()))?;
         for cache in caches {
             if let Err(error) = std::fs::remove_file(&cache) {
                 tracing::warn!(
@@ -492,6 +540,11 @@ impl FineTunePane {
     pub fn refresh_runs(&mut self, data_dir: &Path) {
         self.runs = list_runs(data_dir);
         self.runs_listed = Some(Instant::now());
+        if !self.leftovers_removed {
+            // Deletions the app quit in the middle of are finished once per session.
+            self.leftovers_removed = true;
+            remove_leftover_deletions(&data_dir.join(FINETUNE_DIR));
+        }
     }
 
     /// Starts a new run from the form (`resume` = None) or resumes `resume`.
@@ -716,7 +769,7 @@ impl FineTunePane {
         let runs_dir = app.data_dir.join(FINETUNE_DIR);
         if !running.run.join(crate::train::TRAINING_STATE_FILE).exists()
             && running.run.parent() == Some(runs_dir.as_path())
-            && let Err(error) = std::fs::remove_dir_all(&running.run)
+            && let Err(error) = remove_run_folder(&running.run)
             && error.kind() != std::io::ErrorKind::NotFound
         {
             app.notices.error(format!(

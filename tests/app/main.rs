@@ -1536,6 +1536,32 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         caches.iter().all(|cache| !cache.exists()),
         "the run's decode cache goes with it"
     );
+    // The folder itself is removed in the background, under a hidden name; a deletion cut
+    // short by quitting is finished by the next session.
+    let runs_dir = run_dir.parent().unwrap().to_owned();
+    let leftovers = || {
+        std::fs::read_dir(&runs_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".deleting-"))
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while leftovers() > 0 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(leftovers(), 0);
+    let interrupted = runs_dir.join(".deleting-1-textok-9");
+    std::fs::create_dir_all(interrupted.join("data")).unwrap();
+    std::fs::write(interrupted.join("config.json"), br#"{"steps": 40}"#).unwrap();
+    let mut next_session = textok_studio::gui::finetune::FineTunePane::default();
+    next_session.refresh_runs(&fixture.data_dir());
+    assert!(next_session.runs().is_empty(), "not listed as a run");
+    let started = std::time::Instant::now();
+    while interrupted.exists() && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!interrupted.exists());
     assert!(harness.state().finetune.runs().is_empty());
     // Nothing outside the data folder's runs is ever deleted through it.
     let elsewhere = fixture.dir.path().join("not-a-run");
@@ -1610,10 +1636,18 @@ fn a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder_behind() {
     let runs_dir = fixture
         .data_dir()
         .join(textok_studio::gui::finetune::FINETUNE_DIR);
+    // What is left once the background deletion had time to finish.
     let left = || -> Vec<_> {
-        std::fs::read_dir(&runs_dir)
-            .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-            .unwrap_or_default()
+        let started = std::time::Instant::now();
+        loop {
+            let entries: Vec<_> = std::fs::read_dir(&runs_dir)
+                .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default();
+            if entries.is_empty() || started.elapsed() > Duration::from_secs(30) {
+                return entries;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
     assert!(left().is_empty(), "left behind: {:?}", left());
 
