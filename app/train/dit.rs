@@ -641,7 +641,9 @@ pub fn train_dit(
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
         ensure!(
             loss_value.is_finite(),
-            "the loss became {loss_value} at step {}; lower the learning rate",
+            "the loss became {loss_value} at step {}; start a new run with a lower learning \
+             rate (--init-from this run's ema.safetensors keeps what it learned; --resume \
+             replays the same steps)",
             progress.step
         );
         let grads = GradientsParams::from_grads(loss.backward(), &model);

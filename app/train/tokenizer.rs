@@ -638,7 +638,9 @@ pub fn train_tokenizer(
         let loss_value: f64 = loss.clone().into_scalar::<f32>() as f64;
         ensure!(
             loss_value.is_finite(),
-            "the loss became {loss_value} at step {step}; lower the learning rate"
+            "the loss became {loss_value} at step {step}; start a new run with a lower learning \
+             rate (--init-from this run's ema.safetensors keeps what it learned; --resume \
+             replays the same steps)"
         );
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = learning_rate(

@@ -1245,7 +1245,7 @@ fn closing_the_window_while_generating_asks_first_then_stops_the_work_and_closes
     assert!(harness.query_by_label("Work is still running").is_some());
     assert!(
         harness
-            .query_by_label_contains("images not finished yet are lost")
+            .query_by_label_contains("quitting now loses this batch")
             .is_some()
     );
 
