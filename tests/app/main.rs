@@ -107,6 +107,12 @@ fn error_notices(app: &StudioApp) -> Vec<String> {
     app.app.notices.errors().map(str::to_owned).collect()
 }
 
+/// Fails unless some notice is `wanted`, listing the notices there are.
+fn assert_notice(app: &StudioApp, wanted: impl Fn(&str) -> bool) {
+    let notices: Vec<&str> = app.app.notices.all().collect();
+    assert!(notices.iter().any(|m| wanted(m)), "{notices:?}");
+}
+
 /// Steps frames (with real time passing, since jobs run on threads) until `done`.
 fn wait_until(
     harness: &mut Harness<'_, StudioApp>,
@@ -441,16 +447,9 @@ fn a_removed_library_item_comes_back_with_its_caption_on_undo() {
     remove_and_add_again(&mut harness, "its own caption");
     let library = harness.state().app.state.library.clone();
     assert_eq!(library[2].caption, "its own caption");
-    assert!(
-        harness
-            .state()
-            .app
-            .notices
-            .all()
-            .any(|m| m.contains("the removed caption was: a typed caption for the penguin")),
-        "{:?}",
-        harness.state().app.notices.all().collect::<Vec<_>>()
-    );
+    assert_notice(harness.state(), |m| {
+        m.contains("the removed caption was: a typed caption for the penguin")
+    });
 }
 
 /// Lets the once-a-second sidecar write come due and waits until the batch is written.
@@ -718,16 +717,7 @@ fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
     // Before the reconstructions exist there is nothing to save, and nothing is written.
     save(&mut harness);
     assert!(folders().is_empty());
-    assert!(
-        harness
-            .state()
-            .app
-            .notices
-            .all()
-            .any(|m| m.contains("not ready yet")),
-        "{:?}",
-        harness.state().app.notices.all().collect::<Vec<_>>()
-    );
+    assert_notice(harness.state(), |m| m.contains("not ready yet"));
 
     wait_for_the_first_reconstructions(&mut harness);
     harness.step();
@@ -764,16 +754,9 @@ fn compare_saves_the_images_it_shows_into_a_new_folder_each_time() {
         let image = image::open(saved.join(file)).unwrap();
         assert_eq!((image.width(), image.height()), (32, 32), "{file}");
     }
-    assert!(
-        harness
-            .state()
-            .app
-            .notices
-            .all()
-            .any(|m| m.starts_with("Saved 3 images to ") && m.ends_with("apple")),
-        "{:?}",
-        harness.state().app.notices.all().collect::<Vec<_>>()
-    );
+    assert_notice(harness.state(), |m| {
+        m.starts_with("Saved 3 images to ") && m.ends_with("apple")
+    });
 
     // The grid saves every budget, next to (not over) the first set.
     harness.get_by_label("All budgets").click();
@@ -1493,15 +1476,9 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         harness.state().app.engines.generation() > generation,
         "reloaded once the run in use ended"
     );
-    assert!(
-        harness
-            .state()
-            .app
-            .notices
-            .all()
-            .any(|notice| notice.contains("(the run is in use)")),
-        "and said so"
-    );
+    assert_notice(harness.state(), |notice| {
+        notice.contains("(the run is in use)")
+    });
     // A run whose model is in use cannot be deleted.
     let run_dir = harness.state().finetune.runs()[0].dir.clone();
     {

@@ -1485,8 +1485,8 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
     );
     let json = dir.path().join("gen.json");
     let sheet = dir.path().join("gen.png");
-    let output = studio(
-        &[
+    let gen_eval = |baseline_dit: &Path, outputs: &[&str]| {
+        let mut args = vec![
             "gen-eval",
             "--data",
             data.to_str().unwrap(),
@@ -1509,12 +1509,18 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
             baseline_dit.to_str().unwrap(),
             "--device",
             "cpu",
+        ];
+        args.extend_from_slice(outputs);
+        studio(&args, None)
+    };
+    let output = gen_eval(
+        &baseline_dit,
+        &[
             "--json",
             json.to_str().unwrap(),
             "--sheet",
             sheet.to_str().unwrap(),
         ],
-        None,
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let records: Vec<serde_json::Value> =
@@ -1548,32 +1554,7 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
     );
     // A Baseline DiT that cannot be read is found before the TexTok generator runs, not after.
     let missing = dir.path().join("no-such-dit.safetensors");
-    let output = studio(
-        &[
-            "gen-eval",
-            "--data",
-            data.to_str().unwrap(),
-            "--validation-percent",
-            "99",
-            "--images",
-            "6",
-            "--tokens",
-            "32",
-            "--steps",
-            "2",
-            "--model",
-            &textok,
-            "--dit",
-            dit.to_str().unwrap(),
-            "--baseline",
-            &baseline,
-            "--baseline-dit",
-            missing.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ],
-        None,
-    );
+    let output = gen_eval(&missing, &[]);
     assert!(!output.status.success());
     let err = stderr(&output);
     assert!(
