@@ -160,27 +160,37 @@ impl RunInfo {
     }
 }
 
-/// Lists fine-tuning runs, newest first.
 /// Names a run folder takes while it is deleted.
 const DELETING_PREFIX: &str = ".deleting-";
 
 /// Removes a run folder without holding up the window (a run may hold gigabytes of copied
 /// images): renamed at once to a hidden name, so it leaves the run list and its name is free,
 /// then deleted on a thread of its own. One the app quits in the middle of is finished by
-/// [`remove_leftover_deletions`] the next time.
+/// [`remove_leftover_deletions`] the next time. The decode cache of the images copied into
+/// the run (keyed by that folder, so no other run can use it) goes too; it is found first,
+/// while the folder still exists to be named.
 fn remove_run_folder(dir: &Path) -> std::io::Result<()> {
+    let caches = crate::train::tokenizer::cache_files(&dir.join("data"));
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
     let doomed = dir.with_file_name(format!("{DELETING_PREFIX}{nanos}-{name}"));
     std::fs::rename(dir, &doomed)?;
-    remove_in_background(doomed);
+    remove_in_background(doomed, caches);
     Ok(())
 }
 
-fn remove_in_background(dir: PathBuf) {
+fn remove_in_background(dir: PathBuf, caches: Vec<PathBuf>) {
     std::thread::spawn(move || {
+        for cache in caches {
+            if let Err(error) = std::fs::remove_file(&cache) {
+                tracing::warn!(
+                    "{}: cannot remove the decode cache: {error}",
+                    cache.display()
+                );
+            }
+        }
         if let Err(error) = std::fs::remove_dir_all(&dir)
             && error.kind() != std::io::ErrorKind::NotFound
         {
@@ -200,11 +210,12 @@ fn remove_leftover_deletions(runs_dir: &Path) {
             .to_string_lossy()
             .starts_with(DELETING_PREFIX)
         {
-            remove_in_background(entry.path());
+            remove_in_background(entry.path(), Vec::new());
         }
     }
 }
 
+/// Lists fine-tuning runs, newest first.
 pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
     let Ok(entries) = std::fs::read_dir(data_dir.join(FINETUNE_DIR)) else {
         return Vec::new();
@@ -516,19 +527,7 @@ impl FineTunePane {
             "{} is not a fine-tuning run of this data folder",
             dir.display()
         );
-        // The Library's images were copied into the run, and decoding them left a cache keyed
-        // by that folder, which no other run can use: it goes with the run (found first, while
-        // the folder still exists to be named).
-        let caches = crate::train::tokenizer::cache_files(&dir.join("data"));
         remove_run_folder(dir).with_context(|| format!("{}: cannot delete", dir.display()))?;
-        for cache in caches {
-            if let Err(error) = std::fs::remove_file(&cache) {
-                tracing::warn!(
-                    "{}: cannot remove the decode cache: {error}",
-                    cache.display()
-                );
-            }
-        }
         self.refresh_runs(&app.data_dir.clone());
         Ok(())
     }
