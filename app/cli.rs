@@ -407,7 +407,6 @@ pub struct ReconstructArgs {
     pub overwrite: bool,
 }
 
-/// Parses a number of seconds that must be finite and above zero (`nan` would never end).
 /// A count of 1 or more: 0 would mean "at every step" for an interval, and "nothing" for a
 /// number of images, neither of which anyone asking for 0 wants.
 fn at_least_one(text: &str) -> Result<usize, String> {
@@ -417,6 +416,7 @@ fn at_least_one(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses a number of seconds that must be finite and above zero (`nan` would never end).
 fn positive_seconds(text: &str) -> Result<f64, String> {
     let seconds: f64 = text.parse().map_err(|e| format!("{e}"))?;
     if seconds.is_finite() && seconds > 0.0 {
@@ -704,6 +704,12 @@ fn run_image_info(path: &Path) -> anyhow::Result<()> {
             "regenerate: {command}\n            (the same image with models of the SHA-256 above, \
              on the same device)"
         );
+        if !text.iter().any(|(key, _)| key == "tokenizer") {
+            println!(
+                "            (saved before images named their tokenizer: if it was made with \
+                 --baseline, add --baseline --model BASELINE.safetensors --dit DIT.safetensors)"
+            );
+        }
     }
     Ok(())
 }
@@ -888,7 +894,8 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
     check_output_file(args.sheet.as_deref(), "--sheet")?;
     let hint = match args.split {
         SplitChoice::All => "",
-        _ => " (try --split all or a larger --validation-percent)",
+        SplitChoice::Validation => " (try --split all or a larger --validation-percent)",
+        SplitChoice::Train => " (try --split all or a smaller --validation-percent)",
     };
     ensure_split_can_be_scored(&args.data, args.validation_percent, args.split, hint)?;
     let selected = device::select(args.device)?;
@@ -1438,8 +1445,6 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses an output file that cannot be written before the work that fills it runs: a folder
-/// in its place, or a parent folder that does not exist.
 /// Creates `out` and checks that files can be made in it, before any model loads: a batch of
 /// samples is not to be lost for want of a writable folder (an existing read-only folder passes
 /// `create_dir_all`).
@@ -1450,6 +1455,8 @@ fn create_output_folder(out: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("{}: cannot write in the output folder", out.display()))
 }
 
+/// Refuses an output file that cannot be written before the work that fills it runs: a folder
+/// in its place, or a parent folder that does not exist or takes no files.
 fn check_output_file(path: Option<&Path>, flag: &str) -> anyhow::Result<()> {
     let Some(path) = path else {
         return Ok(());

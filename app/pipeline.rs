@@ -854,7 +854,9 @@ pub fn regenerate_command(text: &[(String, String)]) -> Option<String> {
         .filter(|cfg: &f32| cfg.is_finite())?;
     let tokens: usize = get("tokens")?.parse().ok()?;
     let models = match get("tokenizer") {
-        // Images saved before the key existed were all TexTok's.
+        // Images saved before the key existed do not say; nearly all were TexTok's (`generate
+        // --baseline` needs a DiT trained on the Baseline's tokens, and none ships), and
+        // `info` says what to add for the others.
         None | Some("textok") => "",
         Some("baseline") => " --baseline --model BASELINE.safetensors --dit DIT.safetensors",
         Some(_) => return None,

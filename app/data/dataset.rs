@@ -564,7 +564,9 @@ struct PixelCache {
     entries: BTreeMap<String, ((u64, u64), RgbImage)>,
 }
 
-const CACHE_MAGIC: &[u8; 8] = b"TTSPXC01";
+// 02: images are turned upright by their EXIF orientation; a cache made before holds the
+// sideways crops of phone portraits, so it is decoded again.
+const CACHE_MAGIC: &[u8; 8] = b"TTSPXC02";
 
 impl PixelCache {
     fn get(&self, relative: &str, stamp: (u64, u64)) -> Option<RgbImage> {

@@ -167,30 +167,29 @@ const DELETING_PREFIX: &str = ".deleting-";
 /// images): renamed at once to a hidden name, so it leaves the run list and its name is free,
 /// then deleted on a thread of its own. One the app quits in the middle of is finished by
 /// [`remove_leftover_deletions`] the next time. The decode cache of the images copied into
-/// the run (keyed by that folder, so no other run can use it) goes too; it is found first,
-/// while the folder still exists to be named.
+/// the run (keyed by that folder's path, so no other run can use it, and not found again once
+/// the folder is renamed) is removed first: unlinking one file is quick.
 fn remove_run_folder(dir: &Path) -> std::io::Result<()> {
-    let caches = crate::train::tokenizer::cache_files(&dir.join("data"));
+    for cache in crate::train::tokenizer::cache_files(&dir.join("data")) {
+        if let Err(error) = std::fs::remove_file(&cache) {
+            tracing::warn!(
+                "{}: cannot remove the decode cache: {error}",
+                cache.display()
+            );
+        }
+    }
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
     let doomed = dir.with_file_name(format!("{DELETING_PREFIX}{nanos}-{name}"));
     std::fs::rename(dir, &doomed)?;
-    remove_in_background(doomed, caches);
+    remove_in_background(doomed);
     Ok(())
 }
 
-fn remove_in_background(dir: PathBuf, caches: Vec<PathBuf>) {
+fn remove_in_background(dir: PathBuf) {
     std::thread::spawn(move || {
-        for cache in caches {
-            if let Err(error) = std::fs::remove_file(&cache) {
-                tracing::warn!(
-                    "{}: cannot remove the decode cache: {error}",
-                    cache.display()
-                );
-            }
-        }
         if let Err(error) = std::fs::remove_dir_all(&dir)
             && error.kind() != std::io::ErrorKind::NotFound
         {
@@ -210,7 +209,7 @@ fn remove_leftover_deletions(runs_dir: &Path) {
             .to_string_lossy()
             .starts_with(DELETING_PREFIX)
         {
-            remove_in_background(entry.path(), Vec::new());
+            remove_in_background(entry.path());
         }
     }
 }

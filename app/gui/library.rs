@@ -337,7 +337,7 @@ impl LibraryPane {
                     "{name} was added again meanwhile; its caption is restored."
                 ));
                 app.caption_edited(&item.path);
-            } else if again.caption.trim() != removed_caption {
+            } else if !removed_caption.is_empty() && again.caption.trim() != removed_caption {
                 app.notices.info(format!(
                     "{name} was added again meanwhile with a caption of its own, which it keeps; \
                      the removed caption was: {removed_caption}"

@@ -502,11 +502,14 @@ pub fn train_dit(
             cache
         }
     };
-    // This run trains on these tokens (a fine-tune from a DiT of another tokenizer, too).
+    // This run trains on these tokens (a fine-tune from a DiT of another tokenizer, too). A
+    // cache made before the hash rounded to f16 names this tokenizer by its exact hash: the
+    // DiT records the rounded one, so that the tokenizer's f16 export is recognised too.
     model_config.tokenizer_encoder_sha256 = Some(
         latents
             .encoder_sha256
             .clone()
+            .filter(|hash| *hash != tokenizer_identity.exact_encoder_sha256)
             .unwrap_or_else(|| tokenizer_identity.encoder_sha256.clone()),
     );
     if config.init_from.is_none() && resumed_config.is_none() {

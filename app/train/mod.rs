@@ -344,7 +344,7 @@ pub fn resolve_run_config<C: RunConfig>(
     Ok(config)
 }
 
-/// The settings in which a resume request differs from the run's stored ones, as `name: stored
+/// The settings in which a resume request differs from the run's stored ones, as `name stored
 /// (given: requested)`, so that the refusal says what to type. Two paths that name the same
 /// file or folder (`data` and `./data`) do not differ.
 fn differing_settings(requested: &serde_json::Value, stored: &serde_json::Value) -> Vec<String> {

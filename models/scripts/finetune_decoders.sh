@@ -10,8 +10,9 @@
 # up to that share of their spread: the first shipped decoders turned tokens that are off by
 # 10-30 % (what a small DiT samples) into a mosaic of wrong patches. NOISE 0 trains on clean
 # tokens: a sharper decoder after the shipped one's single epoch. Runs side by side, one
-# thread each, nice 19. SEED (environment, default 0) picks the data order: a further round
-# with another seed sees the images an earlier round's 1,000 steps of 8 did not reach.
+# thread each, nice 19. SEED (environment, default 0) picks the random draws (with
+# replacement) of each batch: a further round with another seed does not repeat an earlier
+# round's draws.
 set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}

@@ -1509,6 +1509,10 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     harness.get_by_label("Delete for good").click();
     harness.step();
     assert!(!run_dir.exists());
+    assert!(
+        caches.iter().all(|cache| !cache.exists()),
+        "the run's decode cache goes with it"
+    );
     // The folder itself is removed in the background, under a hidden name; a deletion cut
     // short by quitting is finished by the next session.
     let runs_dir = run_dir.parent().unwrap().to_owned();
@@ -1524,11 +1528,6 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(leftovers(), 0);
-    // The thread removes the run's decode cache before the folder.
-    assert!(
-        caches.iter().all(|cache| !cache.exists()),
-        "the run's decode cache goes with it"
-    );
     let interrupted = runs_dir.join(".deleting-1-textok-9");
     std::fs::create_dir_all(interrupted.join("data")).unwrap();
     std::fs::write(interrupted.join("config.json"), br#"{"steps": 40}"#).unwrap();

@@ -314,6 +314,20 @@ fn out_of_range_counts_and_unwritable_outputs_are_refused_before_any_work() {
         no_models,
     );
     assert_one_line_error(&output, "0 captioned image(s) in the chosen split");
+    // The training split shrinks as the validation percentage grows: the hint says so.
+    let output = studio(
+        &[
+            "eval",
+            "--data",
+            data,
+            "--split",
+            "train",
+            "--validation-percent",
+            "100",
+        ],
+        no_models,
+    );
+    assert_one_line_error(&output, "a smaller --validation-percent");
     // With the whole folder there are enough: the run goes on, to the model it cannot read.
     let output = studio(
         &[
@@ -826,6 +840,7 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     let text = stdout(&info);
     assert!(text.contains("kind:       PNG image, 32x32"), "{text}");
     assert!(text.contains(&format!("caption:    {CAPTION}")), "{text}");
+    assert!(!text.contains("saved before images named"), "{text}");
     assert!(
         text.contains(&format!(
             "regenerate: textok-studio generate --caption='{CAPTION}' --tokens 48 --steps 4 \

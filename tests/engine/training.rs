@@ -1151,6 +1151,35 @@ fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
         dit_config.tokenizer_encoder_sha256,
         Some(encoder_hash(&original))
     );
+
+    // A cache from before the encoder hash rounded to f16 names the tokenizer by its exact
+    // hash: it is still used, and the DiT records the rounded hash, which the tokenizer's
+    // f16 export shares.
+    let checkpoint = textok_studio::checkpoint::CheckpointFile::read(&original).unwrap();
+    let exact = TexTok::exact_encoder_sha256_of(&checkpoint).unwrap();
+    assert_ne!(
+        exact,
+        encoder_hash(&original),
+        "the tiny f32 weights are not f16 values"
+    );
+    let (mut header, values) = read_latent_cache(&first);
+    header["tokenizer_sha256"] = "an earlier file".into();
+    header["encoder_sha256"] = exact.into();
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut old_cache = (header.len() as u64).to_le_bytes().to_vec();
+    old_cache.extend(header);
+    old_cache.extend(&values);
+    let run = dir.path().join("before-rounding");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("latents.bin"), &old_cache).unwrap();
+    train(&run, &original);
+    assert_eq!(read_latent_cache(&run).1, values, "the old cache was used");
+    let (_, dit_config) =
+        textok_studio::model::dit::Dit::load(&run.join("ema.safetensors"), &cpu()).unwrap();
+    assert_eq!(
+        dit_config.tokenizer_encoder_sha256,
+        Some(encoder_hash(&original))
+    );
 }
 
 /// Records whether each evaluation scored held-out images.
