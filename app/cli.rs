@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::checkpoint::CheckpointFile;
 use crate::data::image as imageio;
@@ -298,6 +298,7 @@ pub struct TrainDitArgs {
     /// Run folder (config, log, latent cache, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
+    /// Continue the run in --out where it stopped; flags not typed take the run's values.
     #[arg(long)]
     pub resume: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -365,7 +366,7 @@ pub struct TrainTokenizerArgs {
     /// Run folder (config, log, state, EMA weights).
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue the run in --out where it stopped.
+    /// Continue the run in --out where it stopped; flags not typed take the run's values.
     #[arg(long)]
     pub resume: bool,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -474,8 +475,11 @@ pub fn main() -> ExitCode {
         unsafe { std::env::set_var("BURN_DEVICE", "flex") };
     }
     init_logging();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (cli, matches)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(error) => {
             // clap prints usage/help itself; --help and --version are successes.
             let _ = error.print();
@@ -491,8 +495,12 @@ pub fn main() -> ExitCode {
         Some(Command::Info { path }) => run_info(&path),
         Some(Command::Devices) => run_devices(),
         Some(Command::ExportF16 { input, output }) => run_export_f16(&input, &output),
-        Some(Command::Train(TrainCommand::Tokenizer(args))) => run_train_tokenizer(args),
-        Some(Command::Train(TrainCommand::Dit(args))) => run_train_dit(args),
+        Some(Command::Train(TrainCommand::Tokenizer(args))) => {
+            run_train_tokenizer(args, &flags_given(&matches, "tokenizer"))
+        }
+        Some(Command::Train(TrainCommand::Dit(args))) => {
+            run_train_dit(args, &flags_given(&matches, "dit"))
+        }
         Some(Command::Eval(args)) => run_eval(args),
         Some(Command::GenEval(args)) => run_gen_eval(args),
         Some(Command::Generate(args)) => run_generate(args),
@@ -810,7 +818,99 @@ impl crate::train::tokenizer::TrainObserver for ConsoleObserver {
     }
 }
 
-fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
+/// The flags (clap ids) typed on the command line of `train TRAINER`, as opposed to defaults.
+fn flags_given(matches: &clap::ArgMatches, trainer: &str) -> Vec<String> {
+    let Some(matches) = matches
+        .subcommand_matches("train")
+        .and_then(|train| train.subcommand_matches(trainer))
+    else {
+        return Vec::new();
+    };
+    matches
+        .ids()
+        .filter(|id| {
+            matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .map(|id| id.as_str().to_owned())
+        .collect()
+}
+
+/// Which training-config fields each `train tokenizer` flag sets (flags that set none, such as
+/// --out, --device or --max-minutes, are left out).
+pub const TOKENIZER_FLAG_FIELDS: &[(&str, &str)] = &[
+    ("data", "data"),
+    ("preset", "preset"),
+    ("no_text", "text_conditioning"),
+    ("steps", "steps"),
+    ("batch", "batch"),
+    ("lr", "learning_rate"),
+    ("warmup", "warmup_steps"),
+    ("seed", "seed"),
+    ("eval_every", "eval_every"),
+    ("eval_images", "eval_images"),
+    ("perceptual_weight", "perceptual_weight"),
+    ("adversarial_weight", "adversarial_weight"),
+    ("discriminator_start", "discriminator_start"),
+    ("token_noise", "token_noise"),
+    ("freeze_encoder", "freeze_encoder"),
+    ("checkpoint_minutes", "checkpoint_minutes"),
+    ("init_from", "init_from"),
+];
+
+/// The same for `train dit`.
+pub const DIT_FLAG_FIELDS: &[(&str, &str)] = &[
+    ("data", "data"),
+    ("tokenizer", "tokenizer"),
+    ("preset", "preset"),
+    ("steps", "steps"),
+    ("batch", "batch"),
+    ("lr", "learning_rate"),
+    ("seed", "seed"),
+    ("checkpoint_minutes", "checkpoint_minutes"),
+    ("init_from", "init_from"),
+    ("min_budget", "min_budget"),
+    ("max_budget", "max_budget"),
+    ("latent_norm", "latent_norm"),
+    ("position_init", "position_init"),
+    ("pooled_caption", "pooled_caption"),
+    ("warmup", "warmup_steps"),
+    ("ema_every", "ema_every"),
+];
+
+/// For `--resume`: the run's stored settings wherever no flag was typed for them, so that a
+/// run resumes with `--resume` and the required flags alone; a flag typed with another value
+/// than the run's is still refused by [`crate::train::resolve_run_config`], by name. Without a
+/// readable stored config, `requested` is returned as is (the resume then says why it cannot).
+fn with_stored_settings<C: crate::train::RunConfig>(
+    run_dir: &Path,
+    requested: C,
+    given: &[String],
+    flag_fields: &[(&str, &str)],
+) -> anyhow::Result<C> {
+    let stored = std::fs::read(run_dir.join("config.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
+    let Some(serde_json::Value::Object(stored)) = stored else {
+        return Ok(requested);
+    };
+    let mut merged = serde_json::to_value(&requested)?;
+    let typed = |field: &str| {
+        flag_fields
+            .iter()
+            .any(|(flag, set)| *set == field && given.iter().any(|g| g == flag))
+    };
+    if let serde_json::Value::Object(fields) = &mut merged {
+        for (field, value) in stored {
+            if !typed(&field) {
+                fields.insert(field, value);
+            }
+        }
+    }
+    // A stored config this build cannot read is left to the resume to report.
+    Ok(serde_json::from_value(merged).unwrap_or(requested))
+}
+
+fn run_train_tokenizer(args: TrainTokenizerArgs, given: &[String]) -> anyhow::Result<()> {
     use crate::train::tokenizer::{TokenizerTrainConfig, train_tokenizer};
     let mut config = TokenizerTrainConfig::new(
         args.data.clone(),
@@ -833,6 +933,9 @@ fn run_train_tokenizer(args: TrainTokenizerArgs) -> anyhow::Result<()> {
     config.token_noise = args.token_noise;
     config.freeze_encoder = args.freeze_encoder;
     config.init_from = args.init_from;
+    if args.resume {
+        config = with_stored_settings(&args.out, config, given, TOKENIZER_FLAG_FIELDS)?;
+    }
     let time_limit = time_limit(args.max_minutes)?;
     config.check()?;
     run_training(&args.out, args.device, |device, observer, cancel| {
@@ -1514,7 +1617,7 @@ fn time_limit(minutes: Option<f64>) -> anyhow::Result<Option<std::time::Duration
         .transpose()
 }
 
-fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
+fn run_train_dit(args: TrainDitArgs, given: &[String]) -> anyhow::Result<()> {
     use crate::train::dit::{DitTrainConfig, train_dit};
     let tokenizer = args
         .tokenizer
@@ -1539,6 +1642,9 @@ fn run_train_dit(args: TrainDitArgs) -> anyhow::Result<()> {
     config.ema_every = args.ema_every as usize;
     if let Some(warmup) = args.warmup {
         config.warmup_steps = warmup;
+    }
+    if args.resume {
+        config = with_stored_settings(&args.out, config, given, DIT_FLAG_FIELDS)?;
     }
     let time_limit = time_limit(args.max_minutes)?;
     config.check()?;

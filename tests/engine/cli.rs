@@ -1056,6 +1056,109 @@ fn ctrl_c_during_training_saves_the_state_and_exits_cleanly() {
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
+#[test]
+fn a_resumed_run_takes_its_own_settings_for_the_flags_not_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample_dataset(dir.path(), &["apple", "penguin", "lizard", "ambulance"]);
+    let run = dir.path().join("run");
+    let train = |steps: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "tokenizer",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            steps,
+            "--device",
+            "cpu",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        studio(&args, None)
+    };
+    let first = train(
+        "2",
+        &[
+            "--preset", "tiny", "--batch", "2", "--lr", "0.001", "--seed", "5",
+        ],
+    );
+    assert!(first.status.success(), "{}", stderr(&first));
+    // Only the required flags and --resume: the run's preset, batch, rate and seed are used.
+    let resumed = train("3", &["--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            &config["preset"],
+            &config["batch"],
+            &config["learning_rate"],
+            &config["seed"],
+            &config["steps"]
+        ),
+        (
+            &serde_json::json!("tiny"),
+            &serde_json::json!(2),
+            &serde_json::json!(0.001),
+            &serde_json::json!(5),
+            &serde_json::json!(3)
+        )
+    );
+    // A flag typed with another value is still refused, by name.
+    let refused = train("4", &["--resume", "--lr", "0.002"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("learning_rate 0.001 (given: 0.002)"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn every_training_flag_that_sets_a_config_field_is_listed() {
+    use clap::CommandFactory;
+    use textok_studio::cli::{Cli, DIT_FLAG_FIELDS, TOKENIZER_FLAG_FIELDS};
+    // Flags that change the session, not the run: these need no field.
+    const SESSION_FLAGS: [&str; 5] = ["out", "resume", "device", "max_minutes", "help"];
+    let command = Cli::command();
+    let train = command.find_subcommand("train").unwrap();
+    let tokenizer_config = serde_json::to_value(
+        textok_studio::train::tokenizer::TokenizerTrainConfig::new("d".into(), "tiny", true, 1, 1),
+    )
+    .unwrap();
+    let dit_config = serde_json::to_value(textok_studio::train::dit::DitTrainConfig::new(
+        "d".into(),
+        "t".into(),
+        "tiny",
+        1,
+        1,
+    ))
+    .unwrap();
+    for (trainer, table, config) in [
+        ("tokenizer", TOKENIZER_FLAG_FIELDS, &tokenizer_config),
+        ("dit", DIT_FLAG_FIELDS, &dit_config),
+    ] {
+        let flags: Vec<String> = train
+            .find_subcommand(trainer)
+            .unwrap()
+            .get_arguments()
+            .map(|arg| arg.get_id().as_str().to_owned())
+            .collect();
+        for flag in &flags {
+            assert!(
+                SESSION_FLAGS.contains(&flag.as_str())
+                    || table.iter().any(|(listed, _)| listed == flag),
+                "{trainer}: --{flag} is not in the table, so a resume would override it"
+            );
+        }
+        for (flag, field) in table {
+            assert!(flags.iter().any(|f| f == flag), "{trainer}: no flag {flag}");
+            assert!(config.get(*field).is_some(), "{trainer}: no field {field}");
+        }
+    }
+}
+
 /// A tiny DiT with a non-zero output layer, so images depend on the network.
 fn save_tiny_dit(path: &Path, seed: u64) {
     let device = cpu();
