@@ -997,6 +997,17 @@ fn read_latent_cache(run: &Path) -> (serde_json::Value, Vec<u8>) {
     (header, bytes[8 + header_len..].to_vec())
 }
 
+/// Writes `run/latents.bin` with `header` and the cached `values` (a cache as another run or
+/// an earlier build made it).
+fn write_latent_cache(run: &Path, header: &serde_json::Value, values: &[u8]) {
+    let header = serde_json::to_vec(header).unwrap();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend(values);
+    std::fs::create_dir_all(run).unwrap();
+    std::fs::write(run.join("latents.bin"), &bytes).unwrap();
+}
+
 /// The `tokens` a DiT run's latent cache holds per image.
 fn cached_tokens(run: &Path) -> u64 {
     read_latent_cache(run).0["tokens"].as_u64().unwrap()
@@ -1132,13 +1143,8 @@ fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
     header["tokenizer_sha256"] = textok_studio::files::sha256_file(&new_encoder)
         .unwrap()
         .into();
-    let header = serde_json::to_vec(&header).unwrap();
-    let mut packed = (header.len() as u64).to_le_bytes().to_vec();
-    packed.extend(header);
-    packed.extend(&values);
     let run = dir.path().join("packed");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("latents.bin"), &packed).unwrap();
+    write_latent_cache(&run, &header, &values);
     train(&run, &new_encoder);
     assert_eq!(
         read_latent_cache(&run).1,
@@ -1165,13 +1171,8 @@ fn a_latent_cache_serves_a_tokenizer_whose_detokenizer_alone_changed() {
     let (mut header, values) = read_latent_cache(&first);
     header["tokenizer_sha256"] = "an earlier file".into();
     header["encoder_sha256"] = exact.into();
-    let header = serde_json::to_vec(&header).unwrap();
-    let mut old_cache = (header.len() as u64).to_le_bytes().to_vec();
-    old_cache.extend(header);
-    old_cache.extend(&values);
     let run = dir.path().join("before-rounding");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::write(run.join("latents.bin"), &old_cache).unwrap();
+    write_latent_cache(&run, &header, &values);
     train(&run, &original);
     assert_eq!(read_latent_cache(&run).1, values, "the old cache was used");
     let (_, dit_config) =
