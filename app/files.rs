@@ -55,18 +55,24 @@ impl FileStamp {
 /// Fails unless a file can be created in `dir`: what a long job checks before it starts, so
 /// that its results are not lost at the end. The probe file is removed again.
 pub fn ensure_writable_dir(dir: &Path) -> std::io::Result<()> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
     let probe = dir.join(format!(
-        ".textok-write-check-{}-{nanos}",
-        std::process::id()
+        ".textok-write-check-{}-{}",
+        std::process::id(),
+        unique_stamp()
     ));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&probe)?;
     std::fs::remove_file(&probe)
+}
+
+/// Nanoseconds since the Unix epoch: a suffix that makes a temporary name unique in practice
+/// (0 if the clock is before 1970).
+pub fn unique_stamp() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos())
 }
 
 /// Hex SHA-256 of a file's contents (model identities in image metadata).

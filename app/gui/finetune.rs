@@ -179,10 +179,8 @@ fn remove_run_folder(dir: &Path) -> std::io::Result<()> {
         }
     }
     let name = dir.file_name().unwrap_or_default().to_string_lossy();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let doomed = dir.with_file_name(format!("{DELETING_PREFIX}{nanos}-{name}"));
+    let stamp = crate::files::unique_stamp();
+    let doomed = dir.with_file_name(format!("{DELETING_PREFIX}{stamp}-{name}"));
     std::fs::rename(dir, &doomed)?;
     remove_in_background(doomed);
     Ok(())
