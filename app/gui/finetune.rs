@@ -545,16 +545,9 @@ impl FineTunePane {
 
     /// Starts a new run from the form (`resume` = None) or resumes `resume`.
     pub fn start(&mut self, app: &mut AppContext, resume: Option<RunInfo>) {
-        // Cleared before the job starts, so none of its first reports is lost. A resumed run's
-        // plot starts with the losses it logged before.
-        let history = resume
-            .as_ref()
-            .and_then(|info| Some(logged_losses(&info.dir, info.saved_step?)))
-            .unwrap_or_default();
-        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live {
-            losses: history,
-            ..Live::default()
-        };
+        // Cleared before the job starts, so none of its first reports is lost. (A resumed run's
+        // earlier losses are read by the job: a long run's log is megabytes of JSON.)
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
         self.samples = (0, Vec::new());
         match self.spawn(app, resume) {
             Ok(running) => self.running = Some(running),
@@ -571,6 +564,9 @@ impl FineTunePane {
             effnet: key.shipped.effnet.clone(),
         };
         let device_choice = key.device;
+        let history = resume
+            .as_ref()
+            .and_then(|info| Some((info.dir.clone(), info.saved_step?)));
         let (run, target, saved_config) = match resume {
             Some(info) => {
                 let path = info.dir.join("config.json");
@@ -622,6 +618,14 @@ impl FineTunePane {
             "fine-tune",
             app.notify.clone(),
             move |_, cancel: &CancelToken| {
+                if let Some((dir, saved_step)) = history {
+                    // A resumed run's plot starts with the losses it logged before; read before
+                    // training starts, so they come before its first new step.
+                    let earlier = logged_losses(&dir, saved_step);
+                    observer.with(|live| {
+                        live.losses.splice(0..0, earlier);
+                    });
+                }
                 if let Some(items) = export {
                     // A message per image would flood the log; one every half second.
                     let last = std::cell::Cell::new(None::<Instant>);

@@ -1412,10 +1412,16 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
     // Resume continues from the saved step.
     harness.step();
     harness.get_by_label("Resume").click();
-    // The plot starts with the history the run logged up to its saved state.
-    harness.step();
+    // The plot starts with the history the run logged up to its saved state (read by the job,
+    // not on the UI thread).
     let logged = textok_studio::gui::finetune::logged_losses(&runs[0].dir, saved_step);
     assert!(!logged.is_empty(), "the run logged its first step");
+    wait_until(
+        &mut harness,
+        "the logged losses",
+        Duration::from_secs(60),
+        |_| live.lock().unwrap().losses.len() >= logged.len(),
+    );
     let history = live.lock().unwrap().losses.clone();
     assert_eq!(
         history[..logged.len()],
