@@ -15,11 +15,30 @@ use crate::model::text_encoder::TextEncoder;
 use crate::model::textok::MIN_BUDGET;
 use crate::pipeline::{self, DEFAULT_BUDGETS, EngineSpec, ReconstructEngine};
 
+/// `println!` that does not panic when stdout is closed (`textok-studio info X | head -1`): the
+/// rest of the output is dropped and the work (images still to be written) goes on.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "textok-studio",
     version,
-    about = "Language-guided image tokenization (TexTok) on your own machine"
+    about = "Language-guided image tokenization (TexTok) on your own machine",
+    // The desktop app's options mean nothing to a subcommand; refused rather than ignored.
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -88,7 +107,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_BUDGETS)]
+    /// Token budgets, comma separated (each 32..=256).
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
     pub tokens: Vec<usize>,
     /// DDIM steps per generated image.
     #[arg(long, default_value_t = 50)]
@@ -102,6 +122,7 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
+    /// What to draw (the caption given to the DiT and the detokenizer).
     #[arg(long)]
     pub caption: String,
     /// Token budget k (32..=256).
@@ -111,11 +132,12 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale (1 = none).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
     pub cfg: f32,
     /// Seed of the first image; image i uses seed + i [default: random].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Images to generate, 1..=64.
     #[arg(long, default_value_t = 4)]
     pub count: usize,
     /// TexTok checkpoint [default: the shipped model].
@@ -141,6 +163,7 @@ pub struct GenEvalArgs {
     /// Dataset folder: captions to generate from and the reference images (validation split).
     #[arg(long)]
     pub data: PathBuf,
+    /// Percentage of the dataset in the validation split (as used for training).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub validation_percent: u32,
     /// Images to generate per model (the validation captions, repeated as needed), 2..=100000.
@@ -155,12 +178,16 @@ pub struct GenEvalArgs {
     /// prints its table and writes `[{model, caption_contrast}]` to --json.
     #[arg(long, conflicts_with = "sheet")]
     pub contrast_only: bool,
+    /// Token budget k of the generated images (32..=256).
     #[arg(long, default_value_t = 64)]
     pub tokens: usize,
+    /// DDIM steps per image.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    #[arg(long, default_value_t = 3.0)]
+    /// Classifier-free guidance scale (1 = none).
+    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
     pub cfg: f32,
+    /// Seed of the first image; image i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// TexTok checkpoint [default: the shipped model].
@@ -204,7 +231,8 @@ pub struct EvalArgs {
     /// Baseline checkpoint [default: the shipped model].
     #[arg(long)]
     pub baseline: Option<PathBuf>,
-    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_BUDGETS)]
+    /// Token budgets, comma separated (each 32..=256).
+    #[arg(long, value_delimiter = ',', default_value = "32,64,128,256")]
     pub tokens: Vec<usize>,
     /// Which part of the deterministic split to evaluate.
     #[arg(long, value_enum, default_value_t = SplitChoice::Validation)]
@@ -222,12 +250,12 @@ pub struct EvalArgs {
     /// each budget) of the first --sheet-rows images.
     #[arg(long)]
     pub sheet: Option<PathBuf>,
-    /// 1..=1000.
+    /// Images (rows) in the contact sheet, 1..=1000.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub sheet_rows: u32,
     /// Robustness: score reconstructions from tokens perturbed by this fraction of their
     /// per-channel spread, as a generator's inexact tokens are (the sheet stays noiseless).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub token_noise: f32,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
@@ -243,23 +271,30 @@ pub enum TrainCommand {
 
 #[derive(Args, Debug)]
 pub struct TrainDitArgs {
-    /// Dataset folder: images with NAME.txt captions, or a captions.jsonl at its root.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Dataset folder: images with NAME.txt captions, or a captions.jsonl at its root
+    /// (with --resume: the run's).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
     /// TexTok checkpoint whose tokens to generate [default: the shipped model].
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// DiT size: tiny, small, dit-l or dit-xl.
     #[arg(long, default_value = "small")]
     pub preset: String,
-    #[arg(long)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 32)]
+    /// Length of the learning-rate schedule in steps (with --resume: the run's, or more to
+    /// lengthen it).
+    #[arg(long, required_unless_present = "resume", value_parser = at_least_one)]
+    pub steps: Option<usize>,
+    /// Training examples per step.
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     pub batch: usize,
-    #[arg(long, default_value_t = 3e-4)]
+    /// Peak learning rate (after warm-up).
+    #[arg(long, default_value_t = 3e-4, allow_negative_numbers = true)]
     pub lr: f64,
+    /// Seed of the initial weights and of the data order.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Save the training state every so many minutes (and at the end or on Ctrl-C).
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_minutes: f64,
     /// Fine-tune: start from this checkpoint instead of random weights (its architecture
@@ -307,21 +342,25 @@ pub struct TrainDitArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainTokenizerArgs {
-    /// Dataset folder: images with NAME.txt captions, or a captions.jsonl at its root.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Dataset folder: images with NAME.txt captions, or a captions.jsonl at its root
+    /// (with --resume: the run's).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
     /// Model size: tiny, small or base.
     #[arg(long, default_value = "small")]
     pub preset: String,
     /// Train the Baseline: the same model without caption tokens.
     #[arg(long)]
     pub no_text: bool,
-    #[arg(long)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 16)]
+    /// Length of the learning-rate schedule in steps (with --resume: the run's, or more to
+    /// lengthen it).
+    #[arg(long, required_unless_present = "resume", value_parser = at_least_one)]
+    pub steps: Option<usize>,
+    /// Images per step.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
     pub batch: usize,
     /// Peak learning rate (after warm-up).
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(long, default_value_t = 3e-4, allow_negative_numbers = true)]
     pub lr: f64,
     /// Warm-up steps [default: 5% of --steps, at most 1000].
     #[arg(long)]
@@ -330,6 +369,7 @@ pub struct TrainTokenizerArgs {
     /// the learning rate still decays to its floor (--steps becomes an upper bound).
     #[arg(long)]
     pub max_minutes: Option<f64>,
+    /// Seed of the initial weights, the data order and the noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Validate the EMA weights every this many steps (and after the last).
@@ -339,18 +379,18 @@ pub struct TrainTokenizerArgs {
     #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub eval_images: usize,
     /// Weight of the perceptual (EfficientNet-Lite0) loss; 0 switches it off.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub perceptual_weight: f64,
     /// Weight of the adversarial loss (the paper: 0.1). Off by default: on a CPU every step
     /// would also train the discriminator.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub adversarial_weight: f64,
     /// Step at which the discriminator starts.
     #[arg(long, default_value_t = 2000)]
     pub discriminator_start: usize,
     /// Decoder robustness: add noise of sigma ~ U(0, this) times the tokens' per-channel std
     /// to the tokens before decoding, so a DiT's inexact samples decode cleanly (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub token_noise: f64,
     /// Train only the detokenizer (the tokens, and a DiT trained on them, stay valid); use
     /// with --init-from.
@@ -610,21 +650,22 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     create_output_folder(&args.out)?;
 
     let selected = device::select(args.device)?;
-    println!("device: {}", selected.description);
+    outln!("device: {}", selected.description);
     let mut spec = EngineSpec::shipped();
     spec.textok = args.model.clone();
     spec.baseline = args.baseline.clone();
     spec.with_baseline = !args.no_baseline;
     let engine = ReconstructEngine::load(&spec, selected)?;
-    println!("TexTok:   {}", engine.textok.source);
+    outln!("TexTok:   {}", engine.textok.source);
     if let Some(baseline) = &engine.baseline {
-        println!("Baseline: {}", baseline.source);
+        outln!("Baseline: {}", baseline.source);
     }
     let count = engine.text_encoder.count_tokens(&caption)?;
     if count.truncated() {
-        println!(
+        outln!(
             "caption: {} tokens, truncated to the first {}",
-            count.needed, count.kept
+            count.needed,
+            count.kept
         );
     }
 
@@ -639,12 +680,15 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     )?;
 
     // The scores first: they are not lost if a write fails.
-    println!(
+    outln!(
         "{:<9} {:>6} {:>9} {:>7}",
-        "model", "tokens", "PSNR dB", "SSIM"
+        "model",
+        "tokens",
+        "PSNR dB",
+        "SSIM"
     );
     for result in &results {
-        println!(
+        outln!(
             "{:<9} {:>6} {:>9} {:>7.4}",
             result.tokenizer.label(),
             result.budget,
@@ -654,7 +698,7 @@ fn run_reconstruct(args: ReconstructArgs) -> anyhow::Result<()> {
     }
     let models = pipeline::ReconstructionModels::of(&engine);
     pipeline::save_reconstructions(&args.out, &original, &caption, &results, &models)?;
-    println!("wrote {}", args.out.display());
+    outln!("wrote {}", args.out.display());
     Ok(())
 }
 
@@ -675,21 +719,21 @@ fn run_info(path: &Path) -> anyhow::Result<()> {
     let mut dtypes: Vec<&str> = tensors.iter().map(|t| t.dtype.as_str()).collect();
     dtypes.sort();
     dtypes.dedup();
-    println!("file:       {}", path.display());
-    println!("kind:       {kind}");
-    println!(
+    outln!("file:       {}", path.display());
+    outln!("kind:       {kind}");
+    outln!(
         "parameters: {} in {} tensors",
         checkpoint.parameter_count(),
         tensors.len()
     );
-    println!("dtype:      {}", dtypes.join(", "));
+    outln!("dtype:      {}", dtypes.join(", "));
     if kind == crate::model::textok::KIND_TEXTOK {
         // Two tokenizer files with the same encoder hash make the same tokens (a DiT's latent
         // cache is keyed by it), though their detokenizers may differ.
         let encoder = crate::model::textok::TexTok::encoder_sha256_of(&checkpoint)?;
-        println!("encoder:    sha256 {encoder}");
+        outln!("encoder:    sha256 {encoder}");
     }
-    println!("config:     {}", serde_json::to_string_pretty(&config)?);
+    outln!("config:     {}", serde_json::to_string_pretty(&config)?);
     Ok(())
 }
 
@@ -699,21 +743,21 @@ fn run_image_info(path: &Path) -> anyhow::Result<()> {
     let text = imageio::read_png_text(path)?;
     let (width, height) = image::image_dimensions(path)
         .map_err(|e| anyhow::anyhow!("{}: not a readable PNG: {e}", path.display()))?;
-    println!("file:       {}", path.display());
-    println!("kind:       PNG image, {width}x{height}");
+    outln!("file:       {}", path.display());
+    outln!("kind:       PNG image, {width}x{height}");
     if text.is_empty() {
-        println!("text:       none (not written by TexTok Studio, or its text was removed)");
+        outln!("text:       none (not written by TexTok Studio, or its text was removed)");
     }
     for (key, value) in &text {
-        println!("{:<11} {value}", format!("{key}:"));
+        outln!("{:<11} {value}", format!("{key}:"));
     }
-    if let Some(command) = pipeline::regenerate_command(&text) {
-        println!(
+    if let Some(command) = pipeline::regenerate_command(&text, &pipeline::ShippedHashes::read()) {
+        outln!(
             "regenerate: {command}\n            (the same image with models of the SHA-256 above, \
              on the same device)"
         );
         if !text.iter().any(|(key, _)| key == "tokenizer") {
-            println!(
+            outln!(
                 "            (saved before images named their tokenizer: if it was made with \
                  --baseline, add --baseline --model BASELINE.safetensors --dit DIT.safetensors)"
             );
@@ -741,14 +785,14 @@ fn run_export_f16(input: &Path, output: &Path) -> anyhow::Result<()> {
             input.display()
         ),
     }
-    println!("wrote {} (f16) from {}", output.display(), input.display());
+    outln!("wrote {} (f16) from {}", output.display(), input.display());
     Ok(())
 }
 
 fn run_devices() -> anyhow::Result<()> {
     let adapters = device::list_adapters();
     if adapters.is_empty() {
-        println!("no wgpu adapters found");
+        outln!("no wgpu adapters found");
     }
     for adapter in &adapters {
         let kind = if adapter.is_hardware {
@@ -756,9 +800,9 @@ fn run_devices() -> anyhow::Result<()> {
         } else {
             "software"
         };
-        println!("{adapter} [{kind}]");
+        outln!("{adapter} [{kind}]");
     }
-    println!(
+    outln!(
         "--device auto picks: {}",
         device::select(DeviceChoice::Auto)?.description
     );
@@ -835,63 +879,32 @@ fn flags_given(matches: &clap::ArgMatches, trainer: &str) -> Vec<String> {
         .collect()
 }
 
-/// Which training-config fields each `train tokenizer` flag sets (flags that set none, such as
-/// --out, --device or --max-minutes, are left out).
-pub const TOKENIZER_FLAG_FIELDS: &[(&str, &str)] = &[
-    ("data", "data"),
-    ("preset", "preset"),
-    ("no_text", "text_conditioning"),
-    ("steps", "steps"),
-    ("batch", "batch"),
-    ("lr", "learning_rate"),
-    ("warmup", "warmup_steps"),
-    ("seed", "seed"),
-    ("eval_every", "eval_every"),
-    ("eval_images", "eval_images"),
-    ("perceptual_weight", "perceptual_weight"),
-    ("adversarial_weight", "adversarial_weight"),
-    ("discriminator_start", "discriminator_start"),
-    ("token_noise", "token_noise"),
-    ("freeze_encoder", "freeze_encoder"),
-    ("checkpoint_minutes", "checkpoint_minutes"),
-    ("init_from", "init_from"),
-];
-
-/// The same for `train dit`.
-pub const DIT_FLAG_FIELDS: &[(&str, &str)] = &[
-    ("data", "data"),
-    ("tokenizer", "tokenizer"),
-    ("preset", "preset"),
-    ("steps", "steps"),
-    ("batch", "batch"),
-    ("lr", "learning_rate"),
-    ("seed", "seed"),
-    ("checkpoint_minutes", "checkpoint_minutes"),
-    ("init_from", "init_from"),
-    ("min_budget", "min_budget"),
-    ("max_budget", "max_budget"),
-    ("latent_norm", "latent_norm"),
-    ("position_init", "position_init"),
-    ("pooled_caption", "pooled_caption"),
-    ("warmup", "warmup_steps"),
-    ("ema_every", "ema_every"),
-];
+pub use crate::train::dit::FLAG_FIELDS as DIT_FLAG_FIELDS;
+pub use crate::train::tokenizer::FLAG_FIELDS as TOKENIZER_FLAG_FIELDS;
 
 /// For `--resume`: the run's stored settings wherever no flag was typed for them, so that a
-/// run resumes with `--resume` and the required flags alone; a flag typed with another value
-/// than the run's is still refused by [`crate::train::resolve_run_config`], by name. Without a
-/// readable stored config, `requested` is returned as is (the resume then says why it cannot).
+/// run resumes with `--resume` and `--out` alone; a flag typed with another value than the
+/// run's is still refused by [`crate::train::resolve_run_config`], by name.
 fn with_stored_settings<C: crate::train::RunConfig>(
     run_dir: &Path,
     requested: C,
     given: &[String],
     flag_fields: &[(&str, &str)],
 ) -> anyhow::Result<C> {
-    let stored = std::fs::read(run_dir.join("config.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok());
-    let Some(serde_json::Value::Object(stored)) = stored else {
-        return Ok(requested);
+    // Said here, before the device opens and before anything (a lock file, a folder) is
+    // written: a mistyped --out would otherwise leave a new empty run folder behind.
+    anyhow::ensure!(
+        run_dir.join(crate::train::TRAINING_STATE_FILE).is_file(),
+        "{}: nothing to resume (no {}); check --out",
+        run_dir.display(),
+        crate::train::TRAINING_STATE_FILE
+    );
+    let path = run_dir.join("config.json");
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let stored = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .with_context(|| format!("{}: not a training config", path.display()))?;
+    let serde_json::Value::Object(stored) = stored else {
+        bail!("{}: not a training config", path.display());
     };
     let mut merged = serde_json::to_value(&requested)?;
     let typed = |field: &str| {
@@ -912,11 +925,13 @@ fn with_stored_settings<C: crate::train::RunConfig>(
 
 fn run_train_tokenizer(args: TrainTokenizerArgs, given: &[String]) -> anyhow::Result<()> {
     use crate::train::tokenizer::{TokenizerTrainConfig, train_tokenizer};
+    // Without --resume clap requires --data and --steps; with it, the run's values replace
+    // these placeholders unless typed.
     let mut config = TokenizerTrainConfig::new(
-        args.data.clone(),
+        args.data.clone().unwrap_or_default(),
         &args.preset,
         !args.no_text,
-        args.steps,
+        args.steps.unwrap_or(1),
         args.batch,
     );
     config.learning_rate = args.lr;
@@ -1064,7 +1079,7 @@ fn run_eval(args: EvalArgs) -> anyhow::Result<()> {
         &CancelToken::new(),
     )?;
     eprintln!();
-    print!("{}", format_table(&records));
+    out!("{}", format_table(&records));
     if let Some(path) = &args.json {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
             .with_context(|| format!("{}: cannot write", path.display()))?;
@@ -1178,7 +1193,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(&path);
             return Err(error);
         }
-        println!("{}", path.display());
+        outln!("{}", path.display());
     }
     Ok(())
 }
@@ -1388,9 +1403,9 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         });
     }
     if args.contrast_only {
-        println!("{CONTRAST_HEADER}");
+        outln!("{CONTRAST_HEADER}");
         for (name, contrast) in &contrasts {
-            println!("{}", contrast_line(name, contrast));
+            outln!("{}", contrast_line(name, contrast));
         }
         if let Some(path) = &args.json {
             let rows: Vec<serde_json::Value> = contrasts
@@ -1402,11 +1417,11 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    println!(
+    outln!(
         "model      tokens  steps  cfg   images  FD-EffNet  caption match (top-{CAPTION_MATCH_K})"
     );
     for r in &records {
-        println!(
+        outln!(
             "{:<10} {:>6} {:>6} {:>4} {:>8} {:>10.3}  {:>5.1} % (chance {:.1} %)",
             r.model,
             r.tokens,
@@ -1418,12 +1433,12 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             100.0 * CAPTION_MATCH_K as f64 / r.references.max(1) as f64
         );
     }
-    println!("\n{CONTRAST_HEADER}");
+    outln!("\n{CONTRAST_HEADER}");
     for r in &records {
         let Some(contrast) = &r.caption_contrast else {
             continue;
         };
-        println!("{}", contrast_line(&r.model, contrast));
+        outln!("{}", contrast_line(&r.model, contrast));
     }
     if let Some(path) = &args.json {
         crate::files::write_atomic(path, serde_json::to_string_pretty(&records)?.as_bytes())
@@ -1487,14 +1502,15 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         args.steps
     );
     let selected = device::select(args.device)?;
-    println!("device: {}", selected.description);
+    outln!("device: {}", selected.description);
     let mut spec = EngineSpec::shipped();
     spec.with_baseline = false;
     let engine = ReconstructEngine::load(&spec, selected.clone())?;
     let generator = GenerateEngine::load(&GenerateSpec::shipped(), selected)?;
-    println!(
+    outln!(
         "TexTok: {}\nDiT:    {}",
-        engine.textok.source, generator.dit_source
+        engine.textok.source,
+        generator.dit_source
     );
     let image = imageio::load_for_model(
         &crate::paths::models_dir().join("../assets/samples/apple.png"),
@@ -1508,7 +1524,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         ))
     })?;
     let caption = "a shiny red apple with a bite taken out of it";
-    println!(
+    outln!(
         "{:>6} {:>16} {:>22}",
         "tokens",
         "reconstruct s/img",
@@ -1543,7 +1559,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             )
             .map(|_| ())
         })?;
-        println!("{budget:>6} {reconstruct:>16.3} {generate:>22.3}");
+        outln!("{budget:>6} {reconstruct:>16.3} {generate:>22.3}");
     }
     Ok(())
 }
@@ -1623,11 +1639,12 @@ fn run_train_dit(args: TrainDitArgs, given: &[String]) -> anyhow::Result<()> {
         .tokenizer
         .clone()
         .unwrap_or_else(crate::paths::default_textok_checkpoint);
+    // As for `train tokenizer`: placeholders for --data and --steps, only when resuming.
     let mut config = DitTrainConfig::new(
-        args.data.clone(),
+        args.data.clone().unwrap_or_default(),
         tokenizer,
         &args.preset,
-        args.steps,
+        args.steps.unwrap_or(1),
         args.batch,
     );
     config.learning_rate = args.lr;
@@ -1682,13 +1699,13 @@ fn run_training(
     };
     let outcome = train(&selected.device, &observer, &cancel)?;
     if outcome.finished {
-        println!(
+        outln!(
             "finished {} steps; EMA weights: {}",
             outcome.step,
             out.join("ema.safetensors").display()
         );
     } else {
-        println!(
+        outln!(
             "stopped at step {}; continue with the same command and --resume",
             outcome.step
         );

@@ -693,17 +693,17 @@ pub fn validate_sample_settings(
     );
     ensure!(
         (1..=1000).contains(&settings.steps),
-        "steps must be 1..=1000, got {}",
+        "DDIM steps (--steps) must be 1..=1000, got {}",
         settings.steps
     );
     ensure!(
         (1..=64).contains(&settings.count),
-        "count must be 1..=64, got {}",
+        "the image count (--count) must be 1..=64, got {}",
         settings.count
     );
     ensure!(
         settings.cfg.is_finite() && (0.0..=50.0).contains(&settings.cfg),
-        "cfg must be between 0 and 50, got {}",
+        "the guidance scale (--cfg) must be between 0 and 50, got {}",
         settings.cfg
     );
     Ok(())
@@ -838,8 +838,9 @@ pub fn save_generated(
 /// settings. The numbers are parsed, not pasted, so a crafted file cannot put other words into
 /// the command; the caption is quoted for a POSIX shell and joined to its flag with `=`, so a
 /// caption that starts with `-` is not read as a flag. A Baseline image names the two files
-/// it needs (`--baseline` takes no default DiT).
-pub fn regenerate_command(text: &[(String, String)]) -> Option<String> {
+/// it needs (`--baseline` takes no default DiT), a TexTok image those of its models that are
+/// not the shipped ones (`shipped`), as placeholders to fill in.
+pub fn regenerate_command(text: &[(String, String)], shipped: &ShippedHashes) -> Option<String> {
     let get = |key: &str| {
         text.iter()
             .find(|(name, _)| name == key)
@@ -853,12 +854,26 @@ pub fn regenerate_command(text: &[(String, String)]) -> Option<String> {
         .ok()
         .filter(|cfg: &f32| cfg.is_finite())?;
     let tokens: usize = get("tokens")?.parse().ok()?;
+    // A model other than the shipped one (a fine-tuned run's, say) has to be named, or the
+    // command would make another image; an image without the hash says nothing, and one whose
+    // shipped file cannot be read here is not guessed to match it.
+    let not_shipped =
+        |key: &str, shipped: Option<&str>| get(key).is_some_and(|sha| Some(sha) != shipped);
     let models = match get("tokenizer") {
         // Images saved before the key existed do not say; nearly all were TexTok's (`generate
         // --baseline` needs a DiT trained on the Baseline's tokens, and none ships), and
         // `info` says what to add for the others.
-        None | Some("textok") => "",
-        Some("baseline") => " --baseline --model BASELINE.safetensors --dit DIT.safetensors",
+        None | Some("textok") => {
+            let mut models = String::new();
+            if not_shipped("textok-sha256", shipped.textok.as_deref()) {
+                models.push_str(" --model TEXTOK.safetensors");
+            }
+            if not_shipped("dit-sha256", shipped.dit.as_deref()) {
+                models.push_str(" --dit DIT.safetensors");
+            }
+            models
+        }
+        Some("baseline") => " --baseline --model BASELINE.safetensors --dit DIT.safetensors".into(),
         Some(_) => return None,
     };
     let quoted = format!("'{}'", caption.replace('\'', r"'\''"));
@@ -866,6 +881,25 @@ pub fn regenerate_command(text: &[(String, String)]) -> Option<String> {
         "textok-studio generate --caption={quoted}{models} --tokens {tokens} --steps {steps} \
          --cfg {cfg} --seed {seed} --count 1 --out OUT"
     ))
+}
+
+/// The SHA-256 of the shipped TexTok and DiT files (`None`: missing or unreadable), which a
+/// regenerate command need not name.
+#[derive(Debug, Clone, Default)]
+pub struct ShippedHashes {
+    pub textok: Option<String>,
+    pub dit: Option<String>,
+}
+
+impl ShippedHashes {
+    /// Reads and hashes the shipped files (about 40 MB).
+    pub fn read() -> Self {
+        let hash = |path: PathBuf| crate::files::sha256_file(&path).ok();
+        Self {
+            textok: hash(crate::paths::default_textok_checkpoint()),
+            dit: hash(crate::paths::default_dit_checkpoint()),
+        }
+    }
 }
 
 /// A model's identity for image metadata: the SHA-256 of the file as it was loaded, or which

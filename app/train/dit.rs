@@ -103,7 +103,29 @@ pub enum LatentNorm {
     Position,
 }
 
+/// Which training-config fields each `train dit` flag sets (flags that set none, such as
+/// --out, --device or --max-minutes, are left out).
+pub const FLAG_FIELDS: &[(&str, &str)] = &[
+    ("data", "data"),
+    ("tokenizer", "tokenizer"),
+    ("preset", "preset"),
+    ("steps", "steps"),
+    ("batch", "batch"),
+    ("lr", "learning_rate"),
+    ("seed", "seed"),
+    ("checkpoint_minutes", "checkpoint_minutes"),
+    ("init_from", "init_from"),
+    ("min_budget", "min_budget"),
+    ("max_budget", "max_budget"),
+    ("latent_norm", "latent_norm"),
+    ("position_init", "position_init"),
+    ("pooled_caption", "pooled_caption"),
+    ("warmup", "warmup_steps"),
+    ("ema_every", "ema_every"),
+];
+
 impl super::RunConfig for DitTrainConfig {
+    const FLAG_FIELDS: &'static [(&'static str, &'static str)] = FLAG_FIELDS;
     fn schedule(&self) -> (usize, usize) {
         (self.steps, self.warmup_steps)
     }
@@ -127,6 +149,20 @@ impl DitTrainConfig {
         ensure!(
             self.ema_every > 0,
             "the EMA must be updated every 1 or more steps"
+        );
+        // Checked here, before the device opens and the tokenizer loads (which may hold fewer
+        // than 256 tokens: checked against it after loading).
+        ensure!(
+            self.init_from.is_some() || DitConfig::preset(&self.preset).is_some(),
+            "unknown DiT preset `{}`; choose one of {:?}",
+            self.preset,
+            DitConfig::PRESETS
+        );
+        ensure!(
+            MIN_BUDGET <= self.min_budget
+                && self.min_budget <= self.max_budget
+                && self.max_budget <= 256,
+            "budgets must satisfy 32 <= --min-budget <= --max-budget <= 256"
         );
         ensure!(
             (0.0..1.0).contains(&self.caption_dropout),

@@ -246,6 +246,9 @@ pub fn default_warmup(steps: usize) -> usize {
 
 /// A run's settings that resuming must keep (all but the step count, which may grow).
 pub trait RunConfig: Clone + PartialEq + serde::Serialize + serde::de::DeserializeOwned {
+    /// `(flag, field)`: the command-line flag (clap id) that sets each config field, so that a
+    /// refused resume names what to type.
+    const FLAG_FIELDS: &'static [(&'static str, &'static str)];
     /// `(steps, warm-up steps)`.
     fn schedule(&self) -> (usize, usize);
     fn with_schedule(&self, steps: usize, warmup_steps: usize) -> Self;
@@ -318,16 +321,24 @@ pub fn resolve_run_config<C: RunConfig>(
         let differences = differing_settings(
             &serde_json::to_value(requested.as_continuation_of(&stored))?,
             &serde_json::to_value(&stored)?,
+            C::FLAG_FIELDS,
         );
         anyhow::ensure!(
             differences.is_empty(),
             "{}: the run was started with other settings; resume with the same ones (only \
-             --steps may change): {}",
+             --steps may change, to more): {}",
             run_dir.display(),
             differences.join(", ")
         );
         let (stored_steps, warmup) = stored.schedule();
-        stored.with_schedule(requested.schedule().0.max(stored_steps), warmup)
+        let requested_steps = requested.schedule().0;
+        anyhow::ensure!(
+            requested_steps >= stored_steps,
+            "{}: the run's schedule is {stored_steps} steps; a resume can lengthen it, not \
+             shorten it (given: --steps {requested_steps}); leave --steps out to keep it",
+            run_dir.display()
+        );
+        stored.with_schedule(requested_steps, warmup)
     } else {
         anyhow::ensure!(
             !state.exists(),
@@ -344,10 +355,14 @@ pub fn resolve_run_config<C: RunConfig>(
     Ok(config)
 }
 
-/// The settings in which a resume request differs from the run's stored ones, as `name stored
-/// (given: requested)`, so that the refusal says what to type. Two paths that name the same
-/// file or folder (`data` and `./data`) do not differ.
-fn differing_settings(requested: &serde_json::Value, stored: &serde_json::Value) -> Vec<String> {
+/// The settings in which a resume request differs from the run's stored ones, as `--flag stored
+/// (given: requested)` (the field's name where no flag sets it), so that the refusal says what
+/// to type. Two paths that name the same file or folder (`data` and `./data`) do not differ.
+fn differing_settings(
+    requested: &serde_json::Value,
+    stored: &serde_json::Value,
+    flag_fields: &[(&str, &str)],
+) -> Vec<String> {
     use serde_json::Value;
     let (Value::Object(requested), Value::Object(stored)) = (requested, stored) else {
         return if requested == stored {
@@ -369,8 +384,22 @@ fn differing_settings(requested: &serde_json::Value, stored: &serde_json::Value)
                 }
                 _ => given == had,
             };
-            let show = |value: Option<&Value>| value.map_or("none".to_owned(), Value::to_string);
-            (!same).then(|| format!("{name} {} (given: {})", show(had), show(given)))
+            let flag = flag_fields
+                .iter()
+                .find(|(_, field)| field == name)
+                .map(|(flag, _)| *flag);
+            // --no-text sets `text_conditioning` to its opposite.
+            let inverted = flag == Some("no_text");
+            let show = |value: Option<&Value>| match value {
+                Some(Value::Bool(on)) if inverted => (!on).to_string(),
+                Some(value) => value.to_string(),
+                None => "none".to_owned(),
+            };
+            let label = flag.map_or_else(
+                || name.clone(),
+                |flag| format!("--{}", flag.replace('_', "-")),
+            );
+            (!same).then(|| format!("{label} {} (given: {})", show(had), show(given)))
         })
         .collect()
 }

@@ -112,7 +112,30 @@ fn default_lecam_weight() -> f64 {
     1e-4
 }
 
+/// Which training-config fields each `train tokenizer` flag sets (flags that set none, such as
+/// --out, --device or --max-minutes, are left out).
+pub const FLAG_FIELDS: &[(&str, &str)] = &[
+    ("data", "data"),
+    ("preset", "preset"),
+    ("no_text", "text_conditioning"),
+    ("steps", "steps"),
+    ("batch", "batch"),
+    ("lr", "learning_rate"),
+    ("warmup", "warmup_steps"),
+    ("seed", "seed"),
+    ("eval_every", "eval_every"),
+    ("eval_images", "eval_images"),
+    ("perceptual_weight", "perceptual_weight"),
+    ("adversarial_weight", "adversarial_weight"),
+    ("discriminator_start", "discriminator_start"),
+    ("token_noise", "token_noise"),
+    ("freeze_encoder", "freeze_encoder"),
+    ("checkpoint_minutes", "checkpoint_minutes"),
+    ("init_from", "init_from"),
+];
+
 impl super::RunConfig for TokenizerTrainConfig {
+    const FLAG_FIELDS: &'static [(&'static str, &'static str)] = FLAG_FIELDS;
     fn schedule(&self) -> (usize, usize) {
         (self.steps, self.warmup_steps)
     }
@@ -212,6 +235,14 @@ impl TokenizerTrainConfig {
             self.steps > 0 && self.batch > 0,
             "steps and batch must be positive"
         );
+        // Checked here, before the device opens and the run folder is written; a run from a
+        // checkpoint takes that checkpoint's shape.
+        ensure!(
+            self.init_from.is_some() || TexTokConfig::preset(&self.preset, true).is_some(),
+            "unknown model preset `{}`; choose one of {:?}",
+            self.preset,
+            TexTokConfig::PRESETS
+        );
         ensure!(
             MIN_BUDGET <= self.min_budget
                 && self.min_budget <= self.max_budget
@@ -232,7 +263,7 @@ impl TokenizerTrainConfig {
         );
         ensure!(
             !self.freeze_encoder || self.init_from.is_some(),
-            "freezing the encoder needs a trained model to start from (init_from)"
+            "--freeze-encoder needs --init-from (a trained model whose encoder to keep)"
         );
         ensure!(
             [

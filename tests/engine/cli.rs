@@ -695,7 +695,9 @@ fn png_text(path: &std::path::Path) -> std::collections::HashMap<String, String>
 
 #[test]
 fn the_regenerate_command_quotes_the_caption_and_takes_only_numbers() {
-    use textok_studio::pipeline::regenerate_command;
+    use textok_studio::pipeline::{ShippedHashes, regenerate_command};
+    let shipped = ShippedHashes::default();
+    let regenerate_command = |text: &[(String, String)]| regenerate_command(text, &shipped);
     let text = |seed: &str| -> Vec<(String, String)> {
         [
             ("caption", "Bob's \"red\" $apple"),
@@ -736,6 +738,27 @@ fn the_regenerate_command_quotes_the_caption_and_takes_only_numbers() {
         regenerate_command(&text("7")[..4]),
         None,
         "no tokens: not a generated image"
+    );
+    // Made with a fine-tuned DiT and the shipped TexTok: only the DiT is named.
+    let mut tuned = text("7");
+    tuned.push(("textok-sha256".into(), "aa".into()));
+    tuned.push(("dit-sha256".into(), "cc".into()));
+    let shipped = ShippedHashes {
+        textok: Some("aa".into()),
+        dit: Some("bb".into()),
+    };
+    let command = textok_studio::pipeline::regenerate_command(&tuned, &shipped).unwrap();
+    assert!(command.contains("--dit DIT.safetensors"), "{command}");
+    assert!(!command.contains("--model"), "{command}");
+    // Both shipped: neither is named.
+    let same = ShippedHashes {
+        dit: Some("cc".into()),
+        ..shipped
+    };
+    let command = textok_studio::pipeline::regenerate_command(&tuned, &same).unwrap();
+    assert!(
+        !command.contains("--dit") && !command.contains("--model"),
+        "{command}"
     );
 }
 
@@ -843,8 +866,8 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     assert!(!text.contains("saved before images named"), "{text}");
     assert!(
         text.contains(&format!(
-            "regenerate: textok-studio generate --caption='{CAPTION}' --tokens 48 --steps 4 \
-             --cfg 2.5 --seed 11 --count 1 --out OUT"
+            "regenerate: textok-studio generate --caption='{CAPTION}' --model TEXTOK.safetensors \
+             --dit DIT.safetensors --tokens 48 --steps 4 --cfg 2.5 --seed 11 --count 1 --out OUT"
         )),
         "{text}"
     );
@@ -1062,18 +1085,11 @@ fn a_resumed_run_takes_its_own_settings_for_the_flags_not_typed() {
     let data = sample_dataset(dir.path(), &["apple", "penguin", "lizard", "ambulance"]);
     let run = dir.path().join("run");
     let train = |steps: &str, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "tokenizer",
-            "--data",
-            data.to_str().unwrap(),
-            "--steps",
-            steps,
-            "--device",
-            "cpu",
-            "--out",
-            run.to_str().unwrap(),
-        ];
+        let mut args = vec!["train", "tokenizer", "--device", "cpu", "--out"];
+        args.push(run.to_str().unwrap());
+        if !steps.is_empty() {
+            args.extend_from_slice(&["--data", data.to_str().unwrap(), "--steps", steps]);
+        }
         args.extend_from_slice(extra);
         studio(&args, None)
     };
@@ -1084,8 +1100,13 @@ fn a_resumed_run_takes_its_own_settings_for_the_flags_not_typed() {
         ],
     );
     assert!(first.status.success(), "{}", stderr(&first));
-    // Only the required flags and --resume: the run's preset, batch, rate and seed are used.
-    let resumed = train("3", &["--resume"]);
+    // A new run needs --data and --steps.
+    let missing = train("", &[]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("--data"), "{}", stderr(&missing));
+    // With --resume it needs neither: the run's data, schedule, preset, batch, rate and seed
+    // are used (a longer --steps would lengthen the schedule).
+    let resumed = train("", &["--resume"]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
@@ -1102,17 +1123,59 @@ fn a_resumed_run_takes_its_own_settings_for_the_flags_not_typed() {
             &serde_json::json!(2),
             &serde_json::json!(0.001),
             &serde_json::json!(5),
-            &serde_json::json!(3)
+            &serde_json::json!(2)
         )
     );
-    // A flag typed with another value is still refused, by name.
-    let refused = train("4", &["--resume", "--lr", "0.002"]);
+    // A flag typed with another value is still refused, by its flag's name and value.
+    let refused = train("4", &["--resume", "--lr", "0.002", "--no-text"]);
     assert!(!refused.status.success());
+    let message = stderr(&refused);
+    assert!(message.contains("--lr 0.001 (given: 0.002)"), "{message}");
     assert!(
-        stderr(&refused).contains("learning_rate 0.001 (given: 0.002)"),
-        "{}",
-        stderr(&refused)
+        message.contains("--no-text false (given: true)"),
+        "{message}"
     );
+    // A mistyped --out with --resume says there is nothing to resume and makes no folder.
+    let elsewhere = dir.path().join("typo");
+    let output = studio(
+        &[
+            "train",
+            "tokenizer",
+            "--resume",
+            "--out",
+            elsewhere.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("nothing to resume"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!elsewhere.exists(), "no folder made for a mistyped run");
+    // So does an unknown preset, refused before the device opens.
+    let output = studio(
+        &[
+            "train",
+            "tokenizer",
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--preset",
+            "huge",
+            "--out",
+            elsewhere.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        stderr(&output).contains("unknown model preset `huge`"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!elsewhere.exists(), "no folder made for a refused run");
 }
 
 #[test]
@@ -2078,4 +2141,47 @@ fn a_generator_paired_with_a_tokenizer_of_other_tokens_says_so() {
                 .is_some()
         );
     }
+}
+
+#[test]
+fn a_closed_stdout_negative_numbers_and_app_options_with_a_command_are_plain_errors() {
+    // `textok-studio info FILE | head -1`: the rest of the output is dropped, no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_textok-studio"))
+        .args(["info", "models/dit-small.safetensors"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("panicked"), "{}", stderr(&output));
+    // A negative number reaches the range check instead of reading as an unknown flag.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let output = studio(
+        &[
+            "generate",
+            "--caption",
+            "red apple",
+            "--cfg",
+            "-1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("guidance scale (--cfg) must be between 0 and 50, got -1"),
+        "{}",
+        stderr(&output)
+    );
+    // The desktop app's options are refused with a command, not ignored.
+    let output = studio(&["--pane", "compare", "devices"], None);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot be used with"),
+        "{}",
+        stderr(&output)
+    );
 }

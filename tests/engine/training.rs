@@ -186,7 +186,7 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     // It names what differs, with the run's value and the one given.
     let stored_lr = tiny_config(&data, 2, true).learning_rate;
     assert!(
-        err.contains(&format!("learning_rate {stored_lr:?} (given: 1.0)")),
+        err.contains(&format!("--lr {stored_lr:?} (given: 1.0)")),
         "{err}"
     );
     assert!(!err.contains("batch"), "only what differs: {err}");
@@ -209,6 +209,11 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     )
     .unwrap();
     assert_eq!(outcome.step, 4);
+    // It may not shrink: a shorter schedule is refused, by the number given.
+    let err = resolve_run_config(&run, &tiny_config(&data, 3, true), true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("(given: --steps 3)"), "{err}");
     // A session whose time limit has passed trains one step and ends its schedule there.
     let outcome = train_tokenizer(
         &run,
