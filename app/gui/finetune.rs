@@ -479,6 +479,7 @@ impl FineTunePane {
     }
 
     /// Cancels the running training and waits (up to `timeout`) until it has saved its state.
+    /// A new run that ended before its first checkpoint is removed, as [`Self::poll`] does.
     pub fn cancel_and_wait(&mut self, timeout: std::time::Duration) {
         if let Some(running) = &mut self.running {
             running.job.cancel();
@@ -486,6 +487,20 @@ impl FineTunePane {
             while matches!(running.job.poll(), JobState::Running(_)) && started.elapsed() < timeout
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let ended = !matches!(running.job.poll(), JobState::Running(_));
+            let in_runs_folder = running
+                .run
+                .parent()
+                .and_then(Path::file_name)
+                .is_some_and(|name| name == FINETUNE_DIR);
+            if ended
+                && in_runs_folder
+                && !running.run.join(crate::train::TRAINING_STATE_FILE).exists()
+                && let Err(error) = remove_run_folder(&running.run)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("{}: cannot remove: {error}", running.run.display());
             }
         }
     }
@@ -524,6 +539,13 @@ impl FineTunePane {
             "{} is not a fine-tuning run of this data folder",
             dir.display()
         );
+        // A trainer holds the run's lock for as long as it runs, in any window or terminal.
+        // Released again before the rename: Windows cannot rename a folder holding an open file.
+        if crate::files::try_lock_file(&dir.join("train.lock")).is_err() {
+            anyhow::bail!(
+                "the run is training in another window or a terminal; stop it there first"
+            );
+        }
         remove_run_folder(dir).with_context(|| format!("{}: cannot delete", dir.display()))?;
         self.refresh_runs(&app.data_dir.clone());
         Ok(())
@@ -547,13 +569,17 @@ impl FineTunePane {
     pub fn start(&mut self, app: &mut AppContext, resume: Option<RunInfo>) {
         // Cleared before the job starts, so none of its first reports is lost. (A resumed run's
         // earlier losses are read by the job: a long run's log is megabytes of JSON.)
-        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live::default();
-        self.samples = (0, Vec::new());
+        let last_run = std::mem::take(&mut *self.live.lock().unwrap_or_else(|p| p.into_inner()));
+        let last_samples = std::mem::take(&mut self.samples);
         match self.spawn(app, resume) {
             Ok(running) => self.running = Some(running),
-            Err(error) => app
-                .notices
-                .error(format!("Cannot start fine-tuning: {error:#}")),
+            Err(error) => {
+                // Refused before any job started: the last run's plot and samples stay.
+                *self.live.lock().unwrap_or_else(|p| p.into_inner()) = last_run;
+                self.samples = last_samples;
+                app.notices
+                    .error(format!("Cannot start fine-tuning: {error:#}"));
+            }
         }
     }
 
@@ -780,11 +806,9 @@ impl FineTunePane {
         self.refresh_runs(&app.data_dir.clone());
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
-        self.poll(app);
-        if self.runs_listed.is_none() {
-            self.refresh_runs(&app.data_dir.clone());
-        }
+    /// Acts on the folder dialog's answer (called every frame: the dialog does not hold the
+    /// window, so another pane may be shown when it is answered).
+    pub fn poll_dialog(&mut self, app: &mut AppContext) {
         if let Some(receiver) = &self.folder_dialog
             && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
         {
@@ -793,6 +817,13 @@ impl FineTunePane {
                 self.form.use_library = false;
             }
             self.folder_dialog = None;
+        }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        self.poll(app);
+        if self.runs_listed.is_none() {
+            self.refresh_runs(&app.data_dir.clone());
         }
         egui::Panel::left("finetune-form")
             .resizable(true)

@@ -145,8 +145,10 @@ impl GeneratePane {
         } else {
             form.seed
         };
+        let budgets = engine.budgets();
         let settings = SampleSettings {
-            tokens: form.tokens,
+            // As the slider shows it: the saved choice may lie outside this DiT's budgets.
+            tokens: form.tokens.clamp(*budgets.start(), *budgets.end()),
             steps: form.steps,
             cfg: form.cfg,
             seed,
@@ -239,14 +241,19 @@ impl GeneratePane {
         }
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
-        let progress = self.poll(app);
+    /// Acts on the Save dialog's answer (called every frame: the dialog does not hold the
+    /// window, so another pane may be shown when it is answered).
+    pub fn poll_dialog(&mut self, app: &mut AppContext) {
         if let Some((receiver, source)) = &self.save_dialog
             && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
         {
             Self::save_picked(&picked, source, app);
             self.save_dialog = None;
         }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+        let progress = self.poll(app);
 
         egui::Panel::left("generate-form")
             .resizable(true)
@@ -293,18 +300,22 @@ impl GeneratePane {
             _ => MIN_BUDGET..=256,
         };
         let form = &mut app.state.generate;
-        form.tokens = form.tokens.clamp(*budgets.start(), *budgets.end());
+        // The saved choice is kept as it is unless the slider moves: a DiT of fewer budgets
+        // loaded for a while does not overwrite it.
+        let mut shown_tokens = form.tokens.clamp(*budgets.start(), *budgets.end());
         egui::Grid::new("generate-settings")
             .num_columns(2)
             .show(ui, |ui| {
                 let label = ui.label("Tokens");
-                ui.add(egui::Slider::new(&mut form.tokens, budgets))
-                    .labelled_by(label.id)
-                    .on_hover_text(
-                        "Tokens the generator samples. With the shipped models, 96 or more give \
+                let slider = ui.add(egui::Slider::new(&mut shown_tokens, budgets));
+                if slider.changed() {
+                    form.tokens = shown_tokens;
+                }
+                slider.labelled_by(label.id).on_hover_text(
+                    "Tokens the generator samples. With the shipped models, 96 or more give \
                          every 16-pixel patch its own token: the lower rows come out whole, and \
                          the generations score better (model card). 64 is the paper's budget.",
-                    );
+                );
                 ui.end_row();
                 let label = ui.label("Steps");
                 ui.add(egui::DragValue::new(&mut form.steps).range(1..=1000))

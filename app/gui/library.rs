@@ -270,7 +270,8 @@ pub fn caption_editor(
 
 #[derive(Default)]
 pub struct LibraryPane {
-    dialog: Option<std::sync::mpsc::Receiver<Vec<PathBuf>>>,
+    /// The Add dialog's answer, once it comes (public so tests can answer it).
+    pub dialog: Option<std::sync::mpsc::Receiver<Vec<PathBuf>>>,
     /// Items removed this session, newest last, with their places: Undo puts them back (a
     /// caption typed in the app may exist nowhere else).
     removed: Vec<(usize, LibraryItem)>,
@@ -351,13 +352,18 @@ impl LibraryPane {
         app.state.library.insert(index, item);
     }
 
-    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
+    /// Acts on the Add dialog's answer (called every frame: the dialog does not hold the
+    /// window, so another pane may be shown when it is answered).
+    pub fn poll_dialog(&mut self, app: &mut AppContext) {
         if let Some(receiver) = &self.dialog
             && let Some(paths) = super::dialog_answer(receiver, &mut app.notices)
         {
             self.dialog = None;
             app.import(&paths);
         }
+    }
+
+    pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         ui.horizontal(|ui| {
             let idle = self.dialog.is_none();
             if ui

@@ -555,6 +555,8 @@ pub struct StudioApp {
     closing: Closing,
     /// When "Stop and quit" was chosen: after a while the dialog offers to quit at once.
     stopping_since: Option<Instant>,
+    /// "Quit now" was pressed: the exit does not wait for the work to stop.
+    quit_without_waiting: bool,
 }
 
 /// Closing the window while work runs that closing would lose or interrupt.
@@ -665,6 +667,7 @@ impl StudioApp {
             sidecars_written: Instant::now(),
             closing: Closing::No,
             stopping_since: None,
+            quit_without_waiting: false,
         }
     }
 
@@ -773,6 +776,7 @@ impl StudioApp {
         }
         if quit_now {
             self.closing = Closing::Now;
+            self.quit_without_waiting = true;
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         } else if stopping {
             // Keeps frames coming while waiting, so the close follows the work's end.
@@ -824,6 +828,12 @@ impl StudioApp {
                 JobState::Cancelled | JobState::Collected => self.token_counter_job = None,
             }
         }
+        // File dialogs are answered whichever pane is shown (a model picked in Settings
+        // first, since settings decide which models are loaded).
+        self.settings.poll_dialog(&mut self.app);
+        self.library.poll_dialog(&mut self.app);
+        self.generate.poll_dialog(&mut self.app);
+        self.finetune.poll_dialog(&mut self.app);
         // Settings decide which models are loaded.
         self.app
             .engines
@@ -1021,8 +1031,15 @@ impl eframe::App for StudioApp {
 
     fn on_exit(&mut self) {
         self.persist(true);
-        // A running fine-tune saves its state when cancelled, so it can be resumed next time.
-        self.finetune.cancel_and_wait(Duration::from_secs(60));
+        // A running fine-tune saves its state when cancelled, so it can be resumed next time;
+        // after "Quit now" it is not waited for (its checkpoints are written atomically, so
+        // the last complete one is what a resume finds).
+        let wait = if self.quit_without_waiting {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(60)
+        };
+        self.finetune.cancel_and_wait(wait);
     }
 }
 

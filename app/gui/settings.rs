@@ -45,6 +45,19 @@ pub fn resident_memory() -> Option<u64> {
 }
 
 impl SettingsPane {
+    /// Acts on the model file dialog's answer (called every frame: the dialog does not hold
+    /// the window, so another pane may be shown when it is answered).
+    pub fn poll_dialog(&mut self, app: &mut AppContext) {
+        if let Some((slot, receiver)) = &self.dialog
+            && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
+        {
+            if let Some(path) = picked.into_iter().next() {
+                use_model(app, *slot, Some(path));
+            }
+            self.dialog = None;
+        }
+    }
+
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         if self.adapters.is_none() && self.adapter_job.is_none() {
             self.adapter_job = Some(Job::spawn("list adapters", app.notify.clone(), |_, _| {
@@ -61,15 +74,6 @@ impl SettingsPane {
                 JobState::Cancelled | JobState::Collected => self.adapter_job = None,
             }
         }
-        if let Some((slot, receiver)) = &self.dialog
-            && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
-        {
-            if let Some(path) = picked.into_iter().next() {
-                use_model(app, *slot, Some(path));
-            }
-            self.dialog = None;
-        }
-
         egui::ScrollArea::vertical().show(ui, |ui| {
             ui.heading("Device");
             ui.horizontal(|ui| {

@@ -43,7 +43,11 @@ fn fixture() -> Fixture {
     };
     let textok = save_tokenizer(true, 31, "textok.safetensors");
     let baseline = save_tokenizer(false, 32, "baseline.safetensors");
-    let dit_config = textok_studio::model::dit::DitConfig::tiny();
+    // Trained to 128 of its 256 tokens, as a focused DiT is: the Generate slider stops there.
+    let dit_config = textok_studio::model::dit::DitConfig {
+        trained_max_budget: Some(128),
+        ..textok_studio::model::dit::DitConfig::tiny()
+    };
     let mut dit =
         textok_studio::device::init_module(&device, Some(77), || dit_config.init(&device));
     {
@@ -212,6 +216,26 @@ fn import_takes_files_and_folders_with_their_captions_and_reports_the_rest() {
         Some("from the index")
     );
     assert_eq!(caption_of(&library, "unlisted.png").as_deref(), Some(""));
+}
+
+#[test]
+fn a_file_dialog_answered_while_another_pane_is_shown_is_acted_on() {
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Generate);
+    // The dialog does not hold the window: Add images… was pressed in the Library, then the
+    // Generate pane was chosen, and now the dialog is answered.
+    let (answer, dialog) = std::sync::mpsc::channel();
+    harness.state_mut().library.dialog = Some(dialog);
+    harness.step();
+    answer.send(vec![sample("apple")]).unwrap();
+    wait_until(
+        &mut harness,
+        "the picked image in the Library",
+        Duration::from_secs(30),
+        |app| app.app.state.library.len() == 1,
+    );
+    assert_eq!(harness.state().pane, Pane::Generate);
+    assert!(harness.state().library.dialog.is_none());
 }
 
 #[test]
@@ -1046,6 +1070,39 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     assert_eq!(std::fs::read(&gallery[1].file).unwrap(), bytes);
     harness.step();
     assert!(harness.query_by_label_contains("Undo delete").is_none());
+
+    // A saved budget the loaded DiT does not hold is kept (one of more budgets loaded later
+    // offers it again); generating uses the nearest one the slider shows.
+    let budgets = match harness.state_mut().app.engines.generate() {
+        textok_studio::gui::engines::EngineStatus::Ready(engine) => engine.budgets(),
+        _ => panic!("the generator is loaded"),
+    };
+    assert!(
+        *budgets.end() < 256,
+        "the test DiT holds fewer budgets than 256"
+    );
+    harness.state_mut().app.state.generate.tokens = 256;
+    for _ in 0..3 {
+        harness.step();
+    }
+    assert_eq!(harness.state().app.state.generate.tokens, 256);
+    harness.get_by_label("Generate images").click();
+    wait_until(
+        &mut harness,
+        "the generation at the largest budget",
+        Duration::from_secs(60),
+        |app| idle(app) && app.app.state.gallery.len() == 3,
+    );
+    let newest = harness
+        .state()
+        .app
+        .state
+        .gallery
+        .iter()
+        .map(|e| e.settings.tokens)
+        .max();
+    assert_eq!(newest, Some(*budgets.end()));
+    assert_eq!(harness.state().app.state.generate.tokens, 256);
 }
 
 #[test]
@@ -1496,6 +1553,25 @@ fn fine_tune_starts_cancels_resumes_and_switches_models() {
         );
     }
     assert!(run_dir.is_dir());
+    // A Start refused for its settings keeps the last run's plot.
+    let plotted = live.lock().unwrap().losses.len();
+    assert!(plotted > 0);
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.use_library = false;
+        form.folder = fixture
+            .dir
+            .path()
+            .join("no-such-folder")
+            .display()
+            .to_string();
+    }
+    harness.step();
+    harness.get_by_label("Start").click();
+    harness.step();
+    assert_notice(harness.state(), |notice| notice.contains("pick a folder"));
+    assert_eq!(live.lock().unwrap().losses.len(), plotted);
+    harness.state_mut().finetune.form.use_library = true;
     harness.step();
     harness.get_by_label("Revert to the shipped models").click();
     harness.step();
@@ -1655,6 +1731,15 @@ fn a_new_run_that_fails_before_its_first_checkpoint_leaves_no_folder_behind() {
     );
     assert!(left().is_empty(), "left behind: {:?}", left());
     assert!(harness.state().finetune.runs().is_empty());
+
+    // The same run stopped by quitting (the window's exit waits for it instead of a frame
+    // collecting it): nothing is left behind either.
+    harness.get_by_label("Start").click();
+    harness
+        .state_mut()
+        .finetune
+        .cancel_and_wait(Duration::from_secs(60));
+    assert!(left().is_empty(), "left behind: {:?}", left());
 }
 
 #[test]
@@ -1685,6 +1770,18 @@ fn a_tokenizer_run_that_a_dit_run_trains_on_cannot_be_deleted_first() {
         "{refused}"
     );
     assert!(tokenizer_run.is_dir());
+    // A run that trains in another window or a terminal (which holds its train.lock) stays.
+    let training = textok_studio::files::try_lock_file(&dit_run.join("train.lock"))
+        .expect("not locked yet")
+        .expect("this file system locks");
+    let refused = studio
+        .finetune
+        .delete_run(&dit_run, &mut studio.app)
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("training in another window"), "{refused}");
+    assert!(dit_run.is_dir());
+    drop(training);
     // Once the DiT run is gone, the tokenizer's run goes too.
     studio
         .finetune
