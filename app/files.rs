@@ -7,29 +7,80 @@ use std::path::Path;
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced and then renamed
 /// over the target, so readers see either the old file or the complete new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
+    write_atomic_with(path, |out| out.write_all(bytes))
+}
+
+/// [`write_atomic`] for content written piece by piece (a cache of gigabytes need not be one
+/// buffer first). A symbolic link is written through (its target gets the new content, the link
+/// stays), and a file that exists keeps its permissions.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink());
+    let target = if is_link {
+        std::fs::canonicalize(path)?
+    } else {
+        path.to_owned()
+    };
+    let dir = match target.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let name = path.file_name().ok_or_else(|| {
+    let name = target.file_name().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
     })?;
-    let temp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let name = name.to_string_lossy();
+    // File systems allow 255 bytes per name: a long target name gets a short temporary one.
+    let temp = if name.len() <= 200 {
+        dir.join(format!(".{name}.tmp-{}", std::process::id()))
+    } else {
+        dir.join(format!(".tmp-{}-{}", std::process::id(), unique_stamp()))
+    };
+    let existing_permissions = std::fs::metadata(&target)
+        .ok()
+        .map(|meta| meta.permissions());
     let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(bytes)?;
+        let file = std::fs::File::create(&temp)?;
+        let mut out = std::io::BufWriter::new(file);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|error| error.into_error())?;
+        if let Some(permissions) = existing_permissions {
+            file.set_permissions(permissions)?;
+        }
         file.sync_all()?;
-        std::fs::rename(&temp, path)
+        rename_replacing(&temp, &target)?;
+        // The rename itself is durable once the folder is synced (Unix; elsewhere a no-op).
+        #[cfg(unix)]
+        if let Ok(folder) = std::fs::File::open(dir) {
+            let _ = folder.sync_all();
+        }
+        Ok(())
     })();
     if result.is_err() {
         // Best effort: the temp file is garbage either way.
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+/// `rename`, retried briefly on Windows, where a virus scanner or an indexer holding the new
+/// file (or a viewer holding the old one) refuses it for a moment.
+fn rename_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::rename(from, to) {
+            Err(error)
+                if cfg!(windows)
+                    && error.kind() == std::io::ErrorKind::PermissionDenied
+                    && tries < 10 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// What tells that a file changed without reading it: its length and modification time (both
@@ -178,6 +229,43 @@ pub fn try_lock_file(path: &Path) -> Result<Option<std::fs::File>, LockBusy> {
         Err(std::fs::TryLockError::Error(error)) => {
             tracing::warn!("{}: cannot lock: {error}", path.display());
             Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_atomic_write_replaces_the_content_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        // A name near the file-system limit of 255 bytes still gets a temporary file.
+        let long = dir.path().join(format!("{}.txt", "x".repeat(240)));
+        write_atomic(&long, b"first").unwrap();
+        write_atomic(&long, b"second").unwrap();
+        assert_eq!(std::fs::read(&long).unwrap(), b"second");
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // A shared, group-writable file stays so.
+            std::fs::set_permissions(&long, std::fs::Permissions::from_mode(0o664)).unwrap();
+            write_atomic(&long, b"third").unwrap();
+            let mode = std::fs::metadata(&long).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o664);
+            // A link is written through: its target changes, the link stays a link.
+            let link = dir.path().join("caption.txt");
+            std::os::unix::fs::symlink(&long, &link).unwrap();
+            write_atomic(&link, b"through the link").unwrap();
+            assert!(
+                std::fs::symlink_metadata(&link)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+            assert_eq!(std::fs::read(&long).unwrap(), b"through the link");
         }
     }
 }

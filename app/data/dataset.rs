@@ -8,7 +8,7 @@
 //! are skipped and reported, never fatal.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use image::{Rgb32FImage, RgbImage};
@@ -161,10 +161,11 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
             if line.trim().is_empty() {
                 continue;
             }
-            // A file written on Windows separates folders with backslashes; every check below
-            // sees the path as this machine will open it.
+            // A file written on Windows separates folders with backslashes, and `./a.png` or
+            // `sub//a.png` name what the folder walk calls `a.png` and `sub/a.png`: every check
+            // below (listed twice, the split's hash) sees the one spelling the walk gives.
             let record = serde_json::from_str::<JsonlRecord>(line).map(|record| JsonlRecord {
-                file: record.file.replace('\\', "/"),
+                file: normalised_relative(&record.file),
                 caption: record.caption,
             });
             match record {
@@ -329,12 +330,26 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
+    /// `/`-separated on every system, from the path's components: a Unix file whose name
+    /// holds a backslash keeps it.
     fn relative(&self, path: &Path) -> String {
         path.strip_prefix(self.root)
             .unwrap_or(path)
-            .to_string_lossy()
-            .replace('\\', "/")
+            .components()
+            .map(|part| part.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
     }
+}
+
+/// A captions.jsonl path as the folder walk spells it: `/` between folders (a backslash too,
+/// as Windows writes them), no empty or `.` parts.
+fn normalised_relative(listed: &str) -> String {
+    listed
+        .split(['/', '\\'])
+        .filter(|part| !part.is_empty() && *part != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// Lists the files below `dir` into `walk.files` in name order, skipping hidden entries (our
@@ -446,6 +461,7 @@ impl Dataset {
         let mut items = Vec::with_capacity(entries.len());
         let total = entries.len();
         let mut cache_dirty = false;
+        let mut stamps = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
             if index % 64 == 0 {
                 cancel.check()?;
@@ -457,24 +473,35 @@ impl Dataset {
             }
             let path = root.join(&entry.relative);
             let stamp = file_stamp(&path);
-            let pixels = match cache.get(&entry.relative, stamp) {
+            // Taken out of the cache, not copied: a dataset's pixels are held once.
+            let pixels = match cache.take(&entry.relative, stamp) {
                 Some(pixels) => pixels,
-                None => match imageio::load_for_model(&path, size) {
-                    Ok(image) => {
-                        let pixels = imageio::to_rgb8(&image);
-                        cache.insert(entry.relative.clone(), stamp, pixels.clone());
-                        cache_dirty = true;
-                        pixels
+                None => {
+                    // A decoder that panics on a crafted or damaged file costs that file only.
+                    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        imageio::load_for_model(&path, size)
+                    }));
+                    let reason = match loaded {
+                        Ok(Ok(image)) => {
+                            cache_dirty = true;
+                            Ok(imageio::to_rgb8(&image))
+                        }
+                        Ok(Err(error)) => Err(reason_without_path(&error, &path)),
+                        Err(_) => Err("the image decoder crashed on this file".to_owned()),
+                    };
+                    match reason {
+                        Ok(pixels) => pixels,
+                        Err(reason) => {
+                            skipped.push(SkippedFile {
+                                relative: entry.relative,
+                                reason,
+                            });
+                            continue;
+                        }
                     }
-                    Err(error) => {
-                        skipped.push(SkippedFile {
-                            relative: entry.relative,
-                            reason: reason_without_path(&error, &path),
-                        });
-                        continue;
-                    }
-                },
+                }
             };
+            stamps.push(stamp);
             items.push(DatasetItem {
                 split: split_of(&entry.relative, validation_percent),
                 relative: entry.relative,
@@ -482,8 +509,11 @@ impl Dataset {
                 pixels,
             });
         }
+        // What is left in the cache belongs to files gone or changed since: written again
+        // without them, so the cache holds this dataset only.
+        cache_dirty |= !cache.entries.is_empty();
         if let (Some(path), true) = (cache_file, cache_dirty)
-            && let Err(error) = cache.write(path, size)
+            && let Err(error) = write_pixel_cache(path, size, &items, &stamps)
         {
             tracing::warn!(
                 "could not write the decode cache {}: {error}",
@@ -569,15 +599,13 @@ struct PixelCache {
 const CACHE_MAGIC: &[u8; 8] = b"TTSPXC02";
 
 impl PixelCache {
-    fn get(&self, relative: &str, stamp: (u64, u64)) -> Option<RgbImage> {
+    /// Removes and returns the pixels of `relative` if they were decoded from the file as it is
+    /// now (`stamp`).
+    fn take(&mut self, relative: &str, stamp: (u64, u64)) -> Option<RgbImage> {
         self.entries
-            .get(relative)
+            .remove(relative)
             .filter(|(s, _)| *s == stamp)
-            .map(|(_, p)| p.clone())
-    }
-
-    fn insert(&mut self, relative: String, stamp: (u64, u64), pixels: RgbImage) {
-        self.entries.insert(relative, (stamp, pixels));
+            .map(|(_, p)| p)
     }
 
     /// Reads a cache; any damage or a different size gives an empty cache (it is only a cache).
@@ -585,50 +613,69 @@ impl PixelCache {
         Self::try_read(path, size).unwrap_or_default()
     }
 
+    /// Read entry by entry: the file (gigabytes for a large dataset) is never in memory
+    /// besides the pixels it holds.
     fn try_read(path: &Path, size: u32) -> Option<Self> {
-        let bytes = std::fs::read(path).ok()?;
-        let mut at = 0usize;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let slice = bytes.get(at..at.checked_add(n)?)?;
-            at += n;
-            Some(slice)
-        };
-        if take(8)? != CACHE_MAGIC {
+        use std::io::Read;
+        let file = std::fs::File::open(path).ok()?;
+        let file_len = file.metadata().ok()?.len();
+        let mut input = std::io::BufReader::new(file);
+        fn take(input: &mut impl Read, n: usize) -> Option<Vec<u8>> {
+            let mut buffer = vec![0; n];
+            input.read_exact(&mut buffer).ok()?;
+            Some(buffer)
+        }
+        fn u64_next(input: &mut impl Read) -> Option<u64> {
+            Some(u64::from_le_bytes(take(input, 8)?.try_into().ok()?))
+        }
+        let input = &mut input;
+        if take(input, 8)?.as_slice() != CACHE_MAGIC {
             return None;
         }
-        let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-        if u64_of(take(8)?) != size as u64 {
+        if u64_next(input)? != size as u64 {
             return None;
         }
-        let count = u64_of(take(8)?) as usize;
+        let count = u64_next(input)?;
         let pixel_bytes = (size as usize) * (size as usize) * 3;
         let mut cache = Self::default();
         for _ in 0..count {
-            let name_len = u64_of(take(8)?) as usize;
-            let name = String::from_utf8(take(name_len)?.to_vec()).ok()?;
-            let len = u64_of(take(8)?);
-            let modified = u64_of(take(8)?);
-            let pixels = RgbImage::from_raw(size, size, take(pixel_bytes)?.to_vec())?;
+            // A damaged length is not allocated: no entry is longer than the file.
+            let name_len = u64_next(input)?;
+            if name_len > file_len.min(64 * 1024) {
+                return None;
+            }
+            let name = String::from_utf8(take(input, name_len as usize)?).ok()?;
+            let len = u64_next(input)?;
+            let modified = u64_next(input)?;
+            let pixels = RgbImage::from_raw(size, size, take(input, pixel_bytes)?)?;
             cache.entries.insert(name, ((len, modified), pixels));
         }
         Some(cache)
     }
+}
 
-    fn write(&self, path: &Path, size: u32) -> std::io::Result<()> {
-        let mut out = Vec::new();
+/// Writes the pixel cache of `items` (decoded from files with these `stamps`), streamed to the
+/// file rather than built in memory first.
+fn write_pixel_cache(
+    path: &Path,
+    size: u32,
+    items: &[DatasetItem],
+    stamps: &[(u64, u64)],
+) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    crate::files::write_atomic_with(path, |out| {
         out.write_all(CACHE_MAGIC)?;
         out.write_all(&(size as u64).to_le_bytes())?;
-        out.write_all(&(self.entries.len() as u64).to_le_bytes())?;
-        for (name, ((len, modified), pixels)) in &self.entries {
-            out.write_all(&(name.len() as u64).to_le_bytes())?;
-            out.write_all(name.as_bytes())?;
+        out.write_all(&(items.len() as u64).to_le_bytes())?;
+        for (item, (len, modified)) in items.iter().zip(stamps) {
+            out.write_all(&(item.relative.len() as u64).to_le_bytes())?;
+            out.write_all(item.relative.as_bytes())?;
             out.write_all(&len.to_le_bytes())?;
             out.write_all(&modified.to_le_bytes())?;
-            out.write_all(pixels.as_raw())?;
+            out.write_all(item.pixels.as_raw())?;
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        crate::files::write_atomic(path, &out)
-    }
+        Ok(())
+    })
 }

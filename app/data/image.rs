@@ -86,6 +86,12 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageLoadError> {
             Some(format) if format != ImageFormat::Tga && !has_known_signature(path) => {
                 Err(ImageLoadError::UnknownFormat { path: p() })
             }
+            // The JPEG decoder fills what a cut-short file lacks with grey and reports no
+            // error; a partial download would be shown and trained on half grey.
+            Some(ImageFormat::Jpeg) if !jpeg_has_end(path) => Err(ImageLoadError::Decode {
+                path: p(),
+                reason: "the file ends before the image does (a partial download or copy?)".into(),
+            }),
             Some(_) => Ok(reader),
         }
     };
@@ -127,6 +133,39 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageLoadError> {
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(path, e))?;
     image.apply_orientation(orientation);
     Ok(image)
+}
+
+/// Whether a JPEG file has an end-of-image marker after its first scan. The segments before
+/// the scan are skipped by their lengths, so an EXIF thumbnail's own markers do not count;
+/// inside the scan data a 0xFF byte is always followed by 0x00 or a marker, so 0xFF 0xD9 there
+/// is the end. Data after the end (a Motion Photo's video) is allowed. A file that cannot be
+/// read counts as complete: the decoder then says what is wrong.
+fn jpeg_has_end(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return true;
+    };
+    let mut at = 2; // after the start-of-image marker
+    let scan_start = loop {
+        match bytes.get(at..at + 4) {
+            Some([0xFF, 0xDA, _, _]) => break at + 2,
+            // Fill bytes before a marker.
+            Some([0xFF, 0xFF, _, _]) => at += 1,
+            Some([0xFF, marker, high, low]) => {
+                // Standalone markers carry no length.
+                if matches!(marker, 0x01 | 0xD0..=0xD7) {
+                    at += 2;
+                } else {
+                    at += 2 + usize::from(u16::from_be_bytes([*high, *low]));
+                }
+            }
+            // Not a marker where one belongs, or the file ends before any scan: the decoder
+            // reports such files itself.
+            _ => return true,
+        }
+    };
+    bytes[scan_start..]
+        .windows(2)
+        .any(|pair| pair == [0xFF, 0xD9])
 }
 
 fn has_known_signature(path: &Path) -> bool {

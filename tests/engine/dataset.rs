@@ -144,6 +144,7 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     let lines = [
         r#"{"file": "more\\windows.png", "caption": "written on Windows"}"#,
         r#"{"file": "./more/dotted.png", "caption": "a dotted path"}"#,
+        r#"{"file": "more//dotted.png", "caption": "the same file spelled another way"}"#,
         r#"{"file": "dots..png", "caption": "two dots in the name are not a parent folder"}"#,
         r#"{"file": "one.png", "caption": "the first picture"}"#,
         r#"{"file": "two.png", "caption": "the second picture"}"#,
@@ -160,14 +161,20 @@ fn captions_jsonl_is_read_and_its_bad_lines_reported() {
     std::fs::write(root.join("captions.jsonl"), bytes).unwrap();
     let (entries, skipped) = scan(root).unwrap();
     assert_eq!(entries.len(), 5, "{skipped:?}");
-    assert_eq!(entries[1].relative, "dots..png", "the first lines are read");
+    assert_eq!(entries[0].relative, "dots..png", "the first lines are read");
     assert_eq!(entries[2].relative, "more/windows.png");
     assert_eq!(entries[4].caption, "the second picture");
-    assert_eq!(skipped.len(), 6, "{skipped:?}");
-    let not_utf8 = &skipped[4];
+    // Spelled as the folder walk names it, so the second spelling is the same file twice.
+    assert_eq!(entries[1].relative, "more/dotted.png");
+    assert_eq!(
+        (skipped[0].relative.as_str(), skipped[0].reason.as_str()),
+        ("more/dotted.png", "listed twice in captions.jsonl")
+    );
+    assert_eq!(skipped.len(), 7, "{skipped:?}");
+    let not_utf8 = &skipped[5];
     assert_eq!(
         (not_utf8.relative.as_str(), not_utf8.reason.as_str()),
-        ("captions.jsonl:10", "not UTF-8 text")
+        ("captions.jsonl:11", "not UTF-8 text")
     );
     // The image the file does not list is reported, not silently left out.
     let unlisted = skipped.last().unwrap();
@@ -228,6 +235,20 @@ fn decoded_pixels_are_cached_and_stale_entries_redecoded() {
     let third =
         Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
     assert_eq!(third.items[0].pixels.get_pixel(8, 8).0, [255, 0, 0]);
+    // A removed image's pixels leave the cache at the next load.
+    picture(&root.join("b.png"), 11);
+    std::fs::write(root.join("b.txt"), "b").unwrap();
+    Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+    let with_two = std::fs::metadata(&cache).unwrap().len();
+    std::fs::remove_file(root.join("b.png")).unwrap();
+    std::fs::remove_file(root.join("b.txt")).unwrap();
+    Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+    let with_one = std::fs::metadata(&cache).unwrap().len();
+    assert_eq!(
+        with_two - with_one,
+        8 + 5 + 8 + 8 + 16 * 16 * 3,
+        "one entry fewer"
+    );
     // A damaged cache is ignored, not fatal.
     std::fs::write(&cache, b"garbage").unwrap();
     Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();

@@ -37,6 +37,29 @@ fn empty_not_image_and_truncated_files_are_errors() {
     let err = imageio::decode_file(&truncated).unwrap_err();
     assert!(matches!(err, ImageLoadError::Decode { .. }), "{err}");
 
+    // A JPEG cut short decodes "successfully" with grey where its data ends: refused.
+    let jpeg = dir.path().join("good.jpg");
+    image::RgbImage::from_fn(64, 64, |x, y| Rgb([(x * 4) as u8, (y * 4) as u8, 9]))
+        .save(&jpeg)
+        .unwrap();
+    assert!(imageio::decode_file(&jpeg).is_ok());
+    let bytes = std::fs::read(&jpeg).unwrap();
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = imageio::decode_file(&cut).unwrap_err();
+    assert!(
+        err.to_string().contains("ends before the image does"),
+        "{err}"
+    );
+    // Data after the end (a Motion Photo's video) is no reason to refuse it.
+    let trailing = dir.path().join("motion.jpg");
+    std::fs::write(
+        &trailing,
+        [bytes.as_slice(), b"ftypmp42 video data"].concat(),
+    )
+    .unwrap();
+    assert!(imageio::decode_file(&trailing).is_ok());
+
     let missing = dir.path().join("missing.png");
     assert!(matches!(
         imageio::decode_file(&missing),

@@ -824,7 +824,7 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
     let mut config = tiny_config(&data, 6, true);
     config.freeze_encoder = true;
     let error = train(&dir.path().join("no-start"), &config, false).unwrap_err();
-    assert!(format!("{error:#}").contains("init_from"), "{error:#}");
+    assert!(format!("{error:#}").contains("--init-from"), "{error:#}");
 
     config.init_from = Some(checkpoint.clone());
     config.token_noise = 0.5;
@@ -987,11 +987,12 @@ fn a_run_continues_with_more_steps_keeping_its_derived_warmup() {
     chosen.warmup_steps = 7;
     let err = resolve_run_config(&run, &chosen, true).unwrap_err();
     assert!(err.to_string().contains("other settings"), "{err}");
-    // Fewer steps than done keeps the longer length.
-    assert_eq!(
-        resolve_run_config(&run, &config(600), true).unwrap().steps,
-        2400
-    );
+    // Fewer steps than the run's schedule are refused, saying what to do (before, they were
+    // silently raised, and the user believed the run would end sooner).
+    let err = resolve_run_config(&run, &config(600), true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("leave --steps out"), "{err}");
 }
 
 /// A DiT run's latent cache: its JSON header and the latents' bytes.
