@@ -271,11 +271,13 @@ impl CheckpointFile {
     /// tokenizer whose detokenizer alone was fine-tuned still makes the same tokens, and a
     /// cache of them stays valid. Float values are hashed as f32, first rounded to f16 when
     /// `precision` says so, and the config as parsed JSON: with [`HashPrecision::F16`] a run's
-    /// f32 `ema.safetensors` and its `export-f16` file agree.
+    /// f32 `ema.safetensors` and its `export-f16` file agree. The config's `ignored_keys` are
+    /// left out (settings of the part not hashed).
     pub fn selected_tensors_sha256(
         &self,
         include: impl Fn(&str) -> bool,
         precision: HashPrecision,
+        ignored_keys: &[&str],
     ) -> String {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
@@ -291,8 +293,17 @@ impl CheckpointFile {
         );
         let config = self.metadata.get(CONFIG_KEY).map(|json| {
             // Key order and spacing do not change the config (serde_json's maps sort keys).
-            serde_json::from_str::<serde_json::Value>(json)
-                .map_or_else(|_| json.clone(), |value| value.to_string())
+            serde_json::from_str::<serde_json::Value>(json).map_or_else(
+                |_| json.clone(),
+                |mut value| {
+                    if let serde_json::Value::Object(fields) = &mut value {
+                        for key in ignored_keys {
+                            fields.remove(*key);
+                        }
+                    }
+                    value.to_string()
+                },
+            )
         });
         update(config.as_deref().unwrap_or("").as_bytes());
         let tensors = self.tensors();

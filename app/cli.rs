@@ -396,6 +396,11 @@ pub struct TrainTokenizerArgs {
     /// with --init-from.
     #[arg(long)]
     pub freeze_encoder: bool,
+    /// Add a convolutional refinement head of this many channels (e.g. 32) after the
+    /// detokenizer, which sees across the 16-pixel patch edges; added to an --init-from model
+    /// as the identity, so the fine-tune starts where the model was (the tokens stay valid).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub refine_head: Option<u32>,
     /// Save the full training state at least this often.
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_minutes: f64,
@@ -948,6 +953,7 @@ fn run_train_tokenizer(args: TrainTokenizerArgs, given: &[String]) -> anyhow::Re
     config.token_noise = args.token_noise;
     config.freeze_encoder = args.freeze_encoder;
     config.init_from = args.init_from;
+    config.refine_channels = args.refine_head.map(|channels| channels as usize);
     if args.resume {
         config = with_stored_settings(&args.out, config, given, TOKENIZER_FLAG_FIELDS)?;
     }

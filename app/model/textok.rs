@@ -28,7 +28,8 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Gelu, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use super::layers::{MASKED_KEY_BIAS, VitBlock, VitBlockConfig};
@@ -76,6 +77,9 @@ pub struct TexTokConfig {
     /// so tokens beyond the pyramid (85 of 256 slots on an 8x8 grid) add more channels per
     /// patch instead of depending on attention alone. `None` (older checkpoints) = no repeats.
     pub pyramid_fill: Option<bool>,
+    /// Channels of the refinement head after the detokenizer (see [`RefineHead`]); `None`
+    /// (older checkpoints, and the presets) = none: the patches' pixels are the image.
+    pub refine_channels: Option<usize>,
 }
 
 impl TexTokConfig {
@@ -123,7 +127,11 @@ impl TexTokConfig {
     /// Checks the config describes a buildable model of sane size (checkpoint metadata is
     /// untrusted input: a bad config must be an error, not a panic or a huge allocation).
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 9] = [
+        let checks: [(bool, &str); 10] = [
+            (
+                self.refine_channels.is_none_or(|c| (1..=256).contains(&c)),
+                "refine_channels must be 1..=256",
+            ),
             (
                 self.patch_size > 0 && self.image_size.is_multiple_of(self.patch_size),
                 "image_size must be a multiple of patch_size",
@@ -177,12 +185,14 @@ impl TexTokConfig {
         } else {
             0
         };
+        let refine = self.refine_channels.map_or(0, |c| 2 * 3 * c * 9);
         2 * pixels * d
             + 2 * self.num_patches() * d
             + 2 * self.max_tokens * d
             + 2 * self.token_dim * d
             + text
             + (self.encoder_layers + self.decoder_layers) * block
+            + refine
     }
 
     /// Builds a randomly initialised model. Call [`Self::validate`] first on untrusted configs.
@@ -221,6 +231,7 @@ impl TexTokConfig {
             decoder_blocks: blocks(self.decoder_layers),
             decoder_norm: norm(),
             to_pixels: LinearConfig::new(d, pixels).init(device),
+            refine: self.refine_channels.map(|c| RefineHead::new(c, device)),
             patch_size: self.patch_size,
             grid: self.grid(),
             max_tokens: self.max_tokens,
@@ -248,6 +259,8 @@ pub struct TexTok {
     pub decoder_blocks: Vec<VitBlock>,
     pub decoder_norm: LayerNorm,
     pub to_pixels: Linear,
+    /// Optional convolutional refinement of the assembled image (part of D).
+    pub refine: Option<RefineHead>,
     pub patch_size: usize,
     pub grid: usize,
     pub max_tokens: usize,
@@ -327,7 +340,11 @@ impl TexTok {
         );
         let num_patches = self.grid * self.grid;
         let patches = self.decoder_norm.forward(x).narrow(1, 0, num_patches);
-        self.unpatchify(self.to_pixels.forward(patches))
+        let image = self.unpatchify(self.to_pixels.forward(patches));
+        match &self.refine {
+            Some(head) => head.forward(image),
+            None => image,
+        }
     }
 
     /// Encode, keep the first `budget` tokens, decode: `[batch, 3, H, W]` -> `[batch, 3, H, W]`.
@@ -512,6 +529,10 @@ impl TexTok {
         "to_tokens",
     ];
 
+    /// Config entries that only the detokenizer reads: a refinement head added to a trained
+    /// model (`train tokenizer --refine-head`) keeps its tokens, and their hash.
+    pub const DECODER_ONLY_CONFIG: [&str; 1] = ["refine_channels"];
+
     /// Whether the stored tensor `name` is part of the tokenizer half.
     pub fn is_encoder_tensor(name: &str) -> bool {
         let field = name.split('.').next().unwrap_or(name);
@@ -530,14 +551,22 @@ impl TexTok {
     /// [`Self::encoder_sha256`] of a checkpoint already read.
     pub fn encoder_sha256_of(checkpoint: &CheckpointFile) -> Result<String, CheckpointError> {
         checkpoint.expect_kind(KIND_TEXTOK)?;
-        Ok(checkpoint.selected_tensors_sha256(Self::is_encoder_tensor, HashPrecision::F16))
+        Ok(checkpoint.selected_tensors_sha256(
+            Self::is_encoder_tensor,
+            HashPrecision::F16,
+            &Self::DECODER_ONLY_CONFIG,
+        ))
     }
 
     /// The hash DiTs and latent caches recorded before [`Self::encoder_sha256`] rounded to
     /// f16: the exact stored values. The two agree for an f16 file (every shipped one).
     pub fn exact_encoder_sha256_of(checkpoint: &CheckpointFile) -> Result<String, CheckpointError> {
         checkpoint.expect_kind(KIND_TEXTOK)?;
-        Ok(checkpoint.selected_tensors_sha256(Self::is_encoder_tensor, HashPrecision::F32))
+        Ok(checkpoint.selected_tensors_sha256(
+            Self::is_encoder_tensor,
+            HashPrecision::F32,
+            &Self::DECODER_ONLY_CONFIG,
+        ))
     }
 
     /// Whether `recorded`, a DiT's or a latent cache's encoder hash, names this checkpoint's
@@ -571,6 +600,43 @@ impl TexTok {
         precision: StoredPrecision,
     ) -> Result<(), CheckpointError> {
         save_module(self, path, KIND_TEXTOK, config, precision)
+    }
+}
+
+/// A small convolutional refinement of the detokenizer's image: `image + conv(gelu(conv(image)))`
+/// with 3x3 kernels. Each patch's pixels come from its own linear projection, so neighbouring
+/// patches disagree along their shared edge (the 16-pixel mosaic of the shipped models); two
+/// 3x3 convolutions see across that edge. The second starts at zero, so a head added to a
+/// trained model starts as the identity and training only moves it from there.
+#[derive(Module, Debug)]
+pub struct RefineHead {
+    pub expand: Conv2d,
+    pub activation: Gelu,
+    pub project: Conv2d,
+}
+
+impl RefineHead {
+    /// A head of `channels` hidden channels that starts as the identity.
+    pub fn new(channels: usize, device: &Device) -> Self {
+        let conv = |from: usize, to: usize| {
+            Conv2dConfig::new([from, to], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        let mut project = conv(channels, 3);
+        project.weight = Param::from_tensor(Tensor::zeros([3, channels, 3, 3], device));
+        project.bias = Some(Param::from_tensor(Tensor::zeros([3], device)));
+        Self {
+            expand: conv(3, channels),
+            activation: Gelu::new(),
+            project,
+        }
+    }
+
+    /// `[batch, 3, H, W]` -> `[batch, 3, H, W]`.
+    pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        let hidden = self.activation.forward(self.expand.forward(image.clone()));
+        image + self.project.forward(hidden)
     }
 }
 

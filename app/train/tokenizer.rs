@@ -100,6 +100,12 @@ pub struct TokenizerTrainConfig {
     /// them stays valid (use with `init_from`).
     #[serde(default)]
     pub freeze_encoder: bool,
+    /// Add a convolutional refinement head of this many channels after the detokenizer
+    /// ([`crate::model::textok::RefineHead`]): to a preset's new model, or to an `init_from`
+    /// model that has none (it starts as the identity, so the fine-tune starts where the
+    /// model was). `None`: the model's own architecture.
+    #[serde(default)]
+    pub refine_channels: Option<usize>,
 }
 
 fn default_discriminator_start() -> usize {
@@ -132,6 +138,7 @@ pub const FLAG_FIELDS: &[(&str, &str)] = &[
     ("freeze_encoder", "freeze_encoder"),
     ("checkpoint_minutes", "checkpoint_minutes"),
     ("init_from", "init_from"),
+    ("refine_head", "refine_channels"),
 ];
 
 impl super::RunConfig for TokenizerTrainConfig {
@@ -185,6 +192,7 @@ impl TokenizerTrainConfig {
             init_from: None,
             token_noise: 0.0,
             freeze_encoder: false,
+            refine_channels: None,
         }
     }
 
@@ -213,7 +221,7 @@ impl TokenizerTrainConfig {
             config
                 .validate()
                 .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
-            return Ok(config);
+            return self.with_refine_head(config, &path.display().to_string());
         }
         let mut config =
             TexTokConfig::preset(&self.preset, self.text_conditioning).with_context(|| {
@@ -224,8 +232,27 @@ impl TokenizerTrainConfig {
                 )
             })?;
         config.max_text_tokens = self.max_text_tokens;
+        let config = self.with_refine_head(config, "the preset")?;
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
+    }
+
+    /// `model` with the refinement head this run asks for, if any: added where it has none,
+    /// refused where it has one of another size (`origin` names the model in the message).
+    fn with_refine_head(
+        &self,
+        mut model: TexTokConfig,
+        origin: &str,
+    ) -> anyhow::Result<TexTokConfig> {
+        match (self.refine_channels, model.refine_channels) {
+            (Some(wanted), Some(has)) if wanted != has => anyhow::bail!(
+                "{origin} already has a refinement head of {has} channels (given: --refine-head \
+                 {wanted}); leave --refine-head out to fine-tune it"
+            ),
+            (Some(wanted), _) => model.refine_channels = Some(wanted),
+            (None, _) => {}
+        }
+        Ok(model)
     }
 
     /// Checks the settings alone (no files read): the command line calls it before it opens a
@@ -260,6 +287,10 @@ impl TokenizerTrainConfig {
         ensure!(
             self.token_noise.is_finite() && (0.0..=10.0).contains(&self.token_noise),
             "token_noise must be between 0 and 10"
+        );
+        ensure!(
+            self.refine_channels.is_none_or(|c| (1..=256).contains(&c)),
+            "--refine-head must be 1..=256 channels"
         );
         ensure!(
             !self.freeze_encoder || self.init_from.is_some(),
@@ -542,7 +573,19 @@ pub fn train_tokenizer(
     let mut model = match (&config.init_from, resume) {
         (Some(path), false) => {
             observer.on_message(&format!("fine-tuning {}", path.display()));
-            TexTok::load(path, &autodiff)?.0
+            let mut model = TexTok::load(path, &autodiff)?.0;
+            if let (Some(channels), None) = (model_config.refine_channels, &model.refine) {
+                // Starts as the identity: the fine-tune starts where the checkpoint was.
+                observer.on_message(&format!(
+                    "adding a refinement head of {channels} channels"
+                ));
+                model.refine = Some(crate::device::init_module(
+                    &autodiff,
+                    Some(config.seed),
+                    || crate::model::textok::RefineHead::new(channels, &autodiff),
+                ));
+            }
+            model
         }
         _ => crate::device::init_module(&autodiff, Some(config.seed), || {
             model_config.init(&autodiff)

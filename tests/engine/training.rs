@@ -1240,3 +1240,52 @@ fn an_ema_of_weights_that_do_not_change_keeps_their_exact_values() {
     // (its hash keys the tokens cached for a DiT).
     assert!(ema == weights, "the average of unchanged weights drifted");
 }
+
+#[test]
+fn a_refinement_head_added_to_a_trained_model_starts_as_the_identity_and_trains() {
+    use burn::tensor::{Distribution, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let (start, checkpoint) = save_tiny_start(dir.path(), 31);
+
+    // Added, the head changes nothing yet: the same image for the same tokens.
+    let head = textok_studio::model::textok::RefineHead::new(4, &cpu());
+    let image = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 0.5), &cpu());
+    let same: f32 = head.forward(image.clone()).sub(image).abs().max().into_scalar();
+    assert!(same < 1e-7, "an added head moved the image by {same}");
+
+    // A detokenizer fine-tune that adds it: the head trains, the tokens stay (same encoder
+    // hash, so a DiT and its latent cache stay valid), and the file loads with its head.
+    let mut config = tiny_config(&data, 4, true);
+    config.init_from = Some(checkpoint.clone());
+    config.freeze_encoder = true;
+    config.refine_channels = Some(4);
+    config.ema_decay = 0.0;
+    train(&dir.path().join("refined"), &config, false).unwrap();
+    let tuned_file = dir.path().join("refined/ema.safetensors");
+    let (tuned, tuned_config) = TexTok::load(&tuned_file, &cpu()).unwrap();
+    assert_eq!(tuned_config.refine_channels, Some(4));
+    let trained: f32 = tuned
+        .refine
+        .as_ref()
+        .expect("the head is saved")
+        .project
+        .weight
+        .val()
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(trained > 0.0, "the head's output layer left zero");
+    assert!(start.refine.is_none());
+    assert_eq!(
+        TexTok::encoder_sha256(&checkpoint).unwrap(),
+        TexTok::encoder_sha256(&tuned_file).unwrap()
+    );
+    // A second head of another size is refused, by the flag.
+    let mut again = config.clone();
+    again.init_from = Some(tuned_file.clone());
+    again.refine_channels = Some(8);
+    let error = train(&dir.path().join("twice"), &again, false).unwrap_err();
+    assert!(format!("{error:#}").contains("--refine-head 8"), "{error:#}");
+}
