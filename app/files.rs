@@ -83,6 +83,37 @@ fn rename_replacing(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Removes the temporary files [`write_atomic`] left in `dir` when its process died mid-write
+/// (a second Ctrl-C, a crash, a power cut), if older than `older_than`: a write still going on
+/// touches its file far more often. A checkpoint's or a decode cache's temporary file can be
+/// gigabytes, and nothing else would ever remove it.
+pub fn remove_stale_temp_files(dir: &Path, older_than: std::time::Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let temporary =
+            name.starts_with(".tmp-") || (name.starts_with('.') && name.contains(".tmp-"));
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(|meta| meta.is_file())
+            .and_then(|meta| meta.modified().ok())
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= older_than);
+        if temporary && stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!("removed a stale temporary file {}", entry.path().display())
+                }
+                Err(error) => tracing::warn!("{}: cannot remove: {error}", entry.path().display()),
+            }
+        }
+    }
+}
+
 /// What tells that a file changed without reading it: its length and modification time (both
 /// unknown, and so equal, for a file that cannot be read). Caches of decoded images key on it,
 /// so a picture edited in another program is shown anew.
@@ -267,5 +298,29 @@ mod tests {
             );
             assert_eq!(std::fs::read(&long).unwrap(), b"through the link");
         }
+    }
+
+    #[test]
+    fn only_temporary_files_left_by_dead_writers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            ".state.safetensors.tmp-123",
+            ".tmp-1-2",
+            "state.safetensors",
+            ".hidden",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        // Younger than the limit: a write may still be going on.
+        remove_stale_temp_files(dir.path(), std::time::Duration::from_secs(3600));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+        remove_stale_temp_files(dir.path(), std::time::Duration::ZERO);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".hidden", "state.safetensors"]);
     }
 }

@@ -277,13 +277,18 @@ pub fn claim_run_dir(run_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
     use anyhow::Context;
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
-    crate::files::try_lock_file(&run_dir.join("train.lock")).map_err(|crate::files::LockBusy| {
-        anyhow::anyhow!(
-            "{}: another training is running in this run folder (in this window, another \
-             window or a terminal); wait for it to end or choose another folder",
-            run_dir.display()
-        )
-    })
+    let claim = crate::files::try_lock_file(&run_dir.join("train.lock")).map_err(
+        |crate::files::LockBusy| {
+            anyhow::anyhow!(
+                "{}: another training is running in this run folder (in this window, another \
+                 window or a terminal); wait for it to end or choose another folder",
+                run_dir.display()
+            )
+        },
+    )?;
+    // No other trainer writes here now: what an interrupted one left is swept.
+    crate::files::remove_stale_temp_files(run_dir, std::time::Duration::from_secs(3600));
+    Ok(claim)
 }
 
 /// A run folder's training state (model, EMA, optimizer, RNG): what `--resume` continues.

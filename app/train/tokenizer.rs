@@ -442,8 +442,12 @@ pub fn new_optimizer_with(weight_decay: f64, grad_clip_norm: f64) -> ModuleOptim
 /// The shared decode cache for a dataset folder at one size.
 pub fn cache_file(data: &Path, size: u32) -> Option<PathBuf> {
     let (dir, prefix) = cache_location(data)?;
+    crate::files::remove_stale_temp_files(&dir, STALE_TEMP_AGE);
     Some(dir.join(format!("{prefix}{size}.bin")))
 }
+
+/// How old a temporary file of an interrupted write must be before it is swept away.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(6 * 3600);
 
 /// The decode caches of a dataset folder at every size (the folder must still exist): what
 /// deleting a run whose images were copied into it removes as well.
@@ -465,7 +469,9 @@ pub fn cache_files(data: &Path) -> Vec<PathBuf> {
 fn cache_location(data: &Path) -> Option<(PathBuf, String)> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        // Windows sets neither.
+        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))?;
     let canonical = data.canonicalize().ok()?;
     let mut hash: u64 = 0xcbf29ce484222325;
     for byte in canonical.to_string_lossy().as_bytes() {
@@ -576,9 +582,7 @@ pub fn train_tokenizer(
             let mut model = TexTok::load(path, &autodiff)?.0;
             if let (Some(channels), None) = (model_config.refine_channels, &model.refine) {
                 // Starts as the identity: the fine-tune starts where the checkpoint was.
-                observer.on_message(&format!(
-                    "adding a refinement head of {channels} channels"
-                ));
+                observer.on_message(&format!("adding a refinement head of {channels} channels"));
                 model.refine = Some(crate::device::init_module(
                     &autodiff,
                     Some(config.seed),

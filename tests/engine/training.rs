@@ -1252,7 +1252,12 @@ fn a_refinement_head_added_to_a_trained_model_starts_as_the_identity_and_trains(
     // Added, the head changes nothing yet: the same image for the same tokens.
     let head = textok_studio::model::textok::RefineHead::new(4, &cpu());
     let image = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 0.5), &cpu());
-    let same: f32 = head.forward(image.clone()).sub(image).abs().max().into_scalar();
+    let same: f32 = head
+        .forward(image.clone())
+        .sub(image)
+        .abs()
+        .max()
+        .into_scalar();
     assert!(same < 1e-7, "an added head moved the image by {same}");
 
     // A detokenizer fine-tune that adds it: the head trains, the tokens stay (same encoder
@@ -1287,5 +1292,8 @@ fn a_refinement_head_added_to_a_trained_model_starts_as_the_identity_and_trains(
     again.init_from = Some(tuned_file.clone());
     again.refine_channels = Some(8);
     let error = train(&dir.path().join("twice"), &again, false).unwrap_err();
-    assert!(format!("{error:#}").contains("--refine-head 8"), "{error:#}");
+    assert!(
+        format!("{error:#}").contains("--refine-head 8"),
+        "{error:#}"
+    );
 }
