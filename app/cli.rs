@@ -1288,6 +1288,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         chosen: Vec<usize>,
         captions: Vec<String>,
         features: Vec<Vec<f32>>,
+        /// Which validation items share a caption (caption match counts any of them).
+        groups: Vec<usize>,
         /// The distinct validation items given, for the caption contrast.
         contrast_images: Vec<image::Rgb32FImage>,
         contrast_captions: Vec<String>,
@@ -1348,12 +1350,19 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
                 chosen,
                 captions,
                 features,
+                groups: crate::metrics::evaluation::caption_groups(
+                    &validation
+                        .iter()
+                        .map(|item| &item.caption)
+                        .collect::<Vec<_>>(),
+                ),
             });
         }
         let Some(References {
             chosen,
             captions,
             features: reference_features,
+            groups,
             contrast_images,
             contrast_captions,
         }) = &references
@@ -1393,6 +1402,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             &generated.features,
             reference_features,
             chosen,
+            groups,
             CAPTION_MATCH_K,
         );
         sheet_rows.push(generated.images);

@@ -140,6 +140,7 @@ pub fn evaluate_models(
                     &features[b],
                     &original_features,
                     &(0..items.len()).collect::<Vec<_>>(),
+                    &caption_groups(&items.iter().map(|item| &item.caption).collect::<Vec<_>>()),
                     CAPTION_MATCH_K,
                 )),
             });
@@ -276,14 +277,18 @@ pub struct GenerationRecord {
 pub const CAPTION_MATCH_K: usize = 5;
 
 /// How recognisable generations are for their captions, without a text-image model: the share
-/// of `generated` rows (features of the image made from validation caption `truth[i]`) whose
-/// own reference row `references[truth[i]]` is among the `k` references nearest to them
-/// (squared Euclidean distance; ties count against). FD-EffNet measures whether the images look
-/// like the set; this measures whether each looks like what it was asked for.
+/// of `generated` rows (features of the image made from validation caption `truth[i]`) for
+/// which a reference with that caption is among the `k` references nearest to them (squared
+/// Euclidean distance; ties count against). `caption_groups[j]` says which references share a
+/// caption ([`caption_groups`]): 67 clip-art stars all captioned "gramastar", say, are one
+/// target, not one arbitrary star among 67 (which only chance would find). FD-EffNet measures
+/// whether the images look like the set; this measures whether each looks like what it was
+/// asked for.
 pub fn caption_match_rate(
     generated: &[Vec<f32>],
     references: &[Vec<f32>],
     truth: &[usize],
+    caption_groups: &[usize],
     k: usize,
 ) -> f64 {
     let distance = |a: &[f32], b: &[f32]| -> f64 {
@@ -291,14 +296,20 @@ pub fn caption_match_rate(
     };
     let (mut scored, mut matches) = (0usize, 0usize);
     for (row, &own_index) in generated.iter().zip(truth) {
-        let Some(own) = references.get(own_index) else {
+        let Some(&group) = caption_groups.get(own_index) else {
             continue;
         };
-        let own = distance(row, own);
+        let in_group = |j: usize| caption_groups.get(j) == Some(&group);
+        let own = references
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| in_group(j))
+            .map(|(_, r)| distance(row, r))
+            .fold(f64::INFINITY, f64::min);
         let closer = references
             .iter()
             .enumerate()
-            .filter(|&(j, r)| j != own_index && distance(row, r) <= own)
+            .filter(|&(j, r)| !in_group(j) && distance(row, r) <= own)
             .count();
         scored += 1;
         matches += usize::from(closer < k);
@@ -307,6 +318,19 @@ pub fn caption_match_rate(
         return 0.0;
     }
     matches as f64 / scored as f64
+}
+
+/// One group number per caption, equal for equal captions (after trimming): which references
+/// [`caption_match_rate`] takes for one target.
+pub fn caption_groups<S: AsRef<str>>(captions: &[S]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    captions
+        .iter()
+        .map(|caption| {
+            let next = seen.len();
+            *seen.entry(caption.as_ref().trim()).or_insert(next)
+        })
+        .collect()
 }
 
 /// Which validation items `gen-eval` generates from: `images` indices into a split of
@@ -424,8 +448,9 @@ pub struct CaptionContrast {
 impl CaptionContrast {
     /// The share of the caption's benefit (null loss minus own loss, summed over timesteps)
     /// that is lost when the most similar other caption is given instead: 0 when the DiT reads
-    /// only what similar captions share, 1 when a similar caption helps no more than none.
-    /// `None` when the captions do not help at all (nothing to share out).
+    /// only what similar captions share, 1 when a similar caption helps no more than none, and
+    /// above 1 when it misleads (does worse than none); no upper bound. `None` when the
+    /// captions do not help at all (nothing to share out).
     pub fn specificity(&self) -> Option<f64> {
         let sum = |values: &[f64]| values.iter().sum::<f64>();
         let benefit = sum(&self.null) - sum(&self.own);
@@ -433,16 +458,20 @@ impl CaptionContrast {
     }
 }
 
-/// For each row, the index of the most similar *other* row by cosine similarity (ties go to
-/// the lower index). Rows are mean-pooled caption embeddings; a set of one row maps to itself.
-pub fn nearest_other(rows: &[Vec<f32>]) -> Vec<usize> {
+/// For each row, the index of the most similar row of *another* caption by cosine similarity
+/// (ties go to the lower index): rows of the same caption text (`captions`, trimmed) are
+/// skipped, since giving an image's own caption again measures nothing. Rows are mean-pooled
+/// caption embeddings; a row with no other caption maps to itself.
+pub fn nearest_other<S: AsRef<str>>(rows: &[Vec<f32>], captions: &[S]) -> Vec<usize> {
     let norm = |a: &[f32]| a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     let norms: Vec<f64> = rows.iter().map(|r| norm(r).max(1e-12)).collect();
     (0..rows.len())
         .map(|i| {
             let mut best = (i, f64::NEG_INFINITY);
             for (j, row) in rows.iter().enumerate() {
-                if j == i {
+                let same_caption = captions.get(j).map(|c| c.as_ref().trim())
+                    == captions.get(i).map(|c| c.as_ref().trim());
+                if j == i || same_caption {
                     continue;
                 }
                 let dot: f64 = rows[i]
@@ -516,7 +545,7 @@ pub fn caption_contrast(
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         pooled.extend(pooled_rows(&encoder.encode(&refs)?)?);
     }
-    let nearest = nearest_other(&pooled);
+    let nearest = nearest_other(&pooled, captions);
     let device = &engine.device.device;
     let d = engine.dit_config.token_dim;
     let (mean, std) = engine.dit_config.latent_statistics(tokens, device);

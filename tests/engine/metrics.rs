@@ -66,7 +66,13 @@ fn gen_eval_takes_the_first_captions_or_spreads_them_through_the_split() {
 
 #[test]
 fn caption_match_counts_generations_nearest_to_their_own_reference() {
-    use textok_studio::metrics::evaluation::caption_match_rate;
+    use textok_studio::metrics::evaluation::{caption_groups, caption_match_rate};
+    // Four different captions.
+    let groups = caption_groups(&["a", "b", "c", "d"]);
+    let caption_match_rate =
+        |generated: &[Vec<f32>], references: &[Vec<f32>], truth: &[usize], k| {
+            caption_match_rate(generated, references, truth, &groups, k)
+        };
     let references = vec![
         vec![0.0, 0.0],
         vec![10.0, 0.0],
@@ -101,6 +107,20 @@ fn caption_match_counts_generations_nearest_to_their_own_reference() {
         0.0,
         "no such reference"
     );
+    // References 0 and 3 share a caption: an image near either matches it at k = 1 (it was
+    // one target drawn twice, not one arbitrary drawing of the two).
+    let shared = caption_groups(&["star", "b", "c", " star "]);
+    let near_three = vec![vec![9.5, 9.5]];
+    assert_eq!(
+        textok_studio::metrics::evaluation::caption_match_rate(
+            &near_three,
+            &references,
+            &[0],
+            &shared,
+            1
+        ),
+        1.0
+    );
 }
 
 #[test]
@@ -113,11 +133,16 @@ fn nearest_other_caption_is_the_most_similar_other_row() {
         // Same direction as row 2 but longer: cosine, not distance, decides.
         vec![0.0, 0.2, 5.0],
     ];
-    assert_eq!(nearest_other(&rows), [1, 0, 3, 2]);
+    let distinct = ["a", "b", "c", "d"];
+    assert_eq!(nearest_other(&rows, &distinct), [1, 0, 3, 2]);
     // Ties go to the lower index; a row is never its own neighbour.
     let same = vec![vec![1.0, 1.0]; 3];
-    assert_eq!(nearest_other(&same), [1, 0, 0]);
-    assert_eq!(nearest_other(&[vec![1.0]]), [0]);
+    assert_eq!(nearest_other(&same, &["a", "b", "c"]), [1, 0, 0]);
+    assert_eq!(nearest_other(&[vec![1.0]], &["a"]), [0]);
+    // Nor is another row of the same caption (the same text given again measures nothing):
+    // rows 0 and 1 share one, so each one's nearest other caption is further away.
+    let shared = ["star", "star ", "c", "d"];
+    assert_eq!(nearest_other(&rows, &shared), [2, 3, 3, 2]);
 }
 
 #[test]
