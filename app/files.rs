@@ -31,11 +31,14 @@ pub fn write_atomic_with(
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name")
     })?;
     let name = name.to_string_lossy();
-    // File systems allow 255 bytes per name: a long target name gets a short temporary one.
+    // Unique to this write (two threads of one process, or two machines of one pid on a
+    // shared folder, must not write one temporary file). File systems allow 255 bytes per
+    // name: a long target name gets a short temporary one.
+    let suffix = format!("{}-{}", std::process::id(), unique_stamp());
     let temp = if name.len() <= 200 {
-        dir.join(format!(".{name}.tmp-{}", std::process::id()))
+        dir.join(format!(".{name}.tmp-{suffix}"))
     } else {
-        dir.join(format!(".tmp-{}-{}", std::process::id(), unique_stamp()))
+        dir.join(format!(".tmp-{suffix}"))
     };
     let existing_permissions = std::fs::metadata(&target)
         .ok()

@@ -101,11 +101,17 @@ impl DitConfig {
     /// Checks a config read from an (untrusted) checkpoint describes a sane model.
     pub fn validate(&self) -> Result<(), String> {
         let trained = self.trained_budgets();
-        let checks: [(bool, &str); 7] = [
+        let checks: [(bool, &str); 8] = [
             ((1..=8192).contains(&self.width), "width must be 1..=8192"),
             (
                 self.heads > 0 && self.width.is_multiple_of(self.heads),
                 "width must be a multiple of heads",
+            ),
+            // Attention memory grows with the head count at a given width: heads of one or
+            // two channels would let a small file ask for many gigabytes.
+            (
+                self.heads > 0 && self.width / self.heads >= 8,
+                "heads must be at least 8 channels wide",
             ),
             (
                 self.depth <= 64 && (1..=65536).contains(&self.mlp_hidden),
@@ -116,10 +122,10 @@ impl DitConfig {
                 "token_dim/max_tokens out of range",
             ),
             (
-                self.time_features >= 2
+                (2..=8192).contains(&self.time_features)
                     && self.time_features.is_multiple_of(2)
                     && (1..=8192).contains(&self.text_dim),
-                "time_features must be even; text_dim 1..=8192",
+                "time_features must be even, 2..=8192; text_dim 1..=8192",
             ),
             (
                 (self.latent_mean.len() == self.token_dim

@@ -286,6 +286,19 @@ impl MiniLmTextEncoder {
                 ),
             });
         }
+        // A smaller vocabulary's ids all fit, and would encode every caption as other words
+        // without an error (a bert-base-cased tokenizer.json has 28,996 of MiniLM's 30,522).
+        let tokenizer_vocab = tokenizer.get_vocab_size(true);
+        if tokenizer_vocab != config.vocab_size {
+            return Err(TextEncoderError::Tokenizer {
+                path: tokenizer_path,
+                reason: format!(
+                    "it has {tokenizer_vocab} tokens, but the text encoder was trained with {} \
+                     (tokenizer.json and model.safetensors are from different models)",
+                    config.vocab_size
+                ),
+            });
+        }
         let counter = CaptionTokenCounter::load(dir, max_tokens)?;
         Ok(Self {
             model,

@@ -127,10 +127,36 @@ impl TexTokConfig {
     /// Checks the config describes a buildable model of sane size (checkpoint metadata is
     /// untrusted input: a bad config must be an error, not a panic or a huge allocation).
     pub fn validate(&self) -> Result<(), String> {
-        let checks: [(bool, &str); 10] = [
+        // What the forward pass holds per image, bounded so that a small crafted file cannot
+        // ask for gigabytes: attention scores grow with the square of the sequence and with
+        // the head count, the refinement head's activations with its channels x pixels.
+        let sequence = self
+            .patch_size
+            .checked_mul(self.patch_size)
+            .map_or(usize::MAX, |p| {
+                (self.image_size.saturating_mul(self.image_size) / p.max(1))
+                    .saturating_add(self.max_tokens)
+                    .saturating_add(self.max_text_tokens)
+            });
+        let refine_activations = self.refine_channels.map_or(0, |c| {
+            c.saturating_mul(self.image_size.saturating_mul(self.image_size))
+        });
+        let checks: [(bool, &str); 13] = [
             (
                 self.refine_channels.is_none_or(|c| (1..=256).contains(&c)),
                 "refine_channels must be 1..=256",
+            ),
+            (
+                refine_activations <= 256 * 128 * 128,
+                "refine_channels x image_size^2 must be at most 256 x 128^2",
+            ),
+            (
+                sequence <= 4096,
+                "patches + max_tokens + max_text_tokens must be at most 4096",
+            ),
+            (
+                self.heads > 0 && self.width / self.heads >= 8,
+                "heads must be at least 8 channels wide",
             ),
             (
                 self.patch_size > 0 && self.image_size.is_multiple_of(self.patch_size),

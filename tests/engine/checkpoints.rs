@@ -258,7 +258,11 @@ fn weight_parameter_counts_track_the_models() {
         );
     };
     for text in [true, false] {
-        for config in [TexTokConfig::tiny(text), TexTokConfig::small(text)] {
+        for config in [
+            TexTokConfig::tiny(text),
+            TexTokConfig::small(text),
+            TexTokConfig::small(text).with_refine_channels(Some(32)),
+        ] {
             let actual = config.init(&cpu()).num_params();
             within(config.weight_parameters(), actual, &format!("{config:?}"));
         }
@@ -274,6 +278,57 @@ fn weight_parameter_counts_track_the_models() {
     let minilm = textok_studio::model::text_encoder::MiniLmConfig::all_minilm_l6_v2();
     let actual = minilm.init(&cpu()).num_params();
     within(minilm.weight_parameters(), actual, "MiniLM");
+}
+
+#[test]
+fn configs_whose_forward_pass_needs_gigabytes_are_refused() {
+    // Each is a small file (few weights) that would need many GB to run: refused by
+    // `validate`, which every load calls before building the model.
+    let refused = |config: TexTokConfig, what: &str| {
+        let reason = config.validate().expect_err(what);
+        assert!(reason.contains(what), "{reason}");
+    };
+    let small = TexTokConfig::small(true);
+    // 1024 px in patches of 4: 65,536 patches, a 137 GB attention matrix per head.
+    refused(
+        TexTokConfig {
+            image_size: 1024,
+            patch_size: 4,
+            ..small.clone()
+        },
+        "at most 4096",
+    );
+    // Heads of 4 channels (width 32 in 8 heads).
+    refused(
+        TexTokConfig {
+            width: 32,
+            heads: 8,
+            mlp_hidden: 64,
+            ..small.clone()
+        },
+        "8 channels wide",
+    );
+    // A 256-channel refinement head at 512 px: 64 M activations per image.
+    refused(
+        TexTokConfig {
+            image_size: 512,
+            refine_channels: Some(256),
+            ..small.clone()
+        },
+        "refine_channels x image_size^2",
+    );
+    assert!(small.with_refine_channels(Some(256)).validate().is_ok());
+    // A DiT's time features past any real model (their count would overflow the weight count).
+    let dit = DitConfig {
+        time_features: 1 << 62,
+        ..DitConfig::tiny()
+    };
+    assert!(dit.validate().unwrap_err().contains("time_features"));
+    let dit = DitConfig {
+        heads: 8,
+        ..DitConfig::tiny()
+    };
+    assert!(dit.validate().unwrap_err().contains("8 channels wide"));
 }
 
 #[test]
@@ -443,6 +498,27 @@ fn a_text_encoder_with_a_bad_config_or_a_foreign_tokenizer_is_refused() {
     let message = load_error(dir.path());
     assert!(
         message.contains("99999") && message.contains("tokenizer.json"),
+        "{message}"
+    );
+    // A smaller vocabulary (another model's tokenizer): every id fits, yet every caption would
+    // be other words; refused by the count.
+    let dir = copy_of_shipped();
+    let path = dir.path().join("tokenizer.json");
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
+    let last_words: Vec<String> = vocab
+        .iter()
+        .filter(|(_, id)| id.as_u64().unwrap() >= 29_000)
+        .map(|(word, _)| word.clone())
+        .collect();
+    for word in last_words {
+        vocab.remove(&word);
+    }
+    std::fs::write(&path, tokenizer.to_string()).unwrap();
+    let message = load_error(dir.path());
+    assert!(
+        message.contains("29000 tokens") && message.contains("30522"),
         "{message}"
     );
     // The untouched copy loads.
