@@ -90,7 +90,12 @@ struct Deleted {
 #[derive(Default)]
 pub struct GeneratePane {
     running: Option<Running>,
-    save_dialog: Option<(Receiver<Vec<PathBuf>>, PathBuf)>,
+    /// The Save dialog's answer, once it comes, and the image to copy (public so tests can
+    /// answer it).
+    pub save_dialog: Option<(Receiver<Vec<PathBuf>>, PathBuf)>,
+    /// The copy *Save as…* makes, off the UI thread (a USB stick or network folder can take
+    /// seconds); its result is the file written.
+    saving: Vec<Job<PathBuf>>,
     last_error: Option<String>,
     /// Newest last; kept in memory until the app closes.
     deleted: Vec<Deleted>,
@@ -121,7 +126,17 @@ fn now_millis() -> u128 {
 
 impl GeneratePane {
     pub fn busy(&self) -> bool {
+        self.generating() || self.saving()
+    }
+
+    /// A batch is being generated.
+    pub fn generating(&self) -> bool {
         self.running.is_some()
+    }
+
+    /// A *Save as…* copy is being written.
+    pub fn saving(&self) -> bool {
+        !self.saving.is_empty()
     }
 
     /// Stops the running generation after its current step. The images of one press are
@@ -224,21 +239,23 @@ impl GeneratePane {
         None
     }
 
-    /// Copies `source` to the file the Save dialog picked (none: cancelled).
-    fn save_picked(picked: &[PathBuf], source: &Path, app: &mut AppContext) {
-        let Some(target) = picked.first() else {
+    /// Copies `source` to the file the Save dialog picked (none: cancelled), in the background.
+    fn save_picked(&mut self, picked: &[PathBuf], source: &Path, app: &mut AppContext) {
+        let Some(target) = picked.first().cloned() else {
             return;
         };
-        let result = std::fs::read(source)
-            .with_context(|| format!("cannot read {}", source.display()))
-            .and_then(|bytes| {
-                crate::files::write_atomic(target, &bytes)
-                    .with_context(|| format!("cannot write {}", target.display()))
-            });
-        match result {
-            Ok(()) => app.notices.info(format!("Saved {}", target.display())),
-            Err(error) => app.notices.error(format!("Cannot save: {error:#}")),
-        }
+        let source = source.to_owned();
+        self.saving.push(Job::spawn(
+            "save image",
+            app.notify.clone(),
+            move |_, _: &crate::jobs::CancelToken| {
+                let bytes = std::fs::read(&source)
+                    .with_context(|| format!("cannot read {}", source.display()))?;
+                crate::files::write_atomic(&target, &bytes)
+                    .with_context(|| format!("cannot write {}", target.display()))?;
+                Ok(target)
+            },
+        ));
     }
 
     /// Acts on the Save dialog's answer (called every frame: the dialog does not hold the
@@ -247,9 +264,22 @@ impl GeneratePane {
         if let Some((receiver, source)) = &self.save_dialog
             && let Some(picked) = super::dialog_answer(receiver, &mut app.notices)
         {
-            Self::save_picked(&picked, source, app);
+            let source = source.clone();
             self.save_dialog = None;
+            self.save_picked(&picked, &source, app);
         }
+        self.saving.retain_mut(|job| match job.poll() {
+            JobState::Running(_) => true,
+            JobState::Finished(Ok(target)) => {
+                app.notices.info(format!("Saved {}", target.display()));
+                false
+            }
+            JobState::Finished(Err(error)) => {
+                app.notices.error(format!("Cannot save: {error:#}"));
+                false
+            }
+            JobState::Cancelled | JobState::Collected => false,
+        });
     }
 
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {

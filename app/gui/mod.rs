@@ -686,11 +686,14 @@ impl StudioApp {
     /// The background work that closing the window would interrupt, one line each.
     fn running_work(&self) -> Vec<&'static str> {
         let mut work = Vec::new();
-        if self.generate.busy() {
+        if self.generate.generating() {
             work.push(
                 "Generating: the images are sampled together and saved when all are done, so \
                  quitting now loses this batch (earlier batches are saved).",
             );
+        }
+        if self.generate.saving() {
+            work.push("Saving a copy of an image (Save as…): quitting now loses the copy.");
         }
         if self.finetune.busy() {
             work.push(

@@ -1045,6 +1045,27 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
         vec!["a red apple".to_owned()]
     );
 
+    // Save as…: the copy is written off the UI thread, and said so.
+    let (answer, dialog) = std::sync::mpsc::channel();
+    let copy = fixture.dir.path().join("saved-as.png");
+    harness.state_mut().generate.save_dialog = Some((dialog, gallery[0].file.clone()));
+    answer.send(vec![copy.clone()]).unwrap();
+    wait_until(
+        &mut harness,
+        "the saved copy",
+        Duration::from_secs(30),
+        |app| {
+            app.app
+                .notices
+                .all()
+                .any(|m| m.starts_with("Saved ") && m.ends_with("saved-as.png"))
+        },
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(&gallery[0].file).unwrap()
+    );
+
     // Reuse settings, then send to the Library.
     harness.state_mut().app.state.generate.caption.clear();
     let app = harness.state_mut();
