@@ -18,6 +18,10 @@ use crate::model::text_encoder::{CaptionTokenCounter, TokenCount};
 pub struct ImportReport {
     pub added: usize,
     pub already_present: usize,
+    /// Images already in the library without a caption that the import found one for.
+    pub captions_filled: usize,
+    /// The import's first image, added or already there: what the app selects.
+    pub first: Option<PathBuf>,
     /// Files not added, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -29,6 +33,12 @@ impl ImportReport {
             text.push_str(&format!(
                 ", {} already in the library",
                 self.already_present
+            ));
+        }
+        if self.captions_filled > 0 {
+            text.push_str(&format!(
+                " ({} of them now captioned from their sidecar or captions.jsonl)",
+                self.captions_filled
             ));
         }
         if !self.skipped.is_empty() {
@@ -178,19 +188,35 @@ pub fn scan_paths(paths: &[PathBuf], cancel: &CancelToken) -> anyhow::Result<Sca
     Ok(Scanned { items, skipped })
 }
 
-/// Adds scanned images that are not in `library` yet.
+/// Adds scanned images that are not in `library` yet. One already there without a caption
+/// takes the caption the scan found (captions written after the first import are picked up by
+/// adding the folder again); a caption already there is never replaced.
 pub fn merge(library: &mut Vec<LibraryItem>, scanned: Scanned) -> ImportReport {
-    let mut present: HashSet<PathBuf> = library.iter().map(|item| item.path.clone()).collect();
+    let mut present: std::collections::HashMap<PathBuf, usize> = library
+        .iter()
+        .enumerate()
+        .map(|(index, item)| (item.path.clone(), index))
+        .collect();
     let mut report = ImportReport {
         skipped: scanned.skipped,
         ..Default::default()
     };
     for item in scanned.items {
-        if present.insert(item.path.clone()) {
-            library.push(item);
-            report.added += 1;
-        } else {
-            report.already_present += 1;
+        report.first.get_or_insert_with(|| item.path.clone());
+        match present.get(&item.path) {
+            Some(&index) => {
+                report.already_present += 1;
+                let existing = &mut library[index];
+                if existing.caption.trim().is_empty() && !item.caption.trim().is_empty() {
+                    existing.caption = item.caption;
+                    report.captions_filled += 1;
+                }
+            }
+            None => {
+                present.insert(item.path.clone(), library.len());
+                library.push(item);
+                report.added += 1;
+            }
         }
     }
     report

@@ -282,12 +282,18 @@ impl AppContext {
     }
 
     fn merge_import(&mut self, scanned: library::Scanned) {
-        let before = self.state.library.len();
         let report = library::merge(&mut self.state.library, scanned);
-        if self.state.selected.is_none()
-            && let Some(first_added) = self.state.library.get(before)
-        {
-            self.state.selected = Some(first_added.path.clone());
+        // What the user just dropped or picked is what they want to caption and compare next.
+        if let Some(first) = &report.first {
+            self.state.selected = Some(first.clone());
+            if let Some(item) = self.state.library.iter().find(|item| &item.path == first)
+                && self.library_filter.active()
+                && !self.library_filter.matches(item)
+            {
+                self.library_filter = library::LibraryFilter::default();
+                self.notices
+                    .info("The Library's filter was cleared to show the images just added.");
+            }
         }
         let summary = format!("Library: {}", report.summary());
         // What was skipped, and why, stays until dismissed: an info notice fades before a

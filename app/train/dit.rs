@@ -463,6 +463,22 @@ pub fn train_dit(
         stored
             .validate()
             .map_err(|reason| anyhow::anyhow!("{}: {reason}", state_path.display()))?;
+        // The run learned the tokens of the encoder it recorded. A tokenizer file rewritten
+        // since (its run trained on, a model replaced by an update) makes other tokens: the
+        // latents would be encoded again and the DiT, with its old statistics, would go on
+        // learning a different space without a word.
+        if let Some(recorded) = &stored.tokenizer_encoder_sha256 {
+            ensure!(
+                *recorded == tokenizer_identity.encoder_sha256
+                    || *recorded == tokenizer_identity.exact_encoder_sha256,
+                "{}: this tokenizer's encoder changed since the run started (it makes other \
+                 tokens now, encoder {}; the run's is {}), so the run cannot continue on it; \
+                 start a new run, or give --tokenizer the file the run began with",
+                config.tokenizer.display(),
+                short_hash(&tokenizer_identity.encoder_sha256),
+                short_hash(recorded)
+            );
+        }
         Some(stored)
     } else {
         None
@@ -726,4 +742,9 @@ pub fn train_dit(
         finished: progress.step >= total_steps,
         last_eval: None,
     })
+}
+
+/// The first 8 hex digits of a hash, as `info` and messages show it.
+fn short_hash(hash: &str) -> &str {
+    hash.get(..8).unwrap_or(hash)
 }

@@ -239,6 +239,65 @@ fn a_file_dialog_answered_while_another_pane_is_shown_is_acted_on() {
 }
 
 #[test]
+fn adding_a_folder_again_fills_missing_captions_and_selects_and_shows_the_import() {
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Library);
+    let folder = fixture.dir.path().join("pictures");
+    std::fs::create_dir_all(&folder).unwrap();
+    let (a, b) = (folder.join("a.png"), folder.join("b.png"));
+    std::fs::copy(sample("apple"), &a).unwrap();
+    std::fs::copy(sample("penguin"), &b).unwrap();
+    let import = |harness: &mut Harness<'static, StudioApp>, wanted: &str| {
+        harness
+            .state_mut()
+            .app
+            .import(std::slice::from_ref(&folder));
+        wait_until(harness, wanted, Duration::from_secs(30), |app| {
+            app.app.notices.all().any(|m| m.contains(wanted))
+        });
+    };
+    import(&mut harness, "added 2 image(s)");
+    let caption_of = |harness: &Harness<'static, StudioApp>, path: &std::path::Path| {
+        let library = &harness.state().app.state.library;
+        library
+            .iter()
+            .find(|item| item.path == path)
+            .unwrap()
+            .caption
+            .clone()
+    };
+    assert_eq!(caption_of(&harness, &b), "");
+    // Captions written afterwards, one for an image captioned in the app meanwhile; and a
+    // filter that hides both.
+    std::fs::write(folder.join("a.txt"), "from the sidecar").unwrap();
+    std::fs::write(folder.join("b.txt"), "a penguin").unwrap();
+    let studio = harness.state_mut();
+    studio
+        .app
+        .state
+        .library
+        .iter_mut()
+        .find(|item| item.path == a)
+        .unwrap()
+        .caption = "typed in the app".into();
+    studio.app.state.selected = None;
+    studio.app.library_filter.words = "zebra".into();
+    import(&mut harness, "1 of them now captioned");
+    assert_eq!(caption_of(&harness, &b), "a penguin");
+    assert_eq!(
+        caption_of(&harness, &a),
+        "typed in the app",
+        "a caption is never replaced"
+    );
+    // The import is selected, and the filter that hid it is cleared.
+    assert_eq!(
+        harness.state().app.state.selected.as_deref(),
+        Some(a.as_path())
+    );
+    assert!(!harness.state().app.library_filter.active());
+}
+
+#[test]
 fn state_round_trips_and_a_damaged_file_is_kept_aside() {
     let dir = tempfile::tempdir().unwrap();
     let mut saved = PersistedState::default();

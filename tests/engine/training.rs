@@ -635,6 +635,34 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
     )
     .unwrap();
     assert_eq!((outcome.step, outcome.finished), (126, true));
+    // The tokenizer file rewritten with another encoder (its own run trained on, say): the
+    // DiT run refuses to go on learning other tokens.
+    let (other, other_config) = tiny(true, 10);
+    other
+        .save(
+            &other_config,
+            &run_config.tokenizer,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+    let error = train_dit(
+        &run,
+        &DitTrainConfig {
+            steps: 500,
+            ..run_config.clone()
+        },
+        true,
+        None,
+        &cpu(),
+        &encoder,
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("encoder changed since the run started"),
+        "{error:#}"
+    );
 }
 
 #[test]
