@@ -301,6 +301,47 @@ pub struct LibraryPane {
     /// Items removed this session, newest last, with their places: Undo puts them back (a
     /// caption typed in the app may exist nowhere else).
     removed: Vec<(usize, LibraryItem)>,
+    /// Paths typed or pasted into the *Add path* field: the way in where neither a file dialog
+    /// nor dropping works (winit cannot receive dropped files on Wayland).
+    pub typed_paths: String,
+}
+
+/// The paths in text typed or pasted into *Add path*: one per line, each trimmed, with the
+/// quotes a file manager's "copy path" adds and a `file://` prefix (what copying files gives
+/// on Linux) taken off, `%20`-style escapes decoded.
+pub fn paths_from_text(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .map(|line| line.trim().trim_matches(['"', '\'']))
+        .filter(|line| !line.is_empty())
+        .map(|line| match line.strip_prefix("file://") {
+            Some(uri) => PathBuf::from(percent_decoded(uri)),
+            None => PathBuf::from(line),
+        })
+        .collect()
+}
+
+/// `%XX` escapes decoded (a malformed one is kept as it is).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Which Library items are shown: in the Library's grid, and the ones Compare's Previous /
@@ -415,6 +456,21 @@ impl LibraryPane {
                         .into_iter()
                         .collect()
                 }));
+            }
+            let field = ui
+                .add(
+                    egui::TextEdit::singleline(&mut self.typed_paths)
+                        .hint_text("or type / paste a path")
+                        .desired_width(180.0),
+                )
+                .on_hover_text(
+                    "A file or folder path (pasted files: one per line), added with Enter: \
+                     the way in where no file dialog opens and dropping does not work",
+                );
+            let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+            if (ui.button("Add path").clicked() || entered) && !self.typed_paths.trim().is_empty() {
+                let paths = paths_from_text(&std::mem::take(&mut self.typed_paths));
+                app.import(&paths);
             }
             ui.separator();
             let toggled = ui

@@ -497,8 +497,9 @@ pub fn dialog_answer(
 /// What the panes say when no file dialog could be shown.
 pub const NO_FILE_DIALOG: &str = "No file dialog could be shown. On Linux one needs \
      xdg-desktop-portal with a file-chooser backend (xdg-desktop-portal-gtk, -kde or -gnome); \
-     meanwhile, drop images on the window to add them, type a model's path in Settings and the \
-     training folder's in Fine-tune.";
+     meanwhile, type or paste paths instead: images in the Library's path field (or drop them \
+     on the window, except under Wayland), a model's in Settings and the training folder's in \
+     Fine-tune.";
 
 /// A dialog that comes back empty sooner than this was never shown: nobody opens, reads and
 /// cancels a file dialog in a quarter of a second, while a missing portal answers at once.

@@ -298,6 +298,31 @@ fn adding_a_folder_again_fills_missing_captions_and_selects_and_shows_the_import
 }
 
 #[test]
+fn a_typed_or_pasted_path_adds_images_where_no_dialog_or_drop_works() {
+    use textok_studio::gui::library::paths_from_text;
+    assert_eq!(
+        paths_from_text("  /a/b c.png \n\n'/quoted.png'\nfile:///x/my%20pic.png\n"),
+        [
+            PathBuf::from("/a/b c.png"),
+            PathBuf::from("/quoted.png"),
+            PathBuf::from("/x/my pic.png")
+        ]
+    );
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Library);
+    harness.state_mut().library.typed_paths = format!("\"{}\"", sample("apple").display());
+    harness.step();
+    harness.get_by_label("Add path").click();
+    wait_until(
+        &mut harness,
+        "the typed image",
+        Duration::from_secs(30),
+        |app| app.app.state.library.len() == 1,
+    );
+    assert!(harness.state().library.typed_paths.is_empty());
+}
+
+#[test]
 fn state_round_trips_and_a_damaged_file_is_kept_aside() {
     let dir = tempfile::tempdir().unwrap();
     let mut saved = PersistedState::default();
