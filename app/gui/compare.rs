@@ -135,6 +135,9 @@ impl Default for ComparePane {
     }
 }
 
+/// How a failed reconstruction's notice starts.
+const RECONSTRUCTION_FAILED: &str = "Reconstruction failed: ";
+
 impl ComparePane {
     /// Called when the selected caption changed anywhere (Library editor included).
     pub fn caption_edited(&mut self) {
@@ -410,13 +413,17 @@ impl ComparePane {
                 let request = request.clone();
                 self.job = None;
                 self.store(ctx, &request, output);
+                // Reconstruction works (again): an earlier failure's message is out of date;
+                // the pane still says so for any image that fails when shown.
+                app.notices
+                    .clear_errors_starting_with(RECONSTRUCTION_FAILED);
             }
             JobState::Finished(Err(error)) => {
                 let request = request.clone();
                 self.job = None;
                 let message = format!("{error:#}");
                 app.notices
-                    .error(format!("Reconstruction failed: {message}"));
+                    .error(format!("{RECONSTRUCTION_FAILED}{message}"));
                 self.failed = Some((request, message));
             }
             JobState::Cancelled | JobState::Collected => self.job = None,
@@ -538,7 +545,7 @@ impl ComparePane {
             && super::library::caption_editor(
                 ui,
                 &mut item.caption,
-                counter.as_deref(),
+                &counter,
                 ("compare-caption", &path),
                 Some(super::library::NO_CAPTION_HINT),
             )

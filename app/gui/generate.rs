@@ -304,7 +304,7 @@ impl GeneratePane {
         super::library::caption_editor(
             ui,
             &mut app.state.generate.caption,
-            counter.as_deref(),
+            &counter,
             "generate-caption",
             None,
         );

@@ -253,10 +253,25 @@ pub const MAX_CAPTION_CHARS: usize = 2000;
 /// `id` names the editor's state, its undo history included: an editor that shows one image's
 /// caption after another must include the image in it, or Ctrl+Z brings the previous image's
 /// text into this one.
+/// The caption editors' token counter: loading (at start), ready, or failed to load.
+#[derive(Clone, Default)]
+pub enum TokenCounter {
+    #[default]
+    Loading,
+    Ready(std::sync::Arc<CaptionTokenCounter>),
+    Failed,
+}
+
+impl TokenCounter {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Self::Ready(_))
+    }
+}
+
 pub fn caption_editor(
     ui: &mut egui::Ui,
     caption: &mut String,
-    counter: Option<&CaptionTokenCounter>,
+    counter: &TokenCounter,
     id: impl std::hash::Hash + std::fmt::Debug,
     blank_hint: Option<&str>,
 ) -> bool {
@@ -270,7 +285,11 @@ pub fn caption_editor(
                 .desired_width(f32::INFINITY),
         )
         .changed();
-    match counter.map(|c| (c.count(caption), c.max_tokens())) {
+    let counted = match counter {
+        TokenCounter::Ready(counter) => Some((counter.count(caption), counter.max_tokens())),
+        TokenCounter::Loading | TokenCounter::Failed => None,
+    };
+    match counted {
         Some((Ok(count), max_tokens)) => {
             let (text, warn) = token_line(&count, max_tokens);
             if warn {
@@ -281,6 +300,9 @@ pub fn caption_editor(
         }
         Some((Err(error), _)) => {
             ui.colored_label(ui.visuals().error_fg_color, error.to_string());
+        }
+        None if matches!(counter, TokenCounter::Failed) => {
+            ui.weak("token count unavailable (the text encoder's tokenizer did not load)");
         }
         None => {
             ui.weak("counting tokens…");
@@ -652,7 +674,7 @@ impl LibraryPane {
         if caption_editor(
             ui,
             &mut item.caption,
-            counter.as_deref(),
+            &counter,
             ("library-caption", &path),
             Some(NO_CAPTION_HINT),
         ) {

@@ -113,12 +113,22 @@ pub struct Notices {
 }
 
 impl Notices {
+    /// Messages drawn at once, newest first.
+    const SHOWN: usize = 4;
+
     pub fn error(&mut self, message: impl Into<String>) {
         let message = message.into();
         // A repeated failure (e.g. every save to a read-only folder) is one notice, refreshed.
         self.items.retain(|(_, m, _)| *m != message);
         tracing::warn!("{message}");
         self.items.push((true, message, Instant::now()));
+    }
+
+    /// Removes the errors that start with `prefix`: a failure that has since been put right
+    /// (a reconstruction that works now) would otherwise contradict what the window shows.
+    pub fn clear_errors_starting_with(&mut self, prefix: &str) {
+        self.items
+            .retain(|(error, message, _)| !(*error && message.starts_with(prefix)));
     }
 
     pub fn info(&mut self, message: impl Into<String>) {
@@ -140,7 +150,7 @@ impl Notices {
         self.items
             .retain(|(error, _, at)| *error || at.elapsed() < Duration::from_secs(8));
         let mut dismiss = None;
-        for (index, (error, message, _)) in self.items.iter().enumerate().rev().take(4) {
+        for (index, (error, message, _)) in self.items.iter().enumerate().rev().take(Self::SHOWN) {
             ui.horizontal(|ui| {
                 if *error {
                     ui.colored_label(ui.visuals().error_fg_color, message);
@@ -149,6 +159,16 @@ impl Notices {
                 }
                 if ui.small_button("Dismiss").clicked() {
                     dismiss = Some(index);
+                }
+            });
+        }
+        // The older ones are not hidden without a word (an import's skip report, say).
+        let hidden = self.items.len().saturating_sub(Self::SHOWN);
+        if hidden > 0 {
+            ui.horizontal(|ui| {
+                ui.weak(format!("… and {hidden} older message(s)"));
+                if ui.small_button("Dismiss all").clicked() {
+                    self.items.clear();
                 }
             });
         }
@@ -207,7 +227,7 @@ pub struct AppContext {
     pub notices: Notices,
     /// Shared, not cloned: each pane takes a handle every frame, and a copy of the tokenizer
     /// (its 30k-word vocabulary) per frame would cost milliseconds.
-    pub token_counter: Option<std::sync::Arc<CaptionTokenCounter>>,
+    pub token_counter: library::TokenCounter,
     pub data_dir: PathBuf,
     pub notify: Arc<dyn Fn() + Send + Sync>,
     /// A pane asks to switch panes by setting this.
@@ -344,8 +364,20 @@ impl AppContext {
     }
 
     fn report_sidecars(&mut self, report: &library::SidecarReport) {
-        for problem in &report.problems {
-            self.notices.error(problem.clone());
+        // A read-only folder of hundreds of images is one message, not hundreds.
+        match report.problems.as_slice() {
+            [] => {}
+            [problem] => self.notices.error(problem.clone()),
+            problems => {
+                let mut message = format!("{} caption sidecars were not written:", problems.len());
+                for problem in problems.iter().take(5) {
+                    message.push_str(&format!("\n  {problem}"));
+                }
+                if problems.len() > 5 {
+                    message.push_str(&format!("\n  … and {} more", problems.len() - 5));
+                }
+                self.notices.error(message);
+            }
         }
         // One edit's write needs no word; a batch (sidecars just turned on) does.
         if report.written > 1 {
@@ -649,7 +681,7 @@ impl StudioApp {
                 state,
                 engines,
                 notices,
-                token_counter: None,
+                token_counter: library::TokenCounter::Loading,
                 data_dir: options.data_dir,
                 notify,
                 switch_to: None,
@@ -826,13 +858,15 @@ impl StudioApp {
             match job.poll() {
                 JobState::Running(_) => {}
                 JobState::Finished(Ok(counter)) => {
-                    self.app.token_counter = Some(std::sync::Arc::new(counter));
+                    self.app.token_counter =
+                        library::TokenCounter::Ready(std::sync::Arc::new(counter));
                     self.token_counter_job = None;
                 }
                 JobState::Finished(Err(error)) => {
                     self.app
                         .notices
                         .error(format!("Cannot count caption tokens: {error:#}"));
+                    self.app.token_counter = library::TokenCounter::Failed;
                     self.token_counter_job = None;
                 }
                 JobState::Cancelled | JobState::Collected => self.token_counter_job = None,

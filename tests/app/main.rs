@@ -323,6 +323,34 @@ fn a_typed_or_pasted_path_adds_images_where_no_dialog_or_drop_works() {
 }
 
 #[test]
+fn a_caption_editor_says_so_when_the_token_counter_cannot_load() {
+    let fixture = fixture();
+    let mut options = fixture.options();
+    options.shipped.text_encoder_dir = fixture.dir.path().join("no-text-encoder");
+    options.open = vec![sample("apple")];
+    options.pane = Some(Pane::Library);
+    let mut harness = harness(options);
+    wait_until(
+        &mut harness,
+        "the counter's failure",
+        Duration::from_secs(30),
+        |app| {
+            app.app
+                .notices
+                .errors()
+                .any(|e| e.contains("Cannot count caption tokens"))
+        },
+    );
+    harness.step();
+    assert!(
+        harness
+            .query_by_label_contains("token count unavailable")
+            .is_some()
+    );
+    assert!(harness.query_by_label_contains("counting tokens").is_none());
+}
+
+#[test]
 fn state_round_trips_and_a_damaged_file_is_kept_aside() {
     let dir = tempfile::tempdir().unwrap();
     let mut saved = PersistedState::default();
@@ -406,7 +434,7 @@ fn library_caption_edits_show_token_counts_and_survive_a_restart() {
         &mut harness,
         "the token counter",
         Duration::from_secs(30),
-        |app| app.app.token_counter.is_some(),
+        |app| app.app.token_counter.is_ready(),
     );
     harness.get_by_role(Role::MultilineTextInput).focus();
     harness.step();
@@ -503,7 +531,7 @@ fn a_removed_library_item_comes_back_with_its_caption_on_undo() {
         &mut harness,
         "the token counter",
         Duration::from_secs(60),
-        |app| app.app.token_counter.is_some(),
+        |app| app.app.token_counter.is_ready(),
     );
     wait_until(
         &mut harness,
@@ -636,6 +664,22 @@ fn sidecar_captions_are_written_when_asked_for() {
             .errors()
             .any(|e| e.contains("caption file of both")),
         "the clash is reported"
+    );
+    // Both edited in one batch: two problems, one notice (a read-only folder of hundreds of
+    // images would otherwise post hundreds).
+    let app = &mut harness.state_mut().app;
+    for (path, caption) in [(&image, "a pear, again"), (&jpeg, "a yellow pear, again")] {
+        let item = app.state.library.iter_mut().find(|i| &i.path == path);
+        item.expect("in the library").caption = caption.into();
+        app.caption_edited(path);
+    }
+    write_due_sidecars(&mut harness);
+    let errors: Vec<&str> = harness.state().app.notices.errors().collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("2 caption sidecars were not written:")),
+        "{errors:?}"
     );
 }
 
@@ -1071,6 +1115,45 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
     assert!(harness.query_by_label_contains("Retry").is_some());
     // The empty cells say so rather than spin for good.
     assert_eq!(harness.query_all_by_label("failed").count(), 3);
+    // Mended (the file replaced): it is reconstructed, and the failure's notice goes.
+    let broken = fixture.dir.path().join("broken.png");
+    std::fs::copy(sample("apple"), &broken).unwrap();
+    wait_until(
+        &mut harness,
+        "the mended image's reconstruction",
+        Duration::from_secs(60),
+        |app| {
+            idle(app)
+                && !app
+                    .app
+                    .notices
+                    .errors()
+                    .any(|e| e.contains("Reconstruction failed"))
+        },
+    );
+    // Many messages at once: the four newest are shown, and the rest counted.
+    for n in 0..6 {
+        harness.state_mut().app.notices.info(format!("message {n}"));
+    }
+    // (A few frames: the bottom panel takes its new height over them.)
+    for _ in 0..3 {
+        harness.step();
+    }
+    assert!(
+        harness
+            .query_by_label_contains("older message(s)")
+            .is_some()
+    );
+    harness.get_by_label("Dismiss all").click();
+    harness.step();
+    let left: Vec<String> = harness
+        .state()
+        .app
+        .notices
+        .all()
+        .map(str::to_owned)
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     // A checkpoint that is not one.
     let bogus = fixture.dir.path().join("bogus.safetensors");
