@@ -139,6 +139,13 @@ fn wait_until(
     }
 }
 
+/// Steps frames until an error notice holds `text`.
+fn wait_for_error(harness: &mut Harness<'_, StudioApp>, text: &str) {
+    wait_until(harness, text, Duration::from_secs(60), |app| {
+        app.app.notices.errors().any(|e| e.contains(text))
+    });
+}
+
 fn idle(app: &StudioApp) -> bool {
     !app.busy()
 }
@@ -330,17 +337,7 @@ fn a_caption_editor_says_so_when_the_token_counter_cannot_load() {
     options.open = vec![sample("apple")];
     options.pane = Some(Pane::Library);
     let mut harness = harness(options);
-    wait_until(
-        &mut harness,
-        "the counter's failure",
-        Duration::from_secs(30),
-        |app| {
-            app.app
-                .notices
-                .errors()
-                .any(|e| e.contains("Cannot count caption tokens"))
-        },
-    );
+    wait_for_error(&mut harness, "Cannot count caption tokens");
     harness.step();
     assert!(
         harness
@@ -1100,17 +1097,7 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
     options.caption = Some("a broken picture".into());
     options.pane = Some(Pane::Compare);
     let mut harness = harness(options);
-    wait_until(
-        &mut harness,
-        "the failure",
-        Duration::from_secs(60),
-        |app| {
-            app.app
-                .notices
-                .errors()
-                .any(|e| e.contains("Reconstruction failed"))
-        },
-    );
+    wait_for_error(&mut harness, "Reconstruction failed");
     harness.step();
     assert!(harness.query_by_label_contains("Retry").is_some());
     // The empty cells say so rather than spin for good.

@@ -478,6 +478,24 @@ fn tiny_dit_run(
     (run_config, config)
 }
 
+/// Resumes a DiT run on the CPU with the shipped text encoder, with an optional time limit.
+fn resume_dit_run(
+    run: &Path,
+    config: &textok_studio::train::dit::DitTrainConfig,
+    time_limit: Option<std::time::Duration>,
+) -> anyhow::Result<textok_studio::train::tokenizer::TrainOutcome> {
+    textok_studio::train::dit::train_dit(
+        run,
+        config,
+        true,
+        time_limit,
+        &cpu(),
+        &repo_path("models/text-encoder"),
+        &Losses::default(),
+        &CancelToken::new(),
+    )
+}
+
 /// Trains a new DiT run (no resume, no time limit) on the CPU with the shipped text encoder.
 fn new_dit_run(
     run: &Path,
@@ -606,32 +624,17 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
         steps: 125,
         ..run_config.clone()
     };
-    let outcome = train_dit(
-        &run,
-        &longer,
-        true,
-        None,
-        &cpu(),
-        &encoder,
-        &Losses::default(),
-        &CancelToken::new(),
-    )
-    .unwrap();
+    let outcome = resume_dit_run(&run, &longer, None).unwrap();
     assert_eq!(outcome.step, 125);
     // A session whose time limit has already passed trains one step and ends its schedule
     // there (the learning rate at its floor), however many steps were asked for.
-    let outcome = train_dit(
+    let outcome = resume_dit_run(
         &run,
         &DitTrainConfig {
             steps: 400,
             ..run_config.clone()
         },
-        true,
         Some(std::time::Duration::ZERO),
-        &cpu(),
-        &encoder,
-        &Losses::default(),
-        &CancelToken::new(),
     )
     .unwrap();
     assert_eq!((outcome.step, outcome.finished), (126, true));
@@ -645,18 +648,13 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
             textok_studio::checkpoint::StoredPrecision::F32,
         )
         .unwrap();
-    let error = train_dit(
+    let error = resume_dit_run(
         &run,
         &DitTrainConfig {
             steps: 500,
             ..run_config.clone()
         },
-        true,
         None,
-        &cpu(),
-        &encoder,
-        &Losses::default(),
-        &CancelToken::new(),
     )
     .unwrap_err();
     assert!(
