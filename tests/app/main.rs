@@ -111,6 +111,11 @@ fn error_notices(app: &StudioApp) -> Vec<String> {
     app.app.notices.errors().map(str::to_owned).collect()
 }
 
+/// Every notice the app shows, errors and others.
+fn all_notices(app: &StudioApp) -> Vec<String> {
+    app.app.notices.all().map(str::to_owned).collect()
+}
+
 /// Fails unless some notice is `wanted`, listing the notices there are.
 fn assert_notice(app: &StudioApp, wanted: impl Fn(&str) -> bool) {
     let notices: Vec<&str> = app.app.notices.all().collect();
@@ -720,13 +725,7 @@ fn turning_sidecars_on_for_thousands_writes_them_off_the_ui_thread_and_skips_unc
         "picture 5\n",
         "a sidecar that already held its caption is left alone"
     );
-    let notices: Vec<String> = harness
-        .state()
-        .app
-        .notices
-        .all()
-        .map(str::to_owned)
-        .collect();
+    let notices: Vec<String> = all_notices(harness.state());
     assert!(
         notices
             .iter()
@@ -1133,13 +1132,7 @@ fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
     );
     harness.get_by_label("Dismiss all").click();
     harness.step();
-    let left: Vec<String> = harness
-        .state()
-        .app
-        .notices
-        .all()
-        .map(str::to_owned)
-        .collect();
+    let left: Vec<String> = all_notices(harness.state());
     assert!(left.is_empty(), "{left:?}");
 
     // A checkpoint that is not one.
