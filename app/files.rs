@@ -97,8 +97,15 @@ pub fn remove_stale_temp_files(dir: &Path, older_than: std::time::Duration) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let temporary =
-            name.starts_with(".tmp-") || (name.starts_with('.') && name.contains(".tmp-"));
+        // Only names of the form write_atomic makes (`.NAME.tmp-PID[-STAMP]`, `.tmp-PID-STAMP`):
+        // a run folder may be any folder, and other programs' files are not ours to remove.
+        let temporary = name.starts_with('.')
+            && name.rsplit_once(".tmp-").is_some_and(|(_, suffix)| {
+                !suffix.is_empty()
+                    && suffix
+                        .split('-')
+                        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            });
         let stale = entry
             .metadata()
             .ok()
@@ -311,19 +318,20 @@ mod tests {
             ".tmp-1-2",
             "state.safetensors",
             ".hidden",
+            ".notes.tmp-draft",
         ];
         for name in names {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }
         // Younger than the limit: a write may still be going on.
         remove_stale_temp_files(dir.path(), std::time::Duration::from_secs(3600));
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 5);
         remove_stale_temp_files(dir.path(), std::time::Duration::ZERO);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, [".hidden", "state.safetensors"]);
+        assert_eq!(left, [".hidden", ".notes.tmp-draft", "state.safetensors"]);
     }
 }
