@@ -896,14 +896,8 @@ fn with_stored_settings<C: crate::train::RunConfig>(
     given: &[String],
     flag_fields: &[(&str, &str)],
 ) -> anyhow::Result<C> {
-    // Said here, before the device opens and before anything (a lock file, a folder) is
-    // written: a mistyped --out would otherwise leave a new empty run folder behind.
-    anyhow::ensure!(
-        run_dir.join(crate::train::TRAINING_STATE_FILE).is_file(),
-        "{}: nothing to resume (no {}); check --out",
-        run_dir.display(),
-        crate::train::TRAINING_STATE_FILE
-    );
+    // Before the device opens (the trainer checks again, for the app's resumes too).
+    crate::train::ensure_resumable(run_dir)?;
     let path = run_dir.join("config.json");
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let stored = serde_json::from_slice::<serde_json::Value>(&bytes)

@@ -186,6 +186,24 @@ fn remove_run_folder(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes a run of the app's runs folder that ended without a training state (only a new one
+/// can: resuming needs it), cancelled or failed before its first checkpoint while the Library's
+/// images were copied, the data decoded or the latents encoded. Nothing can resume it, and
+/// listed as "nothing saved yet" it would only hold on to its copied images.
+fn remove_if_never_saved(run: &Path) -> std::io::Result<()> {
+    let in_runs_folder = run
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == FINETUNE_DIR);
+    if !in_runs_folder || run.join(crate::train::TRAINING_STATE_FILE).exists() {
+        return Ok(());
+    }
+    match remove_run_folder(run) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        result => result,
+    }
+}
+
 fn remove_in_background(dir: PathBuf) {
     std::thread::spawn(move || {
         if let Err(error) = std::fs::remove_dir_all(&dir)
@@ -488,17 +506,8 @@ impl FineTunePane {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            let ended = !matches!(running.job.poll(), JobState::Running(_));
-            let in_runs_folder = running
-                .run
-                .parent()
-                .and_then(Path::file_name)
-                .is_some_and(|name| name == FINETUNE_DIR);
-            if ended
-                && in_runs_folder
-                && !running.run.join(crate::train::TRAINING_STATE_FILE).exists()
-                && let Err(error) = remove_run_folder(&running.run)
-                && error.kind() != std::io::ErrorKind::NotFound
+            if !matches!(running.job.poll(), JobState::Running(_))
+                && let Err(error) = remove_if_never_saved(&running.run)
             {
                 tracing::warn!("{}: cannot remove: {error}", running.run.display());
             }
@@ -788,16 +797,7 @@ impl FineTunePane {
                 "The app now uses {run}'s latest weights (the run is in use)."
             ));
         }
-        // A run that ended without a training state (only a new one can: resuming needs it)
-        // was cancelled or failed before its first checkpoint: while the Library's images
-        // were copied, the data decoded or the latents encoded. Nothing can resume it, and
-        // listed as "nothing saved yet" it would only hold on to its copied images: remove it.
-        let runs_dir = app.data_dir.join(FINETUNE_DIR);
-        if !running.run.join(crate::train::TRAINING_STATE_FILE).exists()
-            && running.run.parent() == Some(runs_dir.as_path())
-            && let Err(error) = remove_run_folder(&running.run)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
+        if let Err(error) = remove_if_never_saved(&running.run) {
             app.notices.error(format!(
                 "Cannot remove the unfinished run folder {run}: {error}"
             ));

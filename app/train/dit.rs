@@ -412,16 +412,10 @@ pub fn train_dit(
 ) -> anyhow::Result<TrainOutcome> {
     let state_path = run_dir.join(super::TRAINING_STATE_FILE);
     let log_path = run_dir.join("log.jsonl");
-    let _run_claim = super::claim_run_dir(run_dir)?;
+    let _run_claim = super::claim_run_dir(run_dir, resume)?;
     let config = super::resolve_run_config(run_dir, requested, resume)?;
+    // Also refuses an unknown preset, before the minutes of loading below.
     config.check()?;
-    // Checked before the minutes of loading below; a run from a checkpoint takes its shape.
-    ensure!(
-        config.init_from.is_some() || DitConfig::preset(&config.preset).is_some(),
-        "unknown DiT preset `{}`; choose one of {:?}",
-        config.preset,
-        DitConfig::PRESETS
-    );
 
     // Read once: the model, its file hash and its encoder hash come from the same bytes.
     let tokenizer_file = crate::checkpoint::CheckpointFile::read(&config.tokenizer)?;

@@ -269,12 +269,27 @@ pub trait RunConfig: Clone + PartialEq + serde::Serialize + serde::de::Deseriali
     }
 }
 
+/// Fails unless `run_dir` holds a training state to resume. Said before anything is written
+/// there: a mistyped run folder would otherwise be left behind, new and empty.
+pub fn ensure_resumable(run_dir: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        run_dir.join(TRAINING_STATE_FILE).is_file(),
+        "{}: nothing to resume (no {TRAINING_STATE_FILE}); check the run folder",
+        run_dir.display()
+    );
+    Ok(())
+}
+
 /// Claims `run_dir` for one training at a time (an OS file lock on `train.lock`, released when
 /// the trainer ends, even by a crash): two trainers on one run, say the same fine-tune resumed
 /// in two windows, would write over each other's checkpoints. `None` where the file system
-/// cannot lock. Hold the file for the whole run.
-pub fn claim_run_dir(run_dir: &Path) -> anyhow::Result<Option<std::fs::File>> {
+/// cannot lock. Hold the file for the whole run. A resume (`resume`) needs a state there
+/// already ([`ensure_resumable`]); a new run's folder is made.
+pub fn claim_run_dir(run_dir: &Path, resume: bool) -> anyhow::Result<Option<std::fs::File>> {
     use anyhow::Context;
+    if resume {
+        ensure_resumable(run_dir)?;
+    }
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
     let claim = crate::files::try_lock_file(&run_dir.join("train.lock")).map_err(
@@ -310,11 +325,7 @@ pub fn resolve_run_config<C: RunConfig>(
     std::fs::create_dir_all(run_dir)
         .with_context(|| format!("{}: cannot create run folder", run_dir.display()))?;
     let config = if resume {
-        anyhow::ensure!(
-            state.exists(),
-            "{}: nothing to resume (no state.safetensors)",
-            run_dir.display()
-        );
+        ensure_resumable(run_dir)?;
         let bytes = std::fs::read(&config_path)
             .with_context(|| format!("{}: cannot read", config_path.display()))?;
         let stored: C = serde_json::from_slice(&bytes).with_context(|| {

@@ -501,7 +501,7 @@ pub fn train_tokenizer(
     let paths = RunPaths {
         dir: run_dir.to_owned(),
     };
-    let _run_claim = super::claim_run_dir(run_dir)?;
+    let _run_claim = super::claim_run_dir(run_dir, resume)?;
     let config = super::resolve_run_config(run_dir, requested, resume)?;
     config.check()?;
     let model_config = if resume {

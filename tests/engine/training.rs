@@ -150,7 +150,7 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
     let encoder = models();
     let run = dir.path().join("run");
     // While another trainer holds the folder, a second one is refused before it writes.
-    let held = textok_studio::train::claim_run_dir(&run).unwrap();
+    let held = textok_studio::train::claim_run_dir(&run, false).unwrap();
     assert!(held.is_some(), "this file system locks");
     let err = train(&run, &tiny_config(&data, 2, true), false).unwrap_err();
     assert!(err.to_string().contains("another training"), "{err}");
