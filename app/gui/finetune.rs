@@ -896,7 +896,8 @@ impl FineTunePane {
                     )
                     .on_hover_text(
                         "Stop by then with the learning rate decayed: the run takes as many \
-                         steps as fit (at most Steps)",
+                         steps as fit (at most Steps), measured over its first 60 steps; a \
+                         limit over before then stops the run unfinished, for Resume",
                     )
                     .labelled_by(label.id);
                     ui.end_row();

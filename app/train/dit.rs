@@ -629,8 +629,13 @@ pub fn train_dit(
     };
     let started = Instant::now();
     // The limit counts from here: caption encoding and model loading are not training time.
-    let step_target = StepTarget::new(config.steps, progress.step, time_limit, started);
-    let mut total_steps = config.steps;
+    let schedule_steps = if resume {
+        super::resumed_schedule(&state_path, config.steps)?
+    } else {
+        config.steps
+    };
+    let step_target = StepTarget::new(schedule_steps, progress.step, time_limit, started);
+    let mut total_steps = schedule_steps;
     let elapsed_before = progress.elapsed_seconds;
     let mut eta = Eta::new();
     let mut last_save = Instant::now();
@@ -719,9 +724,15 @@ pub fn train_dit(
             &log_path,
         );
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
+            let save_started = Instant::now();
             ema.catch_up(&model, progress.step)?;
             save(&model, &optimizer, &ema.weights, &progress, total_steps)?;
+            eta.exclude(save_started.elapsed());
             last_save = Instant::now();
+        }
+        if step_target.out_of_time(progress.step, total_steps) {
+            observer.on_message(&super::out_of_time_message(progress.step, &step_target));
+            break;
         }
     }
     ema.catch_up(&model, progress.step)?;

@@ -66,9 +66,23 @@ impl Eta {
     }
 
     pub fn record(&mut self, step: usize) {
-        self.window.push_back((Instant::now(), step));
+        self.record_at(step, Instant::now());
+    }
+
+    /// [`Self::record`] with the clock read by the caller.
+    pub fn record_at(&mut self, step: usize, at: Instant) {
+        self.window.push_back((at, step));
         while self.window.len() > 50 {
             self.window.pop_front();
+        }
+    }
+
+    /// Leaves `pause` (an evaluation, say) out of the speed: the steps recorded so far are
+    /// moved that much later. Without it, the window after each evaluation reads slow, and a
+    /// time limit's fitted schedule would shrink and grow back around every evaluation.
+    pub fn exclude(&mut self, pause: Duration) {
+        for (at, _) in &mut self.window {
+            *at += pause;
         }
     }
 
@@ -98,6 +112,14 @@ pub struct TimeLimit {
     deadline: Instant,
 }
 
+/// The evaluations a session makes on top of its steps, which a time limit must leave room
+/// for: one every `every` steps and one at the end, `seconds` each (the mean so far).
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluations {
+    pub every: usize,
+    pub seconds: f64,
+}
+
 impl TimeLimit {
     /// Steps of a session before its speed is trusted: the first ones compile kernels and
     /// would make the estimate far too slow (the `Eta` window holds 50 steps).
@@ -118,28 +140,42 @@ impl TimeLimit {
             .then(|| Duration::from_secs_f64(minutes * 60.0))
     }
 
+    /// Whether the deadline has passed at `now`.
+    pub fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline
+    }
+
     /// The step count to aim for after `step` steps (`session_steps` of them in this session)
-    /// at `rate` steps per second: `requested` until the speed is known, then at most what
-    /// fits before the deadline, and `step` (stop now) once it has passed.
+    /// at `rate` steps per second (evaluations left out: [`Eta::exclude`]), leaving time for
+    /// `evaluations`: `requested` until the speed is known, then at most what fits before the
+    /// deadline, and `step` (stop now) once it has passed. A deadline that passes before the
+    /// speed is known leaves `requested` as it is: the session pauses there, resumable, rather
+    /// than end the schedule at full learning rate ([`StepTarget::out_of_time`]).
     pub fn fit(
         &self,
         step: usize,
         requested: usize,
         session_steps: usize,
         rate: Option<f64>,
+        evaluations: Option<Evaluations>,
         now: Instant,
     ) -> usize {
-        if now >= self.deadline {
+        let rate = match rate {
+            Some(rate) if session_steps >= Self::STEPS_BEFORE_FITTING && rate > 0.0 => rate,
+            _ => return requested,
+        };
+        if self.expired(now) {
             return step.min(requested);
         }
-        match rate {
-            Some(rate) if session_steps >= Self::STEPS_BEFORE_FITTING && rate > 0.0 => {
-                let left = self.deadline.duration_since(now).as_secs_f64();
-                let reachable = step + 1 + (left * rate).floor() as usize;
-                reachable.min(requested)
-            }
-            _ => requested,
+        let mut left = self.deadline.duration_since(now).as_secs_f64();
+        let mut seconds_per_step = 1.0 / rate;
+        if let Some(Evaluations { every, seconds }) = evaluations {
+            // The closing evaluation, and each step's share of the periodic ones.
+            left -= seconds;
+            seconds_per_step += seconds / every.max(1) as f64;
         }
+        let reachable = step + 1 + (left.max(0.0) / seconds_per_step).floor() as usize;
+        reachable.min(requested)
     }
 }
 
@@ -149,10 +185,14 @@ pub struct StepTarget {
     limit: Option<TimeLimit>,
     requested: usize,
     first_step: usize,
+    /// How often the session evaluates, and the evaluations' count and seconds so far.
+    evaluate_every: Option<usize>,
+    evaluations: (usize, f64),
 }
 
 impl StepTarget {
     /// A session starting at `first_step` now, its limit (if any) counted from `now`.
+    /// `requested` is the schedule's length: a resumed run's is [`resumed_schedule`].
     pub fn new(
         requested: usize,
         first_step: usize,
@@ -163,22 +203,87 @@ impl StepTarget {
             limit: time_limit.map(|limit| TimeLimit::new(limit, now)),
             requested,
             first_step,
+            evaluate_every: None,
+            evaluations: (0, 0.0),
         }
+    }
+
+    /// A session that evaluates every `every` steps (and at its end): a time limit leaves room
+    /// for them once the first one has been timed ([`Self::record_evaluation`]).
+    pub fn evaluating_every(self, every: usize) -> Self {
+        Self {
+            evaluate_every: Some(every.max(1)),
+            ..self
+        }
+    }
+
+    /// An evaluation took `took`.
+    pub fn record_evaluation(&mut self, took: Duration) {
+        self.evaluations.0 += 1;
+        self.evaluations.1 += took.as_secs_f64();
     }
 
     /// The target after `step` steps, at the speed `eta` measured.
     pub fn after(&self, step: usize, eta: &Eta) -> usize {
+        let evaluations = match (self.evaluate_every, self.evaluations) {
+            (Some(every), (count, seconds)) if count > 0 => Some(Evaluations {
+                every,
+                seconds: seconds / count as f64,
+            }),
+            _ => None,
+        };
         match &self.limit {
             Some(limit) => limit.fit(
                 step,
                 self.requested,
                 step - self.first_step,
                 eta.rate(),
+                evaluations,
                 Instant::now(),
             ),
             None => self.requested,
         }
     }
+
+    /// Whether the session must stop short of its target `total`: the time limit has passed
+    /// before the speed was measured ([`TimeLimit::fit`] keeps the schedule then). The run is
+    /// saved unfinished and a resume goes on with the same schedule.
+    pub fn out_of_time(&self, step: usize, total: usize) -> bool {
+        step < total
+            && self
+                .limit
+                .is_some_and(|limit| limit.expired(Instant::now()))
+    }
+}
+
+/// What a session stopped by [`StepTarget::out_of_time`] tells its user.
+pub fn out_of_time_message(step: usize, target: &StepTarget) -> String {
+    format!(
+        "the time limit passed after {} steps of this session, before its speed could be \
+         measured ({} steps are needed to fit the schedule to the time): the run stops at \
+         step {step}, unfinished; resume it to go on",
+        step - target.first_step,
+        TimeLimit::STEPS_BEFORE_FITTING
+    )
+}
+
+/// The schedule a resumed run goes on with: the length its state was saved with (a time limit
+/// may have fitted it below the config's `steps`; going back to `steps` would raise the
+/// learning rate mid-run, and the Fine-tune pane already shows the run as that long), unless
+/// this resume lengthened `steps` past the one the state was trained toward. States saved
+/// before the length was recorded go on with `config_steps`.
+pub fn resumed_schedule(state: &Path, config_steps: usize) -> anyhow::Result<usize> {
+    let metadata = crate::checkpoint::CheckpointFile::read_metadata(state)?;
+    let (_, saved_total) = tokenizer::saved_progress(state)?;
+    let state_steps = metadata
+        .get("train_config")
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .and_then(|config| config.get("steps")?.as_u64())
+        .map(|steps| steps as usize);
+    Ok(match (saved_total, state_steps) {
+        (Some(total), Some(steps)) if config_steps <= steps => total.min(config_steps),
+        _ => config_steps,
+    })
 }
 
 /// "1h02m", "4m05s", "12s".

@@ -629,8 +629,16 @@ pub fn train_tokenizer(
 
     let started = Instant::now();
     // The limit counts from here: data loading and caption encoding are not training time.
-    let step_target = StepTarget::new(config.steps, progress.step, time_limit, started);
-    let mut total_steps = config.steps;
+    let schedule_steps = if resume {
+        super::resumed_schedule(&paths.state(), config.steps)?
+    } else {
+        config.steps
+    };
+    let mut step_target = StepTarget::new(schedule_steps, progress.step, time_limit, started);
+    if !validation.is_empty() {
+        step_target = step_target.evaluating_every(config.eval_every);
+    }
+    let mut total_steps = schedule_steps;
     let elapsed_before = progress.elapsed_seconds;
     let mut eta = Eta::new();
     let mut last_save = Instant::now();
@@ -757,6 +765,7 @@ pub fn train_tokenizer(
         let eval_due =
             progress.step.is_multiple_of(config.eval_every.max(1)) || progress.step == total_steps;
         if eval_due && !validation.is_empty() {
+            let evaluation_started = Instant::now();
             let fresh = crate::device::init_module(&plain, None, || model_config.init(&plain));
             let ema_model =
                 host_to_module(fresh, ema.weights.clone()).map_err(anyhow::Error::msg)?;
@@ -786,8 +795,12 @@ pub fn train_tokenizer(
                 )?;
             }
             last_eval = Some(report);
+            let took = evaluation_started.elapsed();
+            eta.exclude(took);
+            step_target.record_evaluation(took);
         }
         if last_save.elapsed().as_secs_f64() >= config.checkpoint_minutes * 60.0 {
+            let save_started = Instant::now();
             save(
                 &model,
                 &optimizer,
@@ -796,7 +809,12 @@ pub fn train_tokenizer(
                 total_steps,
                 &gan,
             )?;
+            eta.exclude(save_started.elapsed());
             last_save = Instant::now();
+        }
+        if step_target.out_of_time(progress.step, total_steps) {
+            observer.on_message(&super::out_of_time_message(progress.step, &step_target));
+            break;
         }
     }
     save(

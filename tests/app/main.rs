@@ -1529,7 +1529,7 @@ fn closing_while_the_state_cannot_be_saved_asks_first() {
 }
 
 #[test]
-fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
+fn fine_tune_with_a_time_limit_stops_by_itself() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::FineTune);
     harness.state_mut().app.state.library.push(LibraryItem {
@@ -1563,26 +1563,22 @@ fn fine_tune_with_a_time_limit_ends_by_itself_with_the_schedule_done() {
         idle,
     );
     let last = live.lock().unwrap().last_step.clone().expect("a step");
+    // 0.6 s is over long before the 60 steps that measure the speed: the run stops unfinished,
+    // its schedule kept (not ended at full learning rate), and Resume goes on with it.
     assert!(
-        last.step == last.total && last.total < 1000,
-        "a 0.6 s limit ends the run after a few steps: {last:?}"
+        last.step < textok_studio::train::TimeLimit::STEPS_BEFORE_FITTING && last.total == 100_000,
+        "{last:?}"
     );
-    // The run list says it is done and offers no Resume.
     let runs = list_runs(&fixture.data_dir());
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].saved_step, Some(last.step), "{runs:?}");
-    assert_eq!(
-        runs[0].steps, last.total,
-        "the shortened schedule, not 100,000"
-    );
-    assert!(runs[0].finished && !runs[0].resumable, "{runs:?}");
+    assert_eq!(runs[0].steps, 100_000, "{runs:?}");
+    assert!(!runs[0].finished && runs[0].resumable, "{runs:?}");
     harness.step();
-    assert!(harness.query_by_label("Resume").is_none());
-    assert!(
-        harness
-            .query_by_label_contains(&format!("finished, {} steps", last.step))
-            .is_some()
-    );
+    assert!(harness.query_by_label("Resume").is_some());
+    assert_notice(harness.state(), |notice| {
+        notice.contains(&format!("stopped at step {}", last.step))
+    });
 }
 
 #[test]

@@ -214,7 +214,8 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("(given: --steps 3)"), "{err}");
-    // A session whose time limit has passed trains one step and ends its schedule there.
+    // A session whose time limit passed before its speed was measured trains one step and
+    // stops, unfinished: its schedule stays for a resume (not ended at full learning rate).
     let outcome = train_tokenizer(
         &run,
         &tiny_config(&data, 50, true),
@@ -226,7 +227,11 @@ fn a_run_folder_is_never_overwritten_or_resumed_with_other_settings() {
         &CancelToken::new(),
     )
     .unwrap();
-    assert_eq!((outcome.step, outcome.finished), (5, true));
+    assert_eq!((outcome.step, outcome.finished), (5, false));
+    assert_eq!(
+        textok_studio::train::tokenizer::saved_progress(&run.join("state.safetensors")).unwrap(),
+        (5, Some(50))
+    );
     let nothing = dir.path().join("empty-run");
     let err = train_tokenizer(
         &nothing,
@@ -626,8 +631,8 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
     };
     let outcome = resume_dit_run(&run, &longer, None).unwrap();
     assert_eq!(outcome.step, 125);
-    // A session whose time limit has already passed trains one step and ends its schedule
-    // there (the learning rate at its floor), however many steps were asked for.
+    // A session whose time limit passed before its speed was measured trains one step and
+    // stops, unfinished, its schedule kept for a resume.
     let outcome = resume_dit_run(
         &run,
         &DitTrainConfig {
@@ -637,7 +642,7 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
         Some(std::time::Duration::ZERO),
     )
     .unwrap();
-    assert_eq!((outcome.step, outcome.finished), (126, true));
+    assert_eq!((outcome.step, outcome.finished), (126, false));
     // The tokenizer file rewritten with another encoder (its own run trained on, say): the
     // DiT run refuses to go on learning other tokens.
     let (other, other_config) = tiny(true, 10);
@@ -666,21 +671,142 @@ fn dit_training_learns_v_prediction_on_cached_latents_and_resumes() {
 #[test]
 fn time_limit_shortens_the_schedule_to_what_fits_before_the_deadline() {
     use std::time::{Duration, Instant};
-    use textok_studio::train::TimeLimit;
+    use textok_studio::train::{Evaluations, TimeLimit};
     let start = Instant::now();
     let at = |seconds| start + Duration::from_secs(seconds);
     let limit = TimeLimit::new(Duration::from_secs(100), start);
     let measured = TimeLimit::STEPS_BEFORE_FITTING;
     // Until the speed is measured (the first steps compile kernels), the requested count stands.
-    assert_eq!(limit.fit(10, 5000, 10, Some(0.01), at(5)), 5000);
-    assert_eq!(limit.fit(100, 5000, measured, None, at(5)), 5000);
+    assert_eq!(limit.fit(10, 5000, 10, Some(0.01), None, at(5)), 5000);
+    assert_eq!(limit.fit(100, 5000, measured, None, None, at(5)), 5000);
     // 2 steps/s with 60 s left: this step's successor and 120 more.
-    assert_eq!(limit.fit(100, 5000, measured, Some(2.0), at(40)), 221);
+    assert_eq!(limit.fit(100, 5000, measured, Some(2.0), None, at(40)), 221);
+    // Evaluations of 5 s every 10 steps: 55 s after the closing one, 0.5 + 0.5 s a step.
+    let evaluations = Some(Evaluations {
+        every: 10,
+        seconds: 5.0,
+    });
+    assert_eq!(
+        limit.fit(100, 5000, measured, Some(2.0), evaluations, at(40)),
+        156
+    );
     // A faster pace never goes past the requested count.
-    assert_eq!(limit.fit(100, 500, measured, Some(50.0), at(40)), 500);
+    assert_eq!(limit.fit(100, 500, measured, Some(50.0), None, at(40)), 500);
     // From the deadline on: stop at the current step.
-    assert_eq!(limit.fit(321, 5000, measured, Some(2.0), at(100)), 321);
-    assert_eq!(limit.fit(321, 5000, 0, None, at(150)), 321);
+    assert_eq!(
+        limit.fit(321, 5000, measured, Some(2.0), None, at(100)),
+        321
+    );
+    // Unless the speed was never measured: the schedule stays (the session pauses instead of
+    // ending the run at full learning rate).
+    assert_eq!(limit.fit(321, 5000, 0, None, None, at(150)), 5000);
+    assert_eq!(limit.fit(321, 5000, 10, Some(2.0), None, at(150)), 5000);
+}
+
+#[test]
+fn the_speed_leaves_out_pauses_such_as_evaluations() {
+    use std::time::{Duration, Instant};
+    use textok_studio::train::Eta;
+    let start = Instant::now();
+    let at = |seconds| start + Duration::from_secs(seconds);
+    let (mut paused, mut excluded) = (Eta::new(), Eta::new());
+    for eta in [&mut paused, &mut excluded] {
+        eta.record_at(0, at(0));
+        eta.record_at(10, at(5));
+    }
+    // A 5 s evaluation, then 10 more steps in 5 s.
+    excluded.exclude(Duration::from_secs(5));
+    for eta in [&mut paused, &mut excluded] {
+        eta.record_at(20, at(15));
+    }
+    assert_eq!(excluded.rate(), Some(2.0));
+    assert!((paused.rate().unwrap() - 20.0 / 15.0).abs() < 1e-9);
+}
+
+/// Rewrites one metadata entry of a safetensors file, keeping its tensors.
+fn set_metadata(path: &Path, key: &str, value: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    metadata.insert(key.to_owned(), value.to_owned());
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rewritten = safetensors::serialize(tensors.tensors(), Some(metadata)).unwrap();
+    std::fs::write(path, rewritten).unwrap();
+}
+
+/// Records each step's schedule length and learning rate.
+#[derive(Default)]
+struct Schedule(Mutex<Vec<(usize, usize, f64)>>);
+
+impl TrainObserver for Schedule {
+    fn on_step(&self, report: &StepReport) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((report.step, report.total, report.lr));
+    }
+}
+
+#[test]
+fn a_resume_keeps_the_schedule_a_time_limit_fitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 3);
+    let run = dir.path().join("run");
+    let config = tiny_config(&data, 8, true);
+    let cancel = CancelToken::new();
+    let stop = StopAt(2, cancel.clone());
+    let outcome = train_tokenizer(
+        &run,
+        &config,
+        false,
+        None,
+        &cpu(),
+        &models(),
+        &stop,
+        &cancel,
+    )
+    .unwrap();
+    assert_eq!((outcome.step, outcome.finished), (2, false));
+    // As a session whose time limit fitted the schedule to 5 steps saves it, then was stopped.
+    let state = run.join("state.safetensors");
+    set_metadata(&state, "total_steps", "5");
+    let schedule = Schedule::default();
+    let resume = |config: &TokenizerTrainConfig, observer: &dyn TrainObserver| {
+        train_tokenizer(
+            &run,
+            config,
+            true,
+            None,
+            &cpu(),
+            &models(),
+            observer,
+            &CancelToken::new(),
+        )
+        .unwrap()
+    };
+    let outcome = resume(&config, &schedule);
+    assert_eq!((outcome.step, outcome.finished), (5, true));
+    let warmup = config.warmup_steps.min(5 / 2);
+    for &(step, total, lr) in schedule.0.lock().unwrap().iter() {
+        assert_eq!(total, 5, "step {step}");
+        let expected = learning_rate(
+            step - 1,
+            5,
+            warmup,
+            config.learning_rate,
+            config.min_lr_ratio,
+        );
+        assert!(
+            (lr - expected).abs() < 1e-12,
+            "step {step}: {lr} vs {expected}"
+        );
+    }
+    // Finished at its fitted length; a resume with more --steps lengthens it.
+    let outcome = resume(&config, &Losses::default());
+    assert_eq!((outcome.step, outcome.finished), (5, true));
+    let outcome = resume(&tiny_config(&data, 9, true), &Losses::default());
+    assert_eq!((outcome.step, outcome.finished), (9, true));
 }
 
 #[test]
