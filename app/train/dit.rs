@@ -236,23 +236,50 @@ struct LatentCache {
     encoder_sha256: Option<String>,
 }
 
+/// What a cached latent row was encoded from, hashed: the caption (a text-conditioned
+/// tokenizer reads it) and the pixels. A caption or image edited in place, under the same
+/// file name, no longer matches, and that image is encoded again.
+fn latent_fingerprint(item: &DatasetItem) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update((item.caption.len() as u64).to_le_bytes());
+    hasher.update(item.caption.as_bytes());
+    hasher.update(item.pixels.width().to_le_bytes());
+    hasher.update(item.pixels.height().to_le_bytes());
+    hasher.update(item.pixels.as_raw());
+    hasher.finalize()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// [`latent_fingerprint`] of each training image, by path.
+fn latent_fingerprints(items: &[&DatasetItem]) -> HashMap<String, String> {
+    items
+        .iter()
+        .map(|item| (item.relative.clone(), latent_fingerprint(item)))
+        .collect()
+}
+
 impl LatentCache {
     fn path(run_dir: &Path) -> PathBuf {
         run_dir.join("latents.bin")
     }
 
-    /// Reads the cache if it was made for these images by the same tokenizer (the same file,
-    /// or one with the same config and tokenizer half: a detokenizer fine-tuned with
-    /// `--freeze-encoder` makes the same tokens), with latents of `dim` channels and between
-    /// `needed` and `max_tokens` tokens each (a cache may hold only the first tokens:
-    /// `models/scripts/device/pack.py` cuts it to the budgets trained). Anything else (another
-    /// tokenizer, an older or damaged file) reads as no cache, and the latents are encoded
-    /// again.
+    /// Reads the cache if it was made by the same tokenizer (the same file, or one with the
+    /// same config and tokenizer half: a detokenizer fine-tuned with `--freeze-encoder` makes
+    /// the same tokens), with latents of `dim` channels and between `needed` and `max_tokens`
+    /// tokens each (a cache may hold only the first tokens: `models/scripts/device/pack.py`
+    /// cuts it to the budgets trained). Of its rows it keeps those of the images in
+    /// `fingerprints` (this run's training images) whose caption and pixels are unchanged;
+    /// caches from before the fingerprints were recorded are trusted as they are (a packed
+    /// cache travels with a zeroed stand-in tokenizer that must not encode anything). Anything
+    /// else (another tokenizer, an older or damaged file) reads as no cache.
     fn read(
         path: &Path,
         tokenizer: &TokenizerIdentity,
         (needed, max_tokens, dim): (usize, usize, usize),
-        items: &[&DatasetItem],
+        fingerprints: &HashMap<String, String>,
     ) -> Option<Self> {
         let bytes = std::fs::read(path).ok()?;
         let header_len =
@@ -271,37 +298,71 @@ impl LatentCache {
         }
         let row_bytes = tokens.checked_mul(dim)?.checked_mul(4)?;
         let paths: Vec<String> = serde_json::from_value(header["paths"].clone()).ok()?;
-        let mut by_path = HashMap::new();
-        for path in paths {
-            let end = at.checked_add(row_bytes)?;
-            let values = bytes
-                .get(at..end)?
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            at = end;
-            by_path.insert(path, values);
+        let stored_fingerprints: Option<Vec<String>> = match header.get("fingerprints") {
+            None => None,
+            Some(list) => Some(serde_json::from_value(list.clone()).ok()?),
+        };
+        if stored_fingerprints
+            .as_ref()
+            .is_some_and(|list| list.len() != paths.len())
+        {
+            return None;
         }
-        items
-            .iter()
-            .all(|item| by_path.contains_key(&item.relative))
-            .then_some(Self {
-                tokens,
-                dim,
-                by_path,
-                encoder_sha256: header["encoder_sha256"].as_str().map(str::to_owned),
-            })
+        let mut by_path = HashMap::new();
+        for (index, path) in paths.into_iter().enumerate() {
+            let end = at.checked_add(row_bytes)?;
+            let row = bytes.get(at..end)?;
+            at = end;
+            let unchanged = match (&stored_fingerprints, fingerprints.get(&path)) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(stored), Some(now)) => stored[index] == *now,
+            };
+            if unchanged {
+                let values = row
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                by_path.insert(path, values);
+            }
+        }
+        Some(Self {
+            tokens,
+            dim,
+            by_path,
+            encoder_sha256: header["encoder_sha256"].as_str().map(str::to_owned),
+        })
     }
 
-    fn write(&self, path: &Path, tokenizer: &TokenizerIdentity) -> std::io::Result<()> {
+    /// Adds `fresh` rows (encoded now, by the same encoder), cut to this cache's token count.
+    fn merge(&mut self, fresh: Self) {
+        let row = self.tokens * self.dim;
+        for (path, values) in fresh.by_path {
+            self.by_path.insert(path, values[..row].to_vec());
+        }
+    }
+
+    /// Writes the cache with each row's [`latent_fingerprint`]; the encoder hash is the one the
+    /// cache recorded, where it did (a packed cache's names the real encoder, not the stand-in).
+    fn write(
+        &self,
+        path: &Path,
+        tokenizer: &TokenizerIdentity,
+        fingerprints: &HashMap<String, String>,
+    ) -> std::io::Result<()> {
         let mut paths: Vec<&String> = self.by_path.keys().collect();
         paths.sort();
+        let row_fingerprints: Vec<&str> = paths
+            .iter()
+            .map(|path| fingerprints.get(*path).map_or("", String::as_str))
+            .collect();
         let header = serde_json::json!({
             "tokenizer_sha256": tokenizer.file_sha256,
-            "encoder_sha256": tokenizer.encoder_sha256,
+            "encoder_sha256": self.encoder_sha256.as_deref().unwrap_or(&tokenizer.encoder_sha256),
             "tokens": self.tokens,
             "dim": self.dim,
             "paths": paths,
+            "fingerprints": row_fingerprints,
         });
         let header = serde_json::to_vec(&header)?;
         let mut out = (header.len() as u64).to_le_bytes().to_vec();
@@ -536,14 +597,44 @@ pub fn train_dit(
         tokenizer_config.max_tokens,
         tokenizer_config.token_dim,
     );
-    let latents = match LatentCache::read(&cache_path, &tokenizer_identity, latent_shape, &train) {
-        Some(cache) => cache,
-        None => {
-            observer.on_message("encoding the latents once");
-            let cache =
-                LatentCache::encode(&tokenizer, &train, &captions, device, cancel, observer)?;
+    let fingerprints = latent_fingerprints(&train);
+    let cached = LatentCache::read(
+        &cache_path,
+        &tokenizer_identity,
+        latent_shape,
+        &fingerprints,
+    );
+    let missing: Vec<&DatasetItem> = train
+        .iter()
+        .filter(|item| {
+            !cached
+                .as_ref()
+                .is_some_and(|cache| cache.by_path.contains_key(&item.relative))
+        })
+        .copied()
+        .collect();
+    let latents = match cached {
+        Some(cache) if missing.is_empty() => cache,
+        cached => {
+            observer.on_message(&match &cached {
+                None => "encoding the latents once".to_owned(),
+                Some(_) => format!(
+                    "encoding the latents of {} new or changed image{}",
+                    missing.len(),
+                    if missing.len() == 1 { "" } else { "s" }
+                ),
+            });
+            let fresh =
+                LatentCache::encode(&tokenizer, &missing, &captions, device, cancel, observer)?;
+            let cache = match cached {
+                Some(mut cache) => {
+                    cache.merge(fresh);
+                    cache
+                }
+                None => fresh,
+            };
             cache
-                .write(&cache_path, &tokenizer_identity)
+                .write(&cache_path, &tokenizer_identity, &fingerprints)
                 .with_context(|| format!("{}: cannot write the latents", cache_path.display()))?;
             cache
         }

@@ -1221,6 +1221,70 @@ fn a_latent_cache_cut_to_the_trained_budgets_is_used_and_a_too_short_one_is_enco
     assert_eq!(cached_tokens(&run), config.max_tokens as u64);
 }
 
+/// Records the trainer's messages.
+#[derive(Default)]
+struct Messages(Mutex<Vec<String>>);
+
+impl TrainObserver for Messages {
+    fn on_message(&self, message: &str) {
+        self.0.lock().unwrap().push(message.to_owned());
+    }
+}
+
+/// A DiT run's cached latent rows, by image path.
+fn latent_rows(run: &Path) -> std::collections::HashMap<String, Vec<u8>> {
+    let (header, values) = read_latent_cache(run);
+    let paths: Vec<String> = serde_json::from_value(header["paths"].clone()).unwrap();
+    let row = values.len() / paths.len();
+    paths
+        .into_iter()
+        .zip(values.chunks_exact(row).map(<[u8]>::to_vec))
+        .collect()
+}
+
+#[test]
+fn a_caption_edited_in_place_has_its_latents_encoded_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run_config, _) = tiny_dit_run(dir.path(), 1, 2);
+    let run = dir.path().join("run");
+    new_dit_run(&run, &run_config).unwrap();
+    let before = latent_rows(&run);
+    assert_eq!(before.len(), 4);
+
+    std::fs::write(run_config.data.join("2.txt"), "a caption written since").unwrap();
+    let messages = Messages::default();
+    textok_studio::train::dit::train_dit(
+        &run,
+        &textok_studio::train::dit::DitTrainConfig {
+            steps: 2,
+            ..run_config.clone()
+        },
+        true,
+        None,
+        &cpu(),
+        &repo_path("models/text-encoder"),
+        &messages,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    let messages = messages.0.into_inner().unwrap();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m == "encoding the latents of 1 new or changed image"),
+        "{messages:?}"
+    );
+    let after = latent_rows(&run);
+    assert_eq!(after.len(), 4);
+    for (path, row) in &before {
+        if path == "2.png" {
+            assert_ne!(&after[path], row, "{path}: the new caption's tokens");
+        } else {
+            assert_eq!(&after[path], row, "{path}: kept from the cache");
+        }
+    }
+}
+
 /// `tokenizer` saved again as `out` with one tensor's values shifted: `to_pixels.bias` (a
 /// detokenizer tensor) or `to_tokens.bias` (a tokenizer one).
 fn save_with_shifted_tensor(tokenizer: &Path, tensor: &str, out: &Path) {
