@@ -130,6 +130,24 @@ impl CheckpointFile {
         })
     }
 
+    /// [`Self::read`] of a file that must hold a model of `expected` kind: the kind is checked
+    /// from the header first, so a wrong file (a 1 GB DiT picked as a tokenizer, a training
+    /// state) is refused before its tensors are read into memory.
+    pub fn read_kind(path: &Path, expected: &str) -> Result<Self, CheckpointError> {
+        match Self::read_metadata(path)?.get(KIND_KEY) {
+            None => Err(CheckpointError::MissingMetadata {
+                path: path.to_owned(),
+                key: KIND_KEY,
+            }),
+            Some(found) if found != expected => Err(CheckpointError::WrongKind {
+                path: path.to_owned(),
+                found: found.to_owned(),
+                expected: expected.to_owned(),
+            }),
+            Some(_) => Self::read(path),
+        }
+    }
+
     /// The metadata of a safetensors file, read from its header alone (no tensor is read).
     pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
         use std::io::Read;

@@ -80,7 +80,8 @@ impl LoadedTokenizer {
                 });
             }
         };
-        let checkpoint = crate::checkpoint::CheckpointFile::read(path)?;
+        let checkpoint =
+            crate::checkpoint::CheckpointFile::read_kind(path, crate::model::textok::KIND_TEXTOK)?;
         let (model, config) = TexTok::from_checkpoint(&checkpoint, device)?;
         if config.text_conditioning != text_conditioning {
             let (is, wanted) = if config.text_conditioning {
@@ -592,7 +593,8 @@ impl GenerateEngine {
         )?;
         steps.start("the DiT")?;
         let load_dit = |path: &Path| -> anyhow::Result<(Dit, DitConfig, ModelSource)> {
-            let checkpoint = crate::checkpoint::CheckpointFile::read(path)?;
+            let checkpoint =
+                crate::checkpoint::CheckpointFile::read_kind(path, crate::model::dit::KIND_DIT)?;
             let (dit, config) = Dit::from_checkpoint(&checkpoint, &device.device)?;
             let source = ModelSource::File {
                 path: path.to_owned(),

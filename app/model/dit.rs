@@ -281,7 +281,7 @@ impl Dit {
         path: &std::path::Path,
         device: &Device,
     ) -> Result<(Dit, DitConfig), CheckpointError> {
-        Self::from_checkpoint(&CheckpointFile::read(path)?, device)
+        Self::from_checkpoint(&CheckpointFile::read_kind(path, KIND_DIT)?, device)
     }
 
     /// [`Self::load`] from a checkpoint already read.

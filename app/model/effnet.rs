@@ -135,8 +135,7 @@ pub const PERCEPTUAL_TAPS: [usize; 5] = [0, 2, 4, 7, 14];
 impl EfficientNet {
     /// Loads the shipped weights (or any `efficientnet-lite0` checkpoint).
     pub fn load(path: &Path, device: &Device) -> Result<Self, CheckpointError> {
-        let file = CheckpointFile::read(path)?;
-        file.expect_kind(KIND_EFFNET)?;
+        let file = CheckpointFile::read_kind(path, KIND_EFFNET)?;
         let config: EffNetConfig = file.config("EfficientNet-Lite0")?;
         if config != EffNetConfig::lite0() {
             return Err(CheckpointError::BadConfig {

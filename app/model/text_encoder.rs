@@ -258,8 +258,7 @@ impl std::fmt::Debug for MiniLmTextEncoder {
 impl MiniLmTextEncoder {
     /// Loads `model.safetensors` and `tokenizer.json` from `dir` (see `models/text-encoder`).
     pub fn load(dir: &Path, max_tokens: usize, device: &Device) -> Result<Self, TextEncoderError> {
-        let checkpoint = CheckpointFile::read(&dir.join("model.safetensors"))?;
-        checkpoint.expect_kind(KIND_MINILM)?;
+        let checkpoint = CheckpointFile::read_kind(&dir.join("model.safetensors"), KIND_MINILM)?;
         let config = checkpoint.validated_config("MiniLM", MiniLmConfig::validate)?;
         checkpoint.expect_parameters_for_config(config.weight_parameters(), "MiniLM")?;
         if !(2..=config.max_position_embeddings).contains(&max_tokens) {

@@ -540,7 +540,7 @@ impl TexTok {
 
     /// Loads a TexTok or Baseline checkpoint, validating config and every tensor.
     pub fn load(path: &Path, device: &Device) -> Result<(TexTok, TexTokConfig), CheckpointError> {
-        Self::from_checkpoint(&CheckpointFile::read(path)?, device)
+        Self::from_checkpoint(&CheckpointFile::read_kind(path, KIND_TEXTOK)?, device)
     }
 
     /// The fields of the tokenizer half (the ones [`Self::with_frozen_encoder`] freezes): a
@@ -571,7 +571,7 @@ impl TexTok {
     /// f16 precision, which `export-f16` keeps: a run's f32 file and its f16 export make the
     /// same tokens to that precision, and a DiT trained on one serves the other.
     pub fn encoder_sha256(path: &Path) -> Result<String, CheckpointError> {
-        Self::encoder_sha256_of(&CheckpointFile::read(path)?)
+        Self::encoder_sha256_of(&CheckpointFile::read_kind(path, KIND_TEXTOK)?)
     }
 
     /// [`Self::encoder_sha256`] of a checkpoint already read.

@@ -479,7 +479,10 @@ pub fn train_dit(
     config.check()?;
 
     // Read once: the model, its file hash and its encoder hash come from the same bytes.
-    let tokenizer_file = crate::checkpoint::CheckpointFile::read(&config.tokenizer)?;
+    let tokenizer_file = crate::checkpoint::CheckpointFile::read_kind(
+        &config.tokenizer,
+        crate::model::textok::KIND_TEXTOK,
+    )?;
     let (tokenizer, tokenizer_config) = TexTok::from_checkpoint(&tokenizer_file, device)?;
     let slot_cells = tokenizer.slot_cells();
     ensure!(

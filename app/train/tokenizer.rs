@@ -200,8 +200,7 @@ impl TokenizerTrainConfig {
     pub fn model_config(&self) -> anyhow::Result<TexTokConfig> {
         if let Some(path) = &self.init_from {
             // The kind first: a DiT file should say so, not fail as a bad TexTok config.
-            let file = CheckpointFile::read(path)?;
-            file.expect_kind(crate::model::textok::KIND_TEXTOK)?;
+            let file = CheckpointFile::read_kind(path, crate::model::textok::KIND_TEXTOK)?;
             let config: TexTokConfig = file.config("TexTok")?;
             ensure!(
                 config.text_conditioning == self.text_conditioning,
@@ -1210,8 +1209,7 @@ pub fn load_state<M: Module + ModuleSnapshot>(
     model: &M,
     optimizer: ModuleOptimizer,
 ) -> anyhow::Result<(M, ModuleOptimizer, Vec<HostTensor>, Progress)> {
-    let file = CheckpointFile::read(path)?;
-    file.expect_kind(KIND_TRAIN_STATE)?;
+    let file = CheckpointFile::read_kind(path, KIND_TRAIN_STATE)?;
     let expected = expected_parameters(model);
     let model_tensors = file.validated_tensors(&expected, "model.", &[])?;
     let ema_tensors = file.validated_tensors(&expected, "ema.", &[])?;

@@ -383,6 +383,29 @@ fn a_foreign_file_is_refused_from_its_header_before_its_tensors_are_read() {
         err.to_string().contains("not written by TexTok Studio"),
         "{err}"
     );
+    // One of ours of another kind (a DiT, announcing 32 GiB it does not hold) is refused as
+    // the wrong kind, from the header too, by every loader.
+    let header = br#"{"__metadata__":{"textok_studio_kind":"textok-dit"},"w":{"dtype":"F16","shape":[17179869184],"data_offsets":[0,34359738368]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    std::fs::write(&path, &bytes).unwrap();
+    let wrong_kind = |err: CheckpointError| {
+        assert!(matches!(err, CheckpointError::WrongKind { .. }), "{err}");
+    };
+    wrong_kind(TexTok::load(&path, &cpu()).unwrap_err());
+    wrong_kind(TexTok::encoder_sha256(&path).unwrap_err());
+    wrong_kind(
+        textok_studio::model::effnet::EfficientNet::load(&path, &cpu())
+            .err()
+            .unwrap(),
+    );
+    let err = textok_studio::checkpoint::CheckpointFile::read_kind(&path, "textok-dit")
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, CheckpointError::NotSafetensors { .. }),
+        "the right kind is read whole, and found short: {err}"
+    );
 }
 
 #[test]
