@@ -150,6 +150,48 @@ impl CheckpointFile {
 
     /// The metadata of a safetensors file, read from its header alone (no tensor is read).
     pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+        #[derive(serde::Deserialize)]
+        struct Header {
+            #[serde(rename = "__metadata__", default)]
+            metadata: HashMap<String, String>,
+        }
+        let (header, _) = Self::read_header(path)?;
+        serde_json::from_slice::<Header>(&header)
+            .map(|header| header.metadata)
+            .map_err(|_| CheckpointError::NotSafetensors {
+                path: path.to_owned(),
+                reason: "the header is not safetensors JSON".to_owned(),
+            })
+    }
+
+    /// Checks from the header alone that the file holds every byte its tensors need: a copy
+    /// cut short is refused before anything else is loaded (a resume's data, say).
+    pub fn check_length(path: &Path) -> Result<(), CheckpointError> {
+        let (header, data_bytes) = Self::read_header(path)?;
+        let entries: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|_| CheckpointError::NotSafetensors {
+                path: path.to_owned(),
+                reason: "the header is not safetensors JSON".to_owned(),
+            })?;
+        let needed = entries
+            .iter()
+            .filter(|(name, _)| *name != "__metadata__")
+            .filter_map(|(_, entry)| entry.get("data_offsets")?.get(1)?.as_u64())
+            .max()
+            .unwrap_or(0);
+        if needed > data_bytes {
+            return Err(CheckpointError::NotSafetensors {
+                path: path.to_owned(),
+                reason: format!(
+                    "the file is cut short: its tensors need {needed} bytes, it holds {data_bytes}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A safetensors file's JSON header and the number of bytes after it.
+    fn read_header(path: &Path) -> Result<(Vec<u8>, u64), CheckpointError> {
         use std::io::Read;
         let read_error = |cause| CheckpointError::Read {
             path: path.to_owned(),
@@ -179,14 +221,7 @@ impl CheckpointFile {
         }
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header).map_err(read_error)?;
-        #[derive(serde::Deserialize)]
-        struct Header {
-            #[serde(rename = "__metadata__", default)]
-            metadata: HashMap<String, String>,
-        }
-        serde_json::from_slice::<Header>(&header)
-            .map(|header| header.metadata)
-            .map_err(|_| not_safetensors("the header is not safetensors JSON"))
+        Ok((header, metadata.len() - 8 - header_len))
     }
 
     pub fn path(&self) -> &Path {

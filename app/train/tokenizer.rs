@@ -1164,7 +1164,18 @@ pub fn saved_model_config<C: serde::de::DeserializeOwned>(
     path: &Path,
     expected: &str,
 ) -> anyhow::Result<C> {
+    // A state that is not one, or cut short, is refused here, before a resume loads its data.
     let metadata = CheckpointFile::read_metadata(path)?;
+    let kind = metadata
+        .get(crate::checkpoint::KIND_KEY)
+        .map(String::as_str);
+    ensure!(
+        kind == Some(KIND_TRAIN_STATE),
+        "{}: not a training state (its kind: {})",
+        path.display(),
+        kind.unwrap_or("none")
+    );
+    CheckpointFile::check_length(path)?;
     let text = metadata
         .get(crate::checkpoint::CONFIG_KEY)
         .with_context(|| format!("{}: no model config in the state", path.display()))?;

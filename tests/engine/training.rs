@@ -1231,6 +1231,38 @@ impl TrainObserver for Messages {
     }
 }
 
+#[test]
+fn a_state_cut_short_is_refused_before_the_data_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 3);
+    let run = dir.path().join("run");
+    let config = tiny_config(&data, 2, true);
+    train(&run, &config, false).unwrap();
+    let state = run.join("state.safetensors");
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() - 100]).unwrap();
+    let messages = Messages::default();
+    let longer = tiny_config(&data, 4, true);
+    let error = train_tokenizer(
+        &run,
+        &longer,
+        true,
+        None,
+        &cpu(),
+        &models(),
+        &messages,
+        &CancelToken::new(),
+    )
+    .unwrap_err();
+    assert!(format!("{error:#}").contains("cut short"), "{error:#}");
+    let messages = messages.0.into_inner().unwrap();
+    assert!(
+        !messages.iter().any(|m| m.starts_with("loading")),
+        "{messages:?}"
+    );
+}
+
 /// A DiT run's cached latent rows, by image path.
 fn latent_rows(run: &Path) -> std::collections::HashMap<String, Vec<u8>> {
     let (header, values) = read_latent_cache(run);
