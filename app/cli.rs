@@ -53,7 +53,8 @@ pub struct AppArgs {
     /// Pane to open.
     #[arg(long, value_enum)]
     pub pane: Option<crate::gui::Pane>,
-    /// Add this image to the Library and select it.
+    /// Add this image to the Library and select it (a folder: its images, scanned once the
+    /// window is up, the first selected).
     #[arg(long)]
     pub open: Option<PathBuf>,
     /// Caption for --open (default: its NAME.txt sidecar).

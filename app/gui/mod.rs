@@ -64,9 +64,10 @@ pub struct StartOptions {
     pub data_dir: PathBuf,
     pub shipped: ShippedModels,
     pub pane: Option<Pane>,
-    /// Images to add to the Library at start (the first becomes the selection).
+    /// Images and folders to add to the Library at start (the first image becomes the
+    /// selection; folders are scanned in the background, their first image selected then).
     pub open: Vec<PathBuf>,
-    /// Caption for the first of `open` (else its sidecar's).
+    /// Caption for the first of `open`, an image (else its sidecar's).
     pub caption: Option<String>,
     /// Save a screenshot here once the pane has settled, then quit.
     pub screenshot: Option<PathBuf>,
@@ -646,12 +647,16 @@ impl StudioApp {
                 crate::model::text_encoder::DEFAULT_MAX_TEXT_TOKENS,
             )?)
         }));
-        if !options.open.is_empty() {
-            let report = library::import_paths(&mut state.library, &options.open);
+        // Folders are scanned in the background, once the window is up (a big one takes a
+        // while); files, read at once, are in the Library from the first frame.
+        let (open_folders, open_files): (Vec<PathBuf>, Vec<PathBuf>) =
+            options.open.iter().cloned().partition(|path| path.is_dir());
+        if !open_files.is_empty() {
+            let report = library::import_paths(&mut state.library, &open_files);
             for (path, reason) in &report.skipped {
                 notices.error(format!("{}: {reason}", path.display()));
             }
-            if let Some(first) = options.open.first() {
+            if let Some(first) = options.open.first().filter(|path| !path.is_dir()) {
                 let first = std::path::absolute(first).unwrap_or_else(|_| first.clone());
                 if let Some(item) = state.library.iter_mut().find(|i| i.path == first) {
                     if let Some(caption) = &options.caption {
@@ -670,12 +675,14 @@ impl StudioApp {
                 requested: false,
                 saved: Arc::default(),
             });
-        Self {
-            pane: options.pane.unwrap_or(if state.library.is_empty() {
-                Pane::Library
-            } else {
-                Pane::Compare
-            }),
+        let mut app = Self {
+            pane: options
+                .pane
+                .unwrap_or(if state.library.is_empty() && open_folders.is_empty() {
+                    Pane::Library
+                } else {
+                    Pane::Compare
+                }),
             app: AppContext {
                 thumbnails: images::Thumbnails::new(notify.clone()),
                 state,
@@ -707,7 +714,9 @@ impl StudioApp {
             closing: Closing::No,
             stopping_since: None,
             quit_without_waiting: false,
-        }
+        };
+        app.app.import(&open_folders);
+        app
     }
 
     /// What closing the window now would lose or interrupt, one line each (empty: nothing).

@@ -1087,6 +1087,38 @@ fn compare_steps_through_the_library_with_buttons_and_arrow_keys() {
 }
 
 #[test]
+fn a_folder_opened_at_start_is_scanned_in_the_background_and_its_first_image_selected() {
+    let fixture = fixture();
+    let folder = fixture.dir.path().join("pictures");
+    std::fs::create_dir_all(&folder).unwrap();
+    for (name, caption) in [("apple", "a red apple"), ("penguin", "a penguin")] {
+        std::fs::copy(sample(name), folder.join(format!("{name}.png"))).unwrap();
+        std::fs::write(folder.join(format!("{name}.txt")), caption).unwrap();
+    }
+    let mut options = fixture.options();
+    options.open = vec![folder.clone()];
+    let mut harness = harness(options);
+    // The window comes up at Compare, where the images are going, whether or not the scan
+    // has been merged yet.
+    assert_eq!(harness.state().pane, Pane::Compare);
+    wait_until(
+        &mut harness,
+        "the folder's images",
+        Duration::from_secs(60),
+        |app| app.app.state.library.len() == 2,
+    );
+    let state = &harness.state().app.state;
+    let apple = std::path::absolute(folder.join("apple.png")).unwrap();
+    assert_eq!(state.selected.as_ref(), Some(&apple));
+    assert!(
+        state
+            .library
+            .iter()
+            .any(|item| item.path == apple && item.caption == "a red apple")
+    );
+}
+
+#[test]
 fn a_broken_image_or_checkpoint_is_a_message_not_a_crash() {
     let fixture = fixture();
     let broken = fixture.dir.path().join("broken.png");
