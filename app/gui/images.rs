@@ -11,8 +11,12 @@ use image::Rgb32FImage;
 
 use crate::files::FileStamp;
 
-/// Longest side of a Library thumbnail, in pixels.
+/// Longest side of a Library thumbnail, in points: decoded at that many pixels per point of
+/// the display (up to [`MAX_THUMBNAIL_SCALE`]), so a HiDPI screen shows it sharp.
 pub const THUMBNAIL_SIZE: u32 = 160;
+/// The most pixels per point thumbnails are decoded at (a 3x screen gets 2x thumbnails:
+/// 320x320 RGBA is 400 KB a texture).
+pub const MAX_THUMBNAIL_SCALE: u32 = 2;
 
 /// A model-space image (`[0, 1]` floats) as an egui image.
 pub fn color_image(image: &Rgb32FImage) -> egui::ColorImage {
@@ -59,9 +63,11 @@ pub enum ThumbnailState<'a> {
     Failed(&'a str),
 }
 
-type Decoded = (PathBuf, Result<egui::ColorImage, String>);
+/// A decoded thumbnail: its file, the side it was decoded at, the image or why not.
+type Decoded = (PathBuf, u32, Result<egui::ColorImage, String>);
 
-/// Textures kept before the least recently shown are dropped (160x160 RGBA: 100 KB each).
+/// Textures kept before the least recently shown are dropped (160x160 RGBA: 100 KB each; at
+/// 2x, a quarter as many).
 const MAX_TEXTURES: usize = 1500;
 /// A shown image's file (a thumbnail's, Compare's) is looked at again after this long, to catch
 /// edits made elsewhere.
@@ -69,10 +75,10 @@ pub const RECHECK_FILE_AFTER: std::time::Duration = std::time::Duration::from_se
 /// A thumbnail that failed is tried again when asked for after this long.
 const RETRY_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The worker's to-do list: newest request last, taken first.
+/// The worker's to-do list: newest request last, taken first, with the side to decode it at.
 #[derive(Default)]
 struct Queue {
-    wanted: Vec<PathBuf>,
+    wanted: Vec<(PathBuf, u32)>,
     closed: bool,
 }
 
@@ -95,6 +101,8 @@ pub struct Thumbnails {
     frame: u64,
     worker_running: bool,
     max_textures: usize,
+    /// Pixels per point thumbnails are decoded at (1 until a frame says otherwise).
+    scale: u32,
 }
 
 impl Thumbnails {
@@ -107,14 +115,14 @@ impl Thumbnails {
             .spawn(move || {
                 let (list, wakeup) = &*worker_queue;
                 loop {
-                    let path = {
+                    let (path, side) = {
                         let mut queue = lock_queue(list);
                         loop {
                             if queue.closed {
                                 return;
                             }
-                            if let Some(path) = queue.wanted.pop() {
-                                break path;
+                            if let Some(wanted) = queue.wanted.pop() {
+                                break wanted;
                             }
                             queue = wakeup
                                 .wait(queue)
@@ -123,9 +131,9 @@ impl Thumbnails {
                     };
                     // A decoder that panics on one crafted file must not end the thread (and
                     // with it every later thumbnail): its thumbnail shows the failure instead.
-                    let decoded = std::panic::catch_unwind(|| decode_thumbnail(&path))
+                    let decoded = std::panic::catch_unwind(|| decode_thumbnail(&path, side))
                         .unwrap_or_else(|_| Err("the image decoder crashed on this file".into()));
-                    if done.send((path, decoded)).is_err() {
+                    if done.send((path, side, decoded)).is_err() {
                         return;
                     }
                     notify();
@@ -141,17 +149,34 @@ impl Thumbnails {
             frame: 0,
             worker_running: spawned.is_ok(),
             max_textures: MAX_TEXTURES,
+            scale: 1,
         }
+    }
+
+    /// The side thumbnails are decoded at now, in pixels.
+    pub fn side(&self) -> u32 {
+        THUMBNAIL_SIZE * self.scale
     }
 
     /// Takes finished decodes, drops the requests no frame asked for since the last one, and
     /// textures beyond the limit (call once per frame, before anything asks).
     pub fn receive(&mut self, ctx: &egui::Context) {
-        while let Ok((path, decoded)) = self.results.try_recv() {
+        // The window moved to a screen of another density: decode again, at its pixels.
+        let scale = (ctx.pixels_per_point().ceil() as u32).clamp(1, MAX_THUMBNAIL_SCALE);
+        if scale != self.scale {
+            self.scale = scale;
+            self.cache.clear();
+            lock_queue(&self.queue.0).wanted.clear();
+        }
+        while let Ok((path, side, decoded)) = self.results.try_recv() {
             // A request dropped meanwhile (scrolled away) is not cached: asked again, it queues.
+            // One decoded for another density is dropped the same way.
             let Some(&Thumbnail::Pending { stamp, .. }) = self.cache.get(&path) else {
                 continue;
             };
+            if side != self.side() {
+                continue;
+            }
             let entry = match decoded {
                 Ok(image) => Thumbnail::Ready {
                     texture: ctx.load_texture(
@@ -186,7 +211,7 @@ impl Thumbnails {
             let dropped: std::collections::HashSet<PathBuf> = dropped.into_iter().collect();
             lock_queue(&self.queue.0)
                 .wanted
-                .retain(|path| !dropped.contains(path));
+                .retain(|(path, _)| !dropped.contains(path));
         }
         self.evict_textures();
     }
@@ -200,11 +225,13 @@ impl Thumbnails {
                 _ => None,
             })
             .collect();
-        if ready.len() <= self.max_textures {
+        // The same memory at any density.
+        let max_textures = (self.max_textures / (self.scale * self.scale) as usize).max(1);
+        if ready.len() <= max_textures {
             return;
         }
         ready.sort_unstable();
-        let excess = ready.len() - self.max_textures;
+        let excess = ready.len() - max_textures;
         for (_, path) in ready.into_iter().take(excess) {
             self.cache.remove(&path);
         }
@@ -239,7 +266,7 @@ impl Thumbnails {
         if retry {
             let entry = if self.worker_running {
                 let (list, wakeup) = &*self.queue;
-                lock_queue(list).wanted.push(path.to_owned());
+                lock_queue(list).wanted.push((path.to_owned(), self.side()));
                 wakeup.notify_one();
                 Thumbnail::Pending {
                     seen: frame,
@@ -309,16 +336,17 @@ impl Drop for Thumbnails {
     }
 }
 
-fn decode_thumbnail(path: &Path) -> Result<egui::ColorImage, String> {
+/// `path` as a `side` x `side` thumbnail.
+fn decode_thumbnail(path: &Path, side: u32) -> Result<egui::ColorImage, String> {
     let decoded = crate::data::image::decode_file(path).map_err(|e| e.to_string())?;
     // A cheap downscale first: Lanczos over a 24-megapixel photo would take seconds.
-    let small = if decoded.width().max(decoded.height()) > 4 * THUMBNAIL_SIZE {
-        decoded.thumbnail(4 * THUMBNAIL_SIZE, 4 * THUMBNAIL_SIZE)
+    let small = if decoded.width().max(decoded.height()) > 4 * side {
+        decoded.thumbnail(4 * side, 4 * side)
     } else {
         decoded
     };
     // The square the models see: transparent areas on white, centre crop.
-    let rgb = crate::data::image::to_rgb8(&crate::data::image::preprocess(&small, THUMBNAIL_SIZE));
+    let rgb = crate::data::image::to_rgb8(&crate::data::image::preprocess(&small, side));
     Ok(egui::ColorImage::from_rgb(
         [rgb.width() as usize, rgb.height() as usize],
         rgb.as_raw(),

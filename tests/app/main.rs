@@ -2516,6 +2516,40 @@ fn assert_only_the_visible_rows_load(harness: &mut Harness<'static, StudioApp>) 
 }
 
 #[test]
+fn thumbnails_are_decoded_at_the_screens_pixel_density() {
+    use textok_studio::gui::images::{THUMBNAIL_SIZE, ThumbnailState, Thumbnails};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("photo.png");
+    image::RgbImage::from_pixel(1000, 1000, image::Rgb([200, 10, 10]))
+        .save(&path)
+        .unwrap();
+    let ctx = egui::Context::default();
+    let mut thumbnails = Thumbnails::new(std::sync::Arc::new(|| {}));
+    let side_at = |thumbnails: &mut Thumbnails, pixels_per_point: f32| {
+        ctx.set_pixels_per_point(pixels_per_point);
+        // Takes effect with the next frame.
+        let mut output = ctx.run_ui(egui::RawInput::default(), |_| {});
+        output.textures_delta.clear();
+        assert_eq!(ctx.pixels_per_point(), pixels_per_point);
+        let started = Instant::now();
+        loop {
+            thumbnails.receive(&ctx);
+            if let ThumbnailState::Ready(texture) = thumbnails.get(&path) {
+                return texture.size();
+            }
+            assert!(started.elapsed() < Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let side = THUMBNAIL_SIZE as usize;
+    assert_eq!(side_at(&mut thumbnails, 1.0), [side, side]);
+    // Moved to a HiDPI screen: decoded again, twice as many pixels a side.
+    assert_eq!(side_at(&mut thumbnails, 2.0), [2 * side, 2 * side]);
+    assert_eq!(side_at(&mut thumbnails, 1.5), [2 * side, 2 * side]);
+    assert_eq!(side_at(&mut thumbnails, 1.0), [side, side]);
+}
+
+#[test]
 fn thumbnails_scrolled_away_are_dropped_from_the_queue_and_textures_are_bounded() {
     use textok_studio::gui::images::{ThumbnailState, Thumbnails};
     let dir = tempfile::tempdir().unwrap();
