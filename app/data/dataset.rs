@@ -458,13 +458,27 @@ impl Dataset {
         let mut cache = cache_file
             .map(|p| PixelCache::read(p, size))
             .unwrap_or_default();
-        let mut items = Vec::with_capacity(entries.len());
+        let mut items: Vec<DatasetItem> = Vec::with_capacity(entries.len());
         let total = entries.len();
         let mut cache_dirty = false;
         let mut stamps = Vec::with_capacity(entries.len());
         for (index, entry) in entries.into_iter().enumerate() {
             if index % 64 == 0 {
-                cancel.check()?;
+                if let Err(cancelled) = cancel.check() {
+                    // What was decoded so far is kept for the next load (a big folder takes
+                    // minutes), with the cached pixels of the files not reached yet.
+                    if cache_dirty && let Some(path) = cache_file {
+                        let entries = items
+                            .iter()
+                            .zip(&stamps)
+                            .map(|(item, stamp)| (item.relative.as_str(), *stamp, &item.pixels))
+                            .chain(cache.entries.iter().map(|(relative, (stamp, pixels))| {
+                                (relative.as_str(), *stamp, pixels)
+                            }));
+                        save_pixel_cache(path, size, entries.collect());
+                    }
+                    return Err(cancelled.into());
+                }
                 progress.report(Progress {
                     done: index,
                     total,
@@ -512,13 +526,12 @@ impl Dataset {
         // What is left in the cache belongs to files gone or changed since: written again
         // without them, so the cache holds this dataset only.
         cache_dirty |= !cache.entries.is_empty();
-        if let (Some(path), true) = (cache_file, cache_dirty)
-            && let Err(error) = write_pixel_cache(path, size, &items, &stamps)
-        {
-            tracing::warn!(
-                "could not write the decode cache {}: {error}",
-                path.display()
-            );
+        if let (Some(path), true) = (cache_file, cache_dirty) {
+            let entries = items
+                .iter()
+                .zip(&stamps)
+                .map(|(item, stamp)| (item.relative.as_str(), *stamp, &item.pixels));
+            save_pixel_cache(path, size, entries.collect());
         }
         progress.report(Progress {
             done: total,
@@ -656,25 +669,33 @@ impl PixelCache {
 
 /// Writes the pixel cache of `items` (decoded from files with these `stamps`), streamed to the
 /// file rather than built in memory first.
-fn write_pixel_cache(
-    path: &Path,
-    size: u32,
-    items: &[DatasetItem],
-    stamps: &[(u64, u64)],
-) -> std::io::Result<()> {
+/// One decode-cache entry: the file's relative path, its stamp when decoded, its pixels.
+type CacheEntry<'a> = (&'a str, (u64, u64), &'a RgbImage);
+
+/// [`write_pixel_cache`], a failure logged: the cache only saves time.
+fn save_pixel_cache(path: &Path, size: u32, entries: Vec<CacheEntry<'_>>) {
+    if let Err(error) = write_pixel_cache(path, size, &entries) {
+        tracing::warn!(
+            "could not write the decode cache {}: {error}",
+            path.display()
+        );
+    }
+}
+
+fn write_pixel_cache(path: &Path, size: u32, entries: &[CacheEntry<'_>]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     crate::files::write_atomic_with(path, |out| {
         out.write_all(CACHE_MAGIC)?;
         out.write_all(&(size as u64).to_le_bytes())?;
-        out.write_all(&(items.len() as u64).to_le_bytes())?;
-        for (item, (len, modified)) in items.iter().zip(stamps) {
-            out.write_all(&(item.relative.len() as u64).to_le_bytes())?;
-            out.write_all(item.relative.as_bytes())?;
+        out.write_all(&(entries.len() as u64).to_le_bytes())?;
+        for (relative, (len, modified), pixels) in entries {
+            out.write_all(&(relative.len() as u64).to_le_bytes())?;
+            out.write_all(relative.as_bytes())?;
             out.write_all(&len.to_le_bytes())?;
             out.write_all(&modified.to_le_bytes())?;
-            out.write_all(item.pixels.as_raw())?;
+            out.write_all(pixels.as_raw())?;
         }
         Ok(())
     })

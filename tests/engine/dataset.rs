@@ -254,6 +254,46 @@ fn decoded_pixels_are_cached_and_stale_entries_redecoded() {
     Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
 }
 
+#[test]
+fn a_cancelled_load_keeps_what_it_decoded_in_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 0..100 {
+        picture(&root.join(format!("{i:03}.png")), i);
+        std::fs::write(root.join(format!("{i:03}.txt")), "a picture").unwrap();
+    }
+    let cache = dir.path().join("cache/pixels.bin");
+    let entries_in = |cache: &Path| {
+        let bytes = std::fs::read(cache).unwrap();
+        u64::from_le_bytes(bytes[16..24].try_into().unwrap())
+    };
+    // Cancelled once the load reports its first progress: the check after 64 files stops it.
+    let cancel = CancelToken::new();
+    let cancel_on_progress = {
+        let cancel = cancel.clone();
+        move |_: textok_studio::jobs::Progress| cancel.cancel()
+    };
+    let err = Dataset::load(&root, 16, 0, Some(&cache), &cancel_on_progress, &cancel).unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    assert_eq!(
+        entries_in(&cache),
+        64,
+        "the 64 images decoded before the cancel"
+    );
+    // Cancelled again at the same point: the 64 came from the cache, and stay in it.
+    let cancel = CancelToken::new();
+    let cancel_on_progress = {
+        let cancel = cancel.clone();
+        move |_: textok_studio::jobs::Progress| cancel.cancel()
+    };
+    Dataset::load(&root, 16, 0, Some(&cache), &cancel_on_progress, &cancel).unwrap_err();
+    assert_eq!(entries_in(&cache), 64);
+    let full = Dataset::load(&root, 16, 0, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(full.items.len(), 100);
+    assert_eq!(entries_in(&cache), 100);
+}
+
 #[cfg(unix)]
 #[test]
 fn links_to_outside_the_folder_count_once_and_links_inside_it_are_not_followed() {
