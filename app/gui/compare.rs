@@ -152,6 +152,11 @@ impl ComparePane {
         self.job.is_none() && self.missing(&request).is_empty()
     }
 
+    /// The zoom and pan every cell shows.
+    pub fn view(&self) -> ViewTransform {
+        self.view
+    }
+
     /// Reconstructions in the cache (each model at each budget counts once).
     pub fn cached_count(&self) -> usize {
         self.cache.len()

@@ -442,6 +442,10 @@ pub fn handle_view_input(
         {
             let anchor = (pointer - rect.min) / rect.size();
             view.zoom_about((scroll / 200.0).exp(), anchor);
+            // The wheel zoomed: a scroll area around the cells (Compare's grid in a short
+            // window) must not scroll with the same turn.
+            ui.ctx()
+                .input_mut(|input| input.smooth_scroll_delta = egui::Vec2::ZERO);
         }
     }
 }

@@ -834,6 +834,49 @@ fn compare_reconstructs_at_the_slider_budget_caches_and_recomputes_on_caption_ed
     }
 }
 
+#[test]
+fn the_wheel_over_a_grid_cell_zooms_without_scrolling_the_grid() {
+    let fixture = fixture();
+    // A short window: the grid of both models' rows is taller than the pane and scrolls.
+    let options = apple_in_compare(&fixture);
+    let mut harness = Harness::builder()
+        .with_size(egui::vec2(1280.0, 330.0))
+        .build_eframe(move |cc| StudioApp::new(cc, options));
+    wait_for_the_first_reconstructions(&mut harness);
+    harness.get_by_label("All budgets").click();
+    wait_until(&mut harness, "the grid", Duration::from_secs(60), |app| {
+        idle(app) && reconstructions(app) == 8
+    });
+    harness.step();
+    let title = harness.get_by_label("TexTok · 64").rect();
+    // Over the image under the title.
+    harness.hover_at(title.left_bottom() + egui::vec2(20.0, 20.0));
+    harness.step();
+    let wheel = |harness: &mut Harness<'_, StudioApp>, points: f32| {
+        harness.event(egui::Event::MouseWheel {
+            unit: egui::MouseWheelUnit::Point,
+            delta: egui::vec2(0.0, points),
+            phase: egui::TouchPhase::Move,
+            modifiers: egui::Modifiers::NONE,
+            source: egui::MouseWheelSource::Wheel,
+        });
+        for _ in 0..5 {
+            harness.step();
+        }
+    };
+    // Up zooms in, down zooms out (here back to the whole image, the most it shows).
+    wheel(&mut harness, 6.0);
+    assert!(harness.state().compare.view().zoom > 1.0);
+    wheel(&mut harness, -6.0);
+    wheel(&mut harness, -6.0);
+    assert_eq!(harness.state().compare.view().zoom, 1.0);
+    let after = harness.get_by_label("TexTok · 64").rect();
+    assert_eq!(
+        after, title,
+        "the grid did not scroll with the wheel that zoomed"
+    );
+}
+
 /// A PNG's text chunks, by keyword.
 fn png_text(path: &std::path::Path) -> std::collections::HashMap<String, String> {
     textok_studio::data::image::read_png_text(path)
