@@ -428,7 +428,8 @@ impl LibraryPane {
                 ));
                 app.caption_edited(&item.path);
             } else if !removed_caption.is_empty() && again.caption.trim() != removed_caption {
-                app.notices.info(format!(
+                // Stays until dismissed: the quote may be the caption's only copy.
+                app.notices.lasting(format!(
                     "{name} was added again meanwhile with a caption of its own, which it keeps; \
                      the removed caption was: {removed_caption}"
                 ));

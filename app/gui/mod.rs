@@ -110,36 +110,58 @@ pub fn default_data_dir() -> PathBuf {
 /// Messages for the user: errors stay until dismissed, information fades after a while.
 #[derive(Default)]
 pub struct Notices {
-    items: Vec<(bool, String, Instant)>,
+    items: Vec<(NoticeKind, String, Instant)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoticeKind {
+    /// Fades after [`Notices::FADE_AFTER`].
+    Info,
+    /// Information that stays until dismissed: it holds something the user may need (a
+    /// caption that exists nowhere else, quoted).
+    Lasting,
+    /// Stays until dismissed, drawn as an error.
+    Error,
 }
 
 impl Notices {
     /// Messages drawn at once, newest first.
     const SHOWN: usize = 4;
+    /// How long information is shown.
+    pub const FADE_AFTER: Duration = Duration::from_secs(8);
 
     pub fn error(&mut self, message: impl Into<String>) {
         let message = message.into();
         // A repeated failure (e.g. every save to a read-only folder) is one notice, refreshed.
         self.items.retain(|(_, m, _)| *m != message);
         tracing::warn!("{message}");
-        self.items.push((true, message, Instant::now()));
+        self.items
+            .push((NoticeKind::Error, message, Instant::now()));
     }
 
     /// Removes the errors that start with `prefix`: a failure that has since been put right
     /// (a reconstruction that works now) would otherwise contradict what the window shows.
     pub fn clear_errors_starting_with(&mut self, prefix: &str) {
-        self.items
-            .retain(|(error, message, _)| !(*error && message.starts_with(prefix)));
+        self.items.retain(|(kind, message, _)| {
+            !(*kind == NoticeKind::Error && message.starts_with(prefix))
+        });
     }
 
     pub fn info(&mut self, message: impl Into<String>) {
-        self.items.push((false, message.into(), Instant::now()));
+        self.items
+            .push((NoticeKind::Info, message.into(), Instant::now()));
+    }
+
+    /// Information that stays until dismissed (see [`NoticeKind::Lasting`]).
+    pub fn lasting(&mut self, message: impl Into<String>) {
+        self.items
+            .push((NoticeKind::Lasting, message.into(), Instant::now()));
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &str> {
         self.items
             .iter()
-            .filter(|(e, _, _)| *e)
+            .filter(|(kind, _, _)| *kind == NoticeKind::Error)
             .map(|(_, m, _)| m.as_str())
     }
 
@@ -147,13 +169,19 @@ impl Notices {
         self.items.iter().map(|(_, m, _)| m.as_str())
     }
 
+    /// Drops the information shown for [`Self::FADE_AFTER`] by `now`.
+    pub fn drop_faded(&mut self, now: Instant) {
+        self.items.retain(|(kind, _, at)| {
+            *kind != NoticeKind::Info || now.saturating_duration_since(*at) < Self::FADE_AFTER
+        });
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui) {
-        self.items
-            .retain(|(error, _, at)| *error || at.elapsed() < Duration::from_secs(8));
+        self.drop_faded(Instant::now());
         let mut dismiss = None;
-        for (index, (error, message, _)) in self.items.iter().enumerate().rev().take(Self::SHOWN) {
+        for (index, (kind, message, _)) in self.items.iter().enumerate().rev().take(Self::SHOWN) {
             ui.horizontal(|ui| {
-                if *error {
+                if *kind == NoticeKind::Error {
                     ui.colored_label(ui.visuals().error_fg_color, message);
                 } else {
                     ui.label(message);
