@@ -58,6 +58,26 @@ fn train(
     )
 }
 
+/// Starts a new run quietly and stops it (a cancel) once `step` is reported.
+fn train_stopping_at(
+    run: &Path,
+    config: &TokenizerTrainConfig,
+    step: usize,
+) -> textok_studio::train::tokenizer::TrainOutcome {
+    let cancel = CancelToken::new();
+    train_tokenizer(
+        run,
+        config,
+        false,
+        None,
+        &cpu(),
+        &models(),
+        &StopAt(step, cancel.clone()),
+        &cancel,
+    )
+    .unwrap()
+}
+
 fn tiny_dataset(root: &Path, count: usize) {
     std::fs::create_dir_all(root).unwrap();
     for i in 0..count {
@@ -252,26 +272,14 @@ fn cancelled_training_saves_and_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     tiny_dataset(&data, 3);
-    let encoder = models();
     let config = tiny_config(&data, 6, false);
 
     let straight = dir.path().join("straight");
     train(&straight, &config, false).unwrap();
 
     // Cancel after 3 steps (the observer pulls the plug), then resume.
-    let cancel = CancelToken::new();
     let interrupted = dir.path().join("interrupted");
-    let outcome = train_tokenizer(
-        &interrupted,
-        &config,
-        false,
-        None,
-        &cpu(),
-        &encoder,
-        &StopAt(3, cancel.clone()),
-        &cancel,
-    )
-    .unwrap();
+    let outcome = train_stopping_at(&interrupted, &config, 3);
     assert_eq!((outcome.step, outcome.finished), (3, false));
     // Restoring is exact: load the state and save it again without a step in between.
     let snapshot = |dir: &Path| {
@@ -734,6 +742,15 @@ fn set_metadata(path: &Path, key: &str, value: &str) {
     std::fs::write(path, rewritten).unwrap();
 }
 
+/// A temporary folder with three tiny captioned images in `data` and a `run` folder's path.
+fn tiny_run_setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 3);
+    let run = dir.path().join("run");
+    (dir, data, run)
+}
+
 /// Records each step's schedule length and learning rate.
 #[derive(Default)]
 struct Schedule(Mutex<Vec<(usize, usize, f64)>>);
@@ -749,24 +766,9 @@ impl TrainObserver for Schedule {
 
 #[test]
 fn a_resume_keeps_the_schedule_a_time_limit_fitted() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    tiny_dataset(&data, 3);
-    let run = dir.path().join("run");
+    let (_dir, data, run) = tiny_run_setup();
     let config = tiny_config(&data, 8, true);
-    let cancel = CancelToken::new();
-    let stop = StopAt(2, cancel.clone());
-    let outcome = train_tokenizer(
-        &run,
-        &config,
-        false,
-        None,
-        &cpu(),
-        &models(),
-        &stop,
-        &cancel,
-    )
-    .unwrap();
+    let outcome = train_stopping_at(&run, &config, 2);
     assert_eq!((outcome.step, outcome.finished), (2, false));
     // As a session whose time limit fitted the schedule to 5 steps saves it, then was stopped.
     let state = run.join("state.safetensors");
@@ -818,18 +820,7 @@ fn adversarial_training_runs_and_resumes_with_its_discriminator() {
     config.adversarial_weight = 0.1;
     config.discriminator_start = 2;
     let run = dir.path().join("gan");
-    let cancel = CancelToken::new();
-    let outcome = train_tokenizer(
-        &run,
-        &config,
-        false,
-        None,
-        &cpu(),
-        &models(),
-        &StopAt(4, cancel.clone()),
-        &cancel,
-    )
-    .unwrap();
+    let outcome = train_stopping_at(&run, &config, 4);
     assert_eq!(outcome.step, 4);
     let state = CheckpointFile::read(&run.join("state.safetensors")).unwrap();
     assert!(
@@ -1233,10 +1224,7 @@ impl TrainObserver for Messages {
 
 #[test]
 fn a_state_cut_short_is_refused_before_the_data_loads() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    tiny_dataset(&data, 3);
-    let run = dir.path().join("run");
+    let (_dir, data, run) = tiny_run_setup();
     let config = tiny_config(&data, 2, true);
     train(&run, &config, false).unwrap();
     let state = run.join("state.safetensors");
