@@ -12,7 +12,8 @@
 # tokens: a sharper decoder after the shipped one's single epoch. Runs side by side, one
 # thread each, nice 19. SEED (environment, default 0) picks the random draws (with
 # replacement) of each batch: a further round with another seed does not repeat an earlier
-# round's draws.
+# round's draws. REFINE_HEAD (environment, default none) adds a refinement head of that many
+# channels to files that have none (`train tokenizer --refine-head`); files with one keep it.
 set -euo pipefail
 corpus=${1:?corpus folder}
 runs=${2:?runs folder}
@@ -25,6 +26,7 @@ common=(--data "$corpus" --preset small --steps "$steps" --batch 8 --lr 3e-4 --w
         --eval-every 250 --eval-images 64 --checkpoint-minutes 10 --seed "${SEED:-0}" --device cpu
         --freeze-encoder --token-noise "$noise")
 [ -n "$minutes" ] && common+=(--max-minutes "$minutes")
+[ -n "${REFINE_HEAD:-}" ] && common+=(--refine-head "$REFINE_HEAD")
 mkdir -p "$runs"
 pids=()
 for model in textok baseline; do
