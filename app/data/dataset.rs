@@ -468,13 +468,11 @@ impl Dataset {
                     // What was decoded so far is kept for the next load (a big folder takes
                     // minutes), with the cached pixels of the files not reached yet.
                     if cache_dirty && let Some(path) = cache_file {
-                        let entries = items
+                        let not_reached = cache
+                            .entries
                             .iter()
-                            .zip(&stamps)
-                            .map(|(item, stamp)| (item.relative.as_str(), *stamp, &item.pixels))
-                            .chain(cache.entries.iter().map(|(relative, (stamp, pixels))| {
-                                (relative.as_str(), *stamp, pixels)
-                            }));
+                            .map(|(relative, (stamp, pixels))| (relative.as_str(), *stamp, pixels));
+                        let entries = cache_entries(&items, &stamps).chain(not_reached);
                         save_pixel_cache(path, size, entries.collect());
                     }
                     return Err(cancelled.into());
@@ -527,11 +525,7 @@ impl Dataset {
         // without them, so the cache holds this dataset only.
         cache_dirty |= !cache.entries.is_empty();
         if let (Some(path), true) = (cache_file, cache_dirty) {
-            let entries = items
-                .iter()
-                .zip(&stamps)
-                .map(|(item, stamp)| (item.relative.as_str(), *stamp, &item.pixels));
-            save_pixel_cache(path, size, entries.collect());
+            save_pixel_cache(path, size, cache_entries(&items, &stamps).collect());
         }
         progress.report(Progress {
             done: total,
@@ -667,10 +661,19 @@ impl PixelCache {
     }
 }
 
-/// Writes the pixel cache of `items` (decoded from files with these `stamps`), streamed to the
-/// file rather than built in memory first.
 /// One decode-cache entry: the file's relative path, its stamp when decoded, its pixels.
 type CacheEntry<'a> = (&'a str, (u64, u64), &'a RgbImage);
+
+/// The cache entries of `items`, decoded from files with these `stamps`.
+fn cache_entries<'a>(
+    items: &'a [DatasetItem],
+    stamps: &'a [(u64, u64)],
+) -> impl Iterator<Item = CacheEntry<'a>> {
+    items
+        .iter()
+        .zip(stamps)
+        .map(|(item, stamp)| (item.relative.as_str(), *stamp, &item.pixels))
+}
 
 /// [`write_pixel_cache`], a failure logged: the cache only saves time.
 fn save_pixel_cache(path: &Path, size: u32, entries: Vec<CacheEntry<'_>>) {
@@ -682,6 +685,7 @@ fn save_pixel_cache(path: &Path, size: u32, entries: Vec<CacheEntry<'_>>) {
     }
 }
 
+/// Writes the pixel cache of `entries`, streamed to the file rather than built in memory first.
 fn write_pixel_cache(path: &Path, size: u32, entries: &[CacheEntry<'_>]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
