@@ -2173,7 +2173,9 @@ fn a_model_path_can_be_typed_where_no_file_dialog_opens() {
 fn settings_defaults_apply_to_generate_and_compare_and_generate_resets_to_them() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Settings);
-    harness.step();
+    // The start-up work first: a status line it changes moves the buttons between the frame
+    // that places them and the click (under a loaded machine the click then missed Apply).
+    wait_idle(&mut harness, "the start-up work");
     {
         let state = &mut harness.state_mut().app.state;
         state.settings.default_budget = 96;
