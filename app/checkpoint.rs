@@ -96,6 +96,22 @@ pub struct StoredTensor {
     pub shape: Vec<usize>,
 }
 
+/// Checks that `found`, the kind a file's metadata names (`None`: it names none), is `expected`.
+fn check_kind(path: &Path, found: Option<&str>, expected: &str) -> Result<(), CheckpointError> {
+    match found {
+        None => Err(CheckpointError::MissingMetadata {
+            path: path.to_owned(),
+            key: KIND_KEY,
+        }),
+        Some(found) if found != expected => Err(CheckpointError::WrongKind {
+            path: path.to_owned(),
+            found: found.to_owned(),
+            expected: expected.to_owned(),
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The largest safetensors header read (the format's own limit).
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
@@ -134,18 +150,18 @@ impl CheckpointFile {
     /// from the header first, so a wrong file (a 1 GB DiT picked as a tokenizer, a training
     /// state) is refused before its tensors are read into memory.
     pub fn read_kind(path: &Path, expected: &str) -> Result<Self, CheckpointError> {
-        match Self::read_metadata(path)?.get(KIND_KEY) {
-            None => Err(CheckpointError::MissingMetadata {
-                path: path.to_owned(),
-                key: KIND_KEY,
-            }),
-            Some(found) if found != expected => Err(CheckpointError::WrongKind {
-                path: path.to_owned(),
-                found: found.to_owned(),
-                expected: expected.to_owned(),
-            }),
-            Some(_) => Self::read(path),
-        }
+        Self::read_metadata_of_kind(path, expected)?;
+        Self::read(path)
+    }
+
+    /// [`Self::read_metadata`] of a file that must hold a model of `expected` kind.
+    pub fn read_metadata_of_kind(
+        path: &Path,
+        expected: &str,
+    ) -> Result<HashMap<String, String>, CheckpointError> {
+        let metadata = Self::read_metadata(path)?;
+        check_kind(path, metadata.get(KIND_KEY).map(String::as_str), expected)?;
+        Ok(metadata)
     }
 
     /// The metadata of a safetensors file, read from its header alone (no tensor is read).
@@ -244,16 +260,7 @@ impl CheckpointFile {
 
     /// Checks that this file holds a model of `expected` kind.
     pub fn expect_kind(&self, expected: &str) -> Result<(), CheckpointError> {
-        let found = self.kind()?;
-        if found == expected {
-            Ok(())
-        } else {
-            Err(CheckpointError::WrongKind {
-                path: self.path.clone(),
-                found: found.to_owned(),
-                expected: expected.to_owned(),
-            })
-        }
+        check_kind(&self.path, Some(self.kind()?), expected)
     }
 
     /// The raw config JSON stored in the metadata.

@@ -247,10 +247,7 @@ fn latent_fingerprint(item: &DatasetItem) -> String {
     hasher.update(item.pixels.width().to_le_bytes());
     hasher.update(item.pixels.height().to_le_bytes());
     hasher.update(item.pixels.as_raw());
-    hasher.finalize()[..8]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::files::to_hex(&hasher.finalize()[..8])
 }
 
 /// [`latent_fingerprint`] of each training image, by path.

@@ -274,7 +274,7 @@ pub fn out_of_time_message(step: usize, target: &StepTarget) -> String {
 /// before the length was recorded go on with `config_steps`.
 pub fn resumed_schedule(state: &Path, config_steps: usize) -> anyhow::Result<usize> {
     let metadata = crate::checkpoint::CheckpointFile::read_metadata(state)?;
-    let (_, saved_total) = tokenizer::saved_progress(state)?;
+    let (_, saved_total) = tokenizer::saved_progress_in(&metadata, state)?;
     let state_steps = metadata
         .get("train_config")
         .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())

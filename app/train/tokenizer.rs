@@ -1148,11 +1148,18 @@ pub const TOTAL_STEPS_KEY: &str = "total_steps";
 /// How far a run's saved training state got: `(step, total_steps)`, read from the file's
 /// header alone. `total_steps` is `None` in states saved before it was recorded.
 pub fn saved_progress(path: &Path) -> anyhow::Result<(usize, Option<usize>)> {
-    let metadata = CheckpointFile::read_metadata(path)?;
-    let step = metadata_number(&metadata, path, "step")?;
+    saved_progress_in(&CheckpointFile::read_metadata(path)?, path)
+}
+
+/// [`saved_progress`] from a state's metadata already read (`path` names the file in errors).
+pub fn saved_progress_in(
+    metadata: &HashMap<String, String>,
+    path: &Path,
+) -> anyhow::Result<(usize, Option<usize>)> {
+    let step = metadata_number(metadata, path, "step")?;
     let total = metadata
         .contains_key(TOTAL_STEPS_KEY)
-        .then(|| metadata_number(&metadata, path, TOTAL_STEPS_KEY))
+        .then(|| metadata_number(metadata, path, TOTAL_STEPS_KEY))
         .transpose()?;
     Ok((step, total))
 }
@@ -1165,16 +1172,7 @@ pub fn saved_model_config<C: serde::de::DeserializeOwned>(
     expected: &str,
 ) -> anyhow::Result<C> {
     // A state that is not one, or cut short, is refused here, before a resume loads its data.
-    let metadata = CheckpointFile::read_metadata(path)?;
-    let kind = metadata
-        .get(crate::checkpoint::KIND_KEY)
-        .map(String::as_str);
-    ensure!(
-        kind == Some(KIND_TRAIN_STATE),
-        "{}: not a training state (its kind: {})",
-        path.display(),
-        kind.unwrap_or("none")
-    );
+    let metadata = CheckpointFile::read_metadata_of_kind(path, KIND_TRAIN_STATE)?;
     CheckpointFile::check_length(path)?;
     let text = metadata
         .get(crate::checkpoint::CONFIG_KEY)
