@@ -508,13 +508,27 @@ pub struct GenerateSpec {
     pub default_dit: PathBuf,
 }
 
+/// The tokenizer that decodes generated tokens when none is named: the shipped generation
+/// decoder, or the shipped TexTok where the models folder has none (one from before it
+/// shipped); the two share their encoder, so the shipped DiT's tokens suit either.
+pub fn default_generation_decoder(generation_decoder: &Path, textok: &Path) -> PathBuf {
+    if generation_decoder.exists() {
+        generation_decoder.to_owned()
+    } else {
+        textok.to_owned()
+    }
+}
+
 impl GenerateSpec {
     pub fn shipped() -> Self {
         Self {
             baseline: false,
             text_encoder_dir: crate::paths::text_encoder_dir(),
             textok: None,
-            default_textok: crate::paths::default_textok_checkpoint(),
+            default_textok: default_generation_decoder(
+                &crate::paths::default_generation_decoder(),
+                &crate::paths::default_textok_checkpoint(),
+            ),
             dit: None,
             default_dit: crate::paths::default_dit_checkpoint(),
         }
@@ -867,8 +881,16 @@ pub fn regenerate_command(text: &[(String, String)], shipped: &ShippedHashes) ->
         // `info` says what to add for the others.
         None | Some("textok") => {
             let mut models = String::new();
-            if not_shipped("textok-sha256", shipped.textok.as_deref()) {
-                models.push_str(" --model TEXTOK.safetensors");
+            if not_shipped("textok-sha256", shipped.decoder.as_deref()) {
+                // Images decoded by the shipped TexTok (Compare's; `generate` used it before the
+                // generation decoder shipped) name its file, the others a placeholder.
+                match &shipped.textok {
+                    Some((sha, path)) if get("textok-sha256") == Some(sha.as_str()) => {
+                        models.push_str(" --model=");
+                        models.push_str(&shell_quote(&path.to_string_lossy()));
+                    }
+                    _ => models.push_str(" --model TEXTOK.safetensors"),
+                }
             }
             if not_shipped("dit-sha256", shipped.dit.as_deref()) {
                 models.push_str(" --dit DIT.safetensors");
@@ -878,28 +900,44 @@ pub fn regenerate_command(text: &[(String, String)], shipped: &ShippedHashes) ->
         Some("baseline") => " --baseline --model BASELINE.safetensors --dit DIT.safetensors".into(),
         Some(_) => return None,
     };
-    let quoted = format!("'{}'", caption.replace('\'', r"'\''"));
+    let quoted = shell_quote(caption);
     Some(format!(
         "textok-studio generate --caption={quoted}{models} --tokens {tokens} --steps {steps} \
          --cfg {cfg} --seed {seed} --count 1 --out OUT"
     ))
 }
 
-/// The SHA-256 of the shipped TexTok and DiT files (`None`: missing or unreadable), which a
-/// regenerate command need not name.
+/// `text` single-quoted for a POSIX shell.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// The SHA-256 of the shipped files (`None`: missing or unreadable) that a regenerate command
+/// need not name, or names by their path.
 #[derive(Debug, Clone, Default)]
 pub struct ShippedHashes {
-    pub textok: Option<String>,
+    /// The tokenizer `generate` decodes with by default ([`default_generation_decoder`]).
+    pub decoder: Option<String>,
+    /// The shipped TexTok and its path, when it is not `decoder`.
+    pub textok: Option<(String, PathBuf)>,
     pub dit: Option<String>,
 }
 
 impl ShippedHashes {
-    /// Reads and hashes the shipped files (about 40 MB).
+    /// Reads and hashes the shipped files (about 50 MB).
     pub fn read() -> Self {
-        let hash = |path: PathBuf| crate::files::sha256_file(&path).ok();
+        let hash = |path: &Path| crate::files::sha256_file(path).ok();
+        let textok = crate::paths::default_textok_checkpoint();
+        let decoder = hash(&default_generation_decoder(
+            &crate::paths::default_generation_decoder(),
+            &textok,
+        ));
         Self {
-            textok: hash(crate::paths::default_textok_checkpoint()),
-            dit: hash(crate::paths::default_dit_checkpoint()),
+            textok: hash(&textok)
+                .filter(|sha| Some(sha) != decoder.as_ref())
+                .map(|sha| (sha, textok)),
+            decoder,
+            dit: hash(&crate::paths::default_dit_checkpoint()),
         }
     }
 }

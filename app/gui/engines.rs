@@ -13,6 +13,9 @@ use crate::pipeline::{EngineSpec, GenerateEngine, GenerateSpec, ReconstructEngin
 pub struct ShippedModels {
     pub text_encoder_dir: PathBuf,
     pub textok: PathBuf,
+    /// The TexTok detokenizer Generate decodes with (Compare uses `textok`); where it is
+    /// missing, Generate uses `textok`.
+    pub generation_decoder: PathBuf,
     pub baseline: PathBuf,
     pub dit: PathBuf,
     pub effnet: PathBuf,
@@ -23,6 +26,7 @@ impl ShippedModels {
         Self {
             text_encoder_dir: crate::paths::text_encoder_dir(),
             textok: crate::paths::default_textok_checkpoint(),
+            generation_decoder: crate::paths::default_generation_decoder(),
             baseline: crate::paths::default_baseline_checkpoint(),
             dit: crate::paths::default_dit_checkpoint(),
             effnet: crate::paths::effnet_checkpoint(),
@@ -63,12 +67,26 @@ impl EngineKey {
         }
     }
 
+    /// The tokenizer Generate decodes with: a chosen TexTok file (a fine-tuned one, say) is
+    /// used for both panes; otherwise the shipped generation decoder.
+    pub fn generation_decoder_path(&self) -> PathBuf {
+        self.textok.clone().unwrap_or_else(|| {
+            crate::pipeline::default_generation_decoder(
+                &self.shipped.generation_decoder,
+                &self.shipped.textok,
+            )
+        })
+    }
+
     fn generate_spec(&self) -> GenerateSpec {
         GenerateSpec {
             baseline: false,
             text_encoder_dir: self.shipped.text_encoder_dir.clone(),
             textok: self.textok.clone(),
-            default_textok: self.shipped.textok.clone(),
+            default_textok: crate::pipeline::default_generation_decoder(
+                &self.shipped.generation_decoder,
+                &self.shipped.textok,
+            ),
             dit: self.dit.clone(),
             default_dit: self.shipped.dit.clone(),
         }

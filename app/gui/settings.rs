@@ -184,6 +184,17 @@ impl SettingsPane {
                     }
                 }
             });
+            // Generate's decoder is no slot of its own: it follows a chosen TexTok file.
+            let generation_decoder = app.engines.key().generation_decoder_path();
+            ui.label(format!(
+                "Generate decodes with: {}{}",
+                generation_decoder.display(),
+                if generation_decoder == shipped.generation_decoder {
+                    " (TexTok's detokenizer trained on generated-like tokens; Compare uses TexTok)"
+                } else {
+                    ""
+                }
+            ));
             ui.label(format!("Text encoder: {}", shipped.text_encoder_dir.display()));
             if ui.button("Reload models").clicked() {
                 app.engines.reload();

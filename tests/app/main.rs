@@ -66,6 +66,8 @@ fn fixture() -> Fixture {
         shipped: ShippedModels {
             text_encoder_dir: repo_path("models/text-encoder"),
             textok,
+            // Missing unless a test writes it: Generate then decodes with `textok`.
+            generation_decoder: dir.path().join("textok-generate.safetensors"),
             baseline,
             dit: dit_path,
             effnet: repo_path("models/efficientnet-lite0/model.safetensors"),
@@ -2039,6 +2041,79 @@ fn a_tokenizer_run_that_a_dit_run_trains_on_cannot_be_deleted_first() {
     assert!(!tokenizer_run.exists() && !dit_run.exists());
 }
 
+/// Generate decodes with the shipped generation decoder and Compare with the shipped TexTok
+/// (Settings says which); a TexTok file chosen in Settings is used by both.
+#[test]
+fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
+    use textok_studio::gui::engines::EngineStatus;
+    use textok_studio::pipeline::ModelSource;
+    let fixture = fixture();
+    // The shipped TexTok's encoder (its tokens), another last detokenizer layer.
+    let device = burn::tensor::Device::flex();
+    let file = textok_studio::checkpoint::CheckpointFile::read(&fixture.shipped.textok).unwrap();
+    let (textok, config) =
+        textok_studio::model::textok::TexTok::from_checkpoint(&file, &device).unwrap();
+    let other = textok_studio::device::init_module(&device, Some(99), || config.init(&device));
+    let decoder = textok_studio::model::textok::TexTok {
+        to_pixels: other.to_pixels,
+        ..textok
+    };
+    decoder
+        .save(
+            &config,
+            &fixture.shipped.generation_decoder,
+            StoredPrecision::F16,
+        )
+        .unwrap();
+    let mut harness = harness_on(&fixture, Pane::Settings);
+    harness.step();
+    harness.get_by_label_contains(&format!(
+        "Generate decodes with: {}",
+        fixture.shipped.generation_decoder.display()
+    ));
+    let loaded_path = |harness: &mut Harness<'static, StudioApp>, generate: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            harness.step();
+            let engines = &mut harness.state_mut().app.engines;
+            let source = if generate {
+                match engines.generate() {
+                    EngineStatus::Ready(engine) => Some(engine.textok.source.clone()),
+                    EngineStatus::Failed(error) => panic!("{error}"),
+                    EngineStatus::Loading(_) => None,
+                }
+            } else {
+                match engines.reconstruct() {
+                    EngineStatus::Ready(engine) => Some(engine.textok.source.clone()),
+                    EngineStatus::Failed(error) => panic!("{error}"),
+                    EngineStatus::Loading(_) => None,
+                }
+            };
+            match source {
+                Some(ModelSource::File { path, .. }) => return path,
+                Some(other) => panic!("{other}"),
+                None if std::time::Instant::now() > deadline => panic!("the engines did not load"),
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    };
+    assert_eq!(
+        loaded_path(&mut harness, true),
+        fixture.shipped.generation_decoder
+    );
+    assert_eq!(loaded_path(&mut harness, false), fixture.shipped.textok);
+    assert!(error_notices(harness.state()).is_empty());
+
+    // A chosen TexTok (a fine-tuned one, say) decodes for both.
+    let chosen = fixture.dir.path().join("chosen.safetensors");
+    std::fs::copy(&fixture.shipped.textok, &chosen).unwrap();
+    harness.state_mut().app.state.settings.textok = Some(chosen.clone());
+    harness.step();
+    assert_eq!(loaded_path(&mut harness, true), chosen);
+    assert_eq!(loaded_path(&mut harness, false), chosen);
+    harness.get_by_label_contains(&format!("Generate decodes with: {}", chosen.display()));
+}
+
 #[test]
 fn a_generator_that_fails_to_load_leaves_the_tokenizers_and_their_results_alone() {
     use textok_studio::gui::engines::EngineStatus;
@@ -2389,6 +2464,7 @@ fn readme_screenshots() {
     if shipped.dit.exists() {
         options.shipped.dit = shipped.dit;
     }
+    options.shipped.generation_decoder = shipped.generation_decoder;
     options.open = ["penguin", "apple", "lizard", "ambulance", "bread-and-wine"]
         .iter()
         .map(|name| sample(name))

@@ -744,7 +744,8 @@ fn the_regenerate_command_quotes_the_caption_and_takes_only_numbers() {
     tuned.push(("textok-sha256".into(), "aa".into()));
     tuned.push(("dit-sha256".into(), "cc".into()));
     let shipped = ShippedHashes {
-        textok: Some("aa".into()),
+        decoder: Some("aa".into()),
+        textok: None,
         dit: Some("bb".into()),
     };
     let command = textok_studio::pipeline::regenerate_command(&tuned, &shipped).unwrap();
@@ -758,6 +759,18 @@ fn the_regenerate_command_quotes_the_caption_and_takes_only_numbers() {
     let command = textok_studio::pipeline::regenerate_command(&tuned, &same).unwrap();
     assert!(
         !command.contains("--dit") && !command.contains("--model"),
+        "{command}"
+    );
+    // Decoded by the shipped TexTok, not the generation decoder `generate` now uses: that
+    // file is named, quoted.
+    let compare = ShippedHashes {
+        decoder: Some("dd".into()),
+        textok: Some(("aa".into(), "/m/it's.safetensors".into())),
+        dit: Some("cc".into()),
+    };
+    let command = textok_studio::pipeline::regenerate_command(&tuned, &compare).unwrap();
+    assert!(
+        command.contains(r"--model='/m/it'\''s.safetensors' --tokens"),
         "{command}"
     );
 }
@@ -892,6 +905,91 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
 
     let output = run(&dir.path().join("bad"), "1", "0");
     assert_one_line_error(&output, "count");
+}
+
+/// `generate` without `--model` decodes with the models folder's generation decoder, not the
+/// TexTok file Compare uses; `info` on an image decoded by that TexTok names its file, so images
+/// made before the generation decoder shipped still regenerate exactly.
+#[cfg(unix)]
+#[test]
+fn generate_decodes_with_the_shipped_generation_decoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(
+        repo_path("models/text-encoder"),
+        models.join("text-encoder"),
+    )
+    .unwrap();
+    // The same encoder (the same tokens), another last detokenizer layer.
+    let (textok, config) = tiny(true, 31);
+    let mut decoder = textok.clone();
+    decoder.to_pixels = tiny(true, 32).0.to_pixels;
+    let textok_path = models.join("textok-small.safetensors");
+    let decoder_path = models.join("textok-small-generate.safetensors");
+    textok
+        .save(&config, &textok_path, StoredPrecision::F16)
+        .unwrap();
+    decoder
+        .save(&config, &decoder_path, StoredPrecision::F16)
+        .unwrap();
+    save_tiny_dit(&models.join("dit-small.safetensors"), 5);
+    let sha = |path: &Path| textok_studio::files::sha256_file(path).unwrap();
+    let generate = |out: &Path, model: Option<&Path>| {
+        let mut args = vec![
+            "generate",
+            "--caption",
+            "a red apple",
+            "--tokens",
+            "32",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+        ];
+        args.push(out.to_str().unwrap());
+        if let Some(model) = model {
+            args.extend(["--model", model.to_str().unwrap()]);
+        }
+        let output = studio(&args, Some(&models));
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(!stderr(&output).contains("warning"), "{}", stderr(&output));
+        out.join("gen-3-k32.png")
+    };
+    let info = |image: &Path| {
+        let output = studio(&["info", image.to_str().unwrap()], Some(&models));
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output);
+        text.lines()
+            .find_map(|line| line.strip_prefix("regenerate: "))
+            .unwrap_or_else(|| panic!("{text}"))
+            .to_owned()
+    };
+
+    let by_default = generate(&dir.path().join("default"), None);
+    assert_eq!(png_text(&by_default)["textok-sha256"], sha(&decoder_path));
+    let command = info(&by_default);
+    assert!(!command.contains("--model"), "{command}");
+
+    let by_textok = generate(&dir.path().join("textok"), Some(&textok_path));
+    assert_eq!(png_text(&by_textok)["textok-sha256"], sha(&textok_path));
+    let pixels = |p: &Path| image::open(p).unwrap().to_rgb8().into_raw();
+    assert_ne!(pixels(&by_default), pixels(&by_textok), "two decoders");
+    let command = info(&by_textok);
+    assert!(
+        command.contains(&format!("--model='{}'", textok_path.display())),
+        "{command}"
+    );
+
+    // A models folder without the generation decoder (one from before it shipped) decodes
+    // with its TexTok.
+    std::fs::remove_file(&decoder_path).unwrap();
+    let fallback = generate(&dir.path().join("fallback"), None);
+    assert_eq!(pixels(&fallback), pixels(&by_textok));
+    assert!(!info(&fallback).contains("--model"));
 }
 
 #[test]
