@@ -76,9 +76,12 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageLoadError> {
         return Err(ImageLoadError::Empty { path: p() });
     }
     let open = || -> Result<ImageReader<_>, ImageLoadError> {
-        let reader = ImageReader::open(path)
+        ImageReader::open(path)
             .and_then(|r| r.with_guessed_format())
-            .map_err(|cause| ImageLoadError::Open { path: p(), cause })?;
+            .map_err(|cause| ImageLoadError::Open { path: p(), cause })
+    };
+    // The content checks read the file (a JPEG's end check all of it): once, before the header.
+    let check = |reader: ImageReader<_>| -> Result<ImageReader<_>, ImageLoadError> {
         match reader.format() {
             None => Err(ImageLoadError::UnknownFormat { path: p() }),
             // Every supported format but TGA starts with a signature; a file whose content
@@ -96,7 +99,7 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageLoadError> {
         }
     };
     // Header first: a 100000x100000 PNG is refused before a byte of it is decoded.
-    let (width, height) = open()?
+    let (width, height) = check(open()?)?
         .into_dimensions()
         .map_err(|e| decode_error(path, e))?;
     if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {

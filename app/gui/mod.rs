@@ -1001,9 +1001,14 @@ impl StudioApp {
         }
     }
 
-    /// The current pane shows finished results (the Compare pane has its reconstructions).
+    /// The current pane shows finished results (the Compare pane has its reconstructions,
+    /// Settings its adapter list).
     fn pane_settled(&self) -> bool {
-        self.pane != Pane::Compare || self.compare.settled(&self.app)
+        match self.pane {
+            Pane::Compare => self.compare.settled(&self.app),
+            Pane::Settings => self.settings.settled(),
+            _ => true,
+        }
     }
 
     /// One frame of the whole app (`App::ui`, also driven by tests).

@@ -58,6 +58,12 @@ impl SettingsPane {
         }
     }
 
+    /// Whether the adapter list is in: until then a "looking for GPUs" line stands where it
+    /// goes, and everything below moves when it arrives.
+    pub fn settled(&self) -> bool {
+        self.adapters.is_some()
+    }
+
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         if self.adapters.is_none() && self.adapter_job.is_none() {
             self.adapter_job = Some(Job::spawn("list adapters", app.notify.clone(), |_, _| {

@@ -162,6 +162,17 @@ fn wait_idle(harness: &mut Harness<'_, StudioApp>, what: &str) {
     wait_until(harness, what, Duration::from_secs(60), idle);
 }
 
+/// The Settings pane's adapter list replaces its "looking for GPUs" line when it arrives,
+/// moving everything below: a click placed before then can miss.
+fn wait_for_the_adapter_list(harness: &mut Harness<'_, StudioApp>) {
+    wait_until(
+        harness,
+        "the adapter list",
+        Duration::from_secs(60),
+        |app| app.settings.settled(),
+    );
+}
+
 fn sample(name: &str) -> PathBuf {
     repo_path(&format!("assets/samples/{name}.png"))
 }
@@ -2212,7 +2223,7 @@ fn settings_switch_the_device_and_the_models_follow() {
 fn a_model_path_can_be_typed_where_no_file_dialog_opens() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Settings);
-    harness.step();
+    wait_for_the_adapter_list(&mut harness);
     let use_typed = |harness: &mut Harness<'static, StudioApp>, path: &str, button: &str| {
         harness.get_by_label("Or a checkpoint path:").focus();
         harness.step();
@@ -2248,9 +2259,11 @@ fn a_model_path_can_be_typed_where_no_file_dialog_opens() {
 fn settings_defaults_apply_to_generate_and_compare_and_generate_resets_to_them() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Settings);
-    // The start-up work first: a status line it changes moves the buttons between the frame
-    // that places them and the click (under a loaded machine the click then missed Apply).
+    // The start-up work and the adapter list first: a status line either changes moves the
+    // buttons between the frame that places them and the click (under a loaded machine the
+    // click then missed Apply).
     wait_idle(&mut harness, "the start-up work");
+    wait_for_the_adapter_list(&mut harness);
     {
         let state = &mut harness.state_mut().app.state;
         state.settings.default_budget = 96;
@@ -2537,8 +2550,8 @@ fn readme_screenshots() {
     );
     shoot(&mut harness, "finetune");
     harness.state_mut().pane = Pane::Settings;
-    wait_until(&mut harness, "adapters", Duration::from_secs(30), idle);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_idle(&mut harness, "the start-up work");
+    wait_for_the_adapter_list(&mut harness);
     shoot(&mut harness, "settings");
 }
 
