@@ -907,6 +907,20 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
     assert_one_line_error(&output, "count");
 }
 
+/// A models folder (for `TEXTOK_MODELS_DIR`) holding only a link to the shipped text encoder:
+/// the other shipped files are missing, or what a test writes there.
+#[cfg(unix)]
+fn models_folder_with_the_text_encoder(dir: &Path) -> std::path::PathBuf {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(
+        repo_path("models/text-encoder"),
+        models.join("text-encoder"),
+    )
+    .unwrap();
+    models
+}
+
 /// `generate` without `--model` decodes with the models folder's generation decoder, not the
 /// TexTok file Compare uses; `info` on an image decoded by that TexTok names its file, so images
 /// made before the generation decoder shipped still regenerate exactly.
@@ -914,13 +928,7 @@ fn generate_writes_pngs_that_carry_their_settings_and_regenerate_exactly() {
 #[test]
 fn generate_decodes_with_the_shipped_generation_decoder() {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    std::os::unix::fs::symlink(
-        repo_path("models/text-encoder"),
-        models.join("text-encoder"),
-    )
-    .unwrap();
+    let models = models_folder_with_the_text_encoder(dir.path());
     // The same encoder (the same tokens), another last detokenizer layer.
     let (textok, config) = tiny(true, 31);
     let mut decoder = textok.clone();
@@ -992,17 +1000,11 @@ fn generate_decodes_with_the_shipped_generation_decoder() {
     assert!(!info(&fallback).contains("--model"));
 }
 
+#[cfg(unix)]
 #[test]
 fn bench_reports_seconds_per_image_for_each_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let models = dir.path().join("models");
-    std::fs::create_dir_all(&models).unwrap();
-    #[cfg(unix)]
-    std::os::unix::fs::symlink(
-        repo_path("models/text-encoder"),
-        models.join("text-encoder"),
-    )
-    .unwrap();
+    let models = models_folder_with_the_text_encoder(dir.path());
     let output = studio(
         &[
             "bench",
