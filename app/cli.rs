@@ -141,7 +141,8 @@ pub struct GenerateArgs {
     /// Images to generate, 1..=64.
     #[arg(long, default_value_t = 4)]
     pub count: usize,
-    /// TexTok checkpoint [default: the shipped model].
+    /// TexTok checkpoint that decodes the generated tokens [default: the shipped generation
+    /// decoder, textok-small-generate, or textok-small where it is missing].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// DiT checkpoint [default: the shipped model].
@@ -191,7 +192,8 @@ pub struct GenEvalArgs {
     /// Seed of the first image; image i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// TexTok checkpoint [default: the shipped model].
+    /// TexTok checkpoint that decodes the generated tokens [default: the shipped generation
+    /// decoder, textok-small-generate, or textok-small where it is missing].
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// DiT over TexTok tokens [default: the shipped model].
@@ -1519,8 +1521,9 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let engine = ReconstructEngine::load(&spec, selected.clone())?;
     let generator = GenerateEngine::load(&GenerateSpec::shipped(), selected)?;
     outln!(
-        "TexTok: {}\nDiT:    {}",
+        "TexTok: {}\ndecoder of generations: {}\nDiT:    {}",
         engine.textok.source,
+        generator.textok.source,
         generator.dit_source
     );
     let image = imageio::load_for_model(

@@ -536,9 +536,9 @@ impl GenerateSpec {
 }
 
 /// Whether the DiT was trained on the tokens `textok` makes: `Some(message)` when it was not.
-/// A DiT records its tokenizer's encoder hash; one from before that (the shipped one) counts as
-/// trained on the shipped TexTok when it is the shipped DiT (by default or named by its path),
-/// so no Baseline decodes its tokens. Unknown pairs (or a file that cannot be read again) pass:
+/// A DiT records its tokenizer's encoder hash; one from before that counts as trained on the
+/// tokens of the spec's default decoder (the shipped TexTok's encoder) when it is the shipped
+/// DiT (by default or named by its path), so no Baseline decodes its tokens. Unknown pairs (or a file that cannot be read again) pass:
 /// this check warns, it never stops a load.
 fn token_mismatch(
     spec: &GenerateSpec,
@@ -855,7 +855,8 @@ pub fn save_generated(
 /// the command; the caption is quoted for a POSIX shell and joined to its flag with `=`, so a
 /// caption that starts with `-` is not read as a flag. A Baseline image names the two files
 /// it needs (`--baseline` takes no default DiT), a TexTok image those of its models that are
-/// not the shipped ones (`shipped`), as placeholders to fill in.
+/// not `generate`'s defaults (`shipped`): the shipped TexTok by its path, the others as
+/// placeholders to fill in.
 pub fn regenerate_command(text: &[(String, String)], shipped: &ShippedHashes) -> Option<String> {
     let get = |key: &str| {
         text.iter()
@@ -882,14 +883,20 @@ pub fn regenerate_command(text: &[(String, String)], shipped: &ShippedHashes) ->
         None | Some("textok") => {
             let mut models = String::new();
             if not_shipped("textok-sha256", shipped.decoder.as_deref()) {
-                // Images decoded by the shipped TexTok (Compare's; `generate` used it before the
-                // generation decoder shipped) name its file, the others a placeholder.
-                match &shipped.textok {
-                    Some((sha, path)) if get("textok-sha256") == Some(sha.as_str()) => {
+                // An image decoded by the shipped TexTok (Compare's, named with `--model`)
+                // names its file; others (a fine-tuned file, a replaced shipped one) a
+                // placeholder, as does a path that is not UTF-8.
+                let shipped_textok = shipped.textok.as_ref().and_then(|(sha, path)| {
+                    (get("textok-sha256") == Some(sha.as_str()))
+                        .then(|| path.to_str())
+                        .flatten()
+                });
+                match shipped_textok {
+                    Some(path) => {
                         models.push_str(" --model=");
-                        models.push_str(&shell_quote(&path.to_string_lossy()));
+                        models.push_str(&shell_quote(path));
                     }
-                    _ => models.push_str(" --model TEXTOK.safetensors"),
+                    None => models.push_str(" --model TEXTOK.safetensors"),
                 }
             }
             if not_shipped("dit-sha256", shipped.dit.as_deref()) {
@@ -918,13 +925,13 @@ fn shell_quote(text: &str) -> String {
 pub struct ShippedHashes {
     /// The tokenizer `generate` decodes with by default ([`default_generation_decoder`]).
     pub decoder: Option<String>,
-    /// The shipped TexTok and its path, when it is not `decoder`.
+    /// The shipped TexTok and its absolute path, when it is not `decoder`.
     pub textok: Option<(String, PathBuf)>,
     pub dit: Option<String>,
 }
 
 impl ShippedHashes {
-    /// Reads and hashes the shipped files (about 50 MB).
+    /// Reads and hashes the shipped files (about 28 MB).
     pub fn read() -> Self {
         let hash = |path: &Path| crate::files::sha256_file(path).ok();
         let textok = crate::paths::default_textok_checkpoint();
@@ -935,7 +942,7 @@ impl ShippedHashes {
         Self {
             textok: hash(&textok)
                 .filter(|sha| Some(sha) != decoder.as_ref())
-                .map(|sha| (sha, textok)),
+                .map(|sha| (sha, std::path::absolute(&textok).unwrap_or(textok))),
             decoder,
             dit: hash(&crate::paths::default_dit_checkpoint()),
         }

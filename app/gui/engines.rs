@@ -70,12 +70,17 @@ impl EngineKey {
     /// The tokenizer Generate decodes with: a chosen TexTok file (a fine-tuned one, say) is
     /// used for both panes; otherwise the shipped generation decoder.
     pub fn generation_decoder_path(&self) -> PathBuf {
-        self.textok.clone().unwrap_or_else(|| {
-            crate::pipeline::default_generation_decoder(
-                &self.shipped.generation_decoder,
-                &self.shipped.textok,
-            )
-        })
+        self.textok
+            .clone()
+            .unwrap_or_else(|| self.shipped_generation_decoder())
+    }
+
+    /// The shipped generation decoder, or the shipped TexTok where it is missing.
+    pub fn shipped_generation_decoder(&self) -> PathBuf {
+        crate::pipeline::default_generation_decoder(
+            &self.shipped.generation_decoder,
+            &self.shipped.textok,
+        )
     }
 
     fn generate_spec(&self) -> GenerateSpec {
@@ -83,10 +88,7 @@ impl EngineKey {
             baseline: false,
             text_encoder_dir: self.shipped.text_encoder_dir.clone(),
             textok: self.textok.clone(),
-            default_textok: crate::pipeline::default_generation_decoder(
-                &self.shipped.generation_decoder,
-                &self.shipped.textok,
-            ),
+            default_textok: self.shipped_generation_decoder(),
             dit: self.dit.clone(),
             default_dit: self.shipped.dit.clone(),
         }

@@ -191,15 +191,17 @@ impl SettingsPane {
                 }
             });
             // Generate's decoder is no slot of its own: it follows a chosen TexTok file.
-            let generation_decoder = app.engines.key().generation_decoder_path();
-            ui.label(format!(
-                "Generate decodes with: {}{}",
-                generation_decoder.display(),
-                if generation_decoder == shipped.generation_decoder {
+            let key = app.engines.key();
+            let why = match &key.textok {
+                Some(_) => " (the chosen TexTok)",
+                None if key.shipped_generation_decoder() == shipped.generation_decoder => {
                     " (TexTok's detokenizer trained on generated-like tokens; Compare uses TexTok)"
-                } else {
-                    ""
                 }
+                None => " (the shipped TexTok: the models folder has no generation decoder)",
+            };
+            ui.label(format!(
+                "Generate decodes with: {}{why}",
+                key.generation_decoder_path().display()
             ));
             ui.label(format!("Text encoder: {}", shipped.text_encoder_dir.display()));
             if ui.button("Reload models").clicked() {

@@ -2112,6 +2112,10 @@ fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
         loaded_path(&mut harness, true),
         fixture.shipped.generation_decoder
     );
+    match harness.state_mut().app.engines.generate() {
+        EngineStatus::Ready(engine) => assert_eq!(engine.token_mismatch, None),
+        _ => panic!("the generator is loaded"),
+    }
     assert_eq!(loaded_path(&mut harness, false), fixture.shipped.textok);
     assert!(error_notices(harness.state()).is_empty());
 
@@ -2122,7 +2126,10 @@ fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
     harness.step();
     assert_eq!(loaded_path(&mut harness, true), chosen);
     assert_eq!(loaded_path(&mut harness, false), chosen);
-    harness.get_by_label_contains(&format!("Generate decodes with: {}", chosen.display()));
+    harness.get_by_label_contains(&format!(
+        "Generate decodes with: {} (the chosen TexTok)",
+        chosen.display()
+    ));
 }
 
 #[test]
@@ -2224,6 +2231,11 @@ fn a_model_path_can_be_typed_where_no_file_dialog_opens() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Settings);
     wait_for_the_adapter_list(&mut harness);
+    // The fixture has no generation decoder: Settings says Generate uses the TexTok.
+    harness.get_by_label_contains(&format!(
+        "Generate decodes with: {} (the shipped TexTok: the models folder has no generation decoder)",
+        fixture.shipped.textok.display()
+    ));
     let use_typed = |harness: &mut Harness<'static, StudioApp>, path: &str, button: &str| {
         harness.get_by_label("Or a checkpoint path:").focus();
         harness.step();

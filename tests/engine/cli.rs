@@ -739,7 +739,7 @@ fn the_regenerate_command_quotes_the_caption_and_takes_only_numbers() {
         None,
         "no tokens: not a generated image"
     );
-    // Made with a fine-tuned DiT and the shipped TexTok: only the DiT is named.
+    // Made with a fine-tuned DiT and the default decoder: only the DiT is named.
     let mut tuned = text("7");
     tuned.push(("textok-sha256".into(), "aa".into()));
     tuned.push(("dit-sha256".into(), "cc".into()));
@@ -922,8 +922,8 @@ fn models_folder_with_the_text_encoder(dir: &Path) -> std::path::PathBuf {
 }
 
 /// `generate` without `--model` decodes with the models folder's generation decoder, not the
-/// TexTok file Compare uses; `info` on an image decoded by that TexTok names its file, so images
-/// made before the generation decoder shipped still regenerate exactly.
+/// TexTok file Compare uses; `info` on an image decoded by that TexTok names its file (as
+/// `generate` uses it where the generation decoder is missing).
 #[cfg(unix)]
 #[test]
 fn generate_decodes_with_the_shipped_generation_decoder() {
