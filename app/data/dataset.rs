@@ -579,7 +579,10 @@ impl Dataset {
     }
 }
 
-/// Size and modification time: a changed file is decoded again.
+/// Size and change time: a changed file is decoded again. The second number is the
+/// modification time in nanoseconds, and on Unix the inode's change time mixed in, which every
+/// write sets and no program can set back (an editor or `touch -r` that restores the
+/// modification time after changing the pixels in place would otherwise go unnoticed).
 fn file_stamp(path: &Path) -> (u64, u64) {
     std::fs::metadata(path)
         .map(|m| {
@@ -589,13 +592,22 @@ fn file_stamp(path: &Path) -> (u64, u64) {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_nanos() as u64)
                 .unwrap_or(0);
+            #[cfg(unix)]
+            let modified = {
+                use std::os::unix::fs::MetadataExt;
+                let changed = (m.ctime() as u64)
+                    .wrapping_mul(1_000_000_000)
+                    .wrapping_add(m.ctime_nsec() as u64);
+                modified ^ changed.rotate_left(32)
+            };
             (m.len(), modified)
         })
         .unwrap_or((0, 0))
 }
 
 /// Decoded pixels keyed by relative path, stored as one binary file:
-/// magic, size, count, then per entry: path length, path, file length, mtime, RGB bytes.
+/// magic, size, count, then per entry: path length, path, file length, change stamp
+/// ([`file_stamp`]), RGB bytes.
 #[derive(Default)]
 struct PixelCache {
     entries: BTreeMap<String, ((u64, u64), RgbImage)>,

@@ -235,6 +235,27 @@ fn decoded_pixels_are_cached_and_stale_entries_redecoded() {
     let third =
         Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
     assert_eq!(third.items[0].pixels.get_pixel(8, 8).0, [255, 0, 0]);
+    // Edited in place to the same size with its modification time put back (as `touch -r`
+    // or an editor keeping times does): decoded again all the same (Unix: the change time).
+    #[cfg(unix)]
+    {
+        let file = root.join("a.png");
+        let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let len = std::fs::metadata(&file).unwrap().len();
+        RgbaImage::from_pixel(50, 50, Rgba([0, 0, 255, 255]))
+            .save(&file)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), len, "same size");
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        let edited =
+            Dataset::load(&root, 16, 5, Some(&cache), &NoProgress, &CancelToken::new()).unwrap();
+        assert_eq!(edited.items[0].pixels.get_pixel(8, 8).0, [0, 0, 255]);
+    }
     // A removed image's pixels leave the cache at the next load.
     picture(&root.join("b.png"), 11);
     std::fs::write(root.join("b.txt"), "b").unwrap();
