@@ -935,15 +935,15 @@ impl ShippedHashes {
     pub fn read() -> Self {
         let hash = |path: &Path| crate::files::sha256_file(path).ok();
         let textok = crate::paths::default_textok_checkpoint();
-        let decoder = hash(&default_generation_decoder(
-            &crate::paths::default_generation_decoder(),
-            &textok,
-        ));
+        let decoder_path =
+            default_generation_decoder(&crate::paths::default_generation_decoder(), &textok);
+        // Where the decoder is the TexTok (no generation decoder), it is hashed once.
+        let textok = (decoder_path != textok)
+            .then(|| hash(&textok).map(|sha| (sha, std::path::absolute(&textok).unwrap_or(textok))))
+            .flatten();
         Self {
-            textok: hash(&textok)
-                .filter(|sha| Some(sha) != decoder.as_ref())
-                .map(|sha| (sha, std::path::absolute(&textok).unwrap_or(textok))),
-            decoder,
+            decoder: hash(&decoder_path),
+            textok,
             dit: hash(&crate::paths::default_dit_checkpoint()),
         }
     }

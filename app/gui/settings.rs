@@ -192,17 +192,16 @@ impl SettingsPane {
             });
             // Generate's decoder is no slot of its own: it follows a chosen TexTok file.
             let key = app.engines.key();
+            // One look at the disk per frame (whether the generation decoder exists).
+            let decoder = key.generation_decoder_path();
             let why = match &key.textok {
                 Some(_) => " (the chosen TexTok)",
-                None if key.shipped_generation_decoder() == shipped.generation_decoder => {
+                None if decoder == shipped.generation_decoder => {
                     " (TexTok's detokenizer trained on generated-like tokens; Compare uses TexTok)"
                 }
                 None => " (the shipped TexTok: the models folder has no generation decoder)",
             };
-            ui.label(format!(
-                "Generate decodes with: {}{why}",
-                key.generation_decoder_path().display()
-            ));
+            ui.label(format!("Generate decodes with: {}{why}", decoder.display()));
             ui.label(format!("Text encoder: {}", shipped.text_encoder_dir.display()));
             if ui.button("Reload models").clicked() {
                 app.engines.reload();
