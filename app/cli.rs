@@ -404,6 +404,16 @@ pub struct TrainTokenizerArgs {
     /// as the identity, so the fine-tune starts where the model was (the tokens stay valid).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub refine_head: Option<u32>,
+    /// Train a detokenizer for this DiT's samples (the generation decoder): before decoding,
+    /// noise each batch's tokens to a random timestep up to --regenerate-max-t and sample them
+    /// back with the DiT (guidance 3, a 10-step grid), so the detokenizer learns the
+    /// generator's own errors. Needs --freeze-encoder and a TexTok the DiT was trained on.
+    #[arg(long)]
+    pub regenerate_with: Option<PathBuf>,
+    /// Deepest timestep --regenerate-with noises the tokens to (0..999; deeper keeps less of
+    /// the image and costs more DiT steps).
+    #[arg(long, default_value_t = 400)]
+    pub regenerate_max_t: usize,
     /// Save the full training state at least this often.
     #[arg(long, default_value_t = 5.0)]
     pub checkpoint_minutes: f64,
@@ -951,6 +961,8 @@ fn run_train_tokenizer(args: TrainTokenizerArgs, given: &[String]) -> anyhow::Re
     config.freeze_encoder = args.freeze_encoder;
     config.init_from = args.init_from;
     config.refine_channels = args.refine_head.map(|channels| channels as usize);
+    config.regenerate_with = args.regenerate_with;
+    config.regenerate_max_t = args.regenerate_max_t;
     if args.resume {
         config = with_stored_settings(&args.out, config, given, TOKENIZER_FLAG_FIELDS)?;
     }

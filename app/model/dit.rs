@@ -478,16 +478,14 @@ pub fn sample(
     cancel: &CancelToken,
 ) -> Result<Tensor<3>, Cancelled> {
     let Sampler {
-        dit,
-        config,
-        schedule,
+        config, schedule, ..
     } = *sampler;
     let (count, k, d) = (settings.count, settings.tokens, config.token_dim);
     let mut noise = Vec::with_capacity(count * k * d);
     for i in 0..count {
         noise.extend(seeded_noise(settings.seed.wrapping_add(i as u64), k * d));
     }
-    let mut x = Tensor::<3>::from_data(TensorData::new(noise, [count, k, d]), device);
+    let x = Tensor::<3>::from_data(TensorData::new(noise, [count, k, d]), device);
     let cond = if text.lengths.len() == count {
         text.clone()
     } else {
@@ -495,6 +493,36 @@ pub fn sample(
     };
     let uncond = repeat_text(null_text, count);
     let timesteps = schedule.ddim_timesteps(settings.steps);
+    let x = denoise(
+        sampler,
+        x,
+        &timesteps,
+        &cond,
+        &uncond,
+        settings.cfg,
+        progress,
+        cancel,
+    )?;
+    let (mean, std) = config.latent_statistics(k, device);
+    Ok(x * std + mean)
+}
+
+/// DDIM from `x` (normalised tokens at `timesteps[0]`) down the descending `timesteps`, with
+/// guidance `cfg` between `cond` and `uncond` (one caption per row of `x` each). Returns the
+/// normalised tokens at t = 0.
+#[allow(clippy::too_many_arguments)]
+fn denoise(
+    sampler: &Sampler<'_>,
+    mut x: Tensor<3>,
+    timesteps: &[usize],
+    cond: &TextEmbeddings,
+    uncond: &TextEmbeddings,
+    cfg: f32,
+    progress: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<Tensor<3>, Cancelled> {
+    let Sampler { dit, schedule, .. } = *sampler;
+    let count = x.dims()[0];
     for (i, &t) in timesteps.iter().enumerate() {
         cancel.check()?;
         let alpha_bar = schedule.alpha_bars[t];
@@ -502,10 +530,10 @@ pub fn sample(
             .get(i + 1)
             .map_or(1.0, |&p| schedule.alpha_bars[p]);
         let ts = vec![t as f32; count];
-        let v_cond = dit.forward(x.clone(), &ts, &cond);
+        let v_cond = dit.forward(x.clone(), &ts, cond);
         // At scale 1 the unconditional pass cannot change the result: skip it.
-        let v_uncond = (settings.cfg != 1.0).then(|| dit.forward(x.clone(), &ts, &uncond));
-        let v = guide(v_cond, v_uncond, settings.cfg);
+        let v_uncond = (cfg != 1.0).then(|| dit.forward(x.clone(), &ts, uncond));
+        let v = guide(v_cond, v_uncond, cfg);
         // DDIM is linear in (x_t, v): x_prev = a x_t + b v.
         let a = ddim_step(1.0, 0.0, alpha_bar, alpha_bar_prev);
         let b = ddim_step(0.0, 1.0, alpha_bar, alpha_bar_prev);
@@ -516,6 +544,59 @@ pub fn sample(
             message: format!("step {}/{}", i + 1, timesteps.len()),
         });
     }
-    let (mean, std) = config.latent_statistics(k, device);
+    Ok(x)
+}
+
+/// How [`regenerate`] brings tokens back: the DDIM grid and guidance of a sampler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Regeneration {
+    /// Noise the tokens to the last grid timestep at or below this one.
+    pub start: usize,
+    /// DDIM steps of the whole 1,000-step grid (10: every 100th timestep).
+    pub grid_steps: usize,
+    pub cfg: f32,
+}
+
+/// Partial regeneration (SDEdit, Meng et al. 2022): `tokens` `[batch, k, token_dim]` as the
+/// tokenizer makes them are normalised, noised with `noise` (standard normal, same shape) to
+/// the grid timestep at or below `how.start`, and DDIM-sampled back to t = 0 along the grid
+/// with guidance, each row with its caption in `text`. Returns tokens `[batch, k, token_dim]`
+/// as the sampler returns them: the image's layout with the generator's own errors, which is
+/// what a detokenizer for generated tokens should learn to decode (Gaussian noise is only a
+/// stand-in for them).
+pub fn regenerate(
+    sampler: &Sampler<'_>,
+    tokens: Tensor<3>,
+    noise: Tensor<3>,
+    how: Regeneration,
+    text: &TextEmbeddings,
+    null_text: &TextEmbeddings,
+    cancel: &CancelToken,
+) -> Result<Tensor<3>, Cancelled> {
+    let [count, k, _] = tokens.dims();
+    let device = tokens.device();
+    let (mean, std) = sampler.config.latent_statistics(k, &device);
+    let timesteps: Vec<usize> = sampler
+        .schedule
+        .ddim_timesteps(how.grid_steps)
+        .into_iter()
+        .filter(|&t| t <= how.start)
+        .collect();
+    // The grid always ends at 0, so there is a first timestep.
+    let alpha_bar = sampler.schedule.alpha_bars[timesteps[0]];
+    let (signal, spread) = super::diffusion::coefficients(alpha_bar);
+    let clean = (tokens - mean.clone()) / std.clone();
+    let x = clean.mul_scalar(signal as f32) + noise.mul_scalar(spread as f32);
+    let uncond = repeat_text(null_text, count);
+    let x = denoise(
+        sampler,
+        x,
+        &timesteps,
+        text,
+        &uncond,
+        how.cfg,
+        &crate::jobs::NoProgress,
+        cancel,
+    )?;
     Ok(x * std + mean)
 }

@@ -106,6 +106,21 @@ pub struct TokenizerTrainConfig {
     /// model was). `None`: the model's own architecture.
     #[serde(default)]
     pub refine_channels: Option<usize>,
+    /// A detokenizer for generated tokens: before decoding, regenerate each batch's tokens
+    /// partially with this DiT ([`crate::model::dit::regenerate`]: noised to a timestep drawn
+    /// in `[0, regenerate_max_t]` per step, then sampled back as `generate` samples, with
+    /// guidance 3, on a 10-step grid), so the detokenizer learns the generator's own errors
+    /// rather than Gaussian stand-ins ([`Self::token_noise`]). Needs `freeze_encoder` (the DiT
+    /// reads the tokens it was trained on) and a TexTok (the DiT reads the captions).
+    #[serde(default)]
+    pub regenerate_with: Option<PathBuf>,
+    /// Deepest timestep [`Self::regenerate_with`] noises the tokens to (0..1000).
+    #[serde(default = "default_regenerate_max_t")]
+    pub regenerate_max_t: usize,
+}
+
+fn default_regenerate_max_t() -> usize {
+    400
 }
 
 fn default_discriminator_start() -> usize {
@@ -139,6 +154,8 @@ pub const FLAG_FIELDS: &[(&str, &str)] = &[
     ("checkpoint_minutes", "checkpoint_minutes"),
     ("init_from", "init_from"),
     ("refine_head", "refine_channels"),
+    ("regenerate_with", "regenerate_with"),
+    ("regenerate_max_t", "regenerate_max_t"),
 ];
 
 impl super::RunConfig for TokenizerTrainConfig {
@@ -193,6 +210,8 @@ impl TokenizerTrainConfig {
             token_noise: 0.0,
             freeze_encoder: false,
             refine_channels: None,
+            regenerate_with: None,
+            regenerate_max_t: default_regenerate_max_t(),
         }
     }
 
@@ -294,6 +313,16 @@ impl TokenizerTrainConfig {
         ensure!(
             !self.freeze_encoder || self.init_from.is_some(),
             "--freeze-encoder needs --init-from (a trained model whose encoder to keep)"
+        );
+        ensure!(
+            self.regenerate_with.is_none() || (self.freeze_encoder && self.text_conditioning),
+            "--regenerate-with trains a TexTok's detokenizer for a DiT's tokens: it needs \
+             --freeze-encoder (the DiT reads the tokens it was trained on) and a TexTok (not \
+             --no-text)"
+        );
+        ensure!(
+            self.regenerate_max_t < 1000,
+            "--regenerate-max-t must be below 1000 (the diffusion's timesteps)"
         );
         ensure!(
             [
@@ -566,6 +595,23 @@ pub fn train_tokenizer(
         None
     };
 
+    let regenerator = match &config.regenerate_with {
+        Some(path) => {
+            observer.on_message(&format!(
+                "regenerating the tokens with {} before decoding",
+                path.display()
+            ));
+            Some(TokenRegenerator::load(
+                path,
+                &config,
+                &model_config,
+                text_encoder_dir,
+                &plain,
+            )?)
+        }
+        None => None,
+    };
+
     // Model, optimizer, EMA, progress: fresh or restored.
     let autodiff = plain.clone().autodiff();
     let perceptual = if config.perceptual_weight > 0.0 {
@@ -696,6 +742,9 @@ pub fn train_tokenizer(
             .narrow(1, 0, budget);
         if config.freeze_encoder {
             tokens = tokens.detach();
+        }
+        if let (Some(regenerator), Some(store)) = (&regenerator, &captions) {
+            tokens = regenerator.apply(tokens, &batch, store, &mut progress.rng)?;
         }
         if config.token_noise > 0.0 {
             tokens = tokens.clone() + token_noise(&tokens, config.token_noise, &mut progress.rng);
@@ -1377,6 +1426,98 @@ impl Adversary {
             lecam_real: number("lecam_real"),
             lecam_fake: number("lecam_fake"),
         })
+    }
+}
+
+/// [`TokenizerTrainConfig::regenerate_with`]: the DiT, its schedule, and the null caption.
+struct TokenRegenerator {
+    dit: crate::model::dit::Dit,
+    config: crate::model::dit::DitConfig,
+    schedule: crate::model::diffusion::Schedule,
+    null_caption: CaptionRow,
+    max_t: usize,
+}
+
+impl TokenRegenerator {
+    /// Loads the DiT and checks it reads the tokens and captions of the model being trained.
+    fn load(
+        path: &Path,
+        run: &TokenizerTrainConfig,
+        model: &TexTokConfig,
+        text_encoder_dir: &Path,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        let (dit, config) = crate::model::dit::Dit::load(path, device)?;
+        ensure!(
+            config.token_dim == model.token_dim && config.text_dim == model.text_dim,
+            "{}: the DiT makes tokens of {} channels read with captions of width {}; this \
+             TexTok's are {} and {}",
+            path.display(),
+            config.token_dim,
+            config.text_dim,
+            model.token_dim,
+            model.text_dim
+        );
+        if let (Some(hash), Some(init)) = (&config.tokenizer_encoder_sha256, &run.init_from) {
+            let file = CheckpointFile::read(init)?;
+            ensure!(
+                TexTok::encoder_matches(&file, hash)?,
+                "{} was trained on another tokenizer's tokens than {}'s: it cannot regenerate them",
+                path.display(),
+                init.display()
+            );
+        }
+        let encoder = MiniLmTextEncoder::load(text_encoder_dir, model.max_text_tokens, device)?;
+        let null_caption = CaptionStore::encode_one(&encoder, "")?;
+        Ok(Self {
+            dit,
+            config,
+            schedule: crate::model::diffusion::Schedule::default(),
+            null_caption,
+            max_t: run.regenerate_max_t,
+        })
+    }
+
+    /// `tokens` (`[batch, k, d]`, no gradient: the encoder is frozen) regenerated from a
+    /// timestep drawn from the run's RNG (so a resumed run draws the same), on the device
+    /// without autodiff, and handed back on `tokens`' device. Not cancellable: it takes about
+    /// as long as a training step, and the training loop checks for a cancel (and saves)
+    /// before the next one.
+    fn apply(
+        &self,
+        tokens: Tensor<3>,
+        batch: &[&DatasetItem],
+        captions: &CaptionStore,
+        rng: &mut SplitMix64,
+    ) -> anyhow::Result<Tensor<3>> {
+        let tokens = tokens.inner();
+        let device = tokens.device();
+        let [rows, k, d] = tokens.dims();
+        let start = rng.range(0, self.max_t);
+        let noise = crate::model::diffusion::seeded_noise(rng.next_u64(), rows * k * d);
+        let noise = Tensor::<3>::from_data(TensorData::new(noise, [rows, k, d]), &device);
+        let text = captions.batch(batch, &device);
+        let null_text = captions.embeddings_of(&[&self.null_caption], &device);
+        let sampler = crate::model::dit::Sampler {
+            dit: &self.dit,
+            config: &self.config,
+            schedule: &self.schedule,
+        };
+        let how = crate::model::dit::Regeneration {
+            start,
+            grid_steps: 10,
+            cfg: 3.0,
+        };
+        let regenerated = crate::model::dit::regenerate(
+            &sampler,
+            tokens,
+            noise,
+            how,
+            &text,
+            &null_text,
+            &CancelToken::new(),
+        )?;
+        Ok(regenerated.autodiff())
     }
 }
 

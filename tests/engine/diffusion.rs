@@ -3,7 +3,9 @@ use textok_studio::jobs::{CancelToken, NoProgress};
 use textok_studio::model::diffusion::{
     Schedule, ddim_step, noisy, seeded_noise, split_v, v_target,
 };
-use textok_studio::model::dit::{DitConfig, SampleSettings, Sampler, guide, sample};
+use textok_studio::model::dit::{
+    DitConfig, Regeneration, SampleSettings, Sampler, guide, regenerate, sample,
+};
 
 use crate::common::*;
 
@@ -335,4 +337,72 @@ fn pooled_caption_reaches_the_modulation_and_survives_a_checkpoint() {
     let (shipped, shipped_config) =
         Dit::load(&repo_path("models/dit-small.safetensors"), &device).unwrap();
     assert!(!shipped_config.has_pooled_caption() && shipped.caption_in.is_none());
+}
+
+#[test]
+fn regeneration_noises_to_the_grid_point_below_its_start_and_denoises_from_there() {
+    let device = cpu();
+    let mut config = DitConfig::tiny();
+    config.latent_mean = vec![0.5; 8];
+    config.latent_std = vec![2.0; 8];
+    // adaLN-Zero: a fresh DiT predicts v = 0, so each DDIM step scales x by a known factor.
+    let dit = textok_studio::device::init_module(&device, Some(9), || config.init(&device));
+    let schedule = Schedule::default();
+    let sampler = Sampler {
+        dit: &dit,
+        config: &config,
+        schedule: &schedule,
+    };
+    let text = embed(&["a red apple", "a penguin on ice"]);
+    let null = embed(&[""]);
+    let how = Regeneration {
+        start: 250,
+        grid_steps: 10,
+        cfg: 3.0,
+    };
+    let run = |tokens: Tensor<3>, noise: Tensor<3>| {
+        regenerate(
+            &sampler,
+            tokens,
+            noise,
+            how,
+            &text,
+            &null,
+            &CancelToken::new(),
+        )
+        .unwrap()
+    };
+    // The 10-step grid is 900, 800, ..., 100, 0: a start of 250 noises to 200, then steps
+    // 200 -> 100 -> 0 -> clean.
+    let a = &schedule.alpha_bars;
+    let chain = ddim_step(1.0, 0.0, a[200], a[100])
+        * ddim_step(1.0, 0.0, a[100], a[0])
+        * ddim_step(1.0, 0.0, a[0], 1.0);
+    let tokens = Tensor::<3>::random([2, 32, 8], Distribution::Normal(0.0, 1.0), &device);
+    let zeros = Tensor::<3>::zeros([2, 32, 8], &device);
+    let out = run(tokens.clone(), zeros.clone());
+    assert_eq!(out.dims(), [2, 32, 8]);
+    let expected = (tokens.clone() - 0.5).mul_scalar((a[200].sqrt() * chain) as f32) + 0.5;
+    assert!(max_abs_diff(out, expected) < 1e-4, "signal path");
+    // The noise enters at the grid point's spread, in normalised units.
+    let at_mean = Tensor::<3>::full([2, 32, 8], 0.5, &device);
+    let ones = Tensor::<3>::ones([2, 32, 8], &device);
+    let out = run(at_mean, ones);
+    let expected = ((1.0 - a[200]).sqrt() * chain * 2.0 + 0.5) as f32;
+    let error: f32 = (out - expected).abs().max().into_scalar();
+    assert!(error < 1e-4, "noise path: off by {error}");
+    // A start below the first step of the grid only cleans up: 0 -> clean.
+    let shallow = regenerate(
+        &sampler,
+        tokens.clone(),
+        zeros,
+        Regeneration { start: 50, ..how },
+        &text,
+        &null,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    let factor = a[0].sqrt() * ddim_step(1.0, 0.0, a[0], 1.0);
+    let expected = (tokens - 0.5).mul_scalar(factor as f32) + 0.5;
+    assert!(max_abs_diff(shallow, expected) < 1e-4, "start below 100");
 }

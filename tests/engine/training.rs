@@ -1533,3 +1533,94 @@ fn a_refinement_head_added_to_a_trained_model_starts_as_the_identity_and_trains(
         "{error:#}"
     );
 }
+
+#[test]
+fn a_decoder_for_generation_trains_on_tokens_its_dit_regenerated() {
+    use textok_studio::model::dit::DitConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    tiny_dataset(&data, 4);
+    let (_, checkpoint) = save_tiny_start(dir.path(), 41);
+    let device = cpu();
+    // A DiT with output weights, so its regenerated tokens depend on the network.
+    let save_dit = |name: &str, encoder_hash: String| {
+        let mut config = DitConfig::tiny();
+        config.tokenizer_encoder_sha256 = Some(encoder_hash);
+        let mut dit = textok_studio::device::init_module(&device, Some(3), || config.init(&device));
+        let _seeded = textok_studio::device::seeded(&device, 3);
+        dit.output.weight = burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+            [32, 8],
+            burn::tensor::Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+        let path = dir.path().join(name);
+        dit.save(
+            &config,
+            &path,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+        path
+    };
+    let own = save_dit(
+        "own.safetensors",
+        TexTok::encoder_sha256(&checkpoint).unwrap(),
+    );
+    let other = save_dit("other.safetensors", "0".repeat(64));
+
+    let mut config = tiny_config(&data, 1, true);
+    config.init_from = Some(checkpoint.clone());
+    config.learning_rate = 0.0;
+    config.regenerate_with = Some(own.clone());
+    // The DiT reads the tokens it was trained on: the encoder must stay as it is.
+    let error = train(&dir.path().join("unfrozen"), &config, false).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("--freeze-encoder"),
+        "{error:#}"
+    );
+    config.freeze_encoder = true;
+    let mut no_text = config.clone();
+    no_text.text_conditioning = false;
+    let error = train(&dir.path().join("baseline"), &no_text, false).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("--regenerate-with"),
+        "{error:#}"
+    );
+    // A DiT trained on another tokenizer's tokens is refused by name.
+    let mut mismatched = config.clone();
+    mismatched.regenerate_with = Some(other);
+    let error = train(&dir.path().join("other"), &mismatched, false).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("another tokenizer"),
+        "{error:#}"
+    );
+
+    // The regenerated tokens reach the decoder: with no learning, the first loss differs from
+    // a run on the plain tokens, and the same run again gives the same loss.
+    let first_loss = |config: &TokenizerTrainConfig, run: &str| {
+        let losses = Losses::default();
+        train_tokenizer(
+            &dir.path().join(run),
+            config,
+            false,
+            None,
+            &cpu(),
+            &models(),
+            &losses,
+            &CancelToken::new(),
+        )
+        .unwrap();
+        losses.0.into_inner().unwrap()[0]
+    };
+    let regenerated = first_loss(&config, "regenerated");
+    assert_eq!(regenerated, first_loss(&config, "again"), "reproducible");
+    let plain = TokenizerTrainConfig {
+        regenerate_with: None,
+        ..config.clone()
+    };
+    let clean = first_loss(&plain, "plain");
+    assert!(
+        regenerated != clean,
+        "regeneration changed nothing ({clean})"
+    );
+}
