@@ -42,6 +42,8 @@ pub struct EngineKey {
     pub textok: Option<PathBuf>,
     pub baseline: Option<PathBuf>,
     pub dit: Option<PathBuf>,
+    /// A chosen detokenizer for Generate (see [`Self::generation_decoder_path`]).
+    pub generation_decoder: Option<PathBuf>,
 }
 
 impl EngineKey {
@@ -67,12 +69,18 @@ impl EngineKey {
         }
     }
 
-    /// The tokenizer Generate decodes with: a chosen TexTok file (a fine-tuned one, say) is
-    /// used for both panes; otherwise the shipped generation decoder.
+    /// The tokenizer Generate decodes with: a chosen generation decoder; else a chosen TexTok
+    /// file (a fine-tuned one, say), used for both panes; else the shipped generation decoder.
     pub fn generation_decoder_path(&self) -> PathBuf {
-        self.textok
-            .clone()
+        self.chosen_generation_decoder()
             .unwrap_or_else(|| self.shipped_generation_decoder())
+    }
+
+    /// The generation decoder chosen in Settings, or else the chosen TexTok.
+    fn chosen_generation_decoder(&self) -> Option<PathBuf> {
+        self.generation_decoder
+            .clone()
+            .or_else(|| self.textok.clone())
     }
 
     /// The shipped generation decoder, or the shipped TexTok where it is missing.
@@ -87,7 +95,7 @@ impl EngineKey {
         GenerateSpec {
             baseline: false,
             text_encoder_dir: self.shipped.text_encoder_dir.clone(),
-            textok: self.textok.clone(),
+            textok: self.chosen_generation_decoder(),
             default_textok: self.shipped_generation_decoder(),
             dit: self.dit.clone(),
             default_dit: self.shipped.dit.clone(),

@@ -26,6 +26,9 @@ pub const FINETUNE_DIR: &str = "finetune";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Tokenizer,
+    /// The TexTok detokenizer Generate decodes with, trained on the DiT's tokens: its encoder
+    /// stays frozen, so the DiT's tokens stay valid, and Compare keeps its TexTok.
+    GenerationDecoder,
     Dit,
 }
 
@@ -33,12 +36,14 @@ impl Target {
     fn label(self) -> &'static str {
         match self {
             Target::Tokenizer => "TexTok tokenizer",
+            Target::GenerationDecoder => "TexTok decoder for generation",
             Target::Dit => "DiT generator",
         }
     }
     fn prefix(self) -> &'static str {
         match self {
             Target::Tokenizer => "textok",
+            Target::GenerationDecoder => "decoder",
             Target::Dit => "dit",
         }
     }
@@ -249,6 +254,11 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
                 .map(PathBuf::from);
             let target = if config.get("tokenizer").is_some() {
                 Target::Dit
+            } else if config
+                .get("regenerate_with")
+                .is_some_and(|dit| !dit.is_null())
+            {
+                Target::GenerationDecoder
             } else {
                 Target::Tokenizer
             };
@@ -286,6 +296,38 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
     };
     runs.sort_by_key(|run| std::cmp::Reverse(modified(run)));
     runs
+}
+
+/// A new generation-decoder run: `decoder` (the one Generate uses) fine-tuned on `data` with
+/// its encoder frozen, on tokens the DiT in use regenerated
+/// ([`TokenizerTrainConfig::regenerate_with`]).
+fn generation_decoder_config(
+    data: PathBuf,
+    form: &FineTuneForm,
+    decoder: PathBuf,
+    dit: PathBuf,
+) -> anyhow::Result<TokenizerTrainConfig> {
+    anyhow::ensure!(
+        decoder.is_file(),
+        "fine-tuning the generation decoder needs a trained TexTok to start from ({} does not \
+         exist)",
+        decoder.display()
+    );
+    anyhow::ensure!(
+        dit.is_file(),
+        "fine-tuning the generation decoder needs the DiT whose tokens it decodes ({} does not \
+         exist)",
+        dit.display()
+    );
+    let mut config = TokenizerTrainConfig::new(data, "small", true, form.steps, form.batch);
+    config.learning_rate = form.learning_rate;
+    config.eval_every = (form.steps / 5).max(1);
+    config.eval_images = 16;
+    config.checkpoint_minutes = 1.0;
+    config.init_from = Some(decoder);
+    config.freeze_encoder = true;
+    config.regenerate_with = Some(dit);
+    Ok(config)
 }
 
 /// A run's `config.json` (read when Resume was pressed) as its trainer's config.
@@ -523,10 +565,10 @@ impl FineTunePane {
                 .is_none_or(|running| running.run != dir),
             "the run is training; cancel it first"
         );
-        let settings = &app.state.settings;
-        let in_use = [&settings.textok, &settings.baseline, &settings.dit]
-            .into_iter()
-            .flatten()
+        let in_use = app
+            .state
+            .settings
+            .chosen_models()
             .any(|model| model.starts_with(dir));
         anyhow::ensure!(
             !in_use,
@@ -643,6 +685,7 @@ impl FineTunePane {
         };
         let form = self.form.clone();
         let textok = key.textok_path();
+        let generation_decoder = key.generation_decoder_path();
         let dit = key.dit_path();
         let observer = Observer {
             live: self.live.clone(),
@@ -680,6 +723,18 @@ impl FineTunePane {
                 let device = crate::device::select(device_choice)?.device;
                 let time_limit = form.time_limit();
                 match target {
+                    Target::GenerationDecoder => {
+                        let config = match saved_config {
+                            Some((path, bytes)) => parse_run_config(&path, &bytes)?,
+                            None => {
+                                generation_decoder_config(data, &form, generation_decoder, dit)?
+                            }
+                        };
+                        train_tokenizer(
+                            &job_run, &config, resume, time_limit, &device, &models, &observer,
+                            cancel,
+                        )
+                    }
                     Target::Tokenizer => {
                         let config = match saved_config {
                             Some((path, bytes)) => parse_run_config(&path, &bytes)?,
@@ -787,10 +842,11 @@ impl FineTunePane {
         // The run's weights in use were rewritten while it trained: load them again, so that
         // Compare and Generate show what the run has learned, not what it knew when chosen.
         let weights = running.run.join("ema.safetensors");
-        let settings = &app.state.settings;
-        if [&settings.textok, &settings.dit]
-            .into_iter()
-            .any(|model| model.as_ref() == Some(&weights))
+        if app
+            .state
+            .settings
+            .chosen_models()
+            .any(|model| model == &weights)
         {
             app.engines.reload();
             app.notices.info(format!(
@@ -837,8 +893,17 @@ impl FineTunePane {
         let idle = self.running.is_none();
         ui.add_enabled_ui(idle, |ui| {
             ui.label("Model");
-            for target in [Target::Tokenizer, Target::Dit] {
-                ui.radio_value(&mut self.form.target, target, target.label());
+            for target in [Target::Tokenizer, Target::GenerationDecoder, Target::Dit] {
+                let radio = ui.radio_value(&mut self.form.target, target, target.label());
+                if target == Target::GenerationDecoder {
+                    radio.on_hover_text(
+                        "Trains the detokenizer Generate decodes with on the generator's own \
+                         tokens for your images (each batch partly noised and sampled back by \
+                         the DiT), so generations decode more cleanly; the tokens stay as they \
+                         are, and Compare keeps its TexTok. About twice as slow per step as \
+                         the tokenizer.",
+                    );
+                }
             }
             ui.label("Training images");
             let captioned = app
@@ -937,21 +1002,14 @@ impl FineTunePane {
         }
         ui.separator();
         ui.heading("Runs");
-        let settings = &app.state.settings;
-        let in_use: Vec<PathBuf> = [&settings.textok, &settings.baseline, &settings.dit]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let in_use: Vec<PathBuf> = app.state.settings.chosen_models().cloned().collect();
         if !in_use.is_empty() {
             ui.label("In use:");
             for path in &in_use {
                 ui.weak(path.display().to_string());
             }
             if ui.button("Revert to the shipped models").clicked() {
-                app.state.settings.textok = None;
-                app.state.settings.baseline = None;
-                app.state.settings.dit = None;
+                app.state.settings.revert_models();
             }
         }
         let runs = self.runs.clone();
@@ -975,6 +1033,7 @@ impl FineTunePane {
                         let weights = run.dir.join("ema.safetensors");
                         let slot = match run.target {
                             Target::Tokenizer => &mut app.state.settings.textok,
+                            Target::GenerationDecoder => &mut app.state.settings.generation_decoder,
                             Target::Dit => &mut app.state.settings.dit,
                         };
                         // Already in use: the run may have saved newer weights since they

@@ -1087,6 +1087,7 @@ fn engine_key(state: &PersistedState, shipped: &ShippedModels) -> EngineKey {
         textok: state.settings.textok.clone(),
         baseline: state.settings.baseline.clone(),
         dit: state.settings.dit.clone(),
+        generation_decoder: state.settings.generation_decoder.clone(),
     }
 }
 

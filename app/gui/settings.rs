@@ -15,6 +15,7 @@ enum ModelSlot {
     TexTok,
     Baseline,
     Dit,
+    GenerationDecoder,
 }
 
 #[derive(Default)]
@@ -33,6 +34,7 @@ fn use_model(app: &mut AppContext, slot: ModelSlot, path: Option<PathBuf>) {
         ModelSlot::TexTok => settings.textok = path,
         ModelSlot::Baseline => settings.baseline = path,
         ModelSlot::Dit => settings.dit = path,
+        ModelSlot::GenerationDecoder => settings.generation_decoder = path,
     }
 }
 
@@ -175,6 +177,7 @@ impl SettingsPane {
                     (ModelSlot::TexTok, "Use as TexTok"),
                     (ModelSlot::Baseline, "Use as Baseline"),
                     (ModelSlot::Dit, "Use as DiT"),
+                    (ModelSlot::GenerationDecoder, "Use as generation decoder"),
                 ] {
                     if ui.button(name).clicked() {
                         let path = PathBuf::from(self.typed_path.trim());
@@ -190,18 +193,44 @@ impl SettingsPane {
                     }
                 }
             });
-            // Generate's decoder is no slot of its own: it follows a chosen TexTok file.
+            // Generate's decoder: a chosen one, else a chosen TexTok file, else the shipped one.
             let key = app.engines.key();
             // One look at the disk per frame (whether the generation decoder exists).
             let decoder = key.generation_decoder_path();
-            let why = match &key.textok {
-                Some(_) => " (the chosen TexTok)",
-                None if decoder == shipped.generation_decoder => {
+            let why = match (&key.generation_decoder, &key.textok) {
+                (Some(_), _) => " (the chosen generation decoder)",
+                (None, Some(_)) => " (the chosen TexTok)",
+                (None, None) if decoder == shipped.generation_decoder => {
                     " (TexTok's detokenizer trained on generated-like tokens; Compare uses TexTok)"
                 }
-                None => " (the shipped TexTok: the models folder has no generation decoder)",
+                (None, None) => {
+                    " (the shipped TexTok: the models folder has no generation decoder)"
+                }
             };
-            ui.label(format!("Generate decodes with: {}{why}", decoder.display()));
+            let chosen_decoder = key.generation_decoder.is_some();
+            ui.horizontal_wrapped(|ui| {
+                ui.label(format!("Generate decodes with: {}{why}", decoder.display()));
+                if ui
+                    .add_enabled(self.dialog.is_none(), egui::Button::new("Choose decoder…"))
+                    .on_hover_text(
+                        "A TexTok file Generate decodes with (a decoder fine-tuned for \
+                         generation, say); it must make the DiT's tokens",
+                    )
+                    .clicked()
+                {
+                    let receiver = super::pick_in_background(app.notify.clone(), || {
+                        rfd::FileDialog::new()
+                            .add_filter("Checkpoint", &["safetensors"])
+                            .pick_file()
+                            .into_iter()
+                            .collect()
+                    });
+                    self.dialog = Some((ModelSlot::GenerationDecoder, receiver));
+                }
+                if chosen_decoder && ui.button("Automatic decoder").clicked() {
+                    use_model(app, ModelSlot::GenerationDecoder, None);
+                }
+            });
             ui.label(format!("Text encoder: {}", shipped.text_encoder_dir.display()));
             if ui.button("Reload models").clicked() {
                 app.engines.reload();

@@ -50,6 +50,9 @@ pub struct Settings {
     pub textok: Option<PathBuf>,
     pub baseline: Option<PathBuf>,
     pub dit: Option<PathBuf>,
+    /// The detokenizer Generate decodes with (a fine-tuned generation decoder); `None`: the
+    /// chosen TexTok if there is one, else the shipped generation decoder.
+    pub generation_decoder: Option<PathBuf>,
     /// Defaults for new work.
     pub default_budget: usize,
     pub default_steps: usize,
@@ -65,11 +68,34 @@ impl Default for Settings {
             textok: None,
             baseline: None,
             dit: None,
+            generation_decoder: None,
             default_budget: 64,
             default_steps: 50,
             default_cfg: 3.0,
             save_sidecars: false,
         }
+    }
+}
+
+impl Settings {
+    /// Every model file chosen instead of a shipped one.
+    pub fn chosen_models(&self) -> impl Iterator<Item = &PathBuf> {
+        [
+            &self.textok,
+            &self.baseline,
+            &self.dit,
+            &self.generation_decoder,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Back to the shipped models.
+    pub fn revert_models(&mut self) {
+        self.textok = None;
+        self.baseline = None;
+        self.dit = None;
+        self.generation_decoder = None;
     }
 }
 

@@ -2052,14 +2052,9 @@ fn a_tokenizer_run_that_a_dit_run_trains_on_cannot_be_deleted_first() {
     assert!(!tokenizer_run.exists() && !dit_run.exists());
 }
 
-/// Generate decodes with the shipped generation decoder and Compare with the shipped TexTok
-/// (Settings says which); a TexTok file chosen in Settings is used by both.
-#[test]
-fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
-    use textok_studio::gui::engines::EngineStatus;
-    use textok_studio::pipeline::ModelSource;
-    let fixture = fixture();
-    // The shipped TexTok's encoder (its tokens), another last detokenizer layer.
+/// Writes the fixture's generation decoder: the shipped TexTok's encoder (its tokens), another
+/// last detokenizer layer.
+fn write_generation_decoder(fixture: &Fixture) {
     let device = burn::tensor::Device::flex();
     let file = textok_studio::checkpoint::CheckpointFile::read(&fixture.shipped.textok).unwrap();
     let (textok, config) =
@@ -2076,6 +2071,16 @@ fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
             StoredPrecision::F16,
         )
         .unwrap();
+}
+
+/// Generate decodes with the shipped generation decoder and Compare with the shipped TexTok
+/// (Settings says which); a TexTok file chosen in Settings is used by both.
+#[test]
+fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
+    use textok_studio::gui::engines::EngineStatus;
+    use textok_studio::pipeline::ModelSource;
+    let fixture = fixture();
+    write_generation_decoder(&fixture);
     let mut harness = harness_on(&fixture, Pane::Settings);
     harness.step();
     harness.get_by_label_contains(&format!(
@@ -2130,6 +2135,99 @@ fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
         "Generate decodes with: {} (the chosen TexTok)",
         chosen.display()
     ));
+
+    // A chosen generation decoder (a fine-tuned one) decodes for Generate alone.
+    harness.state_mut().app.state.settings.generation_decoder =
+        Some(fixture.shipped.generation_decoder.clone());
+    harness.step();
+    assert_eq!(
+        loaded_path(&mut harness, true),
+        fixture.shipped.generation_decoder
+    );
+    assert_eq!(loaded_path(&mut harness, false), chosen);
+    harness.get_by_label_contains(&format!(
+        "Generate decodes with: {} (the chosen generation decoder)",
+        fixture.shipped.generation_decoder.display()
+    ));
+    harness.get_by_label("Automatic decoder").click();
+    harness.step();
+    assert_eq!(harness.state().app.state.settings.generation_decoder, None);
+    assert_eq!(loaded_path(&mut harness, true), chosen);
+}
+
+/// The Fine-tune pane trains the generation decoder on the DiT's regenerated tokens, from the
+/// decoder Generate uses, with the tokens kept; "Use this model" hands it to Generate alone.
+#[test]
+fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
+    use textok_studio::gui::finetune::Target;
+    let fixture = fixture();
+    write_generation_decoder(&fixture);
+    let mut harness = harness_on(&fixture, Pane::FineTune);
+    for (name, caption) in [("apple", "a red apple"), ("penguin", "a penguin")] {
+        harness.state_mut().app.state.library.push(LibraryItem {
+            path: sample(name),
+            caption: caption.into(),
+        });
+    }
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.steps = 2;
+        form.batch = 2;
+    }
+    harness.step();
+    harness
+        .get_by_label("TexTok decoder for generation")
+        .click();
+    harness.step();
+    assert_eq!(
+        harness.state().finetune.form.target,
+        Target::GenerationDecoder
+    );
+    harness.get_by_label("Start").click();
+    wait_idle(&mut harness, "the generation decoder's run");
+    assert!(
+        error_notices(harness.state()).is_empty(),
+        "{:?}",
+        error_notices(harness.state())
+    );
+    let runs = list_runs(&fixture.data_dir());
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].target, Target::GenerationDecoder, "{runs:?}");
+    assert!(runs[0].finished && runs[0].has_weights, "{runs:?}");
+    let run_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(run_config["freeze_encoder"], true, "{run_config}");
+    // It starts from the decoder Generate uses, not from Compare's TexTok.
+    assert_eq!(
+        run_config["init_from"],
+        fixture.shipped.generation_decoder.display().to_string()
+    );
+    assert_eq!(
+        run_config["regenerate_with"],
+        fixture.shipped.dit.display().to_string()
+    );
+    let weights = runs[0].dir.join("ema.safetensors");
+    assert_eq!(
+        textok_studio::model::textok::TexTok::encoder_sha256(&weights).unwrap(),
+        textok_studio::model::textok::TexTok::encoder_sha256(&fixture.shipped.textok).unwrap(),
+        "the tokens stay as they were"
+    );
+    harness.step();
+    harness.get_by_label_contains("TexTok decoder for generation · finished");
+    harness.get_by_label("Use this model").click();
+    harness.step();
+    let settings = &harness.state().app.state.settings;
+    assert_eq!(settings.generation_decoder.as_ref(), Some(&weights));
+    assert_eq!(settings.textok, None, "Compare keeps its TexTok");
+    // The engines follow the settings on the next frame.
+    harness.step();
+    assert_eq!(
+        harness.state().app.engines.key().generation_decoder_path(),
+        weights
+    );
+    harness.get_by_label("Revert to the shipped models").click();
+    harness.step();
+    assert_eq!(harness.state().app.state.settings.generation_decoder, None);
 }
 
 #[test]
