@@ -189,6 +189,10 @@ pub struct GenEvalArgs {
     /// Classifier-free guidance scale (1 = none).
     #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
     pub cfg: f32,
+    /// Guide only at timesteps LO..=HI of the 1,000 (e.g. 100:700), elsewhere the conditional
+    /// prediction alone [default: every step].
+    #[arg(long, value_parser = parse_guidance_interval)]
+    pub guidance_interval: Option<(usize, usize)>,
     /// Seed of the first image; image i uses seed + i.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -1146,6 +1150,7 @@ fn run_generate(args: GenerateArgs) -> anyhow::Result<()> {
         cfg: args.cfg,
         seed,
         count: args.count,
+        guidance_interval: None,
     };
     validate_sample_settings(&settings, MIN_BUDGET..=256)?;
     if let Some(note) = pipeline::blank_caption_note(&args.caption, pipeline::CaptionUse::Generate)
@@ -1232,6 +1237,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         cfg: args.cfg,
         seed: args.seed,
         count: 1,
+        guidance_interval: args.guidance_interval,
     };
     pipeline::validate_sample_settings(&settings, MIN_BUDGET..=256)?;
     ensure_split_can_be_scored(
@@ -1420,6 +1426,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             tokens: args.tokens,
             steps: args.steps,
             cfg: args.cfg,
+            guidance_interval: args.guidance_interval,
             images: captions.len(),
             references: reference_features.len(),
             fd_effnet: generated.fd_effnet,
@@ -1574,6 +1581,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             cfg: 3.0,
             seed: 0,
             count: 1,
+            guidance_interval: None,
         };
         let generate = median_seconds(args.repeats as usize, || {
             pipeline::generate(
@@ -1737,4 +1745,23 @@ fn run_training(
         );
     }
     Ok(())
+}
+
+/// `--guidance-interval LO:HI`: timesteps of the 1,000-step schedule, LO <= HI.
+fn parse_guidance_interval(text: &str) -> Result<(usize, usize), String> {
+    let (lo, hi) = text
+        .split_once(':')
+        .ok_or("expected LO:HI, two timesteps such as 100:700")?;
+    let step = |part: &str| {
+        part.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{part}` is not a timestep (0..=999)"))
+    };
+    let (lo, hi) = (step(lo)?, step(hi)?);
+    if lo > hi || hi > 999 {
+        return Err(format!(
+            "{lo}:{hi} is no interval of timesteps: LO <= HI <= 999"
+        ));
+    }
+    Ok((lo, hi))
 }

@@ -168,6 +168,7 @@ impl GeneratePane {
             cfg: form.cfg,
             seed,
             count: form.count,
+            guidance_interval: None,
         };
         if let Err(error) = validate_sample_settings(&settings, engine.budgets()) {
             app.notices.error(format!("Cannot generate: {error:#}"));

@@ -259,6 +259,9 @@ pub struct GenerationRecord {
     pub tokens: usize,
     pub steps: usize,
     pub cfg: f32,
+    /// [`crate::model::dit::SampleSettings::guidance_interval`] (absent: every step).
+    #[serde(default)]
+    pub guidance_interval: Option<(usize, usize)>,
     pub images: usize,
     pub references: usize,
     pub fd_effnet: f64,

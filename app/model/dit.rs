@@ -438,6 +438,20 @@ pub struct SampleSettings {
     /// Image i of a batch uses seed `seed + i`, so each image can be regenerated alone.
     pub seed: u64,
     pub count: usize,
+    /// Guide only at timesteps in `[lo, hi]` (Kynkäänniemi et al. 2024: guidance at high noise
+    /// pulls every seed to one image, at low noise it does little); elsewhere the conditional
+    /// prediction alone, without the unconditional pass. `None`: at every step.
+    pub guidance_interval: Option<(usize, usize)>,
+}
+
+impl SampleSettings {
+    /// The guidance scale at timestep `t`.
+    pub fn cfg_at(&self, t: usize) -> f32 {
+        match self.guidance_interval {
+            Some((lo, hi)) if !(lo..=hi).contains(&t) => 1.0,
+            _ => self.cfg,
+        }
+    }
 }
 
 /// Classifier-free guidance: `uncond + scale * (cond - uncond)`; exactly `cond` at scale 1 or
@@ -499,7 +513,7 @@ pub fn sample(
         &timesteps,
         &cond,
         &uncond,
-        settings.cfg,
+        &|t| settings.cfg_at(t),
         progress,
         cancel,
     )?;
@@ -508,7 +522,7 @@ pub fn sample(
 }
 
 /// DDIM from `x` (normalised tokens at `timesteps[0]`) down the descending `timesteps`, with
-/// guidance `cfg` between `cond` and `uncond` (one caption per row of `x` each). Returns the
+/// guidance `cfg(t)` between `cond` and `uncond` (one caption per row of `x` each). Returns the
 /// normalised tokens at t = 0.
 #[allow(clippy::too_many_arguments)]
 fn denoise(
@@ -517,7 +531,7 @@ fn denoise(
     timesteps: &[usize],
     cond: &TextEmbeddings,
     uncond: &TextEmbeddings,
-    cfg: f32,
+    cfg: &dyn Fn(usize) -> f32,
     progress: &dyn ProgressSink,
     cancel: &CancelToken,
 ) -> Result<Tensor<3>, Cancelled> {
@@ -530,10 +544,11 @@ fn denoise(
             .get(i + 1)
             .map_or(1.0, |&p| schedule.alpha_bars[p]);
         let ts = vec![t as f32; count];
+        let scale = cfg(t);
         let v_cond = dit.forward(x.clone(), &ts, cond);
         // At scale 1 the unconditional pass cannot change the result: skip it.
-        let v_uncond = (cfg != 1.0).then(|| dit.forward(x.clone(), &ts, uncond));
-        let v = guide(v_cond, v_uncond, cfg);
+        let v_uncond = (scale != 1.0).then(|| dit.forward(x.clone(), &ts, uncond));
+        let v = guide(v_cond, v_uncond, scale);
         // DDIM is linear in (x_t, v): x_prev = a x_t + b v.
         let a = ddim_step(1.0, 0.0, alpha_bar, alpha_bar_prev);
         let b = ddim_step(0.0, 1.0, alpha_bar, alpha_bar_prev);
@@ -594,7 +609,7 @@ pub fn regenerate(
         &timesteps,
         text,
         &uncond,
-        how.cfg,
+        &|_| how.cfg,
         &crate::jobs::NoProgress,
         cancel,
     )?;

@@ -1422,6 +1422,7 @@ fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
             cfg: 2.0,
             seed,
             count: 3,
+            guidance_interval: None,
         },
     };
     // A folder where the second image goes: that one save fails, the other two must not.

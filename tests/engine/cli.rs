@@ -1567,6 +1567,7 @@ fn a_batch_of_captions_generates_what_each_caption_generates_alone() {
             cfg: 2.0,
             seed: 11,
             count: 1,
+            guidance_interval: None,
         };
         let captions = [
             "a red apple",
@@ -1635,6 +1636,7 @@ fn generation_fd_scores_every_image_but_keeps_only_the_ones_asked_for() {
         cfg: 2.0,
         seed: 5,
         count: 1,
+        guidance_interval: None,
     };
     let set = generation_fd(
         &engine,
@@ -1794,6 +1796,10 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
         args.extend_from_slice(outputs);
         studio(&args, None)
     };
+    // A guidance interval is checked before anything loads, and recorded.
+    let output = gen_eval(&baseline_dit, &["--guidance-interval", "700:100"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("LO <= HI"), "{}", stderr(&output));
     let output = gen_eval(
         &baseline_dit,
         &[
@@ -1801,6 +1807,8 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
             json.to_str().unwrap(),
             "--sheet",
             sheet.to_str().unwrap(),
+            "--guidance-interval",
+            "100:900",
         ],
     );
     assert!(output.status.success(), "{}", stderr(&output));
@@ -1813,6 +1821,7 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
     assert_eq!(models, ["textok", "baseline"]);
     for record in &records {
         assert_eq!(record["images"], 6);
+        assert_eq!(record["guidance_interval"], serde_json::json!([100, 900]));
         let fd = record["fd_effnet"].as_f64().unwrap();
         assert!(fd.is_finite() && fd > 0.0, "{record}");
         let matched = record["caption_match"].as_f64().unwrap();

@@ -117,6 +117,7 @@ fn sampling_is_deterministic_under_a_seed() {
         cfg: 3.0,
         seed: 42,
         count: 2,
+        guidance_interval: None,
     };
     let sampler = Sampler {
         dit: &dit,
@@ -153,7 +154,25 @@ fn sampling_is_deterministic_under_a_seed() {
         count: 1,
         ..settings.clone()
     });
-    assert!(max_abs_diff(a.narrow(0, 1, 1), second) < 1e-5);
+    assert!(max_abs_diff(a.clone().narrow(0, 1, 1), second) < 1e-5);
+    // A guidance interval guides only the grid's timesteps inside it (5 steps: 800, 600, 400,
+    // 200, 0): one holding all of them is plain guidance, one holding none is no guidance,
+    // one holding some is neither.
+    let guided_in = |interval| {
+        run(&SampleSettings {
+            guidance_interval: Some(interval),
+            ..settings.clone()
+        })
+    };
+    assert_eq!(max_abs_diff(a.clone(), guided_in((0, 999))), 0.0);
+    let unguided = run(&SampleSettings {
+        cfg: 1.0,
+        ..settings.clone()
+    });
+    assert_eq!(max_abs_diff(unguided.clone(), guided_in((250, 350))), 0.0);
+    let partly = guided_in((100, 500));
+    assert!(max_abs_diff(partly.clone(), a.clone()) > 1e-4);
+    assert!(max_abs_diff(partly, unguided) > 1e-4);
     let cancelled = CancelToken::new();
     cancelled.cancel();
     assert!(
@@ -203,6 +222,7 @@ fn per_position_statistics_denormalise_each_position() {
             cfg: 1.0,
             seed: 1,
             count: 2,
+            guidance_interval: None,
         };
         let (text, null) = (embed(&["a green frog"]), embed(&[""]));
         let tokens_out = sample(
