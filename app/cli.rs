@@ -409,13 +409,14 @@ pub struct TrainTokenizerArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub refine_head: Option<u32>,
     /// Train a detokenizer for this DiT's samples (the generation decoder): before decoding,
-    /// noise each batch's tokens to a random timestep up to --regenerate-max-t and sample them
-    /// back with the DiT (guidance 3, a 10-step grid), so the detokenizer learns the
-    /// generator's own errors. Needs --freeze-encoder and a TexTok the DiT was trained on.
+    /// noise each batch's tokens to a random timestep (up to --regenerate-max-t, rounded down
+    /// to the 10-step DDIM grid 0, 100, ..., 900) and sample them back with the DiT along that
+    /// grid (guidance 3), so the detokenizer learns the generator's own errors. Needs
+    /// --freeze-encoder and a TexTok the DiT was trained on.
     #[arg(long)]
     pub regenerate_with: Option<PathBuf>,
-    /// Deepest timestep --regenerate-with noises the tokens to (0..999; deeper keeps less of
-    /// the image and costs more DiT steps).
+    /// Largest timestep --regenerate-with draws, uniformly from 0, before rounding down to the
+    /// grid (0..999; deeper keeps less of the image and costs more DiT steps).
     #[arg(long, default_value_t = 400)]
     pub regenerate_max_t: usize,
     /// Save the full training state at least this often.
@@ -1448,6 +1449,9 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: cannot write", path.display()))?;
         }
         return Ok(());
+    }
+    if let Some((lo, hi)) = args.guidance_interval {
+        outln!("guidance only at timesteps {lo}..={hi}");
     }
     outln!(
         "model      tokens  steps  cfg   images  FD-EffNet  caption match (top-{CAPTION_MATCH_K})"

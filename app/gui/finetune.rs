@@ -146,6 +146,8 @@ pub struct RunInfo {
     pub has_weights: bool,
     /// The tokenizer a DiT run trains on (None for tokenizer runs).
     pub tokenizer: Option<PathBuf>,
+    /// The DiT a generation-decoder run samples every batch with (None for other runs).
+    pub regenerated_by: Option<PathBuf>,
 }
 
 impl RunInfo {
@@ -248,16 +250,12 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
             let dir = entry.path();
             let config: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join("config.json")).ok()?).ok()?;
-            let tokenizer = config
-                .get("tokenizer")
-                .and_then(|t| t.as_str())
-                .map(PathBuf::from);
+            let path_of = |key: &str| config.get(key).and_then(|t| t.as_str()).map(PathBuf::from);
+            let tokenizer = path_of("tokenizer");
+            let regenerated_by = path_of("regenerate_with");
             let target = if config.get("tokenizer").is_some() {
                 Target::Dit
-            } else if config
-                .get("regenerate_with")
-                .is_some_and(|dit| !dit.is_null())
-            {
+            } else if regenerated_by.is_some() {
                 Target::GenerationDecoder
             } else {
                 Target::Tokenizer
@@ -283,6 +281,7 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
                 resumable: saved_step.is_some() && !finished,
                 has_weights: dir.join("ema.safetensors").exists(),
                 tokenizer,
+                regenerated_by,
                 target,
                 dir,
             })
@@ -300,7 +299,8 @@ pub fn list_runs(data_dir: &Path) -> Vec<RunInfo> {
 
 /// A new generation-decoder run: `decoder` (the one Generate uses) fine-tuned on `data` with
 /// its encoder frozen, on tokens the DiT in use regenerated
-/// ([`TokenizerTrainConfig::regenerate_with`]).
+/// ([`TokenizerTrainConfig::regenerate_with`]), at the budgets that DiT was trained on (it
+/// generates no others).
 fn generation_decoder_config(
     data: PathBuf,
     form: &FineTuneForm,
@@ -319,6 +319,10 @@ fn generation_decoder_config(
          exist)",
         dit.display()
     );
+    let dit_config: crate::model::dit::DitConfig =
+        crate::checkpoint::CheckpointFile::read_kind(&dit, crate::model::dit::KIND_DIT)?
+            .validated_config("DiT", crate::model::dit::DitConfig::validate)?;
+    let budgets = dit_config.trained_budgets();
     let mut config = TokenizerTrainConfig::new(data, "small", true, form.steps, form.batch);
     config.learning_rate = form.learning_rate;
     config.eval_every = (form.steps / 5).max(1);
@@ -327,6 +331,8 @@ fn generation_decoder_config(
     config.init_from = Some(decoder);
     config.freeze_encoder = true;
     config.regenerate_with = Some(dit);
+    config.min_budget = (*budgets.start()).max(config.min_budget);
+    config.max_budget = (*budgets.end()).min(config.max_budget);
     Ok(config)
 }
 
@@ -575,14 +581,26 @@ impl FineTunePane {
             "the app uses this run's model; revert to the shipped models first"
         );
         // A DiT run trains on its tokenizer's tokens and reads that file to resume or to be
-        // scored; deleting the tokenizer's run would leave it broken.
-        if let Some(dependent) = list_runs(&app.data_dir).iter().find(|run| {
-            run.dir != dir && run.tokenizer.as_ref().is_some_and(|t| t.starts_with(dir))
-        }) {
-            anyhow::bail!(
-                "the DiT run {} was trained on this run's tokenizer; delete that run first",
-                dependent.dir.display()
-            );
+        // scored, a generation-decoder run samples with its DiT at every step; deleting the
+        // run they read would leave them broken.
+        let inside = |path: &Option<PathBuf>| path.as_ref().is_some_and(|p| p.starts_with(dir));
+        for run in list_runs(&app.data_dir) {
+            if run.dir == dir {
+                continue;
+            }
+            if inside(&run.tokenizer) {
+                anyhow::bail!(
+                    "the DiT run {} was trained on this run's tokenizer; delete that run first",
+                    run.dir.display()
+                );
+            }
+            if inside(&run.regenerated_by) {
+                anyhow::bail!(
+                    "the generation-decoder run {} trains with this run's DiT; delete that run \
+                     first",
+                    run.dir.display()
+                );
+            }
         }
         // Only folders of the data folder's run list: never anything else by mistake.
         anyhow::ensure!(
@@ -900,8 +918,9 @@ impl FineTunePane {
                         "Trains the detokenizer Generate decodes with on the generator's own \
                          tokens for your images (each batch partly noised and sampled back by \
                          the DiT), so generations decode more cleanly; the tokens stay as they \
-                         are, and Compare keeps its TexTok. About twice as slow per step as \
-                         the tokenizer.",
+                         are, and Compare keeps its TexTok. Slower per step than the tokenizer \
+                         (the DiT samples every batch); its validation images show the exact \
+                         tokens' reconstructions.",
                     );
                 }
             }
@@ -1042,9 +1061,18 @@ impl FineTunePane {
                             app.engines.reload();
                         }
                         *slot = Some(weights);
+                        // A chosen generation decoder still decodes Generate's tokens.
+                        let generate_keeps = if run.target == Target::Tokenizer
+                            && app.state.settings.generation_decoder.is_some()
+                        {
+                            " Generate keeps the generation decoder chosen in Settings \
+                             (Automatic decoder there hands it this TexTok too)."
+                        } else {
+                            ""
+                        };
                         app.notices.info(format!(
                             "Now using {name} (its latest weights); Revert goes back to the \
-                             shipped model."
+                             shipped model.{generate_keeps}"
                         ));
                     }
                     let training = self.running.as_ref().is_some_and(|r| r.run == run.dir);

@@ -107,14 +107,18 @@ pub struct TokenizerTrainConfig {
     #[serde(default)]
     pub refine_channels: Option<usize>,
     /// A detokenizer for generated tokens: before decoding, regenerate each batch's tokens
-    /// partially with this DiT ([`crate::model::dit::regenerate`]: noised to a timestep drawn
-    /// in `[0, regenerate_max_t]` per step, then sampled back as `generate` samples, with
-    /// guidance 3, on a 10-step grid), so the detokenizer learns the generator's own errors
-    /// rather than Gaussian stand-ins ([`Self::token_noise`]). Needs `freeze_encoder` (the DiT
-    /// reads the tokens it was trained on) and a TexTok (the DiT reads the captions).
+    /// partially with this DiT ([`crate::model::dit::regenerate`]: a timestep drawn uniformly
+    /// in `0..=regenerate_max_t` per step, rounded down to the 10-step DDIM grid 0, 100, ...,
+    /// 900, the tokens noised to it and sampled back along the grid with guidance 3), so the
+    /// detokenizer learns the generator's own errors rather than Gaussian stand-ins
+    /// ([`Self::token_noise`]). With 400: t = 0, 100, 200 or 300 about a quarter of the steps
+    /// each (400 one step in 401); t = 0 is one cleaning step, nearly the exact tokens. Needs
+    /// `freeze_encoder` (the DiT reads the tokens it was trained on) and a TexTok (the DiT
+    /// reads the captions).
     #[serde(default)]
     pub regenerate_with: Option<PathBuf>,
-    /// Deepest timestep [`Self::regenerate_with`] noises the tokens to (0..1000).
+    /// Largest timestep [`Self::regenerate_with`] draws (0..1000), before rounding down to
+    /// the grid.
     #[serde(default = "default_regenerate_max_t")]
     pub regenerate_max_t: usize,
 }
@@ -580,8 +584,10 @@ pub fn train_tokenizer(
         dataset.skip_report().trim_end()
     ));
 
-    // Caption embeddings never change (the encoder is frozen): compute them once.
+    // Caption embeddings never change (the encoder is frozen): compute them once. (With
+    // regeneration, the DiT's null caption too.)
     let plain = device.clone();
+    let mut null_caption = None;
     let captions = if config.text_conditioning {
         let encoder = MiniLmTextEncoder::load(text_encoder_dir, config.max_text_tokens, &plain)?;
         ensure!(
@@ -590,26 +596,35 @@ pub fn train_tokenizer(
         );
         observer.on_message("encoding captions");
         let all: Vec<&DatasetItem> = train.iter().chain(validation.iter()).copied().collect();
+        if config.regenerate_with.is_some() {
+            null_caption = Some(CaptionStore::encode_one(&encoder, "")?);
+        }
         Some(CaptionStore::build(&encoder, &all, cancel)?)
     } else {
         None
     };
 
-    let regenerator = match &config.regenerate_with {
-        Some(path) => {
+    let regenerator = match (&config.regenerate_with, null_caption) {
+        (Some(path), Some(null_caption)) => {
             observer.on_message(&format!(
                 "regenerating the tokens with {} before decoding",
                 path.display()
             ));
-            Some(TokenRegenerator::load(
+            let (regenerator, warning) = TokenRegenerator::load(
                 path,
                 &config,
                 &model_config,
-                text_encoder_dir,
+                max_budget,
+                null_caption,
+                resume,
                 &plain,
-            )?)
+            )?;
+            if let Some(warning) = warning {
+                observer.on_message(&warning);
+            }
+            Some(regenerator)
         }
-        None => None,
+        _ => None,
     };
 
     // Model, optimizer, EMA, progress: fresh or restored.
@@ -1439,14 +1454,19 @@ struct TokenRegenerator {
 }
 
 impl TokenRegenerator {
-    /// Loads the DiT and checks it reads the tokens and captions of the model being trained.
+    /// Loads the DiT and checks it reads the tokens, budgets and captions of the model being
+    /// trained; with a warning when it cannot tell whose tokens the DiT learned. A resumed run
+    /// was checked when it started (its start checkpoint may be gone since: the state holds
+    /// every weight).
     fn load(
         path: &Path,
         run: &TokenizerTrainConfig,
         model: &TexTokConfig,
-        text_encoder_dir: &Path,
+        max_budget: usize,
+        null_caption: CaptionRow,
+        resume: bool,
         device: &Device,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(Self, Option<String>)> {
         let (dit, config) = crate::model::dit::Dit::load(path, device)?;
         ensure!(
             config.token_dim == model.token_dim && config.text_dim == model.text_dim,
@@ -1458,24 +1478,47 @@ impl TokenRegenerator {
             model.token_dim,
             model.text_dim
         );
-        if let (Some(hash), Some(init)) = (&config.tokenizer_encoder_sha256, &run.init_from) {
-            let file = CheckpointFile::read(init)?;
-            ensure!(
-                TexTok::encoder_matches(&file, hash)?,
-                "{} was trained on another tokenizer's tokens than {}'s: it cannot regenerate them",
-                path.display(),
-                init.display()
-            );
+        let trained = config.trained_budgets();
+        ensure!(
+            config.max_tokens >= max_budget
+                && trained.contains(&run.min_budget)
+                && trained.contains(&max_budget),
+            "{}: the DiT was trained on {}..={} tokens, but this run trains budgets {}..={}",
+            path.display(),
+            trained.start(),
+            trained.end(),
+            run.min_budget,
+            max_budget
+        );
+        let mut warning = None;
+        match (&config.tokenizer_encoder_sha256, &run.init_from) {
+            (Some(hash), Some(init)) if !resume => {
+                let file = CheckpointFile::read(init)?;
+                ensure!(
+                    TexTok::encoder_matches(&file, hash)?,
+                    "{} was trained on another tokenizer's tokens than {}'s: it cannot \
+                     regenerate them",
+                    path.display(),
+                    init.display()
+                );
+            }
+            (None, _) if !resume => {
+                warning = Some(format!(
+                    "{} does not record whose tokens it was trained on (an older file): if \
+                     not this tokenizer's, its regenerated tokens are noise",
+                    path.display()
+                ));
+            }
+            _ => {}
         }
-        let encoder = MiniLmTextEncoder::load(text_encoder_dir, model.max_text_tokens, device)?;
-        let null_caption = CaptionStore::encode_one(&encoder, "")?;
-        Ok(Self {
+        let regenerator = Self {
             dit,
             config,
             schedule: crate::model::diffusion::Schedule::default(),
             null_caption,
             max_t: run.regenerate_max_t,
-        })
+        };
+        Ok((regenerator, warning))
     }
 
     /// `tokens` (`[batch, k, d]`, no gradient: the encoder is frozen) regenerated from a

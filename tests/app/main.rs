@@ -2009,7 +2009,8 @@ fn a_tokenizer_run_that_a_dit_run_trains_on_cannot_be_deleted_first() {
         .data_dir()
         .join(textok_studio::gui::finetune::FINETUNE_DIR);
     let (tokenizer_run, dit_run) = (runs_dir.join("textok-1"), runs_dir.join("dit-2"));
-    for dir in [&tokenizer_run, &dit_run] {
+    let decoder_run = runs_dir.join("decoder-3");
+    for dir in [&tokenizer_run, &dit_run, &decoder_run] {
         std::fs::create_dir_all(dir).unwrap();
     }
     std::fs::write(tokenizer_run.join("config.json"), br#"{"steps": 40}"#).unwrap();
@@ -2018,7 +2019,26 @@ fn a_tokenizer_run_that_a_dit_run_trains_on_cannot_be_deleted_first() {
         "tokenizer": tokenizer_run.join("ema.safetensors"),
     });
     std::fs::write(dit_run.join("config.json"), dit_config.to_string()).unwrap();
+    // A generation-decoder run samples with the DiT run's model at every step.
+    let decoder_config = serde_json::json!({
+        "steps": 40,
+        "regenerate_with": dit_run.join("ema.safetensors"),
+    });
+    std::fs::write(decoder_run.join("config.json"), decoder_config.to_string()).unwrap();
     let studio = harness.state_mut();
+    let refused = studio
+        .finetune
+        .delete_run(&dit_run, &mut studio.app)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("decoder-3") && refused.contains("delete that run first"),
+        "{refused}"
+    );
+    studio
+        .finetune
+        .delete_run(&decoder_run, &mut studio.app)
+        .unwrap();
     let refused = studio
         .finetune
         .delete_run(&tokenizer_run, &mut studio.app)
@@ -2206,6 +2226,11 @@ fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
     assert_eq!(
         run_config["regenerate_with"],
         fixture.shipped.dit.display().to_string()
+    );
+    // At the budgets the fixture's DiT was trained on (32..=128), the only ones it generates.
+    assert_eq!(
+        (&run_config["min_budget"], &run_config["max_budget"]),
+        (&serde_json::json!(32), &serde_json::json!(128))
     );
     let weights = runs[0].dir.join("ema.safetensors");
     assert_eq!(

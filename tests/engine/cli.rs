@@ -1836,6 +1836,7 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
     }
     assert!(stdout(&output).contains("specificity"));
     assert!(stdout(&output).contains("FD-EffNet") && stdout(&output).contains("caption match"));
+    assert!(stdout(&output).contains("guidance only at timesteps 100..=900"));
     let sheet = image::open(&sheet).unwrap();
     assert_eq!(
         sheet.height(),

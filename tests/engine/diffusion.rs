@@ -423,6 +423,69 @@ fn regeneration_noises_to_the_grid_point_below_its_start_and_denoises_from_there
     )
     .unwrap();
     let factor = a[0].sqrt() * ddim_step(1.0, 0.0, a[0], 1.0);
-    let expected = (tokens - 0.5).mul_scalar(factor as f32) + 0.5;
+    let expected = (tokens.clone() - 0.5).mul_scalar(factor as f32) + 0.5;
     assert!(max_abs_diff(shallow, expected) < 1e-4, "start below 100");
+
+    // With a DiT that predicts something, that one step is guided: each row with its own
+    // caption against the null caption, at the sampler's scale.
+    let mut dit = dit;
+    {
+        let _seeded = textok_studio::device::seeded(&device, 9);
+        dit.output.weight = burn::module::Param::from_tensor(Tensor::random(
+            [32, 8],
+            Distribution::Normal(0.0, 0.5),
+            &device,
+        ));
+    }
+    let sampler = Sampler {
+        dit: &dit,
+        config: &config,
+        schedule: &schedule,
+    };
+    let how = Regeneration { start: 50, ..how };
+    let noise = Tensor::<3>::random([2, 32, 8], Distribution::Normal(0.0, 1.0), &device);
+    let out = regenerate(
+        &sampler,
+        tokens.clone(),
+        noise.clone(),
+        how,
+        &text,
+        &null,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    let (signal, spread) = (a[0].sqrt() as f32, (1.0 - a[0]).sqrt() as f32);
+    let x = (tokens - 0.5).div_scalar(2.0).mul_scalar(signal) + noise.mul_scalar(spread);
+    let v_own = dit.forward(x.clone(), &[0.0, 0.0], &text);
+    let v_null = dit.forward(x.clone(), &[0.0, 0.0], &embed(&["", ""]));
+    let v = guide(v_own, Some(v_null), 3.0);
+    let stepped = x.mul_scalar(ddim_step(1.0, 0.0, a[0], 1.0) as f32)
+        + v.mul_scalar(ddim_step(0.0, 1.0, a[0], 1.0) as f32);
+    let expected = stepped.mul_scalar(2.0) + 0.5;
+    let error = max_abs_diff(out.clone(), expected);
+    assert!(error < 1e-4, "one guided step: off by {error}");
+    let swapped = regenerate(
+        &sampler,
+        Tensor::<3>::zeros([2, 32, 8], &device) + 0.5,
+        Tensor::<3>::zeros([2, 32, 8], &device),
+        how,
+        &embed(&["a penguin on ice", "a red apple"]),
+        &null,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    let own = regenerate(
+        &sampler,
+        Tensor::<3>::zeros([2, 32, 8], &device) + 0.5,
+        Tensor::<3>::zeros([2, 32, 8], &device),
+        how,
+        &text,
+        &null,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert!(
+        max_abs_diff(swapped, own) > 1e-4,
+        "each row reads its own caption"
+    );
 }

@@ -1623,4 +1623,52 @@ fn a_decoder_for_generation_trains_on_tokens_its_dit_regenerated() {
         regenerated != clean,
         "regeneration changed nothing ({clean})"
     );
+
+    // A DiT that never learned the run's budgets is refused, not asked for noise.
+    let narrow = {
+        let mut config = DitConfig::tiny();
+        config.trained_max_budget = Some(64);
+        config.tokenizer_encoder_sha256 = Some(TexTok::encoder_sha256(&checkpoint).unwrap());
+        let dit = textok_studio::device::init_module(&device, Some(3), || config.init(&device));
+        let path = dir.path().join("narrow.safetensors");
+        dit.save(
+            &config,
+            &path,
+            textok_studio::checkpoint::StoredPrecision::F32,
+        )
+        .unwrap();
+        path
+    };
+    let narrow_run = TokenizerTrainConfig {
+        regenerate_with: Some(narrow),
+        ..config.clone()
+    };
+    let error = train(&dir.path().join("narrow"), &narrow_run, false).unwrap_err();
+    assert!(format!("{error:#}").contains("32..=64"), "{error:#}");
+
+    // Stopped and resumed (its start checkpoint gone by then: the state holds every weight),
+    // the run ends with the weights of one that ran straight through: the same timesteps and
+    // noise were drawn.
+    let learning = TokenizerTrainConfig {
+        steps: 4,
+        learning_rate: 2e-3,
+        ema_decay: 0.0,
+        ..config.clone()
+    };
+    train(&dir.path().join("straight"), &learning, false).unwrap();
+    let interrupted = dir.path().join("interrupted");
+    let outcome = train_stopping_at(&interrupted, &learning, 2);
+    assert_eq!((outcome.step, outcome.finished), (2, false));
+    let moved = dir.path().join("start-moved.safetensors");
+    std::fs::rename(&checkpoint, &moved).unwrap();
+    train(&interrupted, &learning, true).unwrap();
+    std::fs::rename(&moved, &checkpoint).unwrap();
+    let weights = |run: &str| {
+        let (model, _) =
+            TexTok::load(&dir.path().join(run).join("ema.safetensors"), &cpu()).unwrap();
+        module_to_host(&model).unwrap()
+    };
+    for (a, b) in weights("straight").iter().zip(&weights("interrupted")) {
+        assert_eq!(a.values, b.values, "{}", a.name);
+    }
 }
