@@ -60,6 +60,18 @@ impl SettingsPane {
         }
     }
 
+    /// Opens a checkpoint file dialog for `slot` (answered in [`Self::poll_dialog`]).
+    fn choose_checkpoint(&mut self, app: &AppContext, slot: ModelSlot) {
+        let receiver = super::pick_in_background(app.notify.clone(), || {
+            rfd::FileDialog::new()
+                .add_filter("Checkpoint", &["safetensors"])
+                .pick_file()
+                .into_iter()
+                .collect()
+        });
+        self.dialog = Some((slot, receiver));
+    }
+
     /// Whether the adapter list is in: until then a "looking for GPUs" line stands where it
     /// goes, and everything below moves when it arrives.
     pub fn settled(&self) -> bool {
@@ -148,14 +160,7 @@ impl SettingsPane {
                     };
                     ui.horizontal(|ui| {
                         if ui.add_enabled(self.dialog.is_none(), egui::Button::new("Choose…")).clicked() {
-                            let receiver = super::pick_in_background(app.notify.clone(), || {
-                                rfd::FileDialog::new()
-                                    .add_filter("Checkpoint", &["safetensors"])
-                                    .pick_file()
-                                    .into_iter()
-                                    .collect()
-                            });
-                            self.dialog = Some((slot, receiver));
+                            self.choose_checkpoint(app, slot);
                         }
                         if chosen.is_some() && ui.button("Use shipped").clicked() {
                             use_model(app, slot, None);
@@ -218,14 +223,7 @@ impl SettingsPane {
                     )
                     .clicked()
                 {
-                    let receiver = super::pick_in_background(app.notify.clone(), || {
-                        rfd::FileDialog::new()
-                            .add_filter("Checkpoint", &["safetensors"])
-                            .pick_file()
-                            .into_iter()
-                            .collect()
-                    });
-                    self.dialog = Some((ModelSlot::GenerationDecoder, receiver));
+                    self.choose_checkpoint(app, ModelSlot::GenerationDecoder);
                 }
                 if chosen_decoder && ui.button("Automatic decoder").clicked() {
                     use_model(app, ModelSlot::GenerationDecoder, None);

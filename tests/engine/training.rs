@@ -58,6 +58,23 @@ fn train(
     )
 }
 
+/// The first step's loss of a new run.
+fn first_loss(run: &Path, config: &TokenizerTrainConfig) -> f64 {
+    let losses = Losses::default();
+    train_tokenizer(
+        run,
+        config,
+        false,
+        None,
+        &cpu(),
+        &models(),
+        &losses,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    losses.0.into_inner().unwrap()[0]
+}
+
 /// Starts a new run quietly and stops it (a cancel) once `step` is reported.
 fn train_stopping_at(
     run: &Path,
@@ -1038,19 +1055,7 @@ fn a_frozen_encoder_keeps_the_tokens_while_the_decoder_learns_noisy_tokens() {
         config.steps = 1;
         config.learning_rate = 0.0;
         config.token_noise = noise;
-        let losses = Losses::default();
-        train_tokenizer(
-            &dir.path().join(run),
-            &config,
-            false,
-            None,
-            &cpu(),
-            &models(),
-            &losses,
-            &CancelToken::new(),
-        )
-        .unwrap();
-        losses.0.into_inner().unwrap()[0]
+        first_loss(&dir.path().join(run), &config)
     };
     let (clean, noisy) = (first_loss(0.0, "clean"), first_loss(2.0, "noisy"));
     assert!(noisy != clean, "token noise changed nothing ({clean})");
@@ -1597,21 +1602,8 @@ fn a_decoder_for_generation_trains_on_tokens_its_dit_regenerated() {
 
     // The regenerated tokens reach the decoder: with no learning, the first loss differs from
     // a run on the plain tokens, and the same run again gives the same loss.
-    let first_loss = |config: &TokenizerTrainConfig, run: &str| {
-        let losses = Losses::default();
-        train_tokenizer(
-            &dir.path().join(run),
-            config,
-            false,
-            None,
-            &cpu(),
-            &models(),
-            &losses,
-            &CancelToken::new(),
-        )
-        .unwrap();
-        losses.0.into_inner().unwrap()[0]
-    };
+    let first_loss =
+        |config: &TokenizerTrainConfig, run: &str| first_loss(&dir.path().join(run), config);
     let regenerated = first_loss(&config, "regenerated");
     assert_eq!(regenerated, first_loss(&config, "again"), "reproducible");
     let plain = TokenizerTrainConfig {
