@@ -2176,8 +2176,8 @@ fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
     assert_eq!(loaded_path(&mut harness, true), chosen);
 }
 
-/// The Fine-tune pane trains the generation decoder on the DiT's regenerated tokens, from the
-/// decoder Generate uses, with the tokens kept; "Use this model" hands it to Generate alone.
+/// The Fine-tune pane trains the generation decoder on noisy tokens, from the decoder Generate
+/// uses, with the tokens kept; "Use this model" hands it to Generate alone.
 #[test]
 fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
     use textok_studio::gui::finetune::Target;
@@ -2224,8 +2224,8 @@ fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
         fixture.shipped.generation_decoder.display().to_string()
     );
     assert_eq!(
-        run_config["regenerate_with"],
-        fixture.shipped.dit.display().to_string()
+        run_config["token_noise"],
+        textok_studio::gui::finetune::GENERATION_TOKEN_NOISE
     );
     // At the budgets the fixture's DiT was trained on (32..=128), the only ones it generates.
     assert_eq!(
