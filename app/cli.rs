@@ -1225,8 +1225,8 @@ const SHEET_COLUMNS: usize = 8;
 fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
     use crate::metrics::evaluation::{
-        CAPTION_MATCH_K, GenerationRecord, caption_contrast, caption_match_rate, effnet_features,
-        generation_fd,
+        CAPTION_MATCH_K, GenerationRecord, ImageMatch, caption_contrast, caption_match_rate,
+        caption_ranks, effnet_features, generation_fd,
     };
     use crate::model::dit::SampleSettings;
     use crate::pipeline::{GenerateEngine, GenerateSpec};
@@ -1306,6 +1306,8 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
         features: Vec<Vec<f32>>,
         /// Which validation items share a caption (caption match counts any of them).
         groups: Vec<usize>,
+        /// Each validation item's path inside the dataset folder.
+        files: Vec<String>,
         /// The distinct validation items given, for the caption contrast.
         contrast_images: Vec<image::Rgb32FImage>,
         contrast_captions: Vec<String>,
@@ -1372,6 +1374,10 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
                         .map(|item| &item.caption)
                         .collect::<Vec<_>>(),
                 ),
+                files: validation
+                    .iter()
+                    .map(|item| item.relative.clone())
+                    .collect(),
             });
         }
         let Some(References {
@@ -1379,6 +1385,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             captions,
             features: reference_features,
             groups,
+            files,
             contrast_images,
             contrast_captions,
         }) = &references
@@ -1421,6 +1428,17 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             groups,
             CAPTION_MATCH_K,
         );
+        let ranks = caption_ranks(&generated.features, reference_features, chosen, groups);
+        let per_image = chosen
+            .iter()
+            .zip(captions)
+            .zip(ranks)
+            .map(|((&i, caption), rank)| ImageMatch {
+                file: files[i].clone(),
+                caption: caption.clone(),
+                rank,
+            })
+            .collect();
         sheet_rows.push(generated.images);
         records.push(GenerationRecord {
             model: name.to_owned(),
@@ -1432,6 +1450,7 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             references: reference_features.len(),
             fd_effnet: generated.fd_effnet,
             caption_match: Some(caption_match),
+            per_image,
             caption_contrast: Some(contrast),
         });
     }

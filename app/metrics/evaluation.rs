@@ -270,10 +270,27 @@ pub struct GenerationRecord {
     /// features ([`caption_match_rate`]); chance is k / references. (Absent in older records.)
     #[serde(default)]
     pub caption_match: Option<f64>,
+    /// Per generated image: which validation image's caption it was given and how many
+    /// references of other captions are nearer to it than the nearest of its own
+    /// ([`caption_ranks`]; a match is a rank below [`CAPTION_MATCH_K`]), so the rate can be
+    /// split by kind of caption afterwards. (Absent in older records.)
+    #[serde(default)]
+    pub per_image: Vec<ImageMatch>,
     /// [`caption_contrast`] on the validation items whose captions were given (absent in older
     /// records).
     #[serde(default)]
     pub caption_contrast: Option<CaptionContrast>,
+}
+
+/// One generated image of a [`GenerationRecord`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageMatch {
+    /// The validation image's path inside the dataset folder.
+    pub file: String,
+    pub caption: String,
+    /// References of other captions nearer than the nearest of its own (`None`: its
+    /// validation image is not among the references).
+    pub rank: Option<usize>,
 }
 
 /// How many nearest references count as a match in [`caption_match_rate`].
@@ -294,33 +311,49 @@ pub fn caption_match_rate(
     caption_groups: &[usize],
     k: usize,
 ) -> f64 {
+    let ranks: Vec<usize> = caption_ranks(generated, references, truth, caption_groups)
+        .into_iter()
+        .flatten()
+        .collect();
+    if ranks.is_empty() {
+        return 0.0;
+    }
+    ranks.iter().filter(|&&rank| rank < k).count() as f64 / ranks.len() as f64
+}
+
+/// Per row of `generated`: how many references of other captions are at least as near to it
+/// as the nearest reference of its own caption (`truth[i]`'s group; ties count against), or
+/// `None` where `truth[i]` is no reference. [`caption_match_rate`] counts ranks below k.
+pub fn caption_ranks(
+    generated: &[Vec<f32>],
+    references: &[Vec<f32>],
+    truth: &[usize],
+    caption_groups: &[usize],
+) -> Vec<Option<usize>> {
     let distance = |a: &[f32], b: &[f32]| -> f64 {
         a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum()
     };
-    let (mut scored, mut matches) = (0usize, 0usize);
-    for (row, &own_index) in generated.iter().zip(truth) {
-        let Some(&group) = caption_groups.get(own_index) else {
-            continue;
-        };
-        let in_group = |j: usize| caption_groups.get(j) == Some(&group);
-        let own = references
-            .iter()
-            .enumerate()
-            .filter(|&(j, _)| in_group(j))
-            .map(|(_, r)| distance(row, r))
-            .fold(f64::INFINITY, f64::min);
-        let closer = references
-            .iter()
-            .enumerate()
-            .filter(|&(j, r)| !in_group(j) && distance(row, r) <= own)
-            .count();
-        scored += 1;
-        matches += usize::from(closer < k);
-    }
-    if scored == 0 {
-        return 0.0;
-    }
-    matches as f64 / scored as f64
+    generated
+        .iter()
+        .zip(truth)
+        .map(|(row, &own_index)| {
+            let &group = caption_groups.get(own_index)?;
+            let in_group = |j: usize| caption_groups.get(j) == Some(&group);
+            let own = references
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| in_group(j))
+                .map(|(_, r)| distance(row, r))
+                .fold(f64::INFINITY, f64::min);
+            Some(
+                references
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, r)| !in_group(j) && distance(row, r) <= own)
+                    .count(),
+            )
+        })
+        .collect()
 }
 
 /// One group number per caption, equal for equal captions (after trimming): which references

@@ -1826,6 +1826,20 @@ fn gen_eval_reports_fd_effnet_for_both_generators() {
         assert!(fd.is_finite() && fd > 0.0, "{record}");
         let matched = record["caption_match"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&matched), "{record}");
+        // Per image: the validation file and caption it was given, and its rank, from which
+        // the rate follows.
+        let per_image = record["per_image"].as_array().unwrap();
+        assert_eq!(per_image.len(), 6, "{record}");
+        let under_k = per_image
+            .iter()
+            .filter(|image| image["rank"].as_u64().unwrap() < 5)
+            .count();
+        assert_eq!(under_k as f64 / 6.0, matched, "{record}");
+        for image in per_image {
+            let file = image["file"].as_str().unwrap();
+            assert!(data.join(file).is_file(), "{image}");
+            assert!(!image["caption"].as_str().unwrap().is_empty(), "{image}");
+        }
         let contrast = &record["caption_contrast"];
         assert_eq!(contrast["timesteps"], serde_json::json!([500, 700, 900]));
         for key in ["own", "nearest", "null"] {
