@@ -1225,8 +1225,8 @@ const SHEET_COLUMNS: usize = 8;
 fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
     use crate::data::dataset::{Dataset, Split};
     use crate::metrics::evaluation::{
-        CAPTION_MATCH_K, GenerationRecord, ImageMatch, caption_contrast, caption_match_rate,
-        caption_ranks, effnet_features, generation_fd,
+        CAPTION_MATCH_K, GenerationRecord, ImageMatch, caption_contrast, caption_ranks,
+        effnet_features, generation_fd, match_rate,
     };
     use crate::model::dit::SampleSettings;
     use crate::pipeline::{GenerateEngine, GenerateSpec};
@@ -1421,14 +1421,9 @@ fn run_gen_eval(args: GenEvalArgs) -> anyhow::Result<()> {
             &CancelToken::new(),
         )?;
         eprintln!();
-        let caption_match = caption_match_rate(
-            &generated.features,
-            reference_features,
-            chosen,
-            groups,
-            CAPTION_MATCH_K,
-        );
+        // One pass over the distances gives both the rate and each image's rank.
         let ranks = caption_ranks(&generated.features, reference_features, chosen, groups);
+        let caption_match = match_rate(&ranks, CAPTION_MATCH_K);
         let per_image = chosen
             .iter()
             .zip(captions)

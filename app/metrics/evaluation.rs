@@ -311,14 +311,19 @@ pub fn caption_match_rate(
     caption_groups: &[usize],
     k: usize,
 ) -> f64 {
-    let ranks: Vec<usize> = caption_ranks(generated, references, truth, caption_groups)
-        .into_iter()
-        .flatten()
-        .collect();
-    if ranks.is_empty() {
+    match_rate(
+        &caption_ranks(generated, references, truth, caption_groups),
+        k,
+    )
+}
+
+/// The share of [`caption_ranks`] (those that are not `None`) below `k`; 0 for none.
+pub fn match_rate(ranks: &[Option<usize>], k: usize) -> f64 {
+    let scored: Vec<usize> = ranks.iter().flatten().copied().collect();
+    if scored.is_empty() {
         return 0.0;
     }
-    ranks.iter().filter(|&&rank| rank < k).count() as f64 / ranks.len() as f64
+    scored.iter().filter(|&&rank| rank < k).count() as f64 / scored.len() as f64
 }
 
 /// Per row of `generated`: how many references of other captions are at least as near to it
