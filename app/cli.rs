@@ -326,6 +326,10 @@ pub struct TrainDitArgs {
     /// (besides cross-attention), for a new DiT.
     #[arg(long)]
     pub pooled_caption: bool,
+    /// Also train on each training image's mirror image (left and right swapped; not where the
+    /// caption names a direction, text or a flag): encoded once more into the latent cache.
+    #[arg(long)]
+    pub mirror: bool,
     /// Learning-rate warm-up steps [default: 5 % of --steps, at most 1000].
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -1708,6 +1712,7 @@ fn run_train_dit(args: TrainDitArgs, given: &[String]) -> anyhow::Result<()> {
     config.latent_norm = args.latent_norm;
     config.position_init = args.position_init;
     config.pooled_caption = args.pooled_caption;
+    config.mirror = args.mirror;
     config.ema_every = args.ema_every as usize;
     if let Some(warmup) = args.warmup {
         config.warmup_steps = warmup;

@@ -71,6 +71,12 @@ pub struct DitTrainConfig {
     /// fine-tuning, which keeps the checkpoint's architecture).
     #[serde(default)]
     pub pooled_caption: bool,
+    /// Also train on each image's mirror image (left and right swapped), encoded once into the
+    /// latent cache: twice the pictures of each thing for a DiT that has started to fit its
+    /// training images more than it generalises. Images whose caption names a direction, or
+    /// text and flags, are not mirrored ([`may_mirror`]). Runs from before the option did not.
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 fn every_step() -> usize {
@@ -120,6 +126,7 @@ pub const FLAG_FIELDS: &[(&str, &str)] = &[
     ("latent_norm", "latent_norm"),
     ("position_init", "position_init"),
     ("pooled_caption", "pooled_caption"),
+    ("mirror", "mirror"),
     ("warmup", "warmup_steps"),
     ("ema_every", "ema_every"),
 ];
@@ -211,8 +218,94 @@ impl DitTrainConfig {
             latent_norm: LatentNorm::Position,
             position_init: PositionInit::Random,
             pooled_caption: false,
+            mirror: false,
         }
     }
+}
+
+/// Caption words that a left-right mirror image would contradict: a direction, or a thing
+/// that reads one way (text, digits, flags).
+const UNMIRRORABLE_WORDS: &[&str] = &[
+    "left",
+    "right",
+    "next",
+    "previous",
+    "forward",
+    "forwards",
+    "backward",
+    "backwards",
+    "back",
+    "undo",
+    "redo",
+    "rtl",
+    "ltr",
+    "east",
+    "west",
+    "clockwise",
+    "counterclockwise",
+    "anticlockwise",
+    "flag",
+    "flags",
+    "letter",
+    "letters",
+    "text",
+    "keycap",
+    "digit",
+    "number",
+    "alphabet",
+    "abc",
+    "sign",
+    "signs",
+];
+
+/// Whether a mirror image still shows what `caption` says ([`UNMIRRORABLE_WORDS`]).
+pub fn may_mirror(caption: &str) -> bool {
+    !caption.split(|c: char| !c.is_alphanumeric()).any(|word| {
+        UNMIRRORABLE_WORDS
+            .iter()
+            .any(|unmirrorable| word.eq_ignore_ascii_case(unmirrorable))
+    })
+}
+
+/// The latent cache's key for an image's mirror image (no image file name ends this way).
+fn mirror_key(relative: &str) -> String {
+    format!("{relative}#mirrored")
+}
+
+/// One row of the latent cache: a training image, or its mirror image.
+#[derive(Clone, Copy)]
+struct LatentSource<'a> {
+    item: &'a DatasetItem,
+    mirrored: bool,
+}
+
+impl LatentSource<'_> {
+    fn key(&self) -> String {
+        if self.mirrored {
+            mirror_key(&self.item.relative)
+        } else {
+            self.item.relative.clone()
+        }
+    }
+}
+
+/// The cache rows a run trains on: every training image, and with `mirror` the mirror image of
+/// each that [`may_mirror`].
+fn latent_sources<'a>(train: &[&'a DatasetItem], mirror: bool) -> Vec<LatentSource<'a>> {
+    let mut sources = Vec::with_capacity(train.len() * if mirror { 2 } else { 1 });
+    for &item in train {
+        sources.push(LatentSource {
+            item,
+            mirrored: false,
+        });
+        if mirror && may_mirror(&item.caption) {
+            sources.push(LatentSource {
+                item,
+                mirrored: true,
+            });
+        }
+    }
+    sources
 }
 
 /// What a latent cache records of the tokenizer that made it.
@@ -250,11 +343,12 @@ fn latent_fingerprint(item: &DatasetItem) -> String {
     crate::files::to_hex(&hasher.finalize()[..8])
 }
 
-/// [`latent_fingerprint`] of each training image, by path.
-fn latent_fingerprints(items: &[&DatasetItem]) -> HashMap<String, String> {
-    items
+/// [`latent_fingerprint`] of each cache row, by its key (a mirror image's is its image's:
+/// the mirror changes when the image does).
+fn latent_fingerprints(sources: &[LatentSource]) -> HashMap<String, String> {
+    sources
         .iter()
-        .map(|item| (item.relative.clone(), latent_fingerprint(item)))
+        .map(|source| (source.key(), latent_fingerprint(source.item)))
         .collect()
 }
 
@@ -370,10 +464,10 @@ impl LatentCache {
         crate::files::write_atomic(path, &out)
     }
 
-    /// Encodes `items` with the tokenizer, 16 images at a time.
+    /// Encodes `sources` with the tokenizer, 16 images at a time.
     fn encode(
         tokenizer: &TexTok,
-        items: &[&DatasetItem],
+        sources: &[LatentSource],
         captions: &CaptionStore,
         device: &Device,
         cancel: &CancelToken,
@@ -381,16 +475,41 @@ impl LatentCache {
     ) -> anyhow::Result<Self> {
         let mut by_path = HashMap::new();
         let (mut tokens, mut dim) = (0, 0);
-        for (index, chunk) in items.chunks(16).enumerate() {
+        for (index, chunk) in sources.chunks(16).enumerate() {
             cancel.check()?;
             // Encoding a large folder takes minutes on a CPU: say how far it got.
             if index > 0 && index % 64 == 0 {
-                observer.on_message(&format!("encoded {} of {} images", index * 16, items.len()));
+                observer.on_message(&format!(
+                    "encoded {} of {} images",
+                    index * 16,
+                    sources.len()
+                ));
             }
-            let images = pixels_to_tensor(chunk, device);
+            let items: Vec<&DatasetItem> = chunk.iter().map(|source| source.item).collect();
+            let mirrored: Vec<DatasetItem> = chunk
+                .iter()
+                .filter(|source| source.mirrored)
+                .map(|source| DatasetItem {
+                    relative: source.item.relative.clone(),
+                    caption: source.item.caption.clone(),
+                    split: source.item.split,
+                    pixels: image::imageops::flip_horizontal(&source.item.pixels),
+                })
+                .collect();
+            let mut mirrored = mirrored.iter();
+            let pictures: Vec<&DatasetItem> = chunk
+                .iter()
+                .map(|source| match source.mirrored {
+                    true => mirrored
+                        .next()
+                        .expect("one mirror image per mirrored source"),
+                    false => source.item,
+                })
+                .collect();
+            let images = pixels_to_tensor(&pictures, device);
             let text = tokenizer
                 .is_text_conditioned()
-                .then(|| captions.batch(chunk, device));
+                .then(|| captions.batch(&items, device));
             let latents = tokenizer.encode(images, text.as_ref());
             [_, tokens, dim] = latents.dims();
             let values = latents
@@ -398,9 +517,9 @@ impl LatentCache {
                 .convert::<f32>()
                 .try_into_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            for (i, item) in chunk.iter().enumerate() {
+            for (i, source) in chunk.iter().enumerate() {
                 by_path.insert(
-                    item.relative.clone(),
+                    source.key(),
                     values[i * tokens * dim..(i + 1) * tokens * dim].to_vec(),
                 );
             }
@@ -597,19 +716,20 @@ pub fn train_dit(
         tokenizer_config.max_tokens,
         tokenizer_config.token_dim,
     );
-    let fingerprints = latent_fingerprints(&train);
+    let sources = latent_sources(&train, config.mirror);
+    let fingerprints = latent_fingerprints(&sources);
     let cached = LatentCache::read(
         &cache_path,
         &tokenizer_identity,
         latent_shape,
         &fingerprints,
     );
-    let missing: Vec<&DatasetItem> = train
+    let missing: Vec<LatentSource> = sources
         .iter()
-        .filter(|item| {
+        .filter(|source| {
             !cached
                 .as_ref()
-                .is_some_and(|cache| cache.by_path.contains_key(&item.relative))
+                .is_some_and(|cache| cache.by_path.contains_key(&source.key()))
         })
         .copied()
         .collect();
@@ -617,7 +737,7 @@ pub fn train_dit(
         Some(cache) if missing.is_empty() => cache,
         cached => {
             observer.on_message(&match &cached {
-                None => "encoding the latents once".to_owned(),
+                None => format!("encoding the latents of {} images once", missing.len()),
                 Some(_) => format!(
                     "encoding the latents of {} new or changed image{}",
                     missing.len(),
@@ -737,8 +857,15 @@ pub fn train_dit(
         }
         let rng = &mut progress.rng;
         let k = rng.range(config.min_budget, config.max_budget);
-        let batch: Vec<&DatasetItem> = (0..config.batch)
-            .map(|_| train[rng.range(0, train.len() - 1)])
+        // An image is drawn as often with `mirror` as without; a mirrorable one is then shown
+        // mirrored half the time. Runs without it draw the same numbers as before the option.
+        let batch: Vec<LatentSource> = (0..config.batch)
+            .map(|_| {
+                let item = train[rng.range(0, train.len() - 1)];
+                let mirrored =
+                    config.mirror && may_mirror(&item.caption) && rng.next_u64() % 2 == 1;
+                LatentSource { item, mirrored }
+            })
             .collect();
         let timesteps: Vec<usize> = (0..config.batch)
             .map(|_| rng.range(0, schedule.len() - 1))
@@ -751,10 +878,10 @@ pub fn train_dit(
         // Normalised clean latents x0, noisy x_t and the v target, built on the host.
         let mut x_t = Vec::with_capacity(config.batch * k * d);
         let mut target = Vec::with_capacity(config.batch * k * d);
-        for (b, item) in batch.iter().enumerate() {
+        for (b, source) in batch.iter().enumerate() {
             let (s, n) = coefficients(schedule.alpha_bars[timesteps[b]]);
             let (s, n) = (s as f32, n as f32);
-            let values = &latents.by_path[&item.relative];
+            let values = &latents.by_path[&source.key()];
             for i in 0..k * d {
                 // Per-channel statistics repeat every d values; per-position ones cover all.
                 let x0 = (values[i] - mean[i % mean.len()]) / std[i % std.len()];
@@ -770,11 +897,11 @@ pub fn train_dit(
         let rows: Vec<&CaptionRow> = batch
             .iter()
             .zip(&dropped)
-            .map(|(item, &drop)| {
+            .map(|(source, &drop)| {
                 if drop {
                     &null_caption
                 } else {
-                    captions.row(item)
+                    captions.row(source.item)
                 }
             })
             .collect();

@@ -1664,3 +1664,77 @@ fn a_decoder_for_generation_trains_on_tokens_its_dit_regenerated() {
         assert_eq!(a.values, b.values, "{}", a.name);
     }
 }
+
+/// The f32 row a DiT run's latent cache holds for `key`.
+fn cached_latent_row(run: &Path, key: &str) -> Option<Vec<f32>> {
+    let (header, values) = read_latent_cache(run);
+    let paths: Vec<String> = serde_json::from_value(header["paths"].clone()).unwrap();
+    let row =
+        header["tokens"].as_u64().unwrap() as usize * header["dim"].as_u64().unwrap() as usize;
+    let index = paths.iter().position(|path| path == key)?;
+    Some(
+        values[index * row * 4..(index + 1) * row * 4]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+    )
+}
+
+#[test]
+fn dit_training_with_mirror_caches_the_mirror_images_whose_captions_allow_it() {
+    use textok_studio::train::dit::may_mirror;
+    assert!(may_mirror("printer, an icon (device; Oxygen icon theme)"));
+    assert!(!may_mirror("go-next, an icon (actions; Breeze icon theme)"));
+    assert!(!may_mirror("Backhand index pointing RIGHT"));
+    assert!(!may_mirror("flag: Wales"));
+    assert!(may_mirror("frightened cat"), "only whole words count");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut run_config, _) = tiny_dit_run(dir.path(), 3, 4);
+    let data = dir.path().join("data");
+    std::fs::write(data.join("0.txt"), "a checkerboard").unwrap();
+    std::fs::write(data.join("1.txt"), "a checkerboard pointing left").unwrap();
+    run_config.mirror = true;
+    let run = dir.path().join("mirror");
+    new_dit_run(&run, &run_config).unwrap();
+    let original = cached_latent_row(&run, "0.png").expect("the image's own row");
+    let mirrored = cached_latent_row(&run, "0.png#mirrored").expect("its mirror image's row");
+    assert!(
+        cached_latent_row(&run, "1.png#mirrored").is_none(),
+        "a caption that names a direction is not mirrored"
+    );
+    assert!(
+        cached_latent_row(&run, "2.png#mirrored").is_none(),
+        "\"number\": what reads one way is not mirrored"
+    );
+    assert!(cached_latent_row(&run, "1.png").is_some());
+    let (header, _) = read_latent_cache(&run);
+    assert_eq!(header["paths"].as_array().unwrap().len(), 5, "{header}");
+
+    // The mirror row is the tokens of the flipped picture: a run without mirror on a folder
+    // whose image 0 is flipped caches the same row for it.
+    let picture = image::open(data.join("0.png")).unwrap();
+    image::imageops::flip_horizontal(&picture)
+        .save(data.join("0.png"))
+        .unwrap();
+    run_config.mirror = false;
+    let plain = dir.path().join("plain");
+    new_dit_run(&plain, &run_config).unwrap();
+    let flipped = cached_latent_row(&plain, "0.png").unwrap();
+    assert!(cached_latent_row(&plain, "0.png#mirrored").is_none());
+    let largest_gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        largest_gap(&mirrored, &flipped) < 1e-4,
+        "mirror row vs the flipped image's: {}",
+        largest_gap(&mirrored, &flipped)
+    );
+    assert!(
+        largest_gap(&mirrored, &original) > 1e-3,
+        "the checkerboard's mirror image differs from it"
+    );
+}
