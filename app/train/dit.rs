@@ -486,25 +486,22 @@ impl LatentCache {
                 ));
             }
             let items: Vec<&DatasetItem> = chunk.iter().map(|source| source.item).collect();
-            let mirrored: Vec<DatasetItem> = chunk
+            // A mirrored source is encoded from a flipped copy of its pixels, made here.
+            let flipped: Vec<Option<DatasetItem>> = chunk
                 .iter()
-                .filter(|source| source.mirrored)
-                .map(|source| DatasetItem {
-                    relative: source.item.relative.clone(),
-                    caption: source.item.caption.clone(),
-                    split: source.item.split,
-                    pixels: image::imageops::flip_horizontal(&source.item.pixels),
+                .map(|source| {
+                    source.mirrored.then(|| DatasetItem {
+                        relative: source.item.relative.clone(),
+                        caption: source.item.caption.clone(),
+                        split: source.item.split,
+                        pixels: image::imageops::flip_horizontal(&source.item.pixels),
+                    })
                 })
                 .collect();
-            let mut mirrored = mirrored.iter();
             let pictures: Vec<&DatasetItem> = chunk
                 .iter()
-                .map(|source| match source.mirrored {
-                    true => mirrored
-                        .next()
-                        .expect("one mirror image per mirrored source"),
-                    false => source.item,
-                })
+                .zip(&flipped)
+                .map(|(source, flipped)| flipped.as_ref().unwrap_or(source.item))
                 .collect();
             let images = pixels_to_tensor(&pictures, device);
             let text = tokenizer
