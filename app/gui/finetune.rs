@@ -64,6 +64,9 @@ pub struct FineTuneForm {
     /// Tokenizer runs: train the detokenizer alone, so the tokens (and the generator trained
     /// on them) stay valid.
     pub keep_tokens: bool,
+    /// DiT runs: also train on each image's mirror image (`DitTrainConfig::mirror`): twice the
+    /// pictures for a few images of one's own.
+    pub mirror_images: bool,
 }
 
 impl FineTuneForm {
@@ -84,6 +87,7 @@ impl Default for FineTuneForm {
             batch: 4,
             time_limit_minutes: 0.0,
             keep_tokens: true,
+            mirror_images: false,
         }
     }
 }
@@ -803,6 +807,7 @@ impl FineTunePane {
                                 config.learning_rate = form.learning_rate;
                                 config.checkpoint_minutes = 1.0;
                                 config.init_from = dit.is_file().then_some(dit);
+                                config.mirror = form.mirror_images;
                                 config
                             }
                         };
@@ -1006,6 +1011,17 @@ impl FineTunePane {
                     "The generator was trained on this tokenizer's tokens: keeping them keeps \
                      it working with the fine-tuned model. Off, both halves learn your images \
                      and the generator needs fine-tuning on the new tokens too.",
+                );
+            }
+            if self.form.target == Target::Dit {
+                ui.checkbox(
+                    &mut self.form.mirror_images,
+                    "Also learn each image's mirror image",
+                )
+                .on_hover_text(
+                    "Twice the pictures of each thing: every image is also shown flipped left \
+                     to right (encoded once, at the start). Images whose caption names a \
+                     direction, text, digits or a flag are not flipped.",
                 );
             }
             if ui.button("Start").clicked() {

@@ -2179,6 +2179,60 @@ fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
 /// The Fine-tune pane trains the generation decoder on noisy tokens, from the decoder Generate
 /// uses, with the tokens kept; "Use this model" hands it to Generate alone.
 #[test]
+fn fine_tuning_the_dit_with_mirror_images_trains_on_them_too() {
+    use textok_studio::gui::finetune::Target;
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::FineTune);
+    for (name, caption) in [
+        ("apple", "a red apple"),
+        ("penguin", "a penguin facing left"),
+    ] {
+        harness.state_mut().app.state.library.push(LibraryItem {
+            path: sample(name),
+            caption: caption.into(),
+        });
+    }
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.steps = 2;
+        form.batch = 2;
+    }
+    harness.step();
+    let label = "Also learn each image's mirror image";
+    assert!(
+        harness.query_by_label(label).is_none(),
+        "only DiT runs offer mirror images"
+    );
+    harness.get_by_label("DiT generator").click();
+    harness.step();
+    assert_eq!(harness.state().finetune.form.target, Target::Dit);
+    harness.get_by_label(label).click();
+    harness.step();
+    assert!(harness.state().finetune.form.mirror_images);
+    harness.get_by_label("Start").click();
+    wait_idle(&mut harness, "the DiT's run");
+    assert!(
+        error_notices(harness.state()).is_empty(),
+        "{:?}",
+        error_notices(harness.state())
+    );
+    let runs = list_runs(&fixture.data_dir());
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].finished, "{runs:?}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["mirror"], true, "{config}");
+    // The latent cache holds the apple's mirror image; the penguin's caption names a direction.
+    let cache = std::fs::read(runs[0].dir.join("latents.bin")).unwrap();
+    let header_len = u64::from_le_bytes(cache[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&cache[8..8 + header_len]).unwrap();
+    let paths: Vec<String> = serde_json::from_value(header["paths"].clone()).unwrap();
+    let mirrored: Vec<&String> = paths.iter().filter(|p| p.ends_with("#mirrored")).collect();
+    assert_eq!(mirrored.len(), 1, "{paths:?}");
+    assert!(mirrored[0].contains("apple"), "{paths:?}");
+}
+
+#[test]
 fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
     use textok_studio::gui::finetune::Target;
     let fixture = fixture();
