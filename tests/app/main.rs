@@ -177,6 +177,16 @@ fn sample(name: &str) -> PathBuf {
     repo_path(&format!("assets/samples/{name}.png"))
 }
 
+/// Puts the named sample images into the Library with these captions.
+fn add_samples(harness: &mut Harness<'_, StudioApp>, samples: &[(&str, &str)]) {
+    for (name, caption) in samples {
+        harness.state_mut().app.state.library.push(LibraryItem {
+            path: sample(name),
+            caption: (*caption).into(),
+        });
+    }
+}
+
 #[test]
 fn import_takes_files_and_folders_with_their_captions_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -1680,16 +1690,14 @@ fn fine_tune_with_a_time_limit_stops_by_itself() {
 fn fine_tune_starts_cancels_resumes_and_switches_models() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::FineTune);
-    for (name, caption) in [
-        ("apple", "a red apple"),
-        ("penguin", "a penguin"),
-        ("lizard", "a green lizard"),
-    ] {
-        harness.state_mut().app.state.library.push(LibraryItem {
-            path: sample(name),
-            caption: caption.into(),
-        });
-    }
+    add_samples(
+        &mut harness,
+        &[
+            ("apple", "a red apple"),
+            ("penguin", "a penguin"),
+            ("lizard", "a green lizard"),
+        ],
+    );
     {
         let form = &mut harness.state_mut().finetune.form;
         form.steps = 100_000;
@@ -2183,15 +2191,13 @@ fn fine_tuning_the_dit_with_mirror_images_trains_on_them_too() {
     use textok_studio::gui::finetune::Target;
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::FineTune);
-    for (name, caption) in [
-        ("apple", "a red apple"),
-        ("penguin", "a penguin facing left"),
-    ] {
-        harness.state_mut().app.state.library.push(LibraryItem {
-            path: sample(name),
-            caption: caption.into(),
-        });
-    }
+    add_samples(
+        &mut harness,
+        &[
+            ("apple", "a red apple"),
+            ("penguin", "a penguin facing left"),
+        ],
+    );
     {
         let form = &mut harness.state_mut().finetune.form;
         form.steps = 2;
@@ -2238,12 +2244,10 @@ fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
     let fixture = fixture();
     write_generation_decoder(&fixture);
     let mut harness = harness_on(&fixture, Pane::FineTune);
-    for (name, caption) in [("apple", "a red apple"), ("penguin", "a penguin")] {
-        harness.state_mut().app.state.library.push(LibraryItem {
-            path: sample(name),
-            caption: caption.into(),
-        });
-    }
+    add_samples(
+        &mut harness,
+        &[("apple", "a red apple"), ("penguin", "a penguin")],
+    );
     {
         let form = &mut harness.state_mut().finetune.form;
         form.steps = 2;
