@@ -848,6 +848,11 @@ pub fn train_dit(
     let mut eta = Eta::new();
     let mut last_save = Instant::now();
     let d = latents.dim;
+    // Which training images have a mirror row, decided once rather than per drawn example.
+    let mirrorable: Vec<bool> = train
+        .iter()
+        .map(|item| config.mirror && may_mirror(&item.caption))
+        .collect();
     while progress.step < total_steps {
         if cancel.is_cancelled() {
             break;
@@ -858,10 +863,12 @@ pub fn train_dit(
         // mirrored half the time. Runs without it draw the same numbers as before the option.
         let batch: Vec<LatentSource> = (0..config.batch)
             .map(|_| {
-                let item = train[rng.range(0, train.len() - 1)];
-                let mirrored =
-                    config.mirror && may_mirror(&item.caption) && rng.next_u64() % 2 == 1;
-                LatentSource { item, mirrored }
+                let index = rng.range(0, train.len() - 1);
+                let mirrored = mirrorable[index] && rng.next_u64() % 2 == 1;
+                LatentSource {
+                    item: train[index],
+                    mirrored,
+                }
             })
             .collect();
         let timesteps: Vec<usize> = (0..config.batch)

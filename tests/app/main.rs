@@ -187,6 +187,24 @@ fn add_samples(harness: &mut Harness<'_, StudioApp>, samples: &[(&str, &str)]) {
     }
 }
 
+/// The app on the Fine-tune pane with `samples` in the Library and the form's steps and batch.
+fn fine_tune_harness(
+    fixture: &Fixture,
+    samples: &[(&str, &str)],
+    steps: usize,
+    batch: usize,
+) -> Harness<'static, StudioApp> {
+    let mut harness = harness_on(fixture, Pane::FineTune);
+    add_samples(&mut harness, samples);
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.steps = steps;
+        form.batch = batch;
+    }
+    harness.step();
+    harness
+}
+
 #[test]
 fn import_takes_files_and_folders_with_their_captions_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
@@ -1689,21 +1707,16 @@ fn fine_tune_with_a_time_limit_stops_by_itself() {
 #[test]
 fn fine_tune_starts_cancels_resumes_and_switches_models() {
     let fixture = fixture();
-    let mut harness = harness_on(&fixture, Pane::FineTune);
-    add_samples(
-        &mut harness,
+    let mut harness = fine_tune_harness(
+        &fixture,
         &[
             ("apple", "a red apple"),
             ("penguin", "a penguin"),
             ("lizard", "a green lizard"),
         ],
+        100_000,
+        2,
     );
-    {
-        let form = &mut harness.state_mut().finetune.form;
-        form.steps = 100_000;
-        form.batch = 2;
-    }
-    harness.step();
     harness.get_by_label("Start").click();
     let live = harness.state().finetune.live();
     wait_until(
@@ -2190,20 +2203,15 @@ fn generate_and_compare_each_decode_with_their_own_shipped_tokenizer() {
 fn fine_tuning_the_dit_with_mirror_images_trains_on_them_too() {
     use textok_studio::gui::finetune::Target;
     let fixture = fixture();
-    let mut harness = harness_on(&fixture, Pane::FineTune);
-    add_samples(
-        &mut harness,
+    let mut harness = fine_tune_harness(
+        &fixture,
         &[
             ("apple", "a red apple"),
             ("penguin", "a penguin facing left"),
         ],
+        2,
+        2,
     );
-    {
-        let form = &mut harness.state_mut().finetune.form;
-        form.steps = 2;
-        form.batch = 2;
-    }
-    harness.step();
     let label = "Also learn each image's mirror image";
     assert!(
         harness.query_by_label(label).is_none(),
@@ -2243,17 +2251,12 @@ fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
     use textok_studio::gui::finetune::Target;
     let fixture = fixture();
     write_generation_decoder(&fixture);
-    let mut harness = harness_on(&fixture, Pane::FineTune);
-    add_samples(
-        &mut harness,
+    let mut harness = fine_tune_harness(
+        &fixture,
         &[("apple", "a red apple"), ("penguin", "a penguin")],
+        2,
+        2,
     );
-    {
-        let form = &mut harness.state_mut().finetune.form;
-        form.steps = 2;
-        form.batch = 2;
-    }
-    harness.step();
     harness
         .get_by_label("TexTok decoder for generation")
         .click();
