@@ -2,7 +2,7 @@
 """Build TexTok Studio's bundled training corpus from Debian packages.
 
     pip install fonttools            # reads the emoji font's CBDT bitmaps and GSUB ligatures
-    python3 models/scripts/build_corpus.py OUT_DIR [--cache DIR] [--icons]
+    python3 models/scripts/build_corpus.py OUT_DIR [--cache DIR] [--icons] [--emojione]
 
 Fetches (apt-get download + dpkg -x, nothing is installed):
   fonts-noto-color-emoji  Noto Color Emoji bitmaps (OFL-1.1)
@@ -10,12 +10,14 @@ Fetches (apt-get download + dpkg -x, nothing is installed):
   unicode-cldr-core       CLDR English emoji keywords (Unicode licence)
   tuxpaint-stamps-default Tux Paint stamps with one-sentence captions (GPL-2)
   openclipart-png/-svg    Open Clip Art Library, titles and descriptions (public domain)
+With --emojione also ruby-gemojione's EmojiOne 2 drawings (CC-BY-SA-4.0; SVG, rasterised with
+rsvg-convert from librsvg2-bin) of the emoji Noto draws too, as a second drawing of each.
 With --icons also 16 icon themes (ICON_THEMES; GPL, LGPL and CC-BY-SA licences, see the data
 card) and librsvg2-bin for rsvg-convert: every freedesktop icon name that 3 or more themes draw,
 once per theme, so the corpus holds several drawings of each of those things. The shipped
 tokenizers were trained without it; the shipped DiT's last two stages with it.
 
-Writes OUT_DIR/{emoji,tuxpaint,openclipart,icons}/... images, OUT_DIR/captions.jsonl (the dataset
+Writes OUT_DIR/{emoji,tuxpaint,openclipart,icons}/... images (EmojiOne's under emoji/emojione/), OUT_DIR/captions.jsonl (the dataset
 format the app reads) and OUT_DIR/corpus-report.json (counts and caption examples).
 The output is deterministic for the same package versions.
 """
@@ -47,6 +49,7 @@ ICON_THEMES = {
     "papirus-icon-theme": ("Papirus", "Papirus"), "tango-icon-theme": ("Tango", "Tango"),
 }
 ICON_PACKAGES = list(ICON_THEMES) + ["librsvg2-bin"]
+EMOJIONE_PACKAGES = ["ruby-gemojione", "librsvg2-bin"]
 
 
 def fetch(cache, packages):
@@ -123,15 +126,34 @@ def glyph_sequences(font):
     return seq
 
 
-def build_emoji(roots, out_dir, records):
-    from fontTools.ttLib import TTFont
-    font_path = glob.glob(os.path.join(roots["fonts-noto-color-emoji"], "usr/share/fonts/**/NotoColorEmoji.ttf"), recursive=True)[0]
+def emoji_tables(roots):
+    """(sequence -> (name, group, subgroup), emoji string -> CLDR keywords)."""
     names = emoji_test(os.path.join(roots["unicode-data"], "usr/share/unicode/emoji/emoji-test.txt"))
     cldr = os.path.join(roots["unicode-cldr-core"], "usr/share/unicode/cldr/common")
     keywords = cldr_keywords(os.path.join(cldr, "annotations/en.xml"))
     # Skin-tone, gender and other derived sequences have their keywords here.
     for key, words in cldr_keywords(os.path.join(cldr, "annotationsDerived/en.xml")).items():
         keywords.setdefault(key, words)
+    return names, keywords
+
+
+def emoji_caption(key, names, keywords, style=None):
+    """"grinning face, an emoji (smileys & emotion, face smiling); face, grin"; a style other than
+    Noto's is named in the brackets ("...; EmojiOne style)"), as icon captions name their theme."""
+    name, group, subgroup = names[key]
+    text = "".join(chr(int(c, 16)) for c in key)
+    words = [k for k in keywords.get(text, []) if k.lower() != name.lower()][:5]
+    caption = f"{name}, an emoji ({group.lower()}, {subgroup.replace('-', ' ')}"
+    caption += f"; {style} style)" if style else ")"
+    if words:
+        caption += "; " + ", ".join(words)
+    return caption
+
+
+def build_emoji(roots, out_dir, records):
+    from fontTools.ttLib import TTFont
+    font_path = glob.glob(os.path.join(roots["fonts-noto-color-emoji"], "usr/share/fonts/**/NotoColorEmoji.ttf"), recursive=True)[0]
+    names, keywords = emoji_tables(roots)
     font = TTFont(font_path)
     sequences = glyph_sequences(font)
     by_multiset, ambiguous = {}, set()
@@ -153,19 +175,57 @@ def build_emoji(roots, out_dir, records):
             key = by_multiset.get(tuple(sorted(key)))
             if key is None:
                 continue
-        name, group, subgroup = names[key]
-        if group == "Component":
+        if names[key][1] == "Component":
             continue
-        text = "".join(chr(int(c, 16)) for c in key)
-        words = [k for k in keywords.get(text, []) if k.lower() != name.lower()][:5]
-        caption = f"{name}, an emoji ({group.lower()}, {subgroup.replace('-', ' ')})"
-        if words:
-            caption += "; " + ", ".join(words)
+        caption = emoji_caption(key, names, keywords)
         file = "emoji/" + "-".join(key).lower() + ".png"
         with open(os.path.join(out_dir, file), "wb") as f:
             f.write(bitmap.imageData)
         records.append({"file": file, "caption": caption, "source": "fonts-noto-color-emoji"})
         stats["named"] += 1
+    return stats
+
+
+def rsvg_convert(roots):
+    """The path of rsvg-convert from librsvg2-bin, once it is known to run here."""
+    rsvg = os.path.join(roots["librsvg2-bin"], "usr/bin/rsvg-convert")
+    try:
+        check = subprocess.run([rsvg, "--version"], capture_output=True, text=True)
+        problem = check.stderr.strip() if check.returncode != 0 else None
+    except OSError as error:  # missing, or not an executable for this machine
+        problem = str(error)
+    if problem is not None:
+        sys.exit(f"{rsvg} does not run here (it needs the system's librsvg2-2): {problem}")
+    return rsvg
+
+
+def build_emojione(roots, out_dir, records):
+    """EmojiOne's drawing of every emoji the Noto font draws too (so the two share a subject and
+    the DiT sees such subjects in two styles), rasterised to 128 px."""
+    rsvg = rsvg_convert(roots)
+    names, keywords = emoji_tables(roots)
+    drawn_by_noto = {r["file"] for r in records if r["source"] == "fonts-noto-color-emoji"}
+    base = glob.glob(os.path.join(roots["ruby-gemojione"], "usr/share/rubygems-integration/all/gems/gemojione-*/assets/svg"))[0]
+    stats = {"drawings": 0, "kept": 0, "not_in_noto": 0, "failed": 0}
+    os.makedirs(os.path.join(out_dir, "emoji/emojione"), exist_ok=True)
+    for path in sorted(glob.glob(os.path.join(base, "*.svg"))):
+        stats["drawings"] += 1
+        codes = os.path.splitext(os.path.basename(path))[0].upper().split("-")
+        key = tuple(c for c in codes if c != "FE0F")
+        noto_file = "emoji/" + "-".join(key).lower() + ".png"
+        if key not in names or noto_file not in drawn_by_noto:
+            stats["not_in_noto"] += 1
+            continue
+        file = "emoji/emojione/" + "-".join(key).lower() + ".png"
+        target = os.path.join(out_dir, file)
+        result = subprocess.run([rsvg, "-w", "128", "-h", "128", "--keep-aspect-ratio", "-o", target, path],
+                                capture_output=True)
+        if result.returncode != 0 or not os.path.isfile(target):
+            stats["failed"] += 1
+            continue
+        caption = emoji_caption(key, names, keywords, style="EmojiOne")
+        records.append({"file": file, "caption": caption, "source": "ruby-gemojione"})
+        stats["kept"] += 1
     return stats
 
 
@@ -282,14 +342,7 @@ def png_side(path):
 
 
 def build_icons(roots, out_dir, records):
-    rsvg = os.path.join(roots["librsvg2-bin"], "usr/bin/rsvg-convert")
-    try:
-        check = subprocess.run([rsvg, "--version"], capture_output=True, text=True)
-        problem = check.stderr.strip() if check.returncode != 0 else None
-    except OSError as error:  # missing, or not an executable for this machine
-        problem = str(error)
-    if problem is not None:
-        sys.exit(f"{rsvg} does not run here (it needs the system's librsvg2-2): {problem}")
+    rsvg = rsvg_convert(roots)
     stats = {"themes": len(ICON_THEMES), "names_drawn": 0, "names_kept": 0, "kept": 0, "failed": 0,
              "not_square": 0}
     # name -> package -> (size, kind, path, context): the largest drawing of it in that theme.
@@ -351,12 +404,14 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/textok-studio/debs"))
     parser.add_argument("--icons", action="store_true", help="add the icon themes (the shipped DiT's last stages trained with them)")
+    parser.add_argument("--emojione", action="store_true", help="add EmojiOne's drawings of the emoji Noto draws (a second style of each)")
     args = parser.parse_args()
     try:
         import fontTools  # noqa: F401
     except ImportError:
         sys.exit("fontTools is needed to read the emoji font: pip install fonttools")
-    roots = fetch(args.cache, PACKAGES + (ICON_PACKAGES if args.icons else []))
+    extra = (ICON_PACKAGES if args.icons else []) + (EMOJIONE_PACKAGES if args.emojione else [])
+    roots = fetch(args.cache, PACKAGES + list(dict.fromkeys(extra)))
     os.makedirs(args.out, exist_ok=True)
     records = []
     report = {
@@ -366,6 +421,8 @@ def main():
     }
     if args.icons:
         report["icons"] = build_icons(roots, args.out, records)
+    if args.emojione:
+        report["emojione"] = build_emojione(roots, args.out, records)
     with open(os.path.join(args.out, "captions.jsonl"), "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps({"file": record["file"], "caption": record["caption"]}, ensure_ascii=False) + "\n")
