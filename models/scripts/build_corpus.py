@@ -10,14 +10,14 @@ Fetches (apt-get download + dpkg -x, nothing is installed):
   unicode-cldr-core       CLDR English emoji keywords (Unicode licence)
   tuxpaint-stamps-default Tux Paint stamps with one-sentence captions (GPL-2)
   openclipart-png/-svg    Open Clip Art Library, titles and descriptions (public domain)
-With --emojione also ruby-gemojione's EmojiOne 2 drawings (CC-BY-SA-4.0; SVG, rasterised with
-rsvg-convert from librsvg2-bin) of the emoji Noto draws too, as a second drawing of each.
 With --icons also 16 icon themes (ICON_THEMES; GPL, LGPL and CC-BY-SA licences, see the data
 card) and librsvg2-bin for rsvg-convert: every freedesktop icon name that 3 or more themes draw,
 once per theme, so the corpus holds several drawings of each of those things. The shipped
 tokenizers were trained without it; the shipped DiT's last two stages with it.
+With --emojione also ruby-gemojione's EmojiOne 2 drawings (CC-BY-SA-4.0; SVG, rasterised with
+rsvg-convert) of the emoji Noto draws too, a second drawing of each, under emoji/emojione/.
 
-Writes OUT_DIR/{emoji,tuxpaint,openclipart,icons}/... images (EmojiOne's under emoji/emojione/), OUT_DIR/captions.jsonl (the dataset
+Writes OUT_DIR/{emoji,tuxpaint,openclipart,icons}/... images, OUT_DIR/captions.jsonl (the dataset
 format the app reads) and OUT_DIR/corpus-report.json (counts and caption examples).
 The output is deterministic for the same package versions.
 """
@@ -150,10 +150,10 @@ def emoji_caption(key, names, keywords, style=None):
     return caption
 
 
-def build_emoji(roots, out_dir, records):
+def build_emoji(roots, tables, out_dir, records):
     from fontTools.ttLib import TTFont
     font_path = glob.glob(os.path.join(roots["fonts-noto-color-emoji"], "usr/share/fonts/**/NotoColorEmoji.ttf"), recursive=True)[0]
-    names, keywords = emoji_tables(roots)
+    names, keywords = tables
     font = TTFont(font_path)
     sequences = glyph_sequences(font)
     by_multiset, ambiguous = {}, set()
@@ -199,11 +199,11 @@ def rsvg_convert(roots):
     return rsvg
 
 
-def build_emojione(roots, out_dir, records):
+def build_emojione(roots, tables, out_dir, records):
     """EmojiOne's drawing of every emoji the Noto font draws too (so the two share a subject and
     the DiT sees such subjects in two styles), rasterised to 128 px."""
     rsvg = rsvg_convert(roots)
-    names, keywords = emoji_tables(roots)
+    names, keywords = tables
     drawn_by_noto = {r["file"] for r in records if r["source"] == "fonts-noto-color-emoji"}
     base = glob.glob(os.path.join(roots["ruby-gemojione"], "usr/share/rubygems-integration/all/gems/gemojione-*/assets/svg"))[0]
     stats = {"drawings": 0, "kept": 0, "not_in_noto": 0, "failed": 0}
@@ -213,7 +213,7 @@ def build_emojione(roots, out_dir, records):
         codes = os.path.splitext(os.path.basename(path))[0].upper().split("-")
         key = tuple(c for c in codes if c != "FE0F")
         noto_file = "emoji/" + "-".join(key).lower() + ".png"
-        if key not in names or noto_file not in drawn_by_noto:
+        if noto_file not in drawn_by_noto:  # its key is then one of `names`
             stats["not_in_noto"] += 1
             continue
         file = "emoji/emojione/" + "-".join(key).lower() + ".png"
@@ -414,15 +414,16 @@ def main():
     roots = fetch(args.cache, PACKAGES + list(dict.fromkeys(extra)))
     os.makedirs(args.out, exist_ok=True)
     records = []
+    tables = emoji_tables(roots)  # names and keywords, for the emoji of both styles
     report = {
-        "emoji": build_emoji(roots, args.out, records),
+        "emoji": build_emoji(roots, tables, args.out, records),
         "tuxpaint": build_tuxpaint(roots, args.out, records),
         "openclipart": build_openclipart(roots, args.out, records),
     }
     if args.icons:
         report["icons"] = build_icons(roots, args.out, records)
     if args.emojione:
-        report["emojione"] = build_emojione(roots, args.out, records)
+        report["emojione"] = build_emojione(roots, tables, args.out, records)
     with open(os.path.join(args.out, "captions.jsonl"), "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps({"file": record["file"], "caption": record["caption"]}, ensure_ascii=False) + "\n")
