@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Splits a `gen-eval` caption match by whether the training split drew the caption's subject.
 
-    python3 models/scripts/caption_match_by_subject.py CORPUS_DIR GEN_EVAL.json
+    python3 models/scripts/caption_match_by_subject.py CORPUS_DIR GEN_EVAL.json [TRAINING_CORPUS_DIR]
 
 CORPUS_DIR is the corpus `gen-eval --data` read (its `captions.jsonl`); GEN_EVAL.json what
-`gen-eval --json` wrote (records with `per_image`). A validation image's subject is drawn in
-training when a training image has the same subject: for an emoji its name without the skin
+`gen-eval --json` wrote (records with `per_image`); TRAINING_CORPUS_DIR, when the DiT trained on
+another corpus than CORPUS_DIR (one with more drawings, e.g. `build_corpus.py --emojione`), the
+corpus whose training split decides what was drawn (default: CORPUS_DIR's). A validation image's
+subject is drawn in training when a training image has the same subject: for an emoji its name without the skin
 tone ("woman walking: medium-dark skin tone" -> "woman walking"), for an icon its name (each
 theme draws it in its own style), for clip art its title, for a Tux Paint stamp its caption.
 Prints, per generator, the caption match (rank under 5) of both groups, overall and by source.
@@ -26,7 +28,7 @@ def in_validation(relative):
 
 
 def subject(file, caption):
-    source = file.split("/", 1)[0]
+    source = file.split("/", 1)[0]  # EmojiOne's emoji/emojione/... count as emoji too
     if source == "emoji":
         name = caption.split(", an emoji", 1)[0]
         head, _, tail = name.partition(": ")
@@ -39,8 +41,11 @@ def subject(file, caption):
 
 
 def main():
+    if len(sys.argv) not in (3, 4):
+        sys.exit(__doc__)
     corpus, report = sys.argv[1], sys.argv[2]
-    rows = [json.loads(line) for line in open(f"{corpus}/captions.jsonl", encoding="utf-8")]
+    training = sys.argv[3] if len(sys.argv) == 4 else corpus
+    rows = [json.loads(line) for line in open(f"{training}/captions.jsonl", encoding="utf-8")]
     drawn = {subject(r["file"], r["caption"]) for r in rows if not in_validation(r["file"])}
     for record in json.load(open(report, encoding="utf-8")):
         images = record.get("per_image") or []
