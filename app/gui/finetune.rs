@@ -23,7 +23,7 @@ use crate::train::tokenizer::{
 /// Sub-folder of the data folder holding fine-tuning runs.
 pub const FINETUNE_DIR: &str = "finetune";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Target {
     Tokenizer,
     /// The TexTok detokenizer Generate decodes with, trained on the DiT's tokens: its encoder
@@ -49,8 +49,9 @@ impl Target {
     }
 }
 
-/// The form.
-#[derive(Debug, Clone, PartialEq)]
+/// The form; saved with the app state (`PersistedState::fine_tune`), so it survives restarts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct FineTuneForm {
     pub target: Target,
     /// Train on the Library's captioned images (else on `folder`).
@@ -67,9 +68,39 @@ pub struct FineTuneForm {
     /// DiT runs: also train on each image's mirror image (`DitTrainConfig::mirror`): twice the
     /// pictures for a few images of one's own.
     pub mirror_images: bool,
+    /// The run's seed (data order, initial noise, caption dropout): the same seed, data and
+    /// settings train the same model, as with the command line's `--seed`.
+    pub seed: u64,
 }
 
 impl FineTuneForm {
+    /// Limits of the form's number fields (the widgets keep a typed value inside them; a saved
+    /// state edited by hand is brought inside them when loaded, by [`Self::clamped`]).
+    pub const MAX_STEPS: usize = 1_000_000;
+    pub const LEARNING_RATES: std::ops::RangeInclusive<f64> = 1e-7..=1e-2;
+    pub const MAX_BATCH: usize = 256;
+    pub const MAX_MINUTES: f64 = 10_000.0;
+
+    /// The form with every number inside the limits the widgets allow (a NaN becomes the
+    /// default).
+    pub fn clamped(mut self) -> Self {
+        let defaults = Self::default();
+        self.steps = self.steps.clamp(1, Self::MAX_STEPS);
+        self.batch = self.batch.clamp(1, Self::MAX_BATCH);
+        self.learning_rate = if self.learning_rate.is_nan() {
+            defaults.learning_rate
+        } else {
+            self.learning_rate
+                .clamp(*Self::LEARNING_RATES.start(), *Self::LEARNING_RATES.end())
+        };
+        self.time_limit_minutes = if self.time_limit_minutes.is_nan() {
+            defaults.time_limit_minutes
+        } else {
+            self.time_limit_minutes.clamp(0.0, Self::MAX_MINUTES)
+        };
+        self
+    }
+
     /// The trainers' time limit: `None` for 0 (or anything not a positive number up to a year).
     pub fn time_limit(&self) -> Option<Duration> {
         crate::train::TimeLimit::duration_from_minutes(self.time_limit_minutes)
@@ -88,6 +119,7 @@ impl Default for FineTuneForm {
             time_limit_minutes: 0.0,
             keep_tokens: true,
             mirror_images: false,
+            seed: 0,
         }
     }
 }
@@ -346,6 +378,7 @@ fn generation_decoder_config(
     config.checkpoint_minutes = 1.0;
     config.init_from = Some(decoder);
     config.freeze_encoder = true;
+    config.seed = form.seed;
     config.token_noise = GENERATION_TOKEN_NOISE;
     config.min_budget = (*budgets.start()).max(config.min_budget);
     config.max_budget = (*budgets.end()).min(config.max_budget);
@@ -784,6 +817,7 @@ impl FineTunePane {
                                 // Freezing needs weights to keep; a first run trains both.
                                 config.freeze_encoder =
                                     form.keep_tokens && config.init_from.is_some();
+                                config.seed = form.seed;
                                 config
                             }
                         };
@@ -808,6 +842,7 @@ impl FineTunePane {
                                 config.checkpoint_minutes = 1.0;
                                 config.init_from = dit.is_file().then_some(dit);
                                 config.mirror = form.mirror_images;
+                                config.seed = form.seed;
                                 config
                             }
                         };
@@ -972,26 +1007,32 @@ impl FineTunePane {
                 .num_columns(2)
                 .show(ui, |ui| {
                     let label = ui.label("Steps");
-                    ui.add(egui::DragValue::new(&mut self.form.steps).range(1..=1_000_000))
-                        .labelled_by(label.id);
+                    ui.add(
+                        egui::DragValue::new(&mut self.form.steps)
+                            .range(1..=FineTuneForm::MAX_STEPS),
+                    )
+                    .labelled_by(label.id);
                     ui.end_row();
                     let label = ui.label("Learning rate");
                     ui.add(
                         egui::DragValue::new(&mut self.form.learning_rate)
-                            .range(1e-7..=1e-2)
+                            .range(FineTuneForm::LEARNING_RATES)
                             .speed(1e-6)
                             .max_decimals(7),
                     )
                     .labelled_by(label.id);
                     ui.end_row();
                     let label = ui.label("Batch");
-                    ui.add(egui::DragValue::new(&mut self.form.batch).range(1..=256))
-                        .labelled_by(label.id);
+                    ui.add(
+                        egui::DragValue::new(&mut self.form.batch)
+                            .range(1..=FineTuneForm::MAX_BATCH),
+                    )
+                    .labelled_by(label.id);
                     ui.end_row();
                     let label = ui.label("Time limit (minutes, 0 = none)");
                     ui.add(
                         egui::DragValue::new(&mut self.form.time_limit_minutes)
-                            .range(0.0..=10_000.0)
+                            .range(0.0..=FineTuneForm::MAX_MINUTES)
                             .speed(1.0),
                     )
                     .on_hover_text(
@@ -1000,6 +1041,14 @@ impl FineTunePane {
                          limit over before then stops the run unfinished, for Resume",
                     )
                     .labelled_by(label.id);
+                    ui.end_row();
+                    let label = ui.label("Seed");
+                    ui.add(egui::DragValue::new(&mut self.form.seed))
+                        .on_hover_text(
+                            "The data order and the training noise: the same seed, images and \
+                             settings train the same model",
+                        )
+                        .labelled_by(label.id);
                     ui.end_row();
                 });
             if self.form.target == Target::Tokenizer {

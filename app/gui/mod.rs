@@ -743,6 +743,7 @@ impl StudioApp {
             stopping_since: None,
             quit_without_waiting: false,
         };
+        app.finetune.form = app.app.state.fine_tune.clone();
         app.app.import(&open_folders);
         app
     }
@@ -936,6 +937,10 @@ impl StudioApp {
         if !dropped.is_empty() {
             self.app.import(&dropped);
             self.pane = Pane::Library;
+        }
+        // The pane edits its own copy of the form; the state saves it (once it changed).
+        if self.app.state.fine_tune != self.finetune.form {
+            self.app.state.fine_tune = self.finetune.form.clone();
         }
         self.persist(false);
     }

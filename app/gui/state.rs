@@ -145,6 +145,21 @@ pub struct PersistedState {
     pub settings: Settings,
     /// Budget on the Compare pane's slider.
     pub compare_budget: Option<usize>,
+    /// The Fine-tune pane's form. One that this version cannot read (say, a target a later
+    /// version added) falls back to the defaults instead of making the whole state unreadable.
+    #[serde(deserialize_with = "fine_tune_form_or_default")]
+    pub fine_tune: super::finetune::FineTuneForm,
+}
+
+fn fine_tune_form_or_default<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<super::finetune::FineTuneForm, D::Error> {
+    let value = serde_json::Value::deserialize(deserializer)?;
+    Ok(
+        serde_json::from_value::<super::finetune::FineTuneForm>(value)
+            .unwrap_or_default()
+            .clamped(),
+    )
 }
 
 impl PersistedState {

@@ -2247,6 +2247,76 @@ fn fine_tuning_the_dit_with_mirror_images_trains_on_them_too() {
 }
 
 #[test]
+fn the_fine_tune_form_reaches_the_run_with_its_seed_and_survives_a_restart() {
+    use textok_studio::gui::finetune::Target;
+    let fixture = fixture();
+    let mut harness = fine_tune_harness(&fixture, &[("apple", "a red apple")], 1, 1);
+    assert!(harness.query_by_label("Seed").is_some());
+    harness.get_by_label("DiT generator").click();
+    {
+        let form = &mut harness.state_mut().finetune.form;
+        form.seed = 7;
+        form.learning_rate = 2e-4;
+        form.time_limit_minutes = 30.0;
+    }
+    harness.step();
+    harness.get_by_label("Start").click();
+    wait_idle(&mut harness, "the DiT's run");
+    assert!(
+        error_notices(harness.state()).is_empty(),
+        "{:?}",
+        error_notices(harness.state())
+    );
+    let runs = list_runs(&fixture.data_dir());
+    assert_eq!(runs.len(), 1);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs[0].dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["seed"], 7, "{config}");
+    assert_eq!(config["learning_rate"], 2e-4, "{config}");
+    let form = harness.state().finetune.form.clone();
+    assert_eq!(form.target, Target::Dit);
+
+    // The state file is written within a second of the change; the next window has the form.
+    std::thread::sleep(Duration::from_millis(1100));
+    harness.step();
+    drop(harness);
+    let again = harness_on(&fixture, Pane::FineTune);
+    assert_eq!(again.state().finetune.form, form);
+}
+
+#[test]
+fn a_saved_fine_tune_form_out_of_range_or_unreadable_loads_as_a_usable_one() {
+    use textok_studio::gui::finetune::FineTuneForm;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(state::STATE_FILE);
+    // Numbers outside the widgets' limits are brought inside them.
+    std::fs::write(
+        &path,
+        r#"{"fine_tune": {"steps": 0, "batch": 9999, "learning_rate": 5.0, "seed": 3}}"#,
+    )
+    .unwrap();
+    let loaded = state::load(dir.path());
+    assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
+    let form = loaded.state.fine_tune;
+    assert_eq!(
+        (form.steps, form.batch, form.seed),
+        (1, FineTuneForm::MAX_BATCH, 3)
+    );
+    assert_eq!(form.learning_rate, *FineTuneForm::LEARNING_RATES.end());
+    // A form this version cannot read (a later version's target) gives the defaults and
+    // keeps the rest of the state.
+    std::fs::write(
+        &path,
+        r#"{"recent_prompts": ["a red apple"], "fine_tune": {"target": "Vae", "seed": 3}}"#,
+    )
+    .unwrap();
+    let loaded = state::load(dir.path());
+    assert!(loaded.problem.is_none(), "{:?}", loaded.problem);
+    assert_eq!(loaded.state.fine_tune, FineTuneForm::default());
+    assert_eq!(loaded.state.recent_prompts, vec!["a red apple".to_string()]);
+}
+
+#[test]
 fn fine_tuning_the_generation_decoder_keeps_the_tokens_and_serves_generate() {
     use textok_studio::gui::finetune::Target;
     let fixture = fixture();
