@@ -283,8 +283,25 @@ impl GeneratePane {
         });
     }
 
+    /// Ctrl+Enter (Cmd+Enter on macOS) generates, from any field of the pane, as the button does.
+    pub const GENERATE_SHORTCUT: egui::KeyboardShortcut =
+        egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, egui::Key::Enter);
+
     pub fn ui(&mut self, ui: &mut egui::Ui, app: &mut AppContext) {
         let progress = self.poll(app);
+        // Consumed before the caption field sees it, so it never types a line break there.
+        // Escape stops a running batch, as Cancel does (it only unfocuses a field otherwise).
+        let ready = matches!(app.engines.generate(), EngineStatus::Ready(_));
+        if !self.generating()
+            && ready
+            && ui.input_mut(|i| i.consume_shortcut(&Self::GENERATE_SHORTCUT))
+        {
+            self.start(app);
+        } else if self.generating()
+            && ui.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::Escape))
+        {
+            self.cancel();
+        }
 
         egui::Panel::left("generate-form")
             .resizable(true)
@@ -395,15 +412,17 @@ impl GeneratePane {
                         p.done as f32 / p.total.max(1) as f32,
                     ));
                 }
-                if ui.button("Cancel").clicked() {
+                if ui.button("Cancel").on_hover_text("Esc").clicked() {
                     self.cancel();
                 }
             }
             None => {
                 let status = app.engines.generate();
                 let ready = matches!(status, EngineStatus::Ready(_));
+                let shortcut = ui.ctx().format_shortcut(&Self::GENERATE_SHORTCUT);
                 if ui
                     .add_enabled(ready, egui::Button::new("Generate images"))
+                    .on_hover_text(shortcut)
                     .clicked()
                 {
                     self.start(app);

@@ -1524,6 +1524,38 @@ fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
     assert!(harness.state().app.state.gallery.is_empty());
 }
 
+#[test]
+fn ctrl_enter_generates_from_the_caption_field_and_escape_cancels() {
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Generate);
+    wait_idle(&mut harness, "the generator");
+    {
+        let form = &mut harness.state_mut().app.state.generate;
+        form.caption = "a long job".into();
+        form.steps = 1000;
+        form.random_seed = false;
+    }
+    harness.step();
+    harness.get_by_role(Role::MultilineTextInput).focus();
+    harness.step();
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
+    harness.step();
+    assert!(harness.state().generate.generating());
+    assert_eq!(
+        harness.state().app.state.generate.caption,
+        "a long job",
+        "the shortcut types no line break into the caption"
+    );
+    harness.key_press(egui::Key::Escape);
+    wait_until(
+        &mut harness,
+        "the cancellation",
+        Duration::from_secs(30),
+        idle,
+    );
+    assert!(harness.state().app.state.gallery.is_empty());
+}
+
 /// Presses the window's close button (the event the window system sends) and runs a frame.
 fn request_close(harness: &mut Harness<'static, StudioApp>) {
     harness
