@@ -57,6 +57,7 @@ pub fn save_generation(
                 steps: s.steps,
                 cfg: s.cfg,
                 seed: s.seed,
+                models: Some(models.into()),
             },
         });
     }
@@ -67,6 +68,26 @@ struct Running {
     job: Job<GenerateOutcome>,
     started: Instant,
     count: usize,
+}
+
+/// Which of the models that made a gallery image differs from the loaded generator's ("DiT",
+/// "decoder", or both); `None` when they are the same, or either is unknown (an image saved
+/// before models were recorded, a generator still loading).
+fn changed_models(settings: &GenerationSettings, app: &mut AppContext) -> Option<&'static str> {
+    let made_with = settings.models.as_ref()?;
+    let EngineStatus::Ready(engine) = app.engines.generate() else {
+        return None;
+    };
+    let now = super::state::ModelHashes::from(&crate::pipeline::GeneratorIdentity::of(&engine));
+    match (
+        made_with.dit != now.dit,
+        made_with.tokenizer != now.tokenizer,
+    ) {
+        (true, true) => Some("DiT and decoder"),
+        (true, false) => Some("DiT"),
+        (false, true) => Some("decoder"),
+        (false, false) => None,
+    }
 }
 
 /// What a gallery button does.
@@ -626,6 +647,13 @@ impl GeneratePane {
                 form.seed = entry.settings.seed;
                 form.random_seed = false;
                 form.count = 1;
+                if let Some(changed) = changed_models(&entry.settings, app) {
+                    app.notices.info(format!(
+                        "Settings reused, but the {changed} in use now is not the one that \
+                         made this image, so they will make another image (the image's PNG \
+                         names its models' SHA-256)."
+                    ));
+                }
             }
             GalleryAction::SaveAs => {
                 // A second dialog would replace the first one's answer, which would be lost.

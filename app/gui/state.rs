@@ -32,6 +32,27 @@ pub struct GenerationSettings {
     pub steps: usize,
     pub cfg: f32,
     pub seed: u64,
+    /// The models that made it (as its PNG's text chunks name them), so that *Reuse settings*
+    /// can say when the models in use now would make another image; `None` for images
+    /// generated before this was recorded.
+    #[serde(default)]
+    pub models: Option<ModelHashes>,
+}
+
+/// [`crate::pipeline::model_identity`] of the tokenizer that decoded an image and of the DiT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelHashes {
+    pub tokenizer: String,
+    pub dit: String,
+}
+
+impl From<&crate::pipeline::GeneratorIdentity> for ModelHashes {
+    fn from(identity: &crate::pipeline::GeneratorIdentity) -> Self {
+        Self {
+            tokenizer: identity.tokenizer_id.clone(),
+            dit: identity.dit_id.clone(),
+        }
+    }
 }
 
 /// One generated image, saved in the data folder the moment it was made.

@@ -1340,6 +1340,23 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     let app = harness.state_mut();
     app.generate.act(0, GalleryAction::Reuse, &mut app.app);
     assert_eq!(app.app.state.generate.caption, "a red apple");
+    let other_models = |app: &StudioApp| {
+        all_notices(app)
+            .into_iter()
+            .filter(|m| m.contains("in use now is not the one"))
+            .collect::<Vec<_>>()
+    };
+    assert!(other_models(app).is_empty(), "{:?}", other_models(app));
+    // An image made by another DiT: reusing its settings says they will not make it again.
+    let made_with = app.app.state.gallery[0].settings.models.clone().unwrap();
+    app.app.state.gallery[0].settings.models = Some(state::ModelHashes {
+        dit: "another DiT".into(),
+        ..made_with.clone()
+    });
+    app.generate.act(0, GalleryAction::Reuse, &mut app.app);
+    assert_eq!(other_models(app).len(), 1, "{:?}", all_notices(app));
+    assert!(other_models(app)[0].contains("the DiT in use"));
+    app.app.state.gallery[0].settings.models = Some(made_with);
     app.generate.act(0, GalleryAction::ToLibrary, &mut app.app);
     assert_eq!(app.app.state.library.len(), 1);
     assert_eq!(app.app.state.library[0].caption, "a red apple");
@@ -1407,6 +1424,7 @@ fn a_gallery_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
             steps: 50,
             cfg: 3.0,
             seed: i as u64,
+            models: None,
         },
     };
     harness.state_mut().app.state.gallery = (0..5000).map(entry).collect();
