@@ -12,7 +12,7 @@ use super::AppContext;
 use super::engines::EngineStatus;
 use super::images::ThumbnailState;
 use super::state::{GalleryEntry, GenerationSettings};
-use crate::jobs::{Job, JobState, Progress};
+use crate::jobs::{CancelToken, Job, JobState, Progress};
 use crate::model::dit::SampleSettings;
 use crate::model::textok::MIN_BUDGET;
 use crate::pipeline::validate_sample_settings;
@@ -122,6 +122,78 @@ pub struct GeneratePane {
     deleted: Vec<Deleted>,
     /// Words every shown gallery image's caption holds (any case); empty: all.
     pub filter: String,
+    recovery: Recovery,
+}
+
+/// Looking, once per start, for generated images the gallery does not list (a damaged state
+/// file was set aside, a window that could not save its state): each PNG holds its settings.
+#[derive(Default)]
+enum Recovery {
+    #[default]
+    NotStarted,
+    Running(Job<Vec<GalleryEntry>>),
+    Done,
+}
+
+/// The gallery entry a generated PNG's text chunks describe (as
+/// [`crate::pipeline::save_generated`] writes them), or `None` for any other file.
+pub fn gallery_entry_from_png(path: &Path) -> Option<GalleryEntry> {
+    let text = crate::data::image::read_png_text(path).ok()?;
+    let get = |key: &str| {
+        text.iter()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.as_str())
+    };
+    let tokenizer = get("tokenizer").unwrap_or("textok");
+    let models = get(&format!("{tokenizer}-sha256"))
+        .zip(get("dit-sha256"))
+        .map(|(tokenizer, dit)| super::state::ModelHashes {
+            tokenizer: tokenizer.to_owned(),
+            dit: dit.to_owned(),
+        });
+    Some(GalleryEntry {
+        file: path.to_owned(),
+        settings: GenerationSettings {
+            caption: get("caption")?.to_owned(),
+            tokens: get("tokens")?.parse().ok()?,
+            steps: get("steps")?.parse().ok()?,
+            cfg: get("cfg")?
+                .parse()
+                .ok()
+                .filter(|cfg: &f32| cfg.is_finite())?,
+            seed: get("seed")?.parse().ok()?,
+            models,
+        },
+    })
+}
+
+/// The generated images in `dir` that `listed` does not name, newest first (their names start
+/// with the time they were made). Files that are not generated PNGs are left alone.
+pub fn unlisted_generations(
+    dir: &Path,
+    listed: &std::collections::HashSet<PathBuf>,
+    cancel: &CancelToken,
+) -> anyhow::Result<Vec<GalleryEntry>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(error).with_context(|| format!("{}: cannot list", dir.display()));
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "png") && !listed.contains(path))
+        .collect();
+    paths.sort_by(|a, b| b.file_name().cmp(&a.file_name()));
+    let mut found = Vec::new();
+    for path in paths {
+        if cancel.is_cancelled() {
+            break;
+        }
+        found.extend(gallery_entry_from_png(&path));
+    }
+    Ok(found)
 }
 
 /// "12/50 steps, ETA 4 s" from a progress report and the time since the job started.
@@ -224,15 +296,73 @@ impl GeneratePane {
         });
     }
 
+    /// Starts, then collects, the search for generated images the gallery lost (every frame).
+    fn poll_recovery(&mut self, app: &mut AppContext) {
+        match &mut self.recovery {
+            Recovery::NotStarted => {
+                let dir = app.data_dir.join(GENERATED_DIR);
+                let listed = app.state.gallery.iter().map(|e| e.file.clone()).collect();
+                self.recovery = Recovery::Running(Job::spawn(
+                    "find generated images",
+                    app.notify.clone(),
+                    move |_, cancel| unlisted_generations(&dir, &listed, cancel),
+                ));
+            }
+            Recovery::Running(job) => match job.poll() {
+                JobState::Running(_) => {}
+                JobState::Finished(Ok(found)) => {
+                    self.recovery = Recovery::Done;
+                    // Generated, deleted or listed again while the search ran: not lost.
+                    let lost: Vec<GalleryEntry> = found
+                        .into_iter()
+                        .filter(|e| e.file.is_file())
+                        .filter(|e| !app.state.gallery.iter().any(|g| g.file == e.file))
+                        .collect();
+                    if lost.is_empty() {
+                        return;
+                    }
+                    let count = lost.len();
+                    for entry in lost {
+                        // Before the first older image, so the gallery stays newest first.
+                        let at = app
+                            .state
+                            .gallery
+                            .iter()
+                            .position(|g| g.file.file_name() < entry.file.file_name())
+                            .unwrap_or(app.state.gallery.len());
+                        app.state.gallery.insert(at, entry);
+                    }
+                    app.notices.info(format!(
+                        "{count} generated image(s) in {} were missing from the gallery; \
+                         they are back, with the settings saved in each file.",
+                        app.data_dir.join(GENERATED_DIR).display()
+                    ));
+                }
+                JobState::Finished(Err(error)) => {
+                    self.recovery = Recovery::Done;
+                    app.notices.error(format!(
+                        "Cannot look for generated images missing from the gallery: {error:#}"
+                    ));
+                }
+                JobState::Cancelled | JobState::Collected => self.recovery = Recovery::Done,
+            },
+            Recovery::Done => {}
+        }
+    }
+
     /// Collects finished work (called every frame); returns the running job's progress.
     pub fn poll(&mut self, app: &mut AppContext) -> Option<Option<Progress>> {
+        self.poll_recovery(app);
         let running = self.running.as_mut()?;
         match running.job.poll() {
             JobState::Running(progress) => return Some(progress),
             JobState::Finished(Ok(outcome)) => {
                 let saved = outcome.entries.len();
                 for entry in outcome.entries.into_iter().rev() {
-                    app.state.gallery.insert(0, entry);
+                    // The search for lost images may have found it first.
+                    if !app.state.gallery.iter().any(|g| g.file == entry.file) {
+                        app.state.gallery.insert(0, entry);
+                    }
                 }
                 if let Some(first) = outcome.unsaved.first() {
                     let others = if saved > 0 {

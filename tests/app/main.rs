@@ -1497,6 +1497,67 @@ fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
 }
 
 #[test]
+fn generated_images_the_gallery_lost_come_back_with_their_settings() {
+    let fixture = fixture();
+    let out = fixture.data_dir().join("generated");
+    let image = |seed, caption: &str| GeneratedImage {
+        image: image::Rgb32FImage::from_pixel(8, 8, image::Rgb([0.9, 0.1, 0.1])),
+        caption: caption.into(),
+        settings: SampleSettings {
+            tokens: 48,
+            steps: 3,
+            cfg: 2.5,
+            seed,
+            count: 1,
+            guidance_interval: None,
+        },
+    };
+    let models = textok_studio::pipeline::GeneratorIdentity {
+        tokenizer: textok_studio::pipeline::Tokenizer::TexTok,
+        tokenizer_id: "t".into(),
+        dit_id: "d".into(),
+    };
+    let older = save_generation(vec![image(1, "an older apple")], &out, &models, 100);
+    let newer = save_generation(vec![image(2, "a newer pear")], &out, &models, 200);
+    // A PNG that is no generated image stays out of the gallery.
+    std::fs::copy(sample("apple"), out.join("holiday.png")).unwrap();
+    // The state lists the older image only, and is then damaged: set aside, started fresh.
+    let saved = PersistedState {
+        gallery: older.entries.clone(),
+        ..Default::default()
+    };
+    state::save(&fixture.data_dir(), &saved).unwrap();
+    let mut harness = harness_on(&fixture, Pane::Generate);
+    wait_until(
+        &mut harness,
+        "the lost image",
+        Duration::from_secs(30),
+        |app| app.app.state.gallery.len() == 2,
+    );
+    let gallery = harness.state().app.state.gallery.clone();
+    assert_eq!(gallery[0], newer.entries[0], "newest first, as saved");
+    assert_eq!(gallery[1], older.entries[0]);
+    assert!(
+        all_notices(harness.state())
+            .iter()
+            .any(|m| m.starts_with("1 generated image(s)") && m.contains("they are back")),
+        "{:?}",
+        all_notices(harness.state())
+    );
+    drop(harness);
+
+    std::fs::write(fixture.data_dir().join(state::STATE_FILE), b"{ not json").unwrap();
+    let mut harness = harness_on(&fixture, Pane::Generate);
+    wait_until(
+        &mut harness,
+        "both images",
+        Duration::from_secs(30),
+        |app| app.app.state.gallery.len() == 2,
+    );
+    assert_eq!(harness.state().app.state.gallery, gallery);
+}
+
+#[test]
 fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
     let fixture = fixture();
     let mut harness = harness_on(&fixture, Pane::Generate);
