@@ -600,9 +600,16 @@ impl ComparePane {
                 let wanted = self.wanted(app);
                 ui.horizontal(|ui| {
                     ui.spinner();
+                    let elapsed = self
+                        .job
+                        .as_ref()
+                        .map_or(0.0, |(_, _, started)| started.elapsed().as_secs_f64());
                     let text = progress
                         .as_ref()
-                        .map(|p| format!("{} ({}/{})", p.message, p.done, p.total))
+                        .map(|p| {
+                            let eta = super::generate::eta_suffix(p, elapsed);
+                            format!("{} ({}/{}{eta})", p.message, p.done, p.total)
+                        })
                         .unwrap_or_else(|| "reconstructing…".into());
                     ui.label(text);
                     if ui.button("Cancel").clicked()

@@ -198,16 +198,21 @@ pub fn unlisted_generations(
 
 /// "12/50 steps, ETA 4 s" from a progress report and the time since the job started.
 pub fn progress_line(progress: &Progress, elapsed: f64) -> String {
-    let eta = if progress.done > 0 && progress.total >= progress.done {
-        let remaining = elapsed / progress.done as f64 * (progress.total - progress.done) as f64;
-        format!(
-            ", ETA {}",
-            crate::train::format_duration(std::time::Duration::from_secs_f64(remaining))
-        )
-    } else {
-        String::new()
-    };
+    let eta = eta_suffix(progress, elapsed);
     format!("step {}/{}{eta}", progress.done, progress.total)
+}
+
+/// ", ETA 4s" for a job `elapsed` seconds in, at the pace so far; empty before the first unit
+/// is done (no pace yet).
+pub fn eta_suffix(progress: &Progress, elapsed: f64) -> String {
+    if progress.done == 0 || progress.total < progress.done || !elapsed.is_finite() {
+        return String::new();
+    }
+    let remaining = elapsed / progress.done as f64 * (progress.total - progress.done) as f64;
+    format!(
+        ", ETA {}",
+        crate::train::format_duration(std::time::Duration::from_secs_f64(remaining.max(0.0)))
+    )
 }
 
 fn now_millis() -> u128 {
@@ -855,5 +860,23 @@ impl GeneratePane {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eta_extrapolates_the_pace_so_far_and_waits_for_a_first_unit() {
+        let at = |done, total| Progress {
+            done,
+            total,
+            message: String::new(),
+        };
+        assert_eq!(eta_suffix(&at(2, 6), 4.0), ", ETA 8s");
+        assert_eq!(eta_suffix(&at(6, 6), 9.0), ", ETA 0s");
+        assert_eq!(eta_suffix(&at(0, 6), 4.0), "");
+        assert_eq!(progress_line(&at(1, 50), 0.5), "step 1/50, ETA 24s");
     }
 }
