@@ -498,6 +498,34 @@ pub struct FineTunePane {
     samples: (u64, Vec<(egui::TextureHandle, egui::TextureHandle)>),
     /// The run whose Delete was pressed, waiting for the confirmation.
     confirm_delete: Option<PathBuf>,
+    /// A finished or stopped run whose logged loss and validation scores the plot shows (its
+    /// name), and the job reading its log (megabytes for a long run: not on the UI thread).
+    shown: Option<String>,
+    showing: Option<(String, Job<LoggedRun>)>,
+}
+
+/// What a run's `log.jsonl` holds for the plot.
+pub struct LoggedRun {
+    pub losses: Vec<[f64; 2]>,
+    pub evals: Vec<EvalReport>,
+}
+
+/// A run's logged losses ([`logged_losses`]) and validation reports (without their sample
+/// images, which are not logged).
+pub fn logged_run(run_dir: &Path) -> LoggedRun {
+    let evals = std::fs::read_to_string(run_dir.join("log.jsonl"))
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|event| event["event"] == "eval")
+                .filter_map(|event| serde_json::from_value::<EvalReport>(event).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    LoggedRun {
+        losses: logged_losses(run_dir, usize::MAX),
+        evals,
+    }
 }
 
 impl Default for FineTunePane {
@@ -513,6 +541,8 @@ impl Default for FineTunePane {
             folder_dialog: None,
             samples: (0, Vec::new()),
             confirm_delete: None,
+            shown: None,
+            showing: None,
         }
     }
 }
@@ -685,6 +715,8 @@ impl FineTunePane {
 
     /// Starts a new run from the form (`resume` = None) or resumes `resume`.
     pub fn start(&mut self, app: &mut AppContext, resume: Option<RunInfo>) {
+        self.showing = None;
+        let last_shown = self.shown.take();
         // Cleared before the job starts, so none of its first reports is lost. (A resumed run's
         // earlier losses are read by the job: a long run's log is megabytes of JSON.)
         let last_run = std::mem::take(&mut *self.live.lock().unwrap_or_else(|p| p.into_inner()));
@@ -695,6 +727,7 @@ impl FineTunePane {
                 // Refused before any job started: the last run's plot and samples stay.
                 *self.live.lock().unwrap_or_else(|p| p.into_inner()) = last_run;
                 self.samples = last_samples;
+                self.shown = last_shown;
                 app.notices
                     .error(format!("Cannot start fine-tuning: {error:#}"));
             }
@@ -870,7 +903,45 @@ impl FineTunePane {
     }
 
     /// Collects a finished run (called every frame).
+    /// Shows `run`'s logged loss and validation scores in the plot (read in the background).
+    pub fn show_run(&mut self, run: &RunInfo, app: &AppContext) {
+        let dir = run.dir.clone();
+        let job = Job::spawn("read a run's log", app.notify.clone(), move |_, _| {
+            Ok(logged_run(&dir))
+        });
+        self.showing = Some((super::file_name_of(&run.dir), job));
+    }
+
+    /// The run whose log the plot shows, if it shows one rather than the latest training.
+    pub fn shown_run(&self) -> Option<&str> {
+        self.shown.as_deref()
+    }
+
+    fn poll_showing(&mut self, app: &mut AppContext) {
+        let Some((name, job)) = &mut self.showing else {
+            return;
+        };
+        match job.poll() {
+            JobState::Running(_) => return,
+            JobState::Finished(Ok(logged)) => {
+                *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Live {
+                    losses: logged.losses,
+                    evals: logged.evals,
+                    ..Live::default()
+                };
+                self.samples = (0, Vec::new());
+                self.shown = Some(name.clone());
+            }
+            JobState::Finished(Err(error)) => app
+                .notices
+                .error(format!("Cannot read the run {name}'s log: {error:#}")),
+            JobState::Cancelled | JobState::Collected => {}
+        }
+        self.showing = None;
+    }
+
     pub fn poll(&mut self, app: &mut AppContext) {
+        self.poll_showing(app);
         let Some(running) = &mut self.running else {
             return;
         };
@@ -1124,6 +1195,13 @@ impl FineTunePane {
                     {
                         self.start(app, Some(run.clone()));
                     }
+                    if ui
+                        .add_enabled(idle, egui::Button::new("Show"))
+                        .on_hover_text("Its logged loss and validation scores, in the plot")
+                        .clicked()
+                    {
+                        self.show_run(&run, app);
+                    }
                     if run.has_weights && ui.button("Use this model").clicked() {
                         let weights = run.dir.join("ema.safetensors");
                         let slot = match run.target {
@@ -1218,6 +1296,11 @@ impl FineTunePane {
                             .map(String::as_str)
                             .unwrap_or("preparing…"),
                         running.started.elapsed().as_secs_f64()
+                    ));
+                } else if let Some(name) = &self.shown {
+                    ui.label(format!(
+                        "Run {name}, as logged (to step {})",
+                        live.losses.last().map_or(0, |last| last[0] as usize)
                     ));
                 } else {
                     ui.weak("Start a run to see its loss here.");

@@ -2358,7 +2358,7 @@ fn fine_tuning_the_dit_with_mirror_images_trains_on_them_too() {
 }
 
 #[test]
-fn the_fine_tune_form_reaches_the_run_with_its_seed_and_survives_a_restart() {
+fn the_fine_tune_form_reaches_the_run_with_its_seed_and_survives_a_restart_as_does_the_runs_log() {
     use textok_studio::gui::finetune::Target;
     let fixture = fixture();
     let mut harness = fine_tune_harness(&fixture, &[("apple", "a red apple")], 1, 1);
@@ -2391,8 +2391,64 @@ fn the_fine_tune_form_reaches_the_run_with_its_seed_and_survives_a_restart() {
     std::thread::sleep(Duration::from_millis(1100));
     harness.step();
     drop(harness);
-    let again = harness_on(&fixture, Pane::FineTune);
+    let mut again = harness_on(&fixture, Pane::FineTune);
     assert_eq!(again.state().finetune.form, form);
+
+    // The run's logged loss can be shown again after the restart.
+    again.step();
+    assert!(
+        again
+            .state()
+            .finetune
+            .live()
+            .lock()
+            .unwrap()
+            .losses
+            .is_empty()
+    );
+    again.get_by_label("Show").click();
+    wait_until(
+        &mut again,
+        "the run's log",
+        Duration::from_secs(30),
+        |app| app.finetune.shown_run().is_some(),
+    );
+    let logged = again.state().finetune.live().lock().unwrap().losses.clone();
+    assert_eq!(logged.len(), 1, "one step was trained: {logged:?}");
+    assert_eq!(logged[0][0], 1.0);
+    again.step();
+    assert!(
+        again
+            .query_by_label_contains("as logged (to step 1)")
+            .is_some()
+    );
+}
+
+#[test]
+fn a_runs_log_gives_its_losses_and_validation_reports_and_skips_broken_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("log.jsonl"),
+        concat!(
+            r#"{"event":"step","step":1,"loss":0.9}"#,
+            "\n",
+            r#"{"event":"eval","held_out":true,"images":4,"mean_psnr":18.5,"psnr":[[32,15.0],[64,22.0]],"step":1}"#,
+            "\n",
+            r#"{"event":"step","step":2,"loss":0.7}"#,
+            "\n",
+            r#"{"event":"eval","step":2,"psn"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let logged = textok_studio::gui::finetune::logged_run(dir.path());
+    assert_eq!(logged.losses, vec![[1.0, 0.9], [2.0, 0.7]]);
+    assert_eq!(logged.evals.len(), 1, "the line cut short is skipped");
+    assert_eq!(logged.evals[0].psnr, vec![(32, 15.0), (64, 22.0)]);
+    assert!(logged.evals[0].held_out);
+    // A run without a log (deleted meanwhile, say) shows nothing rather than failing.
+    let empty = textok_studio::gui::finetune::logged_run(&dir.path().join("gone"));
+    assert!(empty.losses.is_empty() && empty.evals.is_empty());
 }
 
 #[test]
