@@ -926,7 +926,6 @@ impl StudioApp {
         self.compare.poll(ctx, &mut self.app);
         self.generate.poll(&mut self.app);
         self.finetune.poll(&mut self.app);
-        // Dropped files and folders go to the Library, from any pane.
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw
                 .dropped_files
@@ -935,14 +934,53 @@ impl StudioApp {
                 .collect()
         });
         if !dropped.is_empty() {
-            self.app.import(&dropped);
-            self.pane = Pane::Library;
+            self.take_dropped(dropped);
         }
         // The pane edits its own copy of the form; the state saves it (once it changed).
         if self.app.state.fine_tune != self.finetune.form {
             self.app.state.fine_tune = self.finetune.form.clone();
         }
         self.persist(false);
+    }
+
+    /// Files and folders dropped on the window: pictures and folders go to the Library, from
+    /// any pane; one folder dropped on Fine-tune is the folder to train on; model files are
+    /// pointed to Settings rather than reported as pictures that could not be read.
+    fn take_dropped(&mut self, dropped: Vec<PathBuf>) {
+        if self.pane == Pane::FineTune && dropped.len() == 1 && dropped[0].is_dir() {
+            let folder = dropped[0].display().to_string();
+            self.app.notices.info(format!(
+                "Fine-tuning will train on the captioned images in {folder}."
+            ));
+            self.finetune.form.folder = folder;
+            self.finetune.form.use_library = false;
+            return;
+        }
+        let (models, pictures): (Vec<PathBuf>, Vec<PathBuf>) =
+            dropped.into_iter().partition(|path| {
+                path.extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+            });
+        if !models.is_empty() {
+            let names: Vec<String> = models.iter().map(|p| file_name_of(p)).collect();
+            let what = if models.len() == 1 {
+                "is a model file"
+            } else {
+                "are model files"
+            };
+            self.app.notices.info(format!(
+                "{} {what}: Settings chooses the models the app uses (the Library takes \
+                 pictures).",
+                names.join(", ")
+            ));
+            if pictures.is_empty() {
+                self.pane = Pane::Settings;
+            }
+        }
+        if !pictures.is_empty() {
+            self.app.import(&pictures);
+            self.pane = Pane::Library;
+        }
     }
 
     /// Saves the state (if changed) and pending caption sidecars.
@@ -1065,7 +1103,11 @@ impl StudioApp {
             painter.text(
                 rect.center(),
                 egui::Align2::CENTER_CENTER,
-                "Drop to add to the Library",
+                if self.pane == Pane::FineTune {
+                    "Drop a folder to train on it (pictures go to the Library)"
+                } else {
+                    "Drop to add to the Library"
+                },
                 egui::FontId::proportional(28.0),
                 egui::Color32::WHITE,
             );

@@ -3003,6 +3003,45 @@ impl egui::DroppedFile for Dropped {
 }
 
 #[test]
+fn a_folder_dropped_on_fine_tune_is_its_training_folder_and_model_files_point_to_settings() {
+    let fixture = fixture();
+    let folder = fixture.dir.path().join("my pictures");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(sample("lizard"), folder.join("lizard.png")).unwrap();
+    let mut harness = harness_on(&fixture, Pane::FineTune);
+    harness.step();
+    let drop = |harness: &mut Harness<'static, StudioApp>, paths: Vec<PathBuf>| {
+        harness.input_mut().dropped_files.extend(
+            paths
+                .into_iter()
+                .map(|path| std::sync::Arc::new(Dropped(path)) as egui::DroppedFileHandle),
+        );
+        harness.step();
+    };
+    drop(&mut harness, vec![folder.clone()]);
+    let app = harness.state();
+    assert_eq!(app.pane, Pane::FineTune, "the pane stays");
+    assert_eq!(app.finetune.form.folder, folder.display().to_string());
+    assert!(!app.finetune.form.use_library);
+    assert_eq!(app.app.imports_running(), 0, "nothing imported");
+
+    // A model file is no picture: no "skipped" error, and Settings is where models are chosen.
+    drop(&mut harness, vec![fixture.shipped.dit.clone()]);
+    let app = harness.state();
+    assert_eq!(app.pane, Pane::Settings);
+    assert!(error_notices(app).is_empty(), "{:?}", error_notices(app));
+    assert!(
+        all_notices(app)
+            .iter()
+            .any(|m| m.contains("is a model file") && m.contains("Settings")),
+        "{:?}",
+        all_notices(app)
+    );
+    assert_eq!(app.app.imports_running(), 0);
+    assert!(app.app.state.library.is_empty());
+}
+
+#[test]
 fn files_and_folders_dropped_anywhere_land_in_the_library() {
     let fixture = fixture();
     let folder = fixture.dir.path().join("dropped");
