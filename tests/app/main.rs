@@ -1455,29 +1455,55 @@ fn a_gallery_of_thousands_only_lays_out_and_decodes_the_visible_rows() {
     );
 }
 
+/// A small red image as the sampler returns it (3 DDIM steps, guidance 2).
+fn generated_image(seed: u64, caption: &str, tokens: usize) -> GeneratedImage {
+    GeneratedImage {
+        image: image::Rgb32FImage::from_pixel(8, 8, image::Rgb([0.9, 0.1, 0.1])),
+        caption: caption.into(),
+        settings: SampleSettings {
+            tokens,
+            steps: 3,
+            cfg: 2.0,
+            seed,
+            count: 1,
+            guidance_interval: None,
+        },
+    }
+}
+
+/// Model identities for images saved without loading models.
+fn test_models() -> textok_studio::pipeline::GeneratorIdentity {
+    textok_studio::pipeline::GeneratorIdentity {
+        tokenizer: textok_studio::pipeline::Tokenizer::TexTok,
+        tokenizer_id: "t".into(),
+        dit_id: "d".into(),
+    }
+}
+
+/// The Generate pane with its generator loaded and a form for a long job (1000 DDIM steps,
+/// fixed seed), `count` images.
+fn long_generation_harness(fixture: &Fixture, count: usize) -> Harness<'static, StudioApp> {
+    let mut harness = harness_on(fixture, Pane::Generate);
+    wait_idle(&mut harness, "the generator");
+    {
+        let form = &mut harness.state_mut().app.state.generate;
+        form.caption = "a long job".into();
+        form.steps = 1000;
+        form.count = count;
+        form.random_seed = false;
+    }
+    harness.step();
+    harness
+}
+
 #[test]
 fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("generated");
-    let image = |seed| GeneratedImage {
-        image: image::Rgb32FImage::from_pixel(8, 8, image::Rgb([0.9, 0.1, 0.1])),
-        caption: "a red apple".into(),
-        settings: SampleSettings {
-            tokens: 32,
-            steps: 3,
-            cfg: 2.0,
-            seed,
-            count: 3,
-            guidance_interval: None,
-        },
-    };
+    let image = |seed| generated_image(seed, "a red apple", 32);
     // A folder where the second image goes: that one save fails, the other two must not.
     std::fs::create_dir_all(out.join("7-seed2-k32.png")).unwrap();
-    let models = textok_studio::pipeline::GeneratorIdentity {
-        tokenizer: textok_studio::pipeline::Tokenizer::TexTok,
-        tokenizer_id: "t".into(),
-        dit_id: "d".into(),
-    };
+    let models = test_models();
     let outcome = save_generation(vec![image(1), image(2), image(3)], &out, &models, 7);
     let seeds: Vec<u64> = outcome.entries.iter().map(|e| e.settings.seed).collect();
     assert_eq!(seeds, [1, 3]);
@@ -1500,23 +1526,8 @@ fn a_generated_image_that_cannot_be_saved_does_not_cost_the_others() {
 fn generated_images_the_gallery_lost_come_back_with_their_settings() {
     let fixture = fixture();
     let out = fixture.data_dir().join("generated");
-    let image = |seed, caption: &str| GeneratedImage {
-        image: image::Rgb32FImage::from_pixel(8, 8, image::Rgb([0.9, 0.1, 0.1])),
-        caption: caption.into(),
-        settings: SampleSettings {
-            tokens: 48,
-            steps: 3,
-            cfg: 2.5,
-            seed,
-            count: 1,
-            guidance_interval: None,
-        },
-    };
-    let models = textok_studio::pipeline::GeneratorIdentity {
-        tokenizer: textok_studio::pipeline::Tokenizer::TexTok,
-        tokenizer_id: "t".into(),
-        dit_id: "d".into(),
-    };
+    let image = |seed, caption: &str| generated_image(seed, caption, 48);
+    let models = test_models();
     let older = save_generation(vec![image(1, "an older apple")], &out, &models, 100);
     let newer = save_generation(vec![image(2, "a newer pear")], &out, &models, 200);
     // A PNG that is no generated image stays out of the gallery.
@@ -1560,16 +1571,7 @@ fn generated_images_the_gallery_lost_come_back_with_their_settings() {
 #[test]
 fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
     let fixture = fixture();
-    let mut harness = harness_on(&fixture, Pane::Generate);
-    wait_idle(&mut harness, "the generator");
-    {
-        let form = &mut harness.state_mut().app.state.generate;
-        form.caption = "a long job".into();
-        form.steps = 1000;
-        form.count = 8;
-        form.random_seed = false;
-    }
-    harness.step();
+    let mut harness = long_generation_harness(&fixture, 8);
     harness.get_by_label("Generate images").click();
     harness.step();
     assert!(harness.state().generate.busy());
@@ -1606,15 +1608,7 @@ fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
 #[test]
 fn ctrl_enter_generates_from_the_caption_field_and_escape_cancels() {
     let fixture = fixture();
-    let mut harness = harness_on(&fixture, Pane::Generate);
-    wait_idle(&mut harness, "the generator");
-    {
-        let form = &mut harness.state_mut().app.state.generate;
-        form.caption = "a long job".into();
-        form.steps = 1000;
-        form.random_seed = false;
-    }
-    harness.step();
+    let mut harness = long_generation_harness(&fixture, 1);
     harness.get_by_role(Role::MultilineTextInput).focus();
     harness.step();
     harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
