@@ -902,7 +902,6 @@ impl FineTunePane {
         })
     }
 
-    /// Collects a finished run (called every frame).
     /// Shows `run`'s logged loss and validation scores in the plot (read in the background).
     pub fn show_run(&mut self, run: &RunInfo, app: &AppContext) {
         let dir = run.dir.clone();
@@ -940,6 +939,7 @@ impl FineTunePane {
         self.showing = None;
     }
 
+    /// Collects a finished run, and a run's log read for Show (called every frame).
     pub fn poll(&mut self, app: &mut AppContext) {
         self.poll_showing(app);
         let Some(running) = &mut self.running else {

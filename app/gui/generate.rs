@@ -70,8 +70,8 @@ struct Running {
     count: usize,
 }
 
-/// Which of the models that made a gallery image differs from the loaded generator's ("DiT",
-/// "decoder", or both); `None` when they are the same, or either is unknown (an image saved
+/// Which of the models that made a gallery image differs from the loaded generator's, as the
+/// end of a sentence; `None` when they are the same, or either is unknown (an image saved
 /// before models were recorded, a generator still loading).
 fn changed_models(settings: &GenerationSettings, app: &mut AppContext) -> Option<&'static str> {
     let made_with = settings.models.as_ref()?;
@@ -83,9 +83,9 @@ fn changed_models(settings: &GenerationSettings, app: &mut AppContext) -> Option
         made_with.dit != now.dit,
         made_with.tokenizer != now.tokenizer,
     ) {
-        (true, true) => Some("DiT and decoder"),
-        (true, false) => Some("DiT"),
-        (false, true) => Some("decoder"),
+        (true, true) => Some("DiT and the decoder in use now are not the ones"),
+        (true, false) => Some("DiT in use now is not the one"),
+        (false, true) => Some("decoder in use now is not the one"),
         (false, false) => None,
     }
 }
@@ -318,10 +318,11 @@ impl GeneratePane {
                 JobState::Finished(Ok(found)) => {
                     self.recovery = Recovery::Done;
                     // Generated, deleted or listed again while the search ran: not lost.
+                    let listed: std::collections::HashSet<&PathBuf> =
+                        app.state.gallery.iter().map(|g| &g.file).collect();
                     let lost: Vec<GalleryEntry> = found
                         .into_iter()
-                        .filter(|e| e.file.is_file())
-                        .filter(|e| !app.state.gallery.iter().any(|g| g.file == e.file))
+                        .filter(|e| e.file.is_file() && !listed.contains(&e.file))
                         .collect();
                     if lost.is_empty() {
                         return;
@@ -784,9 +785,8 @@ impl GeneratePane {
                 form.count = 1;
                 if let Some(changed) = changed_models(&entry.settings, app) {
                     app.notices.info(format!(
-                        "Settings reused, but the {changed} in use now is not the one that \
-                         made this image, so they will make another image (the image's PNG \
-                         names its models' SHA-256)."
+                        "Settings reused, but the {changed} that made this image, so they \
+                         will make another image (the image's PNG names its models' SHA-256)."
                     ));
                 }
             }

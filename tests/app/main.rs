@@ -1343,7 +1343,7 @@ fn generate_with_a_fixed_seed_reproduces_the_image_and_keeps_its_settings() {
     let other_models = |app: &StudioApp| {
         all_notices(app)
             .into_iter()
-            .filter(|m| m.contains("in use now is not the one"))
+            .filter(|m| m.contains("that made this image"))
             .collect::<Vec<_>>()
     };
     assert!(other_models(app).is_empty(), "{:?}", other_models(app));
