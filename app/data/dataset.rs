@@ -131,6 +131,16 @@ struct JsonlRecord {
 
 /// Lists the captioned images of a dataset folder (no decoding). Entries are sorted by path.
 pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), DatasetError> {
+    scan_cancellable(root, &CancelToken::new())
+}
+
+/// [`scan`] that stops with [`DatasetError::Cancelled`] soon after `cancel` is set: between
+/// folders of the walk and between caption files (a folder of a million files dropped on the
+/// window, then *Cancel import*).
+pub fn scan_cancellable(
+    root: &Path,
+    cancel: &CancelToken,
+) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), DatasetError> {
     let read_error = |cause| DatasetError::Read {
         path: root.to_owned(),
         cause,
@@ -147,6 +157,7 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
         let mut seen = HashSet::new();
         // Split on bytes, so one line in another encoding skips that record, not the folder.
         for (number, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
+            cancel.check()?;
             let line = line.map_err(read_error)?;
             let where_ = format!("{CAPTIONS_JSONL}:{}", number + 1);
             let Ok(line) = String::from_utf8(line) else {
@@ -203,7 +214,8 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
         };
         let listed: HashSet<Vec<String>> =
             entries.iter().map(|e| components(&e.relative)).collect();
-        let (images, mut walk_skipped) = image_files(root).map_err(read_error)?;
+        let (images, mut walk_skipped) = image_files(root, cancel).map_err(read_error)?;
+        cancel.check()?;
         skipped.append(&mut walk_skipped);
         for relative in images {
             if !listed.contains(&components(&relative)) {
@@ -214,9 +226,11 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
             }
         }
     } else {
-        let (images, mut walk_skipped) = image_files(root).map_err(read_error)?;
+        let (images, mut walk_skipped) = image_files(root, cancel).map_err(read_error)?;
+        cancel.check()?;
         skipped.append(&mut walk_skipped);
         for relative in images {
+            cancel.check()?;
             let path = root.join(&relative);
             match read_sidecar_caption(&path) {
                 Ok(Some(caption)) => entries.push(DatasetEntry { relative, caption }),
@@ -233,10 +247,15 @@ pub fn scan(root: &Path) -> Result<(Vec<DatasetEntry>, Vec<SkippedFile>), Datase
 }
 
 /// The image files under `root` (by extension; relative paths with `/`), and the entries the
-/// walk could not use (broken links, unreadable folders).
-fn image_files(root: &Path) -> std::io::Result<(Vec<String>, Vec<SkippedFile>)> {
+/// walk could not use (broken links, unreadable folders). Once `cancel` is set the walk enters
+/// no further folder (the caller checks `cancel` after it).
+fn image_files(
+    root: &Path,
+    cancel: &CancelToken,
+) -> std::io::Result<(Vec<String>, Vec<SkippedFile>)> {
     let mut state = Walk {
         root,
+        cancel,
         // Where links cannot be resolved (some Windows drives), none point inside.
         canonical_root: root.canonicalize().unwrap_or_else(|_| root.to_owned()),
         followed: HashSet::new(),
@@ -321,6 +340,7 @@ fn without_bom(text: &str) -> &str {
 /// What [`walk`] carries down the tree.
 struct Walk<'a> {
     root: &'a Path,
+    cancel: &'a CancelToken,
     /// The root with links resolved: links to inside it are not followed.
     canonical_root: PathBuf,
     /// Link targets already listed (a loop, or two links to one place, ends there).
@@ -356,6 +376,9 @@ fn normalised_relative(listed: &str) -> String {
 /// cache is hidden). A subfolder that cannot be read is skipped with its reason; only `dir`'s
 /// own failure is an error.
 fn walk(state: &mut Walk<'_>, dir: &Path) -> std::io::Result<()> {
+    if state.cancel.is_cancelled() {
+        return Ok(());
+    }
     let mut children: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     children.sort_by_key(|e| e.file_name());
     for child in children {

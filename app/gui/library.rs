@@ -58,6 +58,16 @@ impl ImportReport {
 /// sidecar; a folder's from its `captions.jsonl` or sidecars (uncaptioned images come in with an
 /// empty caption). Paths are stored absolute, so the library survives a change of directory.
 pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> ImportReport {
+    import_paths_cancellable(library, paths, &CancelToken::new())
+}
+
+/// [`import_paths`] whose folder scans stop soon after `cancel` is set (the report is then
+/// partial: [`scan_paths`] drops it).
+pub fn import_paths_cancellable(
+    library: &mut Vec<LibraryItem>,
+    paths: &[PathBuf],
+    cancel: &CancelToken,
+) -> ImportReport {
     let mut report = ImportReport::default();
     let mut present: HashSet<PathBuf> = library.iter().map(|item| item.path.clone()).collect();
     let mut add = |path: PathBuf, caption: String, report: &mut ImportReport| {
@@ -71,7 +81,7 @@ pub fn import_paths(library: &mut Vec<LibraryItem>, paths: &[PathBuf]) -> Import
     for path in paths {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
         if path.is_dir() {
-            match dataset::scan(&path) {
+            match dataset::scan_cancellable(&path, cancel) {
                 Ok((entries, skipped)) => {
                     for entry in entries {
                         add(path.join(&entry.relative), entry.caption, &mut report);
@@ -179,12 +189,13 @@ pub struct Scanned {
 pub fn scan_paths(paths: &[PathBuf], cancel: &CancelToken) -> anyhow::Result<Scanned> {
     let mut items = Vec::new();
     let mut skipped = Vec::new();
-    // Path by path, so Cancel import stops between the files and folders dropped.
+    // Path by path, and inside each folder's scan, so Cancel import stops the work soon.
     for path in paths {
         cancel.check()?;
-        let report = import_paths(&mut items, std::slice::from_ref(path));
+        let report = import_paths_cancellable(&mut items, std::slice::from_ref(path), cancel);
         skipped.extend(report.skipped);
     }
+    cancel.check()?;
     Ok(Scanned { items, skipped })
 }
 

@@ -318,8 +318,8 @@ impl AppContext {
         self.imports.len()
     }
 
-    /// Abandons the running scans: nothing they find is added (a scan already deep in a folder
-    /// finishes in the background, and its result is dropped).
+    /// Abandons the running scans: nothing they find is added, and a scan deep in a folder
+    /// stops at its next folder or caption file.
     pub fn cancel_imports(&mut self) {
         if !self.imports.is_empty() {
             for job in &self.imports {

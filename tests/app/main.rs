@@ -206,6 +206,38 @@ fn fine_tune_harness(
 }
 
 #[test]
+fn a_cancelled_import_stops_inside_a_folders_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("pictures");
+    std::fs::create_dir_all(folder.join("nested")).unwrap();
+    std::fs::copy(sample("apple"), folder.join("nested/apple.png")).unwrap();
+    std::fs::write(folder.join("nested/apple.txt"), "a red apple").unwrap();
+    let cancel = CancelToken::new();
+    assert_eq!(
+        textok_studio::data::dataset::scan_cancellable(&folder, &cancel)
+            .unwrap()
+            .0
+            .len(),
+        1
+    );
+    cancel.cancel();
+    // The folder's own scan stops (not only the loop over the dropped paths).
+    let scanned = textok_studio::data::dataset::scan_cancellable(&folder, &cancel);
+    assert!(
+        matches!(
+            scanned,
+            Err(textok_studio::data::dataset::DatasetError::Cancelled(_))
+        ),
+        "{scanned:?}"
+    );
+    let mut library = Vec::new();
+    let report =
+        textok_studio::gui::library::import_paths_cancellable(&mut library, &[folder], &cancel);
+    assert!(library.is_empty(), "{library:?}");
+    assert_eq!(report.added, 0);
+}
+
+#[test]
 fn import_takes_files_and_folders_with_their_captions_and_reports_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("pictures");
