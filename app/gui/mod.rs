@@ -37,6 +37,15 @@ pub enum Pane {
     Settings,
 }
 
+/// Ctrl+1 … Ctrl+5 (Cmd on macOS) show the panes in [`Pane::ALL`]'s order, as the tabs do.
+const PANE_KEYS: [egui::Key; 5] = [
+    egui::Key::Num1,
+    egui::Key::Num2,
+    egui::Key::Num3,
+    egui::Key::Num4,
+    egui::Key::Num5,
+];
+
 impl Pane {
     pub const ALL: [Pane; 5] = [
         Pane::Library,
@@ -1064,8 +1073,13 @@ impl StudioApp {
             ui.horizontal(|ui| {
                 ui.strong("TexTok Studio");
                 ui.separator();
-                for pane in Pane::ALL {
-                    ui.selectable_value(&mut self.pane, pane, pane.label());
+                for (pane, key) in Pane::ALL.into_iter().zip(PANE_KEYS) {
+                    let shortcut = egui::KeyboardShortcut::new(egui::Modifiers::COMMAND, key);
+                    if ui.input_mut(|i| i.consume_shortcut(&shortcut)) {
+                        self.pane = pane;
+                    }
+                    ui.selectable_value(&mut self.pane, pane, pane.label())
+                        .on_hover_text(ui.ctx().format_shortcut(&shortcut));
                 }
             });
         });

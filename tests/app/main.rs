@@ -1638,6 +1638,24 @@ fn generation_can_be_cancelled_and_the_ui_stays_responsive_meanwhile() {
 }
 
 #[test]
+fn ctrl_and_a_digit_switch_panes_in_the_tabs_order() {
+    let fixture = fixture();
+    let mut harness = harness_on(&fixture, Pane::Library);
+    harness.step();
+    for (key, pane) in [
+        (egui::Key::Num3, Pane::Generate),
+        (egui::Key::Num5, Pane::Settings),
+        (egui::Key::Num4, Pane::FineTune),
+        (egui::Key::Num2, Pane::Compare),
+        (egui::Key::Num1, Pane::Library),
+    ] {
+        harness.key_press_modifiers(egui::Modifiers::COMMAND, key);
+        harness.step();
+        assert_eq!(harness.state().pane, pane, "{key:?}");
+    }
+}
+
+#[test]
 fn ctrl_enter_generates_from_the_caption_field_and_escape_cancels() {
     let fixture = fixture();
     let mut harness = long_generation_harness(&fixture, 1);
