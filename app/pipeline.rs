@@ -791,6 +791,40 @@ pub fn generate_for_captions(
     Ok(imageio::from_tensor(decoded))
 }
 
+/// The value of the text chunk `key` among a PNG's `text` chunks.
+pub fn png_text_value<'a>(text: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    text.iter()
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.as_str())
+}
+
+/// The sampling settings a generated PNG's text chunks hold (as [`save_generated`] writes
+/// them), parsed rather than trusted: `None` when one is missing or not a number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedSettings {
+    pub caption: String,
+    pub seed: u64,
+    pub steps: usize,
+    pub cfg: f32,
+    pub tokens: usize,
+}
+
+impl SavedSettings {
+    pub fn from_png_text(text: &[(String, String)]) -> Option<Self> {
+        let get = |key: &str| png_text_value(text, key);
+        Some(Self {
+            caption: get("caption")?.to_owned(),
+            seed: get("seed")?.parse().ok()?,
+            steps: get("steps")?.parse().ok()?,
+            cfg: get("cfg")?
+                .parse()
+                .ok()
+                .filter(|cfg: &f32| cfg.is_finite())?,
+            tokens: get("tokens")?.parse().ok()?,
+        })
+    }
+}
+
 /// What a generated image's metadata says about the models that made it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratorIdentity {
@@ -858,19 +892,14 @@ pub fn save_generated(
 /// not `generate`'s defaults (`shipped`): the shipped TexTok by its path, the others as
 /// placeholders to fill in.
 pub fn regenerate_command(text: &[(String, String)], shipped: &ShippedHashes) -> Option<String> {
-    let get = |key: &str| {
-        text.iter()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_str())
-    };
-    let caption = get("caption")?;
-    let seed: u64 = get("seed")?.parse().ok()?;
-    let steps: usize = get("steps")?.parse().ok()?;
-    let cfg: f32 = get("cfg")?
-        .parse()
-        .ok()
-        .filter(|cfg: &f32| cfg.is_finite())?;
-    let tokens: usize = get("tokens")?.parse().ok()?;
+    let get = |key: &str| png_text_value(text, key);
+    let SavedSettings {
+        caption,
+        seed,
+        steps,
+        cfg,
+        tokens,
+    } = SavedSettings::from_png_text(text)?;
     // A model other than the shipped one (a fine-tuned run's, say) has to be named, or the
     // command would make another image; an image without the hash says nothing, and one whose
     // shipped file cannot be read here is not guessed to match it.
@@ -907,7 +936,7 @@ pub fn regenerate_command(text: &[(String, String)], shipped: &ShippedHashes) ->
         Some("baseline") => " --baseline --model BASELINE.safetensors --dit DIT.safetensors".into(),
         Some(_) => return None,
     };
-    let quoted = shell_quote(caption);
+    let quoted = shell_quote(&caption);
     Some(format!(
         "textok-studio generate --caption={quoted}{models} --tokens {tokens} --steps {steps} \
          --cfg {cfg} --seed {seed} --count 1 --out OUT"

@@ -139,11 +139,8 @@ enum Recovery {
 /// [`crate::pipeline::save_generated`] writes them), or `None` for any other file.
 pub fn gallery_entry_from_png(path: &Path) -> Option<GalleryEntry> {
     let text = crate::data::image::read_png_text(path).ok()?;
-    let get = |key: &str| {
-        text.iter()
-            .find(|(name, _)| name == key)
-            .map(|(_, value)| value.as_str())
-    };
+    let saved = crate::pipeline::SavedSettings::from_png_text(&text)?;
+    let get = |key: &str| crate::pipeline::png_text_value(&text, key);
     let tokenizer = get("tokenizer").unwrap_or("textok");
     let models = get(&format!("{tokenizer}-sha256"))
         .zip(get("dit-sha256"))
@@ -154,14 +151,11 @@ pub fn gallery_entry_from_png(path: &Path) -> Option<GalleryEntry> {
     Some(GalleryEntry {
         file: path.to_owned(),
         settings: GenerationSettings {
-            caption: get("caption")?.to_owned(),
-            tokens: get("tokens")?.parse().ok()?,
-            steps: get("steps")?.parse().ok()?,
-            cfg: get("cfg")?
-                .parse()
-                .ok()
-                .filter(|cfg: &f32| cfg.is_finite())?,
-            seed: get("seed")?.parse().ok()?,
+            caption: saved.caption,
+            tokens: saved.tokens,
+            steps: saved.steps,
+            cfg: saved.cfg,
+            seed: saved.seed,
             models,
         },
     })
